@@ -1,0 +1,77 @@
+"""Celery wired to the Flask app (Flask's documented pattern): tasks run in an app context."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from celery import Celery, Task
+from kombu import Queue
+
+from mailer.config import Settings
+
+SEND_QUEUE = "send"
+DEFAULT_QUEUE = "celery"
+
+
+def celery_config(settings: Settings) -> dict:
+    conf = {
+        "broker_url": settings.broker_url,
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Tasks are idempotent (they re-check state in SQL), so a task redelivered after a
+        # worker died is harmless, and acks_late makes sure it is redelivered at all.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_default_queue": DEFAULT_QUEUE,
+        # Explicit routing keys: without them both queues bind to the key "celery" and a
+        # message meant for one would be copied into both.
+        "task_queues": [
+            Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE),
+            Queue(SEND_QUEUE, routing_key=SEND_QUEUE),
+        ],
+        "task_routes": {"mailer.send_batch": {"queue": SEND_QUEUE}},
+        "broker_connection_retry_on_startup": True,
+        # A web request that cannot reach the broker gives up quickly; the sweeper enqueues
+        # whatever the request committed but could not hand over.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "beat_schedule": {
+            "tick": {"task": "mailer.tick", "schedule": timedelta(seconds=30)},
+        },
+        "beat_schedule_filename": str(settings.instance_path / "celerybeat-schedule"),
+    }
+    if settings.redis_url:
+        conf["broker_transport_options"] = {
+            "visibility_timeout": 3600,
+            "socket_timeout": 5,
+            "socket_connect_timeout": 5,
+        }
+    else:
+        # Embedded broker: SQLite, polled by the worker; the transport hands these options to
+        # SQLAlchemy's create_engine.
+        conf["broker_transport_options"] = {"connect_args": {"timeout": 30}}
+    return conf
+
+
+def celery_init_app(app) -> Celery:
+    settings: Settings = app.extensions["mailer.settings"]
+
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.config_from_object(celery_config(settings))
+    celery.set_default()
+    app.extensions["celery"] = celery
+    import mailer.tasks  # noqa: F401 - registers the shared tasks on this app
+
+    return celery

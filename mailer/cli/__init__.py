@@ -1,0 +1,70 @@
+"""The `mailer` command: the operator's interface (the API mirrors it)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mailer.config import ConfigError
+from mailer.errors import MailerError
+
+
+class Context:
+    """Builds the app on first use, so `mailer --help` needs no configuration."""
+
+    def __init__(self):
+        self._app = None
+
+    @property
+    def app(self):
+        if self._app is None:
+            from mailer import create_app
+
+            self._app = create_app()
+        return self._app
+
+    @property
+    def settings(self):
+        return self.app.extensions["mailer.settings"]
+
+    @property
+    def runtime(self):
+        return self.app.extensions["mailer"]
+
+
+pass_ctx = click.make_pass_decorator(Context, ensure=True)
+
+
+def fail(message: str) -> None:
+    """Exit 1 with a one-line reason on stderr."""
+    raise click.ClickException(message)
+
+
+def progress(iterable=None, length=None, label=""):
+    """A progress bar on stderr, so stdout stays clean for scripts."""
+    return click.progressbar(
+        iterable, length=length, label=label, file=sys.stderr, show_pos=True, show_eta=True
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mailer")
+def cli():
+    """The newsletter mailer for news sites."""
+
+
+def main(argv=None):
+    from mailer.cli import commands  # noqa: F401 - registers the subcommands
+
+    try:
+        return cli.main(args=argv, prog_name="mailer", standalone_mode=True)
+    except (ConfigError, MailerError) as e:
+        click.echo(f"mailer: {e}", err=True)
+        sys.exit(1)
+
+
+# click.ClickException prints "Error: ..."; keep our one-line format instead.
+click.ClickException.show = lambda self, file=None: click.echo(  # type: ignore[method-assign]
+    f"mailer: {self.format_message()}", err=True
+)

@@ -1,0 +1,124 @@
+"""Console users and subscribers: add users and API tokens, import and export readers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+
+import click
+from sqlalchemy import select
+
+from mailer.cli import Context, cli, fail, pass_ctx, progress
+from mailer.db import db
+from mailer.models import Subscriber, User
+from mailer.services import subscriptions as subs
+from mailer.services import users
+
+
+@cli.group()
+def user():
+    """Console users."""
+
+
+@user.command("add")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["editor", "ops", "admin"]), required=True)
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@pass_ctx
+def user_add(ctx: Context, email: str, role: str, password_stdin: bool):
+    """Add a console user (the password is prompted for, or read from stdin)."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    with ctx.app.app_context(), db.transaction() as s:
+        u = users.create_user(s, email, password, users.parse_role(role))
+        uid = u.id
+    click.echo(uid)
+
+
+@user.command("token")
+@click.argument("email")
+@click.option("--name", default="cli", show_default=True, help="What the token is for.")
+@pass_ctx
+def user_token(ctx: Context, email: str, name: str):
+    """Create an API bearer token for a user; it is shown once."""
+    with ctx.app.app_context(), db.transaction() as s:
+        u = s.scalar(select(User).where(User.email == subs.normalize_email(email)))
+        if u is None:
+            fail(f"no user with the address {email}")
+        token = users.create_api_token(s, u, name)
+    click.echo(token)
+
+
+@cli.group()
+def subscribers():
+    """Readers: import and export."""
+
+
+IMPORT_CHUNK = 1000
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.option("--source", required=True, help="Where these readers consented (kept as proof).")
+@pass_ctx
+def subscribers_import(ctx: Context, file, source: str):
+    """Import already-consented readers from CSV (email[,name,frequency,sections])."""
+    source = subs.check_text("source", source, 200) or fail("--source must not be empty")
+    text = file.read()
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
+        fail("the CSV needs a header row with an 'email' column")
+    rows = list(reader)
+    report = subs.ImportReport()
+    rt = ctx.runtime
+    with ctx.app.app_context():
+        with progress(length=len(rows), label="Importing") as bar:
+            for start in range(0, len(rows), IMPORT_CHUNK):
+                chunk = [
+                    subs.ImportRow(
+                        line=start + i + 2,
+                        email=(r.get("email") or ""),
+                        name=r.get("name"),
+                        frequency=r.get("frequency"),
+                        sections=r.get("sections"),
+                    )
+                    for i, r in enumerate(rows[start : start + IMPORT_CHUNK])
+                ]
+                # One transaction per chunk: an interrupted import keeps what it finished.
+                with db.transaction() as s:
+                    subs.import_rows(
+                        s, chunk, source=source, known_sections=rt.settings.section_labels,
+                        hasher=rt.email_hash, report=report,
+                    )
+                bar.update(len(chunk))
+    for line, message in report.invalid[:20]:
+        click.echo(f"line {line}: {message}", err=True)
+    if len(report.invalid) > 20:
+        click.echo(f"... and {len(report.invalid) - 20} more invalid lines", err=True)
+    click.echo(
+        f"added {report.added}, already present {report.existing}, "
+        f"suppressed {report.suppressed}, invalid {len(report.invalid)}"
+    )
+
+
+EXPORT_FIELDS = ["email", "name", "status", "frequency", "sections", "created_at",
+                 "confirmed_at", "unsubscribed_at", "source"]
+
+
+@subscribers.command("export")
+@click.argument("file", type=click.File("w", encoding="utf-8"), default="-")
+@pass_ctx
+def subscribers_export(ctx: Context, file):
+    """Write every reader as CSV with a header row (to stdout without FILE)."""
+    iso = lambda d: d.isoformat() if d else ""  # noqa: E731
+    writer = csv.writer(file)
+    writer.writerow(EXPORT_FIELDS)
+    with ctx.app.app_context(), db.transaction() as s:
+        rows = s.scalars(select(Subscriber).order_by(Subscriber.id).execution_options(yield_per=1000))
+        for sub in rows:
+            writer.writerow([sub.email, sub.name or "", sub.status.value, sub.frequency.value,
+                             sub.sections.replace(",", ";"), iso(sub.created_at),
+                             iso(sub.confirmed_at), iso(sub.unsubscribed_at), sub.source])

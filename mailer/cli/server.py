@@ -1,0 +1,135 @@
+"""Processes: run (embedded all-in-one), web, worker, beat; and database migrations."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import click
+
+from mailer.cli import Context, cli, pass_ctx
+
+
+def _gunicorn(factory, options: dict) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return factory()
+
+    Server().run()
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=5000, show_default=True, type=int)
+@pass_ctx
+def run(ctx: Context, host: str, port: int):
+    """Run everything in one command: web, worker and scheduler (embedded default)."""
+    if not os.environ.get("MAILER_BASE_URL"):
+        # Links in mail must point at this server; the worker process inherits the setting.
+        shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host
+        os.environ["MAILER_BASE_URL"] = f"http://{shown}:{port}"
+    settings = ctx.settings  # validates the configuration and applies migrations
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "mailer.cli", "worker", "--beat", "--pool", "threads",
+         "--concurrency", "4", "--loglevel", "WARNING"],
+    )
+    where = f"http://{host}:{port}"
+    mode = "embedded (SQLite, no Redis)" if settings.embedded else "production services"
+    mail = f"SMTP {settings.smtp.host}:{settings.smtp.port}" if settings.smtp else (
+        f"the outbox at {where}/admin/outbox"
+    )
+    click.echo(
+        f"The mailer is running on {mode}; mail goes to {mail}.\n"
+        f"  Subscribe page: {where}/subscribe\n"
+        f"  Console:        {where}/admin\n"
+        f"  Data folder:    {settings.instance_path}\n"
+        "Press Ctrl+C to stop.",
+        err=True,
+    )
+    try:
+        from mailer import create_app
+
+        _gunicorn(
+            lambda: create_app(settings),
+            {"bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread", "threads": 8,
+             "accesslog": None, "loglevel": "warning"},
+        )
+    finally:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+
+@cli.command()
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+@pass_ctx
+def web(ctx: Context, host: str, port: int, workers: int):
+    """The production web process (gunicorn)."""
+    settings = ctx.settings
+    from mailer import create_app
+
+    _gunicorn(
+        lambda: create_app(settings),
+        {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread", "threads": 4,
+         "accesslog": "-", "forwarded_allow_ips": "*" if settings.proxy_hops else "127.0.0.1"},
+    )
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=int, default=None, help="Processes (default: cores).")
+@click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
+              show_default=True)
+@click.option("--queues", "-Q", default="celery,send", show_default=True)
+@click.option("--beat", is_flag=True, help="Also run the scheduler in this process.")
+@click.option("--loglevel", default="INFO", show_default=True)
+@pass_ctx
+def worker(ctx: Context, concurrency, pool, queues, beat, loglevel):
+    """The Celery worker that renders and sends."""
+    celery = ctx.app.extensions["celery"]
+    argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "-Q", queues,
+            "--without-gossip", "--without-mingle"]
+    if concurrency:
+        argv.append(f"--concurrency={concurrency}")
+    if beat:
+        argv += ["--beat", f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"]
+    os.environ.setdefault("C_FORCE_ROOT", "1")  # containers often run as root
+    celery.worker_main(argv)
+
+
+@cli.command()
+@click.option("--loglevel", default="INFO", show_default=True)
+@pass_ctx
+def beat(ctx: Context, loglevel):
+    """The scheduler process (one is enough; several are safe)."""
+    celery = ctx.app.extensions["celery"]
+    celery.start(["beat", f"--loglevel={loglevel}",
+                  f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"])
+
+
+@cli.group()
+def db():
+    """Database schema."""
+
+
+@db.command()
+def upgrade():
+    """Apply migrations (Alembic) up to the newest."""
+    from mailer.config import load_settings
+    from mailer.migrate import upgrade as do_upgrade
+
+    settings = load_settings()
+    applied = do_upgrade(settings.database_url)
+    click.echo("migrated to the newest schema" if applied else "the schema is up to date")

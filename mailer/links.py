@@ -1,0 +1,43 @@
+"""Absolute URLs for readers' links, built without a request (workers make them too)."""
+
+from __future__ import annotations
+
+from mailer import tokens as t
+from mailer.config import Settings
+from mailer.tokens import Tokens
+
+
+class Links:
+    def __init__(self, settings: Settings, tokens: Tokens):
+        self.base = settings.base_url
+        self.settings = settings
+        self.tokens = tokens
+
+    def confirm(self, uid: str, email: str) -> str:
+        return f"{self.base}/confirm/{self.tokens.make_timed(t.CONFIRM, [uid, email])}"
+
+    def change_email(self, uid: str, new_email: str) -> str:
+        token = self.tokens.make_timed(t.CHANGE_EMAIL, [uid, new_email])
+        return f"{self.base}/preferences/email/{token}"
+
+    def unsubscribe(self, uid: str) -> str:
+        return f"{self.base}/unsubscribe/{self.tokens.make(t.UNSUBSCRIBE, uid)}"
+
+    def preferences(self, uid: str) -> str:
+        return f"{self.base}/preferences/{self.tokens.make(t.PREFERENCES, uid)}"
+
+    def subscribe(self) -> str:
+        return f"{self.base}/subscribe"
+
+    def archive(self, issue_id: int | None = None) -> str:
+        return f"{self.base}/archive" + (f"/{issue_id}" if issue_id is not None else "")
+
+    def list_unsubscribe_headers(self, uid: str) -> dict[str, str]:
+        """RFC 2369 / RFC 8058 headers: the HTTPS link first, a mailto when configured."""
+        value = f"<{self.unsubscribe(uid)}>"
+        if self.settings.unsubscribe_mailto:
+            value += f", <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe>"
+        return {
+            "List-Unsubscribe": value,
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        }

@@ -1,0 +1,1 @@
+"""The mail leaf: building messages, transports (SMTP, outbox). No database, no Flask."""

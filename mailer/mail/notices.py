@@ -1,0 +1,82 @@
+"""Transactional mail to one reader: confirmation, welcome, change of address."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailer.config import Settings
+from mailer.links import Links
+from mailer.mail.message import build_message
+from mailer.mail.templates import render_pair
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    envelope_from: str
+    recipient: str
+    data: bytes
+
+
+class Notices:
+    """Builds the messages; subjects are fixed text, never anything a reader typed."""
+
+    def __init__(self, settings: Settings, links: Links):
+        self.settings = settings
+        self.links = links
+
+    def _common(self) -> dict:
+        s = self.settings
+        return {
+            "list_name": s.list_name,
+            "postal_address": s.postal_address,
+            "base_url": s.base_url,
+        }
+
+    def _build(self, template: str, to: str, subject: str, headers=None, **context) -> Outgoing:
+        text, html = render_pair(template, **self._common(), **context)
+        sender = self.settings.from_address
+        data = build_message(
+            sender=sender, to=to, subject=subject, text=text, html=html, headers=headers
+        )
+        return Outgoing(sender.addr_spec, to, data)
+
+    def confirmation(self, email: str, uid: str) -> Outgoing:
+        hours = self.settings.confirm_ttl_hours
+        return self._build(
+            "confirm",
+            email,
+            f"Please confirm your subscription to {self.settings.list_name}",
+            confirm_url=self.links.confirm(uid, email),
+            valid_days=max(1, hours // 24),
+        )
+
+    def welcome(self, email: str, uid: str) -> Outgoing:
+        return self._build(
+            "welcome",
+            email,
+            f"Welcome to {self.settings.list_name}",
+            headers=self._list_headers(uid),
+            unsubscribe_url=self.links.unsubscribe(uid),
+            preferences_url=self.links.preferences(uid),
+            archive_url=self.links.archive(),
+        )
+
+    def email_change(self, new_email: str, uid: str) -> Outgoing:
+        return self._build(
+            "change_email",
+            new_email,
+            f"Confirm your new address for {self.settings.list_name}",
+            confirm_url=self.links.change_email(uid, new_email),
+        )
+
+    def _list_headers(self, uid: str) -> dict[str, str]:
+        headers = {"List-Id": list_id(self.settings)}
+        headers.update(self.links.list_unsubscribe_headers(uid))
+        return headers
+
+
+def list_id(settings: Settings) -> str:
+    """RFC 2919 List-Id: a phrase and a dotted identifier at our domain."""
+    ident = settings.list_id or f"newsletter.{settings.sender_domain}"
+    name = settings.list_name.replace('"', "")
+    return f'"{name}" <{ident}>'

@@ -1,0 +1,31 @@
+"""The Jinja2 environment for email templates (autoescaped HTML, strict undefined)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from mailer.config import PROJECT_DIR
+
+EMAIL_TEMPLATES = PROJECT_DIR / "templates" / "email"
+
+
+@lru_cache(maxsize=1)
+def email_env() -> Environment:
+    return Environment(
+        loader=FileSystemLoader(str(EMAIL_TEMPLATES)),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_pair(name: str, **context) -> tuple[str, str]:
+    """Render `name`.txt and `name`.html with the same context: (text, html)."""
+    env = email_env()
+    text = env.get_template(f"{name}.txt").render(**context)
+    html = env.get_template(f"{name}.html").render(**context)
+    return text, html

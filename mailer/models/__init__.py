@@ -1,0 +1,33 @@
+"""Typed SQLAlchemy 2.0 models; import from here."""
+
+from mailer.models.articles import Article, ArticleStat, Feed, VisitorSeen
+from mailer.models.issues import (
+    Click,
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueItem,
+    IssueStatus,
+    IssueVariant,
+    ItemSection,
+)
+from mailer.models.schedules import Schedule, ScheduleRun
+from mailer.models.subscribers import (
+    ConsentRecord,
+    Frequency,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    Suppression,
+    new_uid,
+    sections_key,
+    sections_list,
+)
+from mailer.models.users import ApiToken, Role, User
+
+__all__ = [
+    "ApiToken", "Article", "ArticleStat", "Click", "ConsentRecord", "Delivery", "DeliveryStatus",
+    "Feed", "Frequency", "Issue", "IssueItem", "IssueStatus", "IssueVariant", "ItemSection", "Role",
+    "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberStatus", "Suppression",
+    "User", "VisitorSeen", "new_uid", "sections_key", "sections_list",
+]

@@ -1,0 +1,38 @@
+"""Per-process objects every layer shares: settings, tokens, links, notices, the transport."""
+
+from __future__ import annotations
+
+import os
+
+from mailer.config import Settings
+from mailer.links import Links
+from mailer.mail.notices import Notices
+from mailer.mail.transport import Transport, transport_from_settings
+from mailer.tokens import Tokens
+
+
+class Runtime:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.tokens = Tokens(settings.secret_key)
+        self.links = Links(settings, self.tokens)
+        self.notices = Notices(settings, self.links)
+        self._transport: Transport | None = None
+        self._pid: int | None = None
+
+    @property
+    def transport(self) -> Transport:
+        """One transport (one SMTP connection) per process, created after any fork."""
+        if self._transport is None or self._pid != os.getpid():
+            self._transport = transport_from_settings(self.settings)
+            self._pid = os.getpid()
+        return self._transport
+
+    def email_hash(self, email: str) -> str:
+        return self.tokens.keyed_hash("suppression", email)
+
+
+def runtime() -> Runtime:
+    from flask import current_app
+
+    return current_app.extensions["mailer"]

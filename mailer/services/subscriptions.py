@@ -1,0 +1,445 @@
+"""Signup, double opt-in, unsubscribe, preferences, export and erasure of readers."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from mailer.db import utcnow
+from mailer.errors import Conflict, NotFound, ValidationError
+from mailer.models import (
+    ConsentRecord,
+    Delivery,
+    Frequency,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    Suppression,
+    sections_key,
+)
+
+NAME_MAX = 100
+EMAIL_MAX = 254  # RFC 5321 path limit, minus the angle brackets
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators: none belongs in a
+# name or an address, and CR/LF in particular would let a value escape into mail headers.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+# Which statuses a confirmation click may turn into `active`. Complained readers asked mailbox
+# providers to stop us; only a deliberate new signup (which re-confirms) brings them back, and
+# we do not mail them a confirmation unprompted.
+CONFIRMABLE = (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
+UNSUBSCRIBABLE = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+
+Hasher = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class ConsentInfo:
+    """Where a consent came from, recorded with the words the reader saw."""
+
+    source: str
+    wording: str
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+@dataclass(frozen=True)
+class SignupResult:
+    subscriber_id: int | None
+    send_confirmation: bool
+
+
+def check_text(name: str, value: str | None, max_len: int) -> str | None:
+    """Strip a free-text field; refuse control characters and over-long values."""
+    if value is None:
+        return None
+    if _CONTROL.search(value):
+        raise ValidationError(name, f"The {name} contains line breaks or control characters.")
+    value = unicodedata.normalize("NFC", value).strip()
+    if len(value) > max_len:
+        raise ValidationError(name, f"The {name} is longer than {max_len} characters.")
+    return value or None
+
+
+def normalize_email(raw: str | None) -> str:
+    """A canonical, ASCII, lower-case address; IDN domains in their xn-- form."""
+    if raw is None or not raw.strip():
+        raise ValidationError("email", "Please enter your email address.")
+    if _CONTROL.search(raw):
+        raise ValidationError("email", "The email address contains line breaks or control characters.")
+    raw = raw.strip()
+    if len(raw) > EMAIL_MAX:
+        raise ValidationError("email", f"The email address is longer than {EMAIL_MAX} characters.")
+    try:
+        # SMTPUTF8 (a non-ASCII local part) is refused: many receiving servers cannot take it.
+        info = validate_email(raw, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as e:
+        raise ValidationError("email", f"That does not look like an email address: {e}") from None
+    address = info.ascii_email or info.normalized
+    return address.lower()
+
+
+def parse_frequency(raw: str | None) -> Frequency:
+    if not raw:
+        return Frequency.WEEKLY
+    try:
+        return Frequency(raw.strip().lower())
+    except ValueError:
+        raise ValidationError("frequency", "Frequency must be weekly or daily.") from None
+
+
+def parse_sections(raw: Iterable[str] | None, known: Iterable[str]) -> str:
+    chosen = [s.strip() for s in raw or () if s and s.strip()]
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        raise ValidationError("sections", f"Unknown section: {', '.join(unknown)[:100]}.")
+    key = sections_key(chosen)
+    # Every section chosen is the same as no filter at all.
+    return "" if set(chosen) == set(known) else key
+
+
+def _event(session: Session, subscriber_id: int, kind: str, detail: str | None = None, now=None):
+    session.add(SubscriberEvent(subscriber_id=subscriber_id, kind=kind, detail=detail, at=now or utcnow()))
+
+
+def _consent(session: Session, subscriber_id: int, kind: str, consent: ConsentInfo, now):
+    session.add(
+        ConsentRecord(
+            subscriber_id=subscriber_id,
+            kind=kind,
+            at=now,
+            ip=consent.ip,
+            user_agent=(consent.user_agent or "")[:500] or None,
+            source=consent.source[:200],
+            wording=consent.wording,
+        )
+    )
+
+
+def by_uid(session: Session, uid: str) -> Subscriber:
+    sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
+    if sub is None:
+        raise NotFound("This link belongs to no current subscription.")
+    return sub
+
+
+def by_email(session: Session, email: str) -> Subscriber | None:
+    return session.scalar(select(Subscriber).where(Subscriber.email == email))
+
+
+def subscribe(
+    session: Session,
+    *,
+    email: str,
+    name: str | None,
+    frequency: Frequency,
+    sections: str,
+    consent: ConsentInfo,
+    cooldown: timedelta,
+    now: datetime | None = None,
+) -> SignupResult:
+    """Record a signup; the caller answers the same way whatever the address's state was."""
+    now = now or utcnow()
+    sub = by_email(session, email)
+    if sub is None:
+        sub = Subscriber(
+            email=email,
+            name=name,
+            frequency=frequency,
+            sections=sections,
+            source=consent.source[:200],
+            status=SubscriberStatus.PENDING,
+            created_at=now,
+            confirm_requested_at=now,
+        )
+        try:
+            # A savepoint, so a concurrent signup of the same address loses only this insert.
+            with session.begin_nested():
+                session.add(sub)
+                session.flush()
+        except IntegrityError:
+            sub = by_email(session, email)
+            if sub is None:  # pragma: no cover - the row that won the race was deleted again
+                raise
+        else:
+            _consent(session, sub.id, "signup", consent, now)
+            _event(session, sub.id, "signup", consent.source, now)
+            return SignupResult(sub.id, True)
+
+    if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.COMPLAINED):
+        return SignupResult(sub.id, False)
+    # Pending, unsubscribed or bounced: another confirmation, at most once per cooldown. What
+    # the form said this time is not applied: an unconfirmed request changes nothing stored.
+    last = sub.confirm_requested_at
+    if last is not None and now - last < cooldown:
+        return SignupResult(sub.id, False)
+    sub.confirm_requested_at = now
+    _consent(session, sub.id, "signup", consent, now)
+    _event(session, sub.id, "signup-repeated", consent.source, now)
+    return SignupResult(sub.id, True)
+
+
+def confirm(
+    session: Session,
+    uid: str,
+    email: str,
+    consent: ConsentInfo | None = None,
+    hasher: Hasher | None = None,
+    now=None,
+) -> tuple[Subscriber, bool]:
+    """Activate the subscription a confirmation link names; (subscriber, newly_confirmed)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Subscriber)
+        .where(
+            Subscriber.uid == uid,
+            Subscriber.email == email,
+            Subscriber.status.in_(CONFIRMABLE),
+        )
+        .values(status=SubscriberStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
+    if sub is None or sub.email != email:
+        raise NotFound("This confirmation link belongs to no current subscription.")
+    session.refresh(sub)
+    if result.rowcount == 0:
+        if sub.status == SubscriberStatus.ACTIVE:
+            return sub, False
+        raise Conflict("This subscription cannot be confirmed any more. Please sign up again.")
+    if consent is not None:
+        _consent(session, sub.id, "confirm", consent, now)
+    if hasher is not None:
+        # A reader who confirms asked for mail again: an earlier erasure no longer applies.
+        session.execute(
+            delete(Suppression).where(
+                Suppression.email_hash == hasher(email), Suppression.reason == "erased"
+            )
+        )
+    _event(session, sub.id, "confirmed", None, now)
+    return sub, True
+
+
+def mark_confirmation_sent(session: Session, subscriber_id: int, now=None) -> None:
+    session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber_id)
+        .values(confirm_sent_at=now or utcnow())
+        .execution_options(synchronize_session=False)
+    )
+
+
+def confirmations_owed(
+    session: Session, older_than: datetime, newer_than: datetime, limit: int = 500
+) -> list[int]:
+    """Readers whose confirmation mail was asked for (within the link's lifetime) but not sent."""
+    return list(
+        session.scalars(
+            select(Subscriber.id)
+            .where(
+                Subscriber.status.in_(CONFIRMABLE),
+                Subscriber.confirm_requested_at.is_not(None),
+                Subscriber.confirm_requested_at < older_than,
+                Subscriber.confirm_requested_at > newer_than,
+                (Subscriber.confirm_sent_at.is_(None))
+                | (Subscriber.confirm_sent_at < Subscriber.confirm_requested_at),
+            )
+            .order_by(Subscriber.id)
+            .limit(limit)
+        )
+    )
+
+
+def unsubscribe(session: Session, uid: str, how: str, now=None) -> bool:
+    """Idempotent: True if this call changed the status, False if already unsubscribed."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Subscriber)
+        .where(Subscriber.uid == uid, Subscriber.status.in_(UNSUBSCRIBABLE))
+        .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount:
+        sub_id = session.scalar(select(Subscriber.id).where(Subscriber.uid == uid))
+        _event(session, sub_id, "unsubscribed", how, now)
+        return True
+    by_uid(session, uid)  # raises NotFound for a link to an erased reader
+    return False
+
+
+def update_preferences(
+    session: Session, sub: Subscriber, *, name: str | None, frequency: Frequency, sections: str
+) -> None:
+    changes = []
+    if sub.name != name:
+        changes.append("name")
+    if sub.frequency != frequency:
+        changes.append(f"frequency={frequency}")
+    if sub.sections != sections:
+        changes.append(f"sections={sections or 'all'}")
+    sub.name, sub.frequency, sub.sections = name, frequency, sections
+    if changes:
+        _event(session, sub.id, "preferences", ", ".join(changes))
+
+
+def request_email_change(session: Session, sub: Subscriber, new_email: str) -> bool:
+    """Remember the new address until it confirms; False if it is the current one."""
+    if new_email == sub.email:
+        return False
+    sub.pending_email = new_email
+    _event(session, sub.id, "email-change-requested")
+    return True
+
+
+def confirm_email_change(session: Session, uid: str, new_email: str) -> Subscriber:
+    sub = by_uid(session, uid)
+    if sub.email == new_email:
+        return sub
+    if sub.pending_email != new_email:
+        raise NotFound("This address change was replaced by a newer one or withdrawn.")
+    if by_email(session, new_email) is not None:
+        raise Conflict("Another subscription already uses that address.")
+    sub.email, sub.pending_email = new_email, None
+    _event(session, sub.id, "email-changed")
+    return sub
+
+
+def export_data(session: Session, sub: Subscriber) -> dict:
+    """Everything we hold about a reader, as the 'download my data' JSON."""
+    deliveries = session.execute(
+        select(Delivery.issue_id, Delivery.status, Delivery.sent_at)
+        .where(Delivery.subscriber_id == sub.id)
+        .order_by(Delivery.id)
+    ).all()
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    return {
+        "email": sub.email,
+        "name": sub.name,
+        "status": str(sub.status),
+        "frequency": str(sub.frequency),
+        "sections": sub.section_list,
+        "source": sub.source,
+        "created_at": iso(sub.created_at),
+        "confirmed_at": iso(sub.confirmed_at),
+        "unsubscribed_at": iso(sub.unsubscribed_at),
+        "consents": [
+            {
+                "kind": c.kind,
+                "at": iso(c.at),
+                "ip": c.ip,
+                "user_agent": c.user_agent,
+                "source": c.source,
+                "wording": c.wording,
+            }
+            for c in sub.consents
+        ],
+        "events": [{"at": iso(e.at), "kind": e.kind, "detail": e.detail} for e in sub.events],
+        "deliveries": [
+            {"issue": d.issue_id, "status": str(d.status), "sent_at": iso(d.sent_at)}
+            for d in deliveries
+        ],
+    }
+
+
+def suppress(session: Session, email_hash: str, reason: str) -> None:
+    if session.get(Suppression, email_hash) is None:
+        session.add(Suppression(email_hash=email_hash, reason=reason))
+
+
+def is_suppressed(session: Session, email_hash: str) -> bool:
+    return session.get(Suppression, email_hash) is not None
+
+
+def erase(session: Session, sub: Subscriber, hasher: Hasher) -> None:
+    """Delete a reader's personal data; keep only a keyed hash so imports cannot re-add them."""
+    suppress(session, hasher(sub.email), "erased")
+    session.delete(sub)
+    session.flush()
+
+
+@dataclass
+class ImportReport:
+    added: int = 0
+    existing: int = 0
+    suppressed: int = 0
+    invalid: list[tuple[int, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ImportRow:
+    line: int
+    email: str
+    name: str | None = None
+    frequency: str | None = None
+    sections: str | None = None
+
+
+def import_rows(
+    session: Session,
+    rows: Iterable[ImportRow],
+    *,
+    source: str,
+    known_sections: Iterable[str],
+    hasher: Hasher,
+    report: ImportReport,
+    now=None,
+) -> ImportReport:
+    """Add already-consented readers as active; existing and suppressed addresses are left alone."""
+    now = now or utcnow()
+    known = list(known_sections)
+    consent = ConsentInfo(source=f"import: {source}", wording=f"Imported; consent source: {source}")
+    parsed: dict[str, tuple] = {}
+    for row in rows:
+        try:
+            email = normalize_email(row.email)
+            name = check_text("name", row.name, NAME_MAX)
+            freq = parse_frequency(row.frequency)
+            secs = parse_sections((row.sections or "").replace(";", ",").split(","), known)
+        except ValidationError as e:
+            report.invalid.append((row.line, e.message))
+            continue
+        if email in parsed:
+            report.existing += 1
+            continue
+        parsed[email] = (name, freq, secs)
+    if not parsed:
+        return report
+    present = set(session.scalars(select(Subscriber.email).where(Subscriber.email.in_(parsed))))
+    for email, (name, freq, secs) in parsed.items():
+        if email in present:
+            report.existing += 1
+            continue
+        if is_suppressed(session, hasher(email)):
+            report.suppressed += 1
+            continue
+        sub = Subscriber(
+            email=email,
+            name=name,
+            frequency=freq,
+            sections=secs,
+            status=SubscriberStatus.ACTIVE,
+            source=consent.source[:200],
+            created_at=now,
+            confirmed_at=now,
+        )
+        session.add(sub)
+        session.flush()
+        _consent(session, sub.id, "import", consent, now)
+        _event(session, sub.id, "imported", source[:200], now)
+        report.added += 1
+    return report
+
+
+def counts_by_status(session: Session) -> dict[str, int]:
+    rows = session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status))
+    counts = {str(s): 0 for s in SubscriberStatus}
+    counts.update({str(status): n for status, n in rows})
+    return counts

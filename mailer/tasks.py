@@ -1,0 +1,138 @@
+"""Thin Celery tasks: ids in, state re-checked in SQL, the work done by services and mail."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+from kombu.exceptions import OperationalError
+from sqlalchemy import update
+
+from mailer.db import db, utcnow
+from mailer.mail.errors import PermanentFailure, TemporaryFailure
+from mailer.models import Subscriber, SubscriberStatus
+from mailer.runtime import runtime
+from mailer.services import subscriptions
+
+log = logging.getLogger(__name__)
+
+# Retries of a single transactional message stay short (Celery countdowns of minutes at
+# most); anything longer is the sweeper's business.
+RETRY = {"autoretry_for": (TemporaryFailure,), "retry_backoff": 5, "retry_backoff_max": 120,
+         "retry_jitter": True, "max_retries": 5}
+
+
+def enqueue(task, *args) -> bool:
+    """Hand a task to the broker after the commit; False (logged) if the broker is down."""
+    try:
+        task.delay(*args)
+        return True
+    except OperationalError as e:
+        log.warning("broker unavailable, %s(%s) left to the sweeper: %s", task.name, args, e)
+        return False
+
+
+@shared_task(name="mailer.send_confirmation", **RETRY)
+def send_confirmation(subscriber_id: int) -> str:
+    rt = runtime()
+    now = utcnow()
+    with db.transaction() as s:
+        sub = s.get(Subscriber, subscriber_id)
+        if sub is None or sub.status not in subscriptions.CONFIRMABLE:
+            return "not pending"
+        previous = sub.confirm_sent_at
+        # Claim the owed mail with a conditional UPDATE: of two copies of this task (or a
+        # task and the sweeper's), only one passes.
+        claimed = s.execute(
+            update(Subscriber)
+            .where(
+                Subscriber.id == subscriber_id,
+                (Subscriber.confirm_sent_at.is_(None))
+                | (Subscriber.confirm_sent_at < Subscriber.confirm_requested_at),
+            )
+            .values(confirm_sent_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        email, uid = sub.email, sub.uid
+    if not claimed:
+        return "already sent"
+    out = rt.notices.confirmation(email, uid)
+    try:
+        rt.transport.send(out.envelope_from, out.recipient, out.data)
+    except TemporaryFailure:
+        with db.transaction() as s:  # give the claim back so a retry can take it
+            s.execute(
+                update(Subscriber)
+                .where(Subscriber.id == subscriber_id, Subscriber.confirm_sent_at == now)
+                .values(confirm_sent_at=previous)
+                .execution_options(synchronize_session=False)
+            )
+        raise
+    except PermanentFailure as e:
+        log.info("confirmation to subscriber %s refused: %s", subscriber_id, e)
+        return "refused"
+    return "sent"
+
+
+@shared_task(name="mailer.send_welcome", **RETRY)
+def send_welcome(subscriber_id: int) -> str:
+    rt = runtime()
+    with db.transaction() as s:
+        sub = s.get(Subscriber, subscriber_id)
+        if sub is None or sub.status != SubscriberStatus.ACTIVE:
+            return "not active"
+        out = rt.notices.welcome(sub.email, sub.uid)
+    try:
+        rt.transport.send(out.envelope_from, out.recipient, out.data)
+    except PermanentFailure as e:
+        log.info("welcome to subscriber %s refused: %s", subscriber_id, e)
+        return "refused"
+    return "sent"
+
+
+@shared_task(name="mailer.send_email_change", **RETRY)
+def send_email_change(subscriber_id: int, new_email: str) -> str:
+    rt = runtime()
+    with db.transaction() as s:
+        sub = s.get(Subscriber, subscriber_id)
+        if sub is None or sub.pending_email != new_email:
+            return "withdrawn"
+        out = rt.notices.email_change(new_email, sub.uid)
+    try:
+        rt.transport.send(out.envelope_from, out.recipient, out.data)
+    except PermanentFailure:
+        return "refused"
+    return "sent"
+
+
+def sweep_confirmations() -> int:
+    """Re-enqueue confirmations committed but never handed to the broker (or lost)."""
+    settings = runtime().settings
+    now = utcnow()
+    with db.transaction() as s:
+        owed = subscriptions.confirmations_owed(
+            s,
+            older_than=now - timedelta(minutes=2),
+            newer_than=now - timedelta(hours=settings.confirm_ttl_hours),
+        )
+    for sub_id in owed:
+        enqueue(send_confirmation, sub_id)
+    return len(owed)
+
+
+# The periodic housekeeping steps run by `mailer.tick`, each in its own try so one failing
+# step does not starve the others. Other modules append to this list.
+TICK_STEPS = [sweep_confirmations]
+
+
+@shared_task(name="mailer.tick", acks_late=False)
+def tick() -> dict:
+    done = {}
+    for step in TICK_STEPS:
+        try:
+            done[step.__name__] = step()
+        except Exception:  # noqa: BLE001 - logged; the next tick tries again
+            log.exception("tick step %s failed", step.__name__)
+            done[step.__name__] = "failed"
+    return done

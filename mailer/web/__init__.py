@@ -1,0 +1,131 @@
+"""The web side: blueprints, error pages, security headers, CORS and body limits."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from mailer.errors import MailerError, ValidationError
+from mailer.web.extensions import csrf, limiter
+
+log = logging.getLogger(__name__)
+
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'; "
+    "frame-src 'self'"
+)
+
+MESSAGES = {
+    400: "The request could not be understood.",
+    403: "You are not allowed to do that.",
+    404: "There is nothing at this address.",
+    405: "That method is not allowed here.",
+    413: "The request is too large.",
+    415: "This endpoint takes form data or JSON.",
+    429: "Too many requests. Please wait a little and try again.",
+}
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or (
+        request.accept_mimetypes.best == "application/json"
+    )
+
+
+def error_response(status: int, message: str, field: str | None = None, headers=None):
+    if wants_json():
+        body = {"error": MESSAGES.get(status, "error").rstrip("."), "message": message}
+        if field:
+            body["field"] = field
+        resp = jsonify(body)
+    else:
+        resp = render_template("error.html", status=status, message=message)
+    return resp, status, headers or {}
+
+
+def init_web(app: Flask) -> None:
+    settings = app.extensions["mailer.settings"]
+    if settings.proxy_hops:
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app,
+            x_for=settings.proxy_hops,
+            x_proto=settings.proxy_hops,
+            x_host=settings.proxy_hops,
+        )
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    from mailer.web import admin, api, health, public
+
+    app.register_blueprint(public.bp)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(admin.bp)
+    csrf.exempt(api.bp)
+
+    @app.context_processor
+    def _globals():
+        from mailer.web.auth import current_user
+        from mailer.web.admin import admin_nav
+
+        return {
+            "list_name": lambda: settings.list_name,
+            "postal_address": lambda: settings.postal_address,
+            "current_user": current_user,
+            "admin_nav": admin_nav,
+        }
+
+    @app.before_request
+    def _limit_public_bodies():
+        # Public pages and the API take small bodies; only the console uploads files.
+        if not request.path.startswith("/admin"):
+            request.max_content_length = settings.max_body_bytes
+            request.max_form_memory_size = settings.max_body_bytes
+
+    @app.after_request
+    def _security_headers(resp):
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        # Reader links carry tokens in their path: never leak them in a Referer.
+        resp.headers.setdefault("Referrer-Policy", "no-referrer")
+        resp.headers.setdefault("X-Frame-Options", "SAMEORIGIN")
+        if settings.https:
+            resp.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+        if g.get("cors_origin"):
+            resp.headers["Access-Control-Allow-Origin"] = g.cors_origin
+            resp.headers.add("Vary", "Origin")
+        return resp
+
+    @app.errorhandler(ValidationError)
+    def _validation(e: ValidationError):
+        return error_response(400, e.message, field=e.field)
+
+    @app.errorhandler(MailerError)
+    def _domain(e: MailerError):
+        return error_response(e.status, str(e))
+
+    @app.errorhandler(CSRFError)
+    def _csrf(e: CSRFError):
+        return error_response(
+            400, "The form expired or was sent from elsewhere. Reload the page and try again."
+        )
+
+    @app.errorhandler(HTTPException)
+    def _http(e: HTTPException):
+        status = e.code or 500
+        message = MESSAGES.get(status) or e.description or "Error"
+        if status == 429:
+            message = MESSAGES[429]
+        headers = dict(e.get_headers()) if status in (405, 429) else {}
+        headers.pop("Content-Type", None)
+        return error_response(status, message, headers=headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Something went wrong on our side. Please try again later.")

@@ -1,0 +1,165 @@
+"""The console under /admin: first-run setup, login, and the outbox of the embedded mode."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+
+from mailer.db import db
+from mailer.errors import Conflict, ValidationError
+from mailer.mail.outbox import list_outbox, read_outbox
+from mailer.models import Role
+from mailer.runtime import runtime
+from mailer.services import subscriptions as subs
+from mailer.services import users
+from mailer.web import auth
+from mailer.web.extensions import client_ip, limiter
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+PAGE_SIZE = 50
+
+# The console's menu: (endpoint, label, roles allowed). Pages add themselves here.
+NAV: list[tuple[str, str, tuple[Role, ...]]] = [
+    ("admin.index", "Dashboard", ()),
+    ("admin.outbox", "Outbox", (Role.OPS, Role.EDITOR)),
+]
+
+
+def admin_nav() -> list[tuple[str, str]]:
+    user = auth.current_user()
+    if user is None:
+        return []
+    return [(ep, label) for ep, label, roles in NAV if not roles or auth.allowed(user, roles)]
+
+
+@bp.route("/setup", methods=["GET", "POST"])
+def setup():
+    """Create the first admin account; gone as soon as one user exists."""
+    if users.count(db.session) > 0:
+        return redirect(url_for("admin.login"))
+    error = None
+    email = ""
+    if request.method == "POST":
+        email = request.form.get("email", "")
+        password = request.form.get("password", "")
+        try:
+            if password != request.form.get("password2", ""):
+                raise ValidationError("password2", "The two passwords differ.")
+            user = users.create_user(db.session, email, password, Role.ADMIN)
+            db.session.commit()
+            auth.login(user)
+            return redirect(url_for("admin.index"))
+        except (ValidationError, Conflict) as e:
+            db.session.rollback()
+            error = getattr(e, "message", str(e))
+    return render_template("admin/setup.html", error=error, email=email), 400 if error else 200
+
+
+def _login_key() -> str:
+    return "login:" + client_ip()
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit("10 per minute", key_func=_login_key, methods=["POST"])
+def login():
+    if users.count(db.session) == 0:
+        return redirect(url_for("admin.setup"))
+    error = None
+    email = request.form.get("email", "")
+    if request.method == "POST":
+        try:
+            user = users.authenticate(db.session, email, request.form.get("password", ""))
+        except users.LoginFailed as e:
+            db.session.commit()  # keep the failure count
+            error = str(e)
+        else:
+            db.session.commit()
+            auth.login(user)
+            target = request.args.get("next", "")
+            # Only local paths: the login page must not become an open redirect.
+            if not target.startswith("/admin") or target.startswith("//"):
+                target = url_for("admin.index")
+            return redirect(target)
+    return render_template("admin/login.html", error=error, email=email), 401 if error else 200
+
+
+@bp.post("/logout")
+def logout():
+    auth.logout()
+    return redirect(url_for("admin.login"))
+
+
+@bp.get("/")
+@auth.login_required()
+def index():
+    return render_template(
+        "admin/index.html",
+        counts=subs.counts_by_status(db.session),
+        embedded=runtime().settings.smtp is None,
+    )
+
+
+@bp.get("/outbox")
+@auth.login_required(Role.OPS, Role.EDITOR)
+def outbox():
+    page = max(1, request.args.get("page", 1, type=int))
+    folder = runtime().settings.outbox_path
+    entries, total = list_outbox(folder, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    pages = max(1, -(-total // PAGE_SIZE))
+    return render_template(
+        "admin/outbox.html",
+        entries=entries,
+        total=total,
+        page=page,
+        pages=pages,
+        smtp=runtime().settings.smtp,
+    )
+
+
+def _outbox_message(entry_id: str):
+    found = read_outbox(runtime().settings.outbox_path, entry_id)
+    if found is None:
+        abort(404)
+    return found
+
+
+@bp.get("/outbox/<entry_id>")
+@auth.login_required(Role.OPS, Role.EDITOR)
+def outbox_message(entry_id: str):
+    msg, raw = _outbox_message(entry_id)
+    text_part = msg.get_body(("plain",))
+    html_part = msg.get_body(("html",))
+    return render_template(
+        "admin/outbox_message.html",
+        entry_id=entry_id,
+        headers=list(msg.items()),
+        text=text_part.get_content() if text_part else "",
+        has_html=html_part is not None,
+    )
+
+
+@bp.get("/outbox/<entry_id>/html")
+@auth.login_required(Role.OPS, Role.EDITOR)
+def outbox_html(entry_id: str):
+    msg, _ = _outbox_message(entry_id)
+    part = msg.get_body(("html",))
+    if part is None:
+        abort(404)
+    resp = Response(part.get_content(), mimetype="text/html")
+    # Shown inside a sandboxed iframe: no scripts, no forms, and links open outside.
+    resp.headers["Content-Security-Policy"] = (
+        "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+        "img-src * data:; style-src 'unsafe-inline'"
+    )
+    return resp
+
+
+@bp.get("/outbox/<entry_id>.eml")
+@auth.login_required(Role.OPS, Role.EDITOR)
+def outbox_raw(entry_id: str):
+    _, raw = _outbox_message(entry_id)
+    return Response(
+        raw,
+        mimetype="message/rfc822",
+        headers={"Content-Disposition": f"attachment; filename={entry_id}.eml"},
+    )

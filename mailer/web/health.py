@@ -1,0 +1,68 @@
+"""GET /healthz (database and broker) and GET /metrics (Prometheus text format)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, current_app, jsonify
+from sqlalchemy import func, select, text
+
+from mailer.db import db
+from mailer.models import Delivery, Issue, Subscriber
+
+bp = Blueprint("health", __name__)
+
+
+def _check_database() -> str:
+    try:
+        db.session.execute(text("SELECT 1"))
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        db.session.rollback()
+        return f"error: {type(e).__name__}"
+
+
+def _check_broker() -> str:
+    celery = current_app.extensions["celery"]
+    try:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as e:  # noqa: BLE001
+        return f"error: {type(e).__name__}"
+
+
+@bp.get("/healthz")
+def healthz():
+    checks = {"database": _check_database(), "broker": _check_broker()}
+    ok = all(v == "ok" for v in checks.values())
+    return jsonify({"status": "ok" if ok else "degraded", **checks}), 200 if ok else 503
+
+
+@bp.get("/metrics")
+def metrics():
+    lines = []
+
+    def gauge(name: str, help_text: str, rows, label: str):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        for value, n in rows:
+            lines.append(f'{name}{{{label}="{value}"}} {n}')
+
+    gauge(
+        "mailer_subscribers",
+        "Subscribers by status.",
+        db.session.execute(select(Subscriber.status, func.count()).group_by(Subscriber.status)),
+        "status",
+    )
+    gauge(
+        "mailer_issues",
+        "Digest issues by status.",
+        db.session.execute(select(Issue.status, func.count()).group_by(Issue.status)),
+        "status",
+    )
+    gauge(
+        "mailer_deliveries",
+        "Deliveries by status.",
+        db.session.execute(select(Delivery.status, func.count()).group_by(Delivery.status)),
+        "status",
+    )
+    return Response("\n".join(lines) + "\n", mimetype="text/plain; version=0.0.4")

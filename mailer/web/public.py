@@ -1,0 +1,267 @@
+"""Readers' pages: subscribe, confirm, unsubscribe (RFC 8058), preferences."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
+
+from mailer import tokens as t
+from mailer.db import db
+from mailer.errors import Conflict, NotFound, ValidationError
+from mailer.models import Frequency, SubscriberStatus
+from mailer.runtime import runtime
+from mailer.services import subscriptions as subs
+from mailer.tasks import enqueue, send_email_change, send_welcome
+from mailer.tokens import BadToken
+from mailer.web.extensions import limiter, settings
+from mailer.web.signup import (
+    address_key,
+    consent_from_request,
+    consent_wording,
+    handle_signup,
+)
+
+bp = Blueprint("public", __name__)
+
+
+def _signup_limits():
+    return settings().signup_limit_ip
+
+
+def _address_limits():
+    return settings().signup_limit_address
+
+
+def _form_context(values=None, error=None):
+    rt = runtime()
+    return {
+        "values": values or {},
+        "error": error,
+        "sections": rt.settings.sections,
+        "frequencies": list(Frequency),
+        "form_ts": rt.tokens.make_timed(t.FORM, "subscribe"),
+        "consent_wording": consent_wording(),
+    }
+
+
+@bp.get("/")
+def index():
+    return redirect(url_for("public.subscribe"))
+
+
+@bp.route("/subscribe", methods=["GET", "POST"])
+@limiter.limit(_signup_limits, methods=["POST"])
+@limiter.limit(_address_limits, key_func=address_key, methods=["POST"])
+def subscribe():
+    if request.method == "GET":
+        return render_template("subscribe.html", **_form_context())
+    form = request.form
+    values = {
+        "email": form.get("email", ""),
+        "name": form.get("name", ""),
+        "frequency": form.get("frequency", ""),
+        "sections": form.getlist("sections"),
+    }
+    rt = runtime()
+    # A signed timestamp from the page: a post made faster than a person can type is a bot.
+    try:
+        age = rt.tokens.age(t.FORM, form.get("ts", ""), max_age=24 * 3600)
+    except BadToken as e:
+        msg = "The form is too old. Please try again." if e.expired else (
+            "The form was not filled in on our page. Please try again."
+        )
+        return render_template("subscribe.html", **_form_context(values, msg)), 400
+    if age < rt.settings.form_min_seconds:
+        msg = "That was quicker than a person can type. Please try again."
+        return render_template("subscribe.html", **_form_context(values, msg)), 400
+    try:
+        handle_signup(form, source="form", consent=consent_from_request("form"))
+    except ValidationError as e:
+        return render_template("subscribe.html", **_form_context(values, e.message)), 400
+    return render_template("subscribe_done.html")
+
+
+def _bad_link(expired: bool, what: str):
+    return (
+        render_template(
+            "token_error.html", expired=expired, what=what, **_form_context()
+        ),
+        400,
+    )
+
+
+def _load_confirm(token: str):
+    rt = runtime()
+    try:
+        uid, email = rt.tokens.load_timed(
+            t.CONFIRM, token, max_age=rt.settings.confirm_ttl_hours * 3600
+        )
+    except (BadToken, ValueError, TypeError) as e:
+        return None, _bad_link(getattr(e, "expired", False), "confirmation")
+    return (uid, email), None
+
+
+@bp.route("/confirm/<token>", methods=["GET", "POST"])
+def confirm(token: str):
+    payload, error = _load_confirm(token)
+    if error:
+        return error
+    uid, email = payload
+    if request.method == "GET":
+        # A page with a button, not the confirmation itself: mail scanners follow links.
+        return render_template("confirm.html", email=email)
+    rt = runtime()
+    try:
+        sub, newly = subs.confirm(
+            db.session, uid, email, consent_from_request("confirmation link"), rt.email_hash
+        )
+    except NotFound:
+        return _bad_link(False, "confirmation")
+    except Conflict as e:
+        return render_template("error.html", status=409, message=str(e)), 409
+    db.session.commit()
+    if newly and rt.settings.welcome_email:
+        enqueue(send_welcome, sub.id)
+    return render_template(
+        "confirmed.html", newly=newly, preferences_url=rt.links.preferences(sub.uid)
+    )
+
+
+def _load_plain(purpose: str, token: str) -> str | None:
+    try:
+        uid = runtime().tokens.load(purpose, token)
+    except BadToken:
+        return None
+    return uid if isinstance(uid, str) else None
+
+
+@bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
+@bp.route("/unsubscribe/<token>/", methods=["GET", "POST"])
+def unsubscribe(token: str):
+    uid = _load_plain(t.UNSUBSCRIBE, token)
+    if uid is None:
+        return _bad_link(False, "unsubscribe")
+    rt = runtime()
+    if request.method == "GET":
+        return render_template(
+            "unsubscribe.html", token=token, preferences_url=rt.links.preferences(uid)
+        )
+    # RFC 8058: the mailbox provider POSTs exactly this body, with no cookies and no CSRF
+    # token; the signed token in the URL is the authorization.
+    if request.form.get("List-Unsubscribe") != "One-Click":
+        abort(400, "The request must carry List-Unsubscribe=One-Click.")
+    how = "one-click" if request.form.get("via") != "page" else "unsubscribe page"
+    try:
+        subs.unsubscribe(db.session, uid, how)
+    except NotFound:
+        pass  # an erased reader: nothing left to unsubscribe, and nothing will be sent
+    db.session.commit()
+    return render_template("unsubscribed.html", preferences_url=rt.links.preferences(uid))
+
+
+# The console's CSRF protection must not stand between a mailbox provider and RFC 8058.
+from mailer.web.extensions import csrf  # noqa: E402
+
+csrf.exempt(unsubscribe)
+
+
+def _preferences_subscriber(token: str):
+    uid = _load_plain(t.PREFERENCES, token)
+    if uid is None:
+        return None
+    try:
+        return subs.by_uid(db.session, uid)
+    except NotFound:
+        return None
+
+
+@bp.route("/preferences/<token>", methods=["GET", "POST"])
+def preferences(token: str):
+    sub = _preferences_subscriber(token)
+    if sub is None:
+        return _bad_link(False, "preferences")
+    rt = runtime()
+    notice = error = None
+    if request.method == "POST":
+        action = request.form.get("action", "save")
+        try:
+            if action == "save":
+                subs.update_preferences(
+                    db.session,
+                    sub,
+                    name=subs.check_text("name", request.form.get("name"), subs.NAME_MAX),
+                    frequency=subs.parse_frequency(request.form.get("frequency")),
+                    sections=subs.parse_sections(
+                        request.form.getlist("sections"), rt.settings.section_labels
+                    ),
+                )
+                db.session.commit()
+                notice = "Your preferences are saved."
+            elif action == "email":
+                new = subs.normalize_email(request.form.get("new_email"))
+                if subs.request_email_change(db.session, sub, new):
+                    db.session.commit()
+                    enqueue(send_email_change, sub.id, new)
+                    notice = f"We sent a link to {new}. Your address changes once you open it."
+                else:
+                    notice = "That is already your address."
+            elif action == "export":
+                data = subs.export_data(db.session, sub)
+                return Response(
+                    json.dumps(data, indent=2, ensure_ascii=False),
+                    mimetype="application/json",
+                    headers={"Content-Disposition": "attachment; filename=my-newsletter-data.json"},
+                )
+            elif action == "erase":
+                if request.form.get("confirm") != "yes":
+                    raise ValidationError("confirm", "Tick the box to confirm the erasure.")
+                subs.erase(db.session, sub, rt.email_hash)
+                db.session.commit()
+                return render_template("erased.html")
+            elif action == "resubscribe":
+                # The link came by mail to this address, so it proves the reader owns it.
+                subs.confirm(db.session, sub.uid, sub.email, consent_from_request("preferences"))
+                db.session.commit()
+                notice = "Welcome back: you are subscribed again."
+            else:
+                abort(400, "Unknown action.")
+        except (ValidationError, Conflict) as e:
+            db.session.rollback()
+            error = getattr(e, "message", str(e))
+    return (
+        render_template(
+            "preferences.html",
+            sub=sub,
+            token=token,
+            notice=notice,
+            error=error,
+            sections=rt.settings.sections,
+            frequencies=list(Frequency),
+            unsubscribe_url=rt.links.unsubscribe(sub.uid),
+            Status=SubscriberStatus,
+        ),
+        400 if error else 200,
+    )
+
+
+@bp.route("/preferences/email/<token>", methods=["GET", "POST"])
+def change_email(token: str):
+    rt = runtime()
+    try:
+        uid, new_email = rt.tokens.load_timed(
+            t.CHANGE_EMAIL, token, max_age=rt.settings.confirm_ttl_hours * 3600
+        )
+    except (BadToken, ValueError, TypeError) as e:
+        return _bad_link(getattr(e, "expired", False), "address change")
+    if request.method == "GET":
+        return render_template("change_email.html", email=new_email)
+    try:
+        sub = subs.confirm_email_change(db.session, uid, new_email)
+    except NotFound:
+        return _bad_link(False, "address change")
+    except Conflict as e:
+        return render_template("error.html", status=409, message=str(e)), 409
+    db.session.commit()
+    return redirect(rt.links.preferences(sub.uid).replace(rt.settings.base_url, "", 1))
+
