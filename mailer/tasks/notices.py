@@ -1,4 +1,4 @@
-"""Thin Celery tasks: ids in, state re-checked in SQL, the work done by services and mail."""
+"""Transactional mail to one reader: confirmation, welcome, change of address."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
-from kombu.exceptions import OperationalError
 from sqlalchemy import update
 
 from mailer.db import db, utcnow
@@ -14,23 +13,9 @@ from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.models import Subscriber, SubscriberStatus
 from mailer.runtime import runtime
 from mailer.services import subscriptions
+from mailer.tasks.base import RETRY, enqueue, register_tick_step
 
 log = logging.getLogger(__name__)
-
-# Retries of a single transactional message stay short (Celery countdowns of minutes at
-# most); anything longer is the sweeper's business.
-RETRY = {"autoretry_for": (TemporaryFailure,), "retry_backoff": 5, "retry_backoff_max": 120,
-         "retry_jitter": True, "max_retries": 5}
-
-
-def enqueue(task, *args) -> bool:
-    """Hand a task to the broker after the commit; False (logged) if the broker is down."""
-    try:
-        task.delay(*args)
-        return True
-    except OperationalError as e:
-        log.warning("broker unavailable, %s(%s) left to the sweeper: %s", task.name, args, e)
-        return False
 
 
 @shared_task(name="mailer.send_confirmation", **RETRY)
@@ -121,18 +106,4 @@ def sweep_confirmations() -> int:
     return len(owed)
 
 
-# The periodic housekeeping steps run by `mailer.tick`, each in its own try so one failing
-# step does not starve the others. Other modules append to this list.
-TICK_STEPS = [sweep_confirmations]
-
-
-@shared_task(name="mailer.tick", acks_late=False)
-def tick() -> dict:
-    done = {}
-    for step in TICK_STEPS:
-        try:
-            done[step.__name__] = step()
-        except Exception:  # noqa: BLE001 - logged; the next tick tries again
-            log.exception("tick step %s failed", step.__name__)
-            done[step.__name__] = "failed"
-    return done
+register_tick_step(sweep_confirmations)

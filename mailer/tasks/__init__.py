@@ -1,0 +1,10 @@
+"""Thin Celery tasks: ids in, state re-checked in SQL, the work done by services and mail.
+
+One module per area; importing this package registers them all on the Celery app.
+"""
+
+from mailer.tasks import base, notices  # noqa: F401
+from mailer.tasks.base import enqueue, tick
+from mailer.tasks.notices import send_confirmation, send_email_change, send_welcome
+
+__all__ = ["enqueue", "send_confirmation", "send_email_change", "send_welcome", "tick"]

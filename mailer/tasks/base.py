@@ -1,0 +1,60 @@
+"""What every task module shares: the after-commit enqueue, retry policy, the periodic tick."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from celery import shared_task
+from kombu.exceptions import OperationalError
+
+from mailer.mail.errors import TemporaryFailure
+
+log = logging.getLogger(__name__)
+
+# Retries of a single transactional message stay short (Celery countdowns of minutes at
+# most: Redis redelivers long ETAs after its visibility timeout); longer waits are the
+# sweepers' business.
+RETRY = {
+    "autoretry_for": (TemporaryFailure,),
+    "retry_backoff": 5,
+    "retry_backoff_max": 120,
+    "retry_jitter": True,
+    "max_retries": 5,
+}
+
+
+def enqueue(task, *args, **options) -> bool:
+    """Hand a task to the broker after the commit; False (logged) if the broker is down."""
+    try:
+        if options:
+            task.apply_async(args=args, **options)
+        else:
+            task.delay(*args)
+        return True
+    except OperationalError as e:
+        log.warning("broker unavailable, %s%s left to the sweeper: %s", task.name, args, e)
+        return False
+
+
+# The periodic housekeeping steps run by `mailer.tick` (every 30 s from the beat), each in
+# its own try so one failing step does not starve the others.
+TICK_STEPS: list[Callable[[], object]] = []
+
+
+def register_tick_step(step: Callable[[], object]) -> Callable[[], object]:
+    if step not in TICK_STEPS:
+        TICK_STEPS.append(step)
+    return step
+
+
+@shared_task(name="mailer.tick", acks_late=False)
+def tick() -> dict:
+    done = {}
+    for step in TICK_STEPS:
+        try:
+            done[step.__name__] = step()
+        except Exception:  # noqa: BLE001 - logged; the next tick tries again
+            log.exception("tick step %s failed", step.__name__)
+            done[step.__name__] = "failed"
+    return done

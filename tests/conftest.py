@@ -1,0 +1,251 @@
+"""Fixtures: the app on PostgreSQL + Redis (production pass) or SQLite (embedded pass).
+
+`--db postgres` (default) runs against a fresh database on the local PostgreSQL server and a
+private redis-server; `--db sqlite` runs the embedded mode (SQLite, SQLite broker, no Redis)
+and deselects the tests marked `redis`. Both passes use a real SMTP server (aiosmtpd) and,
+where a test asks for it, a real Celery worker process and headless Chromium.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from tests.support import (
+    ROOT,
+    PgDatabase,
+    RedisServer,
+    SmtpSink,
+    WorkerProcess,
+    free_port,
+)
+
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--db",
+        choices=["postgres", "sqlite"],
+        default=os.environ.get("MAILER_TEST_DB", "postgres"),
+        help="postgres: production stack (PostgreSQL + Redis); sqlite: embedded mode",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--db") != "sqlite":
+        return
+    # Redis-only behaviour (the shared rate limiter, broker restarts) does not exist in the
+    # embedded mode; those tests run in the PostgreSQL pass, which CI always runs too.
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("redis") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    return f"mailer test database: {config.getoption('--db')}"
+
+
+@pytest.fixture(scope="session")
+def db_kind(pytestconfig) -> str:
+    return pytestconfig.getoption("--db")
+
+
+@pytest.fixture(scope="session")
+def smtp():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(db_kind, tmp_path_factory):
+    if db_kind != "postgres":
+        yield None
+        return
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_database(db_kind):
+    if db_kind != "postgres":
+        yield None
+        return
+    database = PgDatabase().create()
+    yield database
+    database.drop()
+
+
+@pytest.fixture(scope="session")
+def live_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def base_env(db_kind, tmp_path_factory, smtp, redis_server, pg_database, live_port) -> dict:
+    """The MAILER_* settings every app, worker and live server of this session shares."""
+    instance = tmp_path_factory.mktemp("instance")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith("MAILER_")
+    }
+    env.update(
+        MAILER_INSTANCE_PATH=str(instance),
+        MAILER_SECRET_KEY=secrets.token_urlsafe(32),
+        MAILER_SMTP_URL=smtp.url,
+        MAILER_BASE_URL=f"http://localhost:{live_port}",
+        MAILER_FROM="The Daily Test <news@daily.example>",
+        MAILER_POSTAL_ADDRESS="1 Test Street, 10115 Berlin, Germany",
+        MAILER_FORM_MIN_SECONDS="0",
+        MAILER_SIGNUP_LIMIT_IP="1000 per minute",
+        MAILER_SIGNUP_LIMIT_ADDRESS="1000 per minute",
+        MAILER_SECTIONS="news=News,business=Business,sport=Sport,culture=Culture",
+        MAILER_CORS_ORIGINS="https://www.daily.example",
+        PYTHONPATH=str(ROOT),
+    )
+    if db_kind == "postgres":
+        env.update(MAILER_DATABASE_URL=pg_database.url, MAILER_REDIS_URL=redis_server.url)
+    from mailer.config import load_settings
+    from mailer.migrate import upgrade
+
+    upgrade(load_settings(env).database_url)
+    return env
+
+
+def make_app(env: dict, **overrides):
+    from mailer import create_app
+    from mailer.config import load_settings
+
+    return create_app(load_settings({**env, **overrides}))
+
+
+def clean_database(engine) -> None:
+    from mailer.db import Base
+
+    tables = [t.name for t in Base.metadata.sorted_tables]
+    with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+        else:
+            for name in reversed(tables):
+                conn.execute(text(f"DELETE FROM {name}"))
+
+
+@pytest.fixture
+def env(base_env) -> dict:
+    return dict(base_env)
+
+
+@pytest.fixture
+def app(base_env, smtp, redis_server):
+    """A fresh app on an empty database, an empty Redis and an empty SMTP sink."""
+    from mailer.db import db
+
+    application = make_app(base_env)
+    clean_database(db.engine)
+    if redis_server is not None:
+        import redis
+
+        client = redis.Redis.from_url(redis_server.url)
+        client.flushall()
+        client.close()
+    outbox = Path(base_env["MAILER_INSTANCE_PATH"]) / "outbox"
+    shutil.rmtree(outbox, ignore_errors=True)
+    smtp.reset()
+    yield application
+    db.session.remove()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+_emails = itertools.count(1)
+_run = secrets.token_hex(3)
+
+
+@pytest.fixture
+def make_email():
+    """Sequential unique addresses, unique across runs too."""
+    return lambda prefix="reader": f"{prefix}{next(_emails)}.{_run}@example.com"
+
+
+@pytest.fixture(scope="session")
+def worker(base_env, tmp_path_factory):
+    """A real `mailer worker` process (prefork, 2 children) shared by the session."""
+    proc = WorkerProcess(base_env, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(base_env, live_port):
+    """The app served over HTTP on MAILER_BASE_URL's port, for the browser tests."""
+    from werkzeug.serving import make_server
+
+    application = make_app(base_env)
+    server = make_server("127.0.0.1", live_port, application, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://localhost:{live_port}"
+    server.shutdown()
+
+
+def chromium_path() -> str:
+    path = os.environ.get("MAILER_TEST_CHROMIUM") or shutil.which("chromium")
+    if not path:
+        raise RuntimeError("Chromium is not installed (scripts/test installs Debian's chromium)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(
+            executable_path=chromium_path(),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, request):
+    """A fresh browser context; a screenshot of the last page is kept in test-artifacts/."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(15000)
+    yield pg
+    ARTIFACTS.mkdir(exist_ok=True)
+    name = request.node.nodeid.split("::")[-1].replace("/", "_").replace("[", "-").strip("]")
+    try:
+        pg.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+    finally:
+        context.close()

@@ -1,0 +1,284 @@
+"""Real components for the tests: SMTP server, Redis server, PostgreSQL database, worker."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll until predicate() is truthy; returns its value or fails the test with `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+# --- SMTP -------------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    envelope_from: str
+    recipient: str
+    data: bytes
+    at: float
+
+    @property
+    def message(self) -> EmailMessage:
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+    @property
+    def text(self) -> str:
+        part = self.message.get_body(("plain",))
+        return part.get_content() if part else ""
+
+    @property
+    def html(self) -> str:
+        part = self.message.get_body(("html",))
+        return part.get_content() if part else ""
+
+    def links(self) -> list[str]:
+        return re.findall(r"https?://[^\s<>\"']+", self.text)
+
+
+class _Handler:
+    def __init__(self, sink: SmtpSink):
+        self.sink = sink
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        answer = self.sink.answer_for(address)
+        if answer:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        now = time.monotonic()
+        with self.sink.lock:
+            for rcpt in envelope.rcpt_tos:
+                self.sink.messages.append(
+                    Received(envelope.mail_from, rcpt, bytes(envelope.content), now)
+                )
+        return "250 Message accepted"
+
+
+class SmtpSink:
+    """aiosmtpd on a local port that records every message per recipient.
+
+    `rules` maps a recipient substring to an SMTP answer ("451 try later", "550 no such
+    user"); `once` rules are answered once and then removed (a temporary failure).
+    """
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.messages: list[Received] = []
+        self.rules: dict[str, str] = {}
+        self.once: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.controller: Controller | None = None
+
+    def start(self) -> SmtpSink:
+        self.controller = Controller(
+            _Handler(self), hostname="127.0.0.1", port=self.port, ready_timeout=10
+        )
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    def answer_for(self, address: str) -> str | None:
+        with self.lock:
+            for key, answer in list(self.once.items()):
+                if key in address:
+                    del self.once[key]
+                    return answer
+            for key, answer in self.rules.items():
+                if key in address:
+                    return answer
+        return None
+
+    def reset(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.rules.clear()
+            self.once.clear()
+
+    def to(self, address: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if m.recipient == address]
+
+    def wait_for(self, address: str, count: int = 1, timeout: float = 30.0) -> list[Received]:
+        wait_until(lambda: len(self.to(address)) >= count, timeout, what=f"{count} mail to {address}")
+        return self.to(address)
+
+
+# --- Redis ------------------------------------------------------------------------------
+
+
+class RedisServer:
+    """A private redis-server process, so tests may flush or restart it freely."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (scripts/test installs it)")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis(port=self.port)
+        wait_until(lambda: _pings(client), 10, what="redis-server to start")
+        client.close()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def restart(self, down_for: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_for)
+        self.start()
+
+
+def _pings(client) -> bool:
+    import redis
+
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+# --- PostgreSQL -------------------------------------------------------------------------
+
+PG_ADMIN_URL = os.environ.get(
+    "MAILER_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+class PgDatabase:
+    """A fresh database on the local PostgreSQL server, dropped at the end."""
+
+    def __init__(self):
+        self.name = f"mailer_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+    @property
+    def url(self) -> str:
+        base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
+        return f"{base}/{self.name}"
+
+    def _admin(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(sql)
+
+    def create(self) -> PgDatabase:
+        self._admin(f'CREATE DATABASE "{self.name}"')
+        return self
+
+    def drop(self) -> None:
+        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+# --- Worker -----------------------------------------------------------------------------
+
+
+@dataclass
+class WorkerProcess:
+    """`mailer worker` in a subprocess, with its log kept for failing tests."""
+
+    env: dict
+    log_path: Path
+    args: list[str] = field(default_factory=lambda: ["--pool", "prefork", "--concurrency", "2"])
+    proc: subprocess.Popen | None = None
+
+    def start(self, wait: bool = True) -> WorkerProcess:
+        self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mailer.cli", "worker", "--loglevel", "INFO", *self.args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait:
+            wait_until(lambda: self._ready(), 60, 0.1, what=f"the worker (log: {self.log_path})")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+        return b" ready." in self.log_path.read_bytes()[self._offset :]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: the main process and its pool children."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
