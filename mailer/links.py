@@ -21,10 +21,14 @@ class Links:
         return f"{self.base}/preferences/email/{token}"
 
     def unsubscribe(self, uid: str) -> str:
-        return f"{self.base}/unsubscribe/{self.tokens.make(t.UNSUBSCRIBE, uid)}"
+        return f"{self.base}/unsubscribe/{self.tokens.sign(t.UNSUBSCRIBE, uid)}"
 
     def preferences(self, uid: str) -> str:
-        return f"{self.base}/preferences/{self.tokens.make(t.PREFERENCES, uid)}"
+        return f"{self.base}/preferences/{self.tokens.sign(t.PREFERENCES, uid)}"
+
+    def click_base(self, delivery_id: int) -> str:
+        """Tracked links of one delivery are click_base + "/" + item id."""
+        return f"{self.base}/t/{self.tokens.sign(t.CLICK, str(delivery_id))}"
 
     def subscribe(self) -> str:
         return f"{self.base}/subscribe"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 from datetime import UTC, datetime
 
-from itsdangerous import BadData, SignatureExpired, URLSafeSerializer, URLSafeTimedSerializer
+from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
 
 class BadToken(Exception):
@@ -30,28 +31,41 @@ BOUNCE = "bounce"
 class Tokens:
     def __init__(self, secret_key: str):
         self._secret = secret_key
-        self._plain: dict[str, URLSafeSerializer] = {}
+        self._keys: dict[str, bytes] = {}
         self._timed: dict[str, URLSafeTimedSerializer] = {}
 
-    def _s(self, purpose: str) -> URLSafeSerializer:
-        if purpose not in self._plain:
-            self._plain[purpose] = URLSafeSerializer(self._secret, salt=purpose)
-        return self._plain[purpose]
+    def _key(self, purpose: str) -> bytes:
+        key = self._keys.get(purpose)
+        if key is None:
+            key = self._keys[purpose] = hashlib.sha256(f"{purpose}:{self._secret}".encode()).digest()
+        return key
 
     def _t(self, purpose: str) -> URLSafeTimedSerializer:
         if purpose not in self._timed:
             self._timed[purpose] = URLSafeTimedSerializer(self._secret, salt=purpose)
         return self._timed[purpose]
 
-    def make(self, purpose: str, payload) -> str:
-        """A token that never expires (unsubscribe and preference links in old mail keep working)."""
-        return self._s(purpose).dumps(payload)
+    def sign(self, purpose: str, value: str) -> str:
+        """`value.signature`, never expiring: for links in every message (about 2 µs each).
 
-    def load(self, purpose: str, token: str):
+        The value must not contain a dot (uids are URL-safe base64, ids are digits). The
+        signature is HMAC-SHA256 truncated to 96 bits, keyed per purpose.
+        """
+        sig = hmac.digest(self._key(purpose), value.encode(), "sha256")[:12]
+        return f"{value}.{base64.urlsafe_b64encode(sig).decode()}"
+
+    def unsign(self, purpose: str, token: str) -> str:
+        value, dot, sig = token.rpartition(".")
+        if not dot or not value or len(sig) != 16:
+            raise BadToken()
         try:
-            return self._s(purpose).loads(token)
-        except BadData:
+            given = base64.urlsafe_b64decode(sig)
+        except (ValueError, TypeError):
             raise BadToken() from None
+        expected = hmac.digest(self._key(purpose), value.encode(), "sha256")[:12]
+        if not hmac.compare_digest(given, expected):
+            raise BadToken()
+        return value
 
     def make_timed(self, purpose: str, payload) -> str:
         return self._t(purpose).dumps(payload)
@@ -76,5 +90,4 @@ class Tokens:
 
     def keyed_hash(self, purpose: str, value: str) -> str:
         """HMAC-SHA256 of a value: for suppression lists and visitor ids, never reversible."""
-        key = hashlib.sha256(f"{purpose}:{self._secret}".encode()).digest()
-        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()
+        return hmac.new(self._key(purpose), value.encode(), hashlib.sha256).hexdigest()

@@ -130,10 +130,9 @@ def confirm(token: str):
 
 def _load_plain(purpose: str, token: str) -> str | None:
     try:
-        uid = runtime().tokens.load(purpose, token)
+        return runtime().tokens.unsign(purpose, token)
     except BadToken:
         return None
-    return uid if isinstance(uid, str) else None
 
 
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import select
 
 from mailer.db import db
@@ -45,7 +47,7 @@ def test_signup_confirm_welcome_unsubscribe(client, smtp, worker, make_email):
     (welcome,) = [m for m in smtp.wait_for(email, 2) if "Welcome" in m.message["Subject"]]
     headers = welcome.message
     assert headers["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    unsubscribe_url = headers["List-Unsubscribe"].strip("<>").split(">")[0]
+    unsubscribe_url = re.search(r"<(https?://[^>]+)>", headers["List-Unsubscribe"]).group(1)
     assert unsubscribe_url.startswith("http://localhost:")
     assert headers["List-Id"].endswith("<newsletter.daily.example>")
 

@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 02:02:32.108276
 """
 
 from alembic import op
