@@ -72,6 +72,10 @@ class Settings:
     ops_email: str | None = None
     report_webhook: str | None = None
     list_id: str | None = None
+    # Digest composition defaults: N latest, M most popular, skip below K new items.
+    digest_latest: int = 10
+    digest_popular: int = 5
+    digest_min_items: int = 1
     # Set by load_settings: True when MAILER_REDIS_URL is unset (SQLite, embedded broker).
     embedded: bool = True
     # Anything the tests or an embedding program want to pass to Flask's config.
@@ -286,6 +290,9 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
         ("MAILER_SCANNER_SECONDS", "scanner_seconds", int),
         ("MAILER_FEED_SYNC_MINUTES", "feed_sync_minutes", int),
         ("MAILER_SCHEDULE_GRACE_HOURS", "schedule_grace_hours", float),
+        ("MAILER_DIGEST_LATEST", "digest_latest", int),
+        ("MAILER_DIGEST_POPULAR", "digest_popular", int),
+        ("MAILER_DIGEST_MIN_ITEMS", "digest_min_items", int),
     ]:
         if get(name):
             kw[attr] = _number(name, get(name), kind)
