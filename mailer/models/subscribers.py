@@ -59,8 +59,8 @@ class Subscriber(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    # A confirmation mail is owed while requested > sent; the sweeper re-enqueues it if the
-    # broker was unreachable right after the signup committed.
+    # A confirmation mail is owed while requested > sent (sent holds the request time it
+    # served); the sweeper re-enqueues it if the broker was unreachable after the commit.
     confirm_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     confirm_sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A new address waiting for its own confirmation before it replaces `email`.

@@ -28,6 +28,7 @@ from mailer.models import (
 
 NAME_MAX = 100
 EMAIL_MAX = 254  # RFC 5321 path limit, minus the angle brackets
+LOCAL_MAX = 64
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators: none belongs in a
 # name or an address, and CR/LF in particular would let a value escape into mail headers.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -84,6 +85,11 @@ def normalize_email(raw: str | None) -> str:
     except EmailNotValidError as e:
         raise ValidationError("email", f"That does not look like an email address: {e}") from None
     address = info.ascii_email or info.normalized
+    if len(address.rpartition("@")[0]) > LOCAL_MAX:
+        # RFC 5321 4.5.3.1.1; email-validator stopped enforcing it, many servers still do.
+        raise ValidationError(
+            "email", f"The part before the @ is longer than {LOCAL_MAX} characters."
+        )
     return address.lower()
 
 

@@ -21,22 +21,23 @@ log = logging.getLogger(__name__)
 @shared_task(name="mailer.send_confirmation", **RETRY)
 def send_confirmation(subscriber_id: int) -> str:
     rt = runtime()
-    now = utcnow()
     with db.transaction() as s:
         sub = s.get(Subscriber, subscriber_id)
         if sub is None or sub.status not in subscriptions.CONFIRMABLE:
             return "not pending"
-        previous = sub.confirm_sent_at
+        previous, requested = sub.confirm_sent_at, sub.confirm_requested_at
         # Claim the owed mail with a conditional UPDATE: of two copies of this task (or a
-        # task and the sweeper's), only one passes.
+        # task and the sweeper's), only one passes. The claim stores the request time it
+        # serves, not this host's clock, so clock skew between hosts cannot re-open it.
         claimed = s.execute(
             update(Subscriber)
             .where(
                 Subscriber.id == subscriber_id,
+                Subscriber.confirm_requested_at == requested,
                 (Subscriber.confirm_sent_at.is_(None))
                 | (Subscriber.confirm_sent_at < Subscriber.confirm_requested_at),
             )
-            .values(confirm_sent_at=now)
+            .values(confirm_sent_at=requested)
             .execution_options(synchronize_session=False)
         ).rowcount
         email, uid = sub.email, sub.uid
@@ -49,7 +50,7 @@ def send_confirmation(subscriber_id: int) -> str:
         with db.transaction() as s:  # give the claim back so a retry can take it
             s.execute(
                 update(Subscriber)
-                .where(Subscriber.id == subscriber_id, Subscriber.confirm_sent_at == now)
+                .where(Subscriber.id == subscriber_id, Subscriber.confirm_sent_at == requested)
                 .values(confirm_sent_at=previous)
                 .execution_options(synchronize_session=False)
             )

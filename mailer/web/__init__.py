@@ -57,6 +57,14 @@ def init_web(app: Flask) -> None:
             x_proto=settings.proxy_hops,
             x_host=settings.proxy_hops,
         )
+    @app.before_request
+    def _limit_public_bodies():
+        # Public pages and the API take small bodies; only the console uploads files. This
+        # runs first (before CSRF and rate limits read the form), so the limit always applies.
+        if not request.path.startswith("/admin"):
+            request.max_content_length = settings.max_body_bytes
+            request.max_form_memory_size = settings.max_body_bytes
+
     csrf.init_app(app)
     limiter.init_app(app)
 
@@ -79,13 +87,6 @@ def init_web(app: Flask) -> None:
             "current_user": current_user,
             "admin_nav": admin_nav,
         }
-
-    @app.before_request
-    def _limit_public_bodies():
-        # Public pages and the API take small bodies; only the console uploads files.
-        if not request.path.startswith("/admin"):
-            request.max_content_length = settings.max_body_bytes
-            request.max_form_memory_size = settings.max_body_bytes
 
     @app.after_request
     def _security_headers(resp):
@@ -118,7 +119,9 @@ def init_web(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http(e: HTTPException):
         status = e.code or 500
-        message = MESSAGES.get(status) or e.description or "Error"
+        # abort(400, "reason") carries a specific reason; otherwise use our plain wording.
+        specific = e.description and e.description != type(e).description
+        message = e.description if specific else MESSAGES.get(status, e.description or "Error")
         if status == 429:
             message = MESSAGES[429]
         headers = dict(e.get_headers()) if status in (405, 429) else {}

@@ -7,7 +7,7 @@ from flask import Blueprint, abort, g, jsonify, request
 from mailer.errors import ValidationError
 from mailer.services import subscriptions as subs
 from mailer.web.extensions import limiter, settings
-from mailer.web.signup import address_key, consent_from_request, handle_signup
+from mailer.web.signup import consent_from_request, handle_signup, rate_limited
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -51,17 +51,8 @@ def _optional_text(data, key: str, max_len: int) -> str | None:
     return subs.check_text(key, value, max_len)
 
 
-def _signup_limits():
-    return settings().signup_limit_ip
-
-
-def _address_limits():
-    return settings().signup_limit_address
-
-
 @bp.route("/subscribe", methods=["POST", "OPTIONS"])
-@limiter.limit(_signup_limits, methods=["POST"])
-@limiter.limit(_address_limits, key_func=address_key, methods=["POST"])
+@rate_limited
 def subscribe():
     data = request_data()
     # The site's snippet may say which form it is and the words it showed next to the box.

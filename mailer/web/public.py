@@ -14,23 +14,15 @@ from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue, send_email_change, send_welcome
 from mailer.tokens import BadToken
-from mailer.web.extensions import limiter, settings
+
 from mailer.web.signup import (
-    address_key,
     consent_from_request,
     consent_wording,
     handle_signup,
+    rate_limited,
 )
 
 bp = Blueprint("public", __name__)
-
-
-def _signup_limits():
-    return settings().signup_limit_ip
-
-
-def _address_limits():
-    return settings().signup_limit_address
 
 
 def _form_context(values=None, error=None):
@@ -51,8 +43,7 @@ def index():
 
 
 @bp.route("/subscribe", methods=["GET", "POST"])
-@limiter.limit(_signup_limits, methods=["POST"])
-@limiter.limit(_address_limits, key_func=address_key, methods=["POST"])
+@rate_limited
 def subscribe():
     if request.method == "GET":
         return render_template("subscribe.html", **_form_context())

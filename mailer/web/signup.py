@@ -7,13 +7,14 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 from flask import request
+from werkzeug.exceptions import HTTPException
 
 from mailer.db import db
 from mailer.errors import ValidationError
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue, send_confirmation
-from mailer.web.extensions import client_ip
+from mailer.web.extensions import client_ip, limiter
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,38 @@ def _get_str(data: Mapping, key: str) -> str | None:
 
 def address_key() -> str:
     """Rate-limit key for the per-address limit: the address as typed, lower-cased."""
-    data = request.get_json(silent=True) if request.is_json else request.form
+    try:
+        data = request.get_json(silent=True) if request.is_json else request.form
+    except HTTPException:
+        # An oversized or unreadable body: fall back to the IP; the view answers 413/400.
+        data = None
     value = data.get("email") if isinstance(data, Mapping) else None
     if isinstance(value, str) and value.strip():
         return "addr:" + value.strip().lower()[:320]
     return "ip:" + client_ip()
+
+
+def _ip_limit() -> str:
+    return runtime().settings.signup_limit_ip
+
+
+def _address_limit() -> str:
+    return runtime().settings.signup_limit_address
+
+
+# One budget for the page and the API together, per client IP and per address typed: an
+# abuser does not get twice the allowance by alternating between the two routes.
+signup_limits = [
+    limiter.shared_limit(_ip_limit, scope="signup-ip", methods=["POST"]),
+    limiter.shared_limit(_address_limit, scope="signup-address", key_func=address_key,
+                         methods=["POST"]),
+]
+
+
+def rate_limited(view):
+    for decorate in reversed(signup_limits):
+        view = decorate(view)
+    return view
 
 
 def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None:

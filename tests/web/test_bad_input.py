@@ -1,0 +1,214 @@
+"""Bad input gets a readable 4xx, writes no row and sends no mail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import time_machine
+from sqlalchemy import func, select
+
+from mailer import tokens as t
+from mailer.db import db
+from mailer.models import ConsentRecord, Subscriber
+from mailer.runtime import runtime
+from tests.web.helpers import form_fields, signup
+
+MALFORMED = [
+    "",
+    "plainaddress",
+    "@example.com",
+    "reader@",
+    "reader@@example.com",
+    "reader@example..com",
+    "reader name@example.com",
+    "reader@exa mple.com",
+    "reader@-example.com",
+    "reader@example.com.",
+    ".reader@example.com",
+    "reader.@example.com",
+    "read..er@example.com",
+    "reader@[300.1.1.1]",
+    "a" * 65 + "@example.com",
+    "reader@" + "b" * 250 + ".com",
+    "rëader@example.com",  # needs SMTPUTF8, which we do not send
+]
+
+INJECTION = [
+    "reader@example.com\r\nBcc: victim@example.com",
+    "reader@example.com\nBcc: victim@example.com",
+    "reader@example.com\x00",
+    "reader@example.com\u2028",
+]
+
+
+def rows() -> tuple[int, int]:
+    db.session.expire_all()
+    return (
+        db.session.scalar(select(func.count()).select_from(Subscriber)),
+        db.session.scalar(select(func.count()).select_from(ConsentRecord)),
+    )
+
+
+@pytest.mark.parametrize("address", MALFORMED + INJECTION)
+def test_malformed_addresses_on_the_form(client, address):
+    resp = signup(client, address)
+    assert resp.status_code == 400
+    body = resp.get_data(as_text=True)
+    assert 'role="alert"' in body
+    assert rows() == (0, 0)
+
+
+@pytest.mark.parametrize("address", MALFORMED + INJECTION)
+def test_malformed_addresses_on_the_api(client, address):
+    resp = client.post("/api/v1/subscribe", json={"email": address})
+    assert resp.status_code == 400
+    assert resp.json["field"] == "email" and resp.json["message"]
+    assert rows() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "name", ["Ada\r\nBcc: victim@example.com", "Ada\nLovelace", "Ada\x1b[31m", "A" * 101]
+)
+def test_bad_names(client, make_email, name):
+    resp = signup(client, make_email(), name=name)
+    assert resp.status_code == 400 and 'role="alert"' in resp.get_data(as_text=True)
+    api = client.post("/api/v1/subscribe", json={"email": make_email(), "name": name})
+    assert api.status_code == 400 and api.json["field"] == "name"
+    assert rows() == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"email": ["a@example.com"]},
+        {"email": 42},
+        {"email": "a@example.com", "frequency": "hourly"},
+        {"email": "a@example.com", "sections": ["gossip"]},
+        {"email": "a@example.com", "sections": [1, 2]},
+        {"email": "a@example.com", "name": {"first": "Ada"}},
+        {"email": "a@example.com", "consent": "ok\r\nX-Header: 1"},
+    ],
+)
+def test_wrongly_typed_json_fields(client, payload):
+    resp = client.post("/api/v1/subscribe", json=payload)
+    assert resp.status_code == 400 and resp.json["message"]
+    assert rows() == (0, 0)
+
+
+def test_wrong_content_types_and_bodies(client):
+    resp = client.post("/api/v1/subscribe", data="email=a@example.com", content_type="text/plain")
+    assert resp.status_code == 415 and "form data or JSON" in resp.json["message"]
+    resp = client.post("/api/v1/subscribe", data="{not json", content_type="application/json")
+    assert resp.status_code == 400 and "not valid JSON" in resp.json["message"]
+    resp = client.post("/api/v1/subscribe", data="[1, 2]", content_type="application/json")
+    assert resp.status_code == 400 and "must be an object" in resp.json["message"]
+    resp = client.post("/api/v1/subscribe", data=b"\xff\xfe", content_type="application/json")
+    assert resp.status_code == 400
+    assert rows() == (0, 0)
+
+
+def test_oversized_bodies(client):
+    big = "x" * (200 * 1024)
+    resp = client.post("/api/v1/subscribe", json={"email": "a@example.com", "name": big})
+    assert resp.status_code == 413 and resp.json["message"] == "The request is too large."
+    page = client.get("/subscribe")
+    form = {**form_fields(page.get_data(as_text=True)), "email": "a@example.com", "name": big}
+    resp = client.post("/subscribe", data=form)
+    assert resp.status_code == 413 and b"too large" in resp.data
+    assert rows() == (0, 0)
+
+
+def test_wrong_methods_are_405_not_500(client):
+    assert client.put("/subscribe").status_code == 405
+    assert client.get("/api/v1/subscribe").status_code == 405
+    assert client.delete("/unsubscribe/abc").status_code == 405
+
+
+def test_form_without_csrf_token_is_refused(client, make_email):
+    page = client.get("/subscribe")
+    fields = form_fields(page.get_data(as_text=True))
+    fields.pop("csrf_token")
+    resp = client.post("/subscribe", data={**fields, "email": make_email()})
+    assert resp.status_code == 400 and b"form expired" in resp.data
+    assert rows() == (0, 0)
+
+
+def test_form_without_or_with_forged_timestamp(client, make_email):
+    page = client.get("/subscribe")
+    fields = form_fields(page.get_data(as_text=True))
+    no_ts = {k: v for k, v in fields.items() if k != "ts"}
+    assert client.post("/subscribe", data={**no_ts, "email": make_email()}).status_code == 400
+    forged = {**fields, "ts": fields["ts"][:-2] + "xx", "email": make_email()}
+    resp = client.post("/subscribe", data=forged)
+    assert resp.status_code == 400 and b"not filled in on our page" in resp.data
+    assert rows() == (0, 0)
+
+
+def _confirm_token(app, uid="nobody", email="a@example.com"):
+    with app.app_context():
+        return runtime().tokens.make_timed(t.CONFIRM, [uid, email])
+
+
+def test_forged_tampered_and_foreign_tokens(app, client):
+    good = _confirm_token(app)
+    with app.app_context():
+        unsub = runtime().tokens.sign(t.UNSUBSCRIBE, "someuid")
+    cases = [
+        f"/confirm/{good[:-3]}abc",  # tampered signature
+        f"/confirm/{good.replace('.', 'x', 1)}",  # tampered payload
+        "/confirm/garbage",
+        f"/confirm/{unsub}",  # a token of another purpose
+        f"/unsubscribe/{good}",
+        "/unsubscribe/someuid.AAAAAAAAAAAAAAAAAAAAAA",
+        "/unsubscribe/x",
+        f"/preferences/{unsub}",
+        "/preferences/email/garbage",
+    ]
+    # A valid CSRF token, so that what is refused is the link itself.
+    csrf_token = form_fields(client.get("/subscribe").get_data(as_text=True))["csrf_token"]
+    body = {"List-Unsubscribe": "One-Click", "csrf_token": csrf_token}
+    for url in cases:
+        for method in ("get", "post"):
+            resp = getattr(client, method)(url, data=body)
+            assert resp.status_code == 400, url
+            assert b"This link is not valid" in resp.data, url
+            assert b"Send me a new link" in resp.data, url
+
+
+def test_expired_confirmation_link_offers_a_new_one(app, client, make_email):
+    email = make_email()
+    signup(client, email)
+    uid = db.session.scalar(select(Subscriber.uid).where(Subscriber.email == email))
+    with time_machine.travel("2020-01-01T00:00:00Z"):
+        old = _confirm_token(app, uid, email)
+    resp = client.get(f"/confirm/{old}")
+    assert resp.status_code == 400 and b"This link has expired" in resp.data
+    assert b"Send me a new link" in resp.data
+
+
+def test_valid_token_for_an_unknown_reader_is_400(app, client):
+    resp = client.get(f"/confirm/{_confirm_token(app)}")
+    assert resp.status_code == 200  # the page itself reveals nothing
+    fields = form_fields(resp.get_data(as_text=True))
+    resp = client.post(f"/confirm/{_confirm_token(app)}", data=fields)
+    assert resp.status_code == 400 and b"This link is not valid" in resp.data
+
+
+def test_one_click_post_without_the_rfc8058_body_is_refused(app, client, make_email):
+    with app.app_context():
+        token = runtime().tokens.sign(t.UNSUBSCRIBE, "someuid")
+    resp = client.post(f"/unsubscribe/{token}", data={"something": "else"})
+    assert resp.status_code == 400 and b"List-Unsubscribe=One-Click" in resp.data
+
+
+def test_no_mail_leaves_for_bad_input(client, smtp, worker, make_email):
+    """A burst of bad requests, then one good signup: only the good one is mailed."""
+    for address in MALFORMED + INJECTION:
+        client.post("/api/v1/subscribe", json={"email": address})
+        signup(client, address)
+    good = make_email()
+    assert client.post("/api/v1/subscribe", json={"email": good}).status_code == 202
+    smtp.wait_for(good)
+    assert [m.recipient for m in smtp.messages] == [good]
+    assert json.loads(json.dumps(rows())) == [1, 1]
