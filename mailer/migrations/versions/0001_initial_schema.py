@@ -258,6 +258,7 @@ def upgrade() -> None:
     sa.Column('claimed_at', mailer.db.UTCDateTime(), nullable=True),
     sa.Column('claimed_by', sa.String(length=100), nullable=True),
     sa.Column('sent_at', mailer.db.UTCDateTime(), nullable=True),
+    sa.Column('opened_at', mailer.db.UTCDateTime(), nullable=True),
     sa.Column('last_error', sa.String(length=1000), nullable=True),
     sa.Column('created_at', mailer.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['issue_id'], ['issues.id'], name=op.f('fk_deliveries_issue_id_issues'), ondelete='CASCADE'),
