@@ -1,0 +1,89 @@
+"""Clicks through a delivery's tracked links: where they may go and what they count for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import urlsplit
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from mailer import tokens as t
+from mailer.errors import NotFound
+from mailer.models import Click, Delivery, IssueItem
+from mailer.tokens import BadToken
+
+
+@dataclass(frozen=True)
+class Target:
+    delivery: Delivery
+    item: IssueItem
+
+    @property
+    def url(self) -> str:
+        return self.item.url
+
+
+def resolve(session: Session, rt, token: str, item_id: int) -> Target:
+    """The item a tracked link points at, only if it belongs to the delivery's issue.
+
+    The redirect target is always the URL stored on the issue item, never anything taken
+    from the request: a forged token, another issue's item or a non-web URL is a 404.
+    """
+    try:
+        delivery_id = int(rt.tokens.unsign(t.CLICK, token))
+    except (BadToken, ValueError):
+        raise NotFound("This link is not valid.") from None
+    delivery = session.get(Delivery, delivery_id)
+    item = session.get(IssueItem, item_id)
+    if delivery is None or item is None or item.issue_id != delivery.issue_id:
+        raise NotFound("This link is not valid.")
+    if urlsplit(item.url).scheme not in ("http", "https"):
+        raise NotFound("This link is not valid.")
+    return Target(delivery, item)
+
+
+def record(session: Session, rt, target: Target, *, ip: str, user_agent: str, at: datetime) -> Click:
+    """Store the click; it counts for popularity unless a bot or a mail scanner made it."""
+    from mailer.services import popularity
+
+    counted = False
+    if not popularity.is_bot(user_agent):
+        visitor = popularity.visitor_id(rt.tokens, ip, user_agent, at.date())
+        # Scanners open every link within seconds of delivery: the delivery's sent_at lets
+        # the popularity service tell them from readers.
+        counted = bool(
+            rt.popularity.record_click(
+                session, target.item.article_id, visitor, at, target.delivery.sent_at
+            )
+        )
+    click = Click(
+        issue_id=target.item.issue_id,
+        item_id=target.item.id,
+        delivery_id=target.delivery.id,
+        at=at,
+        counted=counted,
+    )
+    session.add(click)
+    session.flush()
+    return click
+
+
+def record_open(session: Session, rt, token: str, *, user_agent: str, at: datetime) -> bool:
+    """Note a delivery's first open (the pixel, only when enabled); bots are ignored."""
+    from mailer.services import popularity
+
+    try:
+        delivery_id = int(rt.tokens.unsign(t.CLICK, token))
+    except (BadToken, ValueError):
+        return False
+    if popularity.is_bot(user_agent):
+        return False
+    done = session.execute(
+        update(Delivery)
+        .where(Delivery.id == delivery_id, Delivery.opened_at.is_(None))
+        .values(opened_at=at)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return bool(done)

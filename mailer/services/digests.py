@@ -1,0 +1,586 @@
+"""Digest issues: composition (Latest, Most popular), editing, and the rendering contract.
+
+Latest = articles published since the audience's last sent issue (the first issue looks back
+seven days), newest first, up to N. Most popular = the top M of the rolling ranking, minus
+Latest and minus anything this audience already got. An audience is a frequency plus a
+sections key; an issue with fewer than K Latest items is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from urllib.parse import urlsplit
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from mailer.db import utcnow
+from mailer.errors import InvalidTransition, NotFound, ValidationError
+from mailer.mail.message import build_message
+from mailer.mail.notices import Outgoing, list_id
+from mailer.models import (
+    Article,
+    Frequency,
+    Issue,
+    IssueItem,
+    IssueStatus,
+    ItemSection,
+    sections_key,
+    sections_list,
+)
+from mailer.services.render import (
+    EDITOR_VARIABLES,
+    article_sections,
+    editor_text,
+    render_preview,
+    render_variant,
+)
+
+__all__ = [
+    "EDITABLE", "SENT", "DEFAULT_SUBJECT", "create_issue", "recompose", "pin", "unpin", "exclude",
+    "include", "move", "set_text", "get_issue", "list_issues", "render_variant", "render_preview",
+    "describe", "summary", "TEMPLATE_VARIABLES",
+]
+
+# Issues whose readers got (or are getting) them: what "already sent" means for repeats.
+SENT = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.FINISHED)
+EDITABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED)
+FIRST_LOOKBACK = timedelta(days=7)
+DEFAULT_SUBJECT = "{{ list_name }}: {{ top_story }}"
+SUBJECT_MAX = 300
+INTRO_MAX = 20_000
+
+
+class NotEditable(InvalidTransition):
+    def __init__(self, issue: Issue):
+        super(InvalidTransition, self).__init__(
+            f"Issue {issue.id} is {issue.status}; only draft or scheduled issues can be edited."
+        )
+
+
+# --- audience history ---------------------------------------------------------------------
+
+
+def _same_audience(frequency: Frequency, sections: str):
+    return (Issue.audience_frequency == frequency) & (Issue.audience_sections == sections)
+
+
+def last_sent(session: Session, frequency: Frequency, sections: str, before_id=None) -> Issue | None:
+    """The audience's most recent issue that went out (sending, paused or finished)."""
+    stmt = select(Issue).where(Issue.status.in_(SENT), _same_audience(frequency, sections))
+    if before_id is not None:
+        stmt = stmt.where(Issue.id != before_id)
+    stmt = stmt.order_by(Issue.window_end.desc().nulls_last(), Issue.id.desc()).limit(1)
+    return session.scalar(stmt)
+
+
+def already_sent(session: Session, frequency: Frequency, sections: str) -> set[int]:
+    """Every article this audience got in an issue that went out."""
+    rows = session.scalars(
+        select(IssueItem.article_id)
+        .join(Issue, Issue.id == IssueItem.issue_id)
+        .where(
+            Issue.status.in_(SENT),
+            _same_audience(frequency, sections),
+            IssueItem.excluded.is_(False),
+        )
+    )
+    return set(rows)
+
+
+# --- composition --------------------------------------------------------------------------
+
+
+def _usable(article: Article) -> bool:
+    # The click redirect sends readers to this URL: only web links, never javascript: & co.
+    return urlsplit(article.url or "").scheme in ("http", "https")
+
+
+def _in_sections(article: Article, wanted: set[str], settings) -> bool:
+    return not wanted or bool(article_sections(article, settings) & wanted)
+
+
+def _latest(session, issue: Issue, skip: set[int], limit: int, settings) -> list[Article]:
+    if limit <= 0:
+        return []
+    wanted = set(sections_list(issue.audience_sections))
+    stmt = (
+        select(Article)
+        .where(Article.published_at > issue.window_start, Article.published_at <= issue.window_end)
+        .order_by(Article.published_at.desc(), Article.id.desc())
+        .execution_options(yield_per=200)
+    )
+    out = []
+    for article in session.scalars(stmt):
+        if article.id in skip or not _usable(article) or not _in_sections(article, wanted, settings):
+            continue
+        out.append(article)
+        if len(out) >= limit:
+            break
+    return out
+
+
+def _popular(session, rt, issue: Issue, skip: set[int], limit: int) -> list[Article]:
+    if limit <= 0:
+        return []
+    settings = rt.settings
+    wanted = set(sections_list(issue.audience_sections))
+    ask = limit * 4 + 20
+    while True:
+        ranking = rt.popularity.ranking(
+            session, days=settings.popularity_days, now=issue.window_end, limit=ask
+        )
+        ids = [article_id for article_id, _score in ranking if article_id not in skip]
+        by_id = {a.id: a for a in session.scalars(select(Article).where(Article.id.in_(ids)))}
+        out = []
+        for article_id in ids:
+            article = by_id.get(article_id)
+            if article is None or article.published_at > issue.window_end:
+                continue
+            if _usable(article) and _in_sections(article, wanted, settings):
+                out.append(article)
+            if len(out) >= limit:
+                return out
+        if len(ranking) < ask:  # the whole ranking was seen
+            return out
+        ask *= 4
+
+
+def _add_items(session, issue: Issue, section: ItemSection, articles: Iterable[Article], start: int):
+    for offset, article in enumerate(articles):
+        session.add(
+            IssueItem(
+                issue_id=issue.id,
+                article_id=article.id,
+                section=section,
+                position=start + offset,
+                url=article.url,
+            )
+        )
+
+
+def _compose(session: Session, rt, issue: Issue) -> int:
+    """Fill the issue's unpinned items by the rules; returns the number of Latest items."""
+    settings = rt.settings
+    kept = list(session.scalars(select(IssueItem).where(IssueItem.issue_id == issue.id)))
+    skip = already_sent(session, issue.audience_frequency, issue.audience_sections)
+    skip |= {i.article_id for i in kept}
+    pinned = {s: [i for i in kept if i.pinned and not i.excluded and i.section == s] for s in ItemSection}
+    for section, items in pinned.items():
+        for position, item in enumerate(sorted(items, key=lambda i: (i.position, i.id))):
+            item.position = position
+    latest = _latest(session, issue, skip, issue.latest_n - len(pinned[ItemSection.LATEST]), settings)
+    _add_items(session, issue, ItemSection.LATEST, latest, len(pinned[ItemSection.LATEST]))
+    skip |= {a.id for a in latest}
+    popular = _popular(session, rt, issue, skip, issue.popular_m - len(pinned[ItemSection.POPULAR]))
+    _add_items(session, issue, ItemSection.POPULAR, popular, len(pinned[ItemSection.POPULAR]))
+    session.flush()
+    return len(latest) + len(pinned[ItemSection.LATEST])
+
+
+def _count(value, name: str, default: int) -> int:
+    if value is None:
+        return default
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 100:
+        raise ValidationError(name, f"{name} must be a whole number from 0 to 100.")
+    return value
+
+
+def _skip_reason(found: int, needed: int, since: datetime) -> str:
+    when = f"{since:%Y-%m-%d %H:%M} UTC"
+    if found == 0:
+        return f"Nothing new since {when}; at least {needed} new article(s) needed."
+    return f"Only {found} new article(s) since {when}; at least {needed} needed."
+
+
+def create_issue(
+    session: Session,
+    rt,
+    *,
+    now: datetime,
+    subject: str | None = None,
+    preheader: str = "",
+    intro: str = "",
+    audience_frequency: Frequency = Frequency.WEEKLY,
+    audience_sections: str = "",
+    latest_n: int | None = None,
+    popular_m: int | None = None,
+    min_items: int | None = None,
+    schedule_id: int | None = None,
+    period_start: datetime | None = None,
+    author_id: int | None = None,
+) -> Issue:
+    """Compose a new issue: a draft, or `skipped` (reason in status_reason) when fewer than
+    min_items new articles exist. Flushes, so a duplicate (schedule, period) raises
+    IntegrityError here."""
+    settings = rt.settings
+    audience_sections = check_sections(audience_sections, settings)
+    issue = Issue(
+        subject=check_subject(DEFAULT_SUBJECT if subject is None else subject),
+        preheader=check_preheader(preheader or ""),
+        intro=check_intro(intro or ""),
+        status=IssueStatus.DRAFT,
+        audience_frequency=check_frequency(audience_frequency),
+        audience_sections=audience_sections,
+        latest_n=_count(latest_n, "latest", settings.digest_latest),
+        popular_m=_count(popular_m, "popular", settings.digest_popular),
+        min_items=_count(min_items, "min_items", settings.digest_min_items),
+        schedule_id=schedule_id,
+        period_start=period_start,
+        author_id=author_id,
+        window_end=now,
+        created_at=now,
+        updated_at=now,
+    )
+    previous = last_sent(session, issue.audience_frequency, audience_sections)
+    issue.window_start = (
+        previous.window_end if previous and previous.window_end else now - FIRST_LOOKBACK
+    )
+    session.add(issue)
+    session.flush()  # the (schedule, period) key is checked here, before any composing work
+    new = _compose(session, rt, issue)
+    if new < issue.min_items:
+        issue.status = IssueStatus.SKIPPED
+        issue.status_reason = _skip_reason(new, issue.min_items, issue.window_start)
+    session.flush()
+    return issue
+
+
+def recompose(session: Session, rt, issue_id: int, *, now: datetime | None = None) -> Issue:
+    """Propose the items again (new articles, a fresh ranking): pinned items stay, excluded
+    ones stay out, the rest is chosen anew."""
+    issue = _editable(session, issue_id)
+    now = now or utcnow()
+    previous = last_sent(session, issue.audience_frequency, issue.audience_sections, issue.id)
+    issue.window_start = (
+        previous.window_end if previous and previous.window_end else now - FIRST_LOOKBACK
+    )
+    issue.window_end = now
+    session.execute(
+        delete(IssueItem)
+        .where(
+            IssueItem.issue_id == issue.id,
+            IssueItem.pinned.is_(False),
+            IssueItem.excluded.is_(False),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.expire(issue, ["items"])
+    _compose(session, rt, issue)
+    session.flush()
+    return issue
+
+
+# --- validation of editor input -----------------------------------------------------------
+
+
+def check_frequency(raw) -> Frequency:
+    try:
+        return Frequency(raw)
+    except ValueError:
+        raise ValidationError("frequency", "The frequency must be weekly or daily.") from None
+
+
+def check_sections(raw, settings) -> str:
+    known = {slug for slug, _ in settings.sections}
+    chosen = sections_list(raw) if isinstance(raw, str) else list(raw or ())
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise ValidationError("sections", f"Unknown section: {', '.join(unknown)[:100]}.")
+    key = sections_key(chosen)
+    return "" if known and set(chosen) == known else key
+
+
+_SAMPLE_VALUES = {
+    "list_name": "List", "date": "1 January 2030", "top_story": "Story", "item_count": 1,
+}
+
+
+def _check_template(name: str, value: str, extra: dict | None = None) -> str:
+    # Render once with sample values so a mistake shows up now, not when the issue is sent.
+    editor_text(name, value, {**_SAMPLE_VALUES, **(extra or {})})
+    return value
+
+
+def _single_line(name: str, value, limit: int) -> str:
+    if not isinstance(value, str):
+        raise ValidationError(name, f"The {name} must be text.")
+    if any(c in value for c in "\r\n\x00"):
+        raise ValidationError(name, f"The {name} must be a single line.")
+    value = value.strip()
+    if len(value) > limit:
+        raise ValidationError(name, f"The {name} is longer than {limit} characters.")
+    return value
+
+
+def check_subject(value) -> str:
+    value = _single_line("subject", value, SUBJECT_MAX)
+    if not value:
+        raise ValidationError("subject", "The subject must not be empty.")
+    return _check_template("subject", value)
+
+
+def check_preheader(value) -> str:
+    return _check_template("preheader", _single_line("preheader", value, SUBJECT_MAX))
+
+
+def check_intro(value) -> str:
+    if not isinstance(value, str):
+        raise ValidationError("intro", "The intro must be text.")
+    if "\x00" in value:
+        raise ValidationError("intro", "The intro contains a NUL character.")
+    if len(value) > INTRO_MAX:
+        raise ValidationError("intro", f"The intro is longer than {INTRO_MAX} characters.")
+    return _check_template("intro", value.replace("\r\n", "\n"), {"name": "Reader"})
+
+
+# --- editing ------------------------------------------------------------------------------
+
+
+def get_issue(session: Session, issue_id: int) -> Issue:
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        raise NotFound(f"There is no issue {issue_id}.")
+    return issue
+
+
+def _editable(session: Session, issue_id: int) -> Issue:
+    """The issue, row-locked for this transaction, if it may still be edited.
+
+    The conditional UPDATE both checks the status and takes the row lock, so a send that
+    starts concurrently either waits for this edit or makes it fail; never half of each.
+    """
+    done = session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status.in_(EDITABLE))
+        .values(updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    issue = get_issue(session, issue_id)
+    session.refresh(issue)
+    if not done:
+        raise NotEditable(issue)
+    return issue
+
+
+def set_text(session: Session, issue_id: int, *, subject=None, preheader=None, intro=None) -> Issue:
+    """Change the editor's text; None leaves a field as it is."""
+    issue = _editable(session, issue_id)
+    if subject is not None:
+        issue.subject = check_subject(subject)
+    if preheader is not None:
+        issue.preheader = check_preheader(preheader)
+    if intro is not None:
+        issue.intro = check_intro(intro)
+    session.flush()
+    return issue
+
+
+def _item(session: Session, issue: Issue, item_id: int) -> IssueItem:
+    item = session.get(IssueItem, item_id)
+    if item is None or item.issue_id != issue.id:
+        raise NotFound(f"Issue {issue.id} has no item {item_id}.")
+    return item
+
+
+def _item_for_article(session, issue: Issue, article_id: int) -> IssueItem | None:
+    return session.scalar(
+        select(IssueItem).where(IssueItem.issue_id == issue.id, IssueItem.article_id == article_id)
+    )
+
+
+def _new_item(session, issue: Issue, article_id: int, section: ItemSection | None) -> IssueItem:
+    article = session.get(Article, article_id)
+    if article is None:
+        raise NotFound(f"There is no article {article_id}.")
+    if not _usable(article):
+        raise ValidationError("article", "That article has no web address readers could open.")
+    if section is None:
+        fresh = issue.window_start is None or article.published_at > issue.window_start
+        section = ItemSection.LATEST if fresh else ItemSection.POPULAR
+    last = session.scalar(
+        select(func.max(IssueItem.position)).where(
+            IssueItem.issue_id == issue.id, IssueItem.section == section
+        )
+    )
+    item = IssueItem(
+        issue_id=issue.id, article_id=article.id, section=section,
+        position=(last + 1) if last is not None else 0, url=article.url,
+    )
+    session.add(item)
+    return item
+
+
+def pin(session: Session, issue_id: int, article_id: int, section: ItemSection | None = None) -> IssueItem:
+    """Keep an article in the issue whatever re-composing does (adding it if needed)."""
+    issue = _editable(session, issue_id)
+    item = _item_for_article(session, issue, article_id) or _new_item(
+        session, issue, article_id, section
+    )
+    item.pinned, item.excluded = True, False
+    session.flush()
+    return item
+
+
+def unpin(session: Session, issue_id: int, article_id: int) -> IssueItem:
+    issue = _editable(session, issue_id)
+    item = _item_for_article(session, issue, article_id)
+    if item is None:
+        raise NotFound(f"Issue {issue_id} has no item for article {article_id}.")
+    item.pinned = False
+    session.flush()
+    return item
+
+
+def exclude(session: Session, issue_id: int, article_id: int) -> IssueItem:
+    """Drop an article from the issue and keep it out when the issue is re-composed."""
+    issue = _editable(session, issue_id)
+    item = _item_for_article(session, issue, article_id) or _new_item(
+        session, issue, article_id, None
+    )
+    item.excluded, item.pinned = True, False
+    session.flush()
+    return item
+
+
+def include(session: Session, issue_id: int, article_id: int) -> IssueItem:
+    """Undo an exclusion."""
+    issue = _editable(session, issue_id)
+    item = _item_for_article(session, issue, article_id)
+    if item is None:
+        raise NotFound(f"Issue {issue_id} has no item for article {article_id}.")
+    item.excluded = False
+    session.flush()
+    return item
+
+
+def move(
+    session: Session, issue_id: int, item_id: int, position: int, section: ItemSection | None = None
+) -> IssueItem:
+    """Put an item at `position` (0 = top) of its section, or of another section."""
+    issue = _editable(session, issue_id)
+    item = _item(session, issue, item_id)
+    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
+        raise ValidationError("position", "The position must be a whole number, 0 or more.")
+    target = ItemSection(section) if section is not None else item.section
+    siblings = list(
+        session.scalars(
+            select(IssueItem)
+            .where(IssueItem.issue_id == issue.id, IssueItem.section == target, IssueItem.id != item.id)
+            .order_by(IssueItem.position, IssueItem.id)
+        )
+    )
+    siblings.insert(min(position, len(siblings)), item)
+    item.section = target
+    for index, sibling in enumerate(siblings):
+        sibling.position = index
+    session.flush()
+    return item
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def list_issues(session: Session, *, limit: int | None = None, offset: int = 0, statuses=None):
+    stmt = select(Issue).order_by(Issue.id.desc()).offset(offset)
+    if statuses:
+        stmt = stmt.where(Issue.status.in_(statuses))
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(session.scalars(stmt))
+
+
+def summary(session: Session, issue: Issue) -> dict:
+    """One line of an issue list: what it is, where it stands, how many items it has."""
+    counts = dict(
+        session.execute(
+            select(IssueItem.section, func.count())
+            .where(IssueItem.issue_id == issue.id, IssueItem.excluded.is_(False))
+            .group_by(IssueItem.section)
+        ).all()
+    )
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    return {
+        "id": issue.id,
+        "status": str(issue.status),
+        "status_reason": issue.status_reason,
+        "subject": issue.subject,
+        "frequency": str(issue.audience_frequency),
+        "sections": sections_list(issue.audience_sections),
+        "latest": counts.get(ItemSection.LATEST, 0),
+        "popular": counts.get(ItemSection.POPULAR, 0),
+        "created_at": iso(issue.created_at),
+        "started_at": iso(issue.started_at),
+        "finished_at": iso(issue.finished_at),
+    }
+
+
+def describe(session: Session, issue: Issue, rt) -> dict:
+    """The issue as plain data (the API and `--json`), items in reading order."""
+    items = list(
+        session.scalars(
+            select(IssueItem)
+            .where(IssueItem.issue_id == issue.id)
+            .order_by(IssueItem.section, IssueItem.position, IssueItem.id)
+        )
+    )
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    return {
+        "id": issue.id,
+        "status": str(issue.status),
+        "status_reason": issue.status_reason,
+        "subject": issue.subject,
+        "preheader": issue.preheader,
+        "intro": issue.intro,
+        "audience": {
+            "frequency": str(issue.audience_frequency), "sections": sections_list(issue.audience_sections),
+        },
+        "latest_n": issue.latest_n,
+        "popular_m": issue.popular_m,
+        "min_items": issue.min_items,
+        "window_start": iso(issue.window_start),
+        "window_end": iso(issue.window_end),
+        "schedule_id": issue.schedule_id,
+        "author_id": issue.author_id,
+        "created_at": iso(issue.created_at),
+        "started_at": iso(issue.started_at),
+        "finished_at": iso(issue.finished_at),
+        "archive_url": rt.links.archive(issue.id) if issue.status in SENT else None,
+        "items": [
+            {
+                "id": i.id,
+                "article_id": i.article_id,
+                "section": str(i.section),
+                "position": i.position,
+                "pinned": i.pinned,
+                "excluded": i.excluded,
+                "title": i.article.title,
+                "url": i.url,
+                "published_at": iso(i.article.published_at),
+            }
+            for i in items
+        ],
+    }
+
+
+# Editor text may use these variables (the intro also `name`, the reader's name).
+TEMPLATE_VARIABLES = EDITOR_VARIABLES + ("name",)
+
+
+def test_messages(session: Session, rt, issue: Issue, addresses: Iterable[str], sections: str = ""):
+    """The preview as ready-to-send messages, one per address, subject marked as a test."""
+    rendered = render_preview(session, issue, sections, rt)
+    if rendered is None:
+        raise NotFound("Readers of these sections would get no articles in this issue.")
+    subject, html, text = rendered
+    settings = rt.settings
+    sender = settings.from_address
+    out = []
+    for address in addresses:
+        data = build_message(
+            sender=sender, to=address, subject=f"[Test] {subject}", text=text, html=html,
+            headers={"List-Id": list_id(settings)},
+        )
+        out.append(Outgoing(sender.addr_spec, address, data))
+    return out
