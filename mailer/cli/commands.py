@@ -1,3 +1,4 @@
 """Imports every command module so each registers its commands on the `cli` group."""
 
 from mailer.cli import digest, people, server  # noqa: F401
+from mailer.cli import schedule  # noqa: F401,E402

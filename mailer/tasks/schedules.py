@@ -1,0 +1,175 @@
+"""Scheduled digests: the sweep in the 30-second tick that fires them, and the ops report.
+
+No Celery ETAs: firing times live in SQL (the schedules), and every tick asks which periods
+are owed. Several beat or worker hosts may tick at once; the unique (schedule, period) rows
+make the second one's insert fail, so each period produces one issue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from datetime import datetime
+
+import httpx
+from celery import shared_task
+from sqlalchemy.exc import IntegrityError
+
+from mailer.db import db, utcnow
+from mailer.mail.errors import PermanentFailure, TemporaryFailure
+from mailer.mail.message import build_message
+from mailer.mail.templates import render_pair
+from mailer.models import IssueStatus, Schedule
+from mailer.runtime import runtime
+from mailer.services import schedules
+from mailer.tasks.base import RETRY, enqueue, register_tick_step
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_TIMEOUT = 10.0
+
+
+# --- firing -----------------------------------------------------------------------------
+
+
+def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str | None = None):
+    """Claim one period, compose its issue and start sending it; the run, or None if the
+    period was taken by another scheduler. Owns its transaction; enqueues after commit."""
+    from mailer.services import deliveries, digests
+
+    rt = runtime()
+    try:
+        with db.transaction() as s:
+            schedule = s.get(Schedule, schedule_id)
+            run = schedules.claim_period(s, schedule, period, reason)
+            issue = digests.create_issue(
+                s, rt, now=now,
+                subject=schedule.subject or None,
+                audience_frequency=schedule.audience_frequency,
+                audience_sections=schedule.audience_sections,
+                latest_n=schedule.latest_n,
+                popular_m=schedule.popular_m,
+                min_items=schedule.min_items,
+                schedule_id=schedule.id,
+                period_start=period,
+            )
+            schedules.settle(run, issue)
+            if issue.status == IssueStatus.DRAFT:
+                deliveries.start_send(s, issue.id, digests.render_variant)
+    except IntegrityError:
+        log.info("schedule %s period %s was fired by another scheduler", schedule_id, period)
+        return None
+    log.info("schedule %s fired for %s: %s (issue %s)", schedule_id, period, run.status,
+             run.issue_id)
+    return run
+
+
+def fire_schedules(now: datetime | None = None) -> dict:
+    """The tick step: record missed periods and fire the one that is due, per schedule."""
+    rt = runtime()
+    now = now or utcnow()
+    grace = rt.settings.schedule_grace_hours
+    with db.transaction() as s:
+        owed = {}
+        for schedule_id in schedules.active_ids(s):
+            p = schedules.due(s, s.get(Schedule, schedule_id), now, grace)
+            if p.fire or p.missed:
+                owed[schedule_id] = p
+    done: Counter = Counter()
+    for schedule_id, p in owed.items():
+        if p.missed:
+            try:
+                with db.transaction() as s:
+                    schedules.record_missed(s, s.get(Schedule, schedule_id), p.missed)
+                done["missed"] += len(p.missed)
+            except IntegrityError:
+                done["taken"] += 1
+                continue  # another scheduler recorded them; it also owns the rest of the plan
+        if p.fire:
+            try:
+                run = fire_period(schedule_id, p.fire, now)
+            except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
+                log.exception("schedule %s could not fire for %s", schedule_id, p.fire)
+                done["failed"] += 1
+                continue
+            done[run.status if run else "taken"] += 1
+    return dict(done)
+
+
+# --- reports ----------------------------------------------------------------------------
+
+
+def sweep_reports(now: datetime | None = None) -> int:
+    """The tick step: hand every finished, skipped or missed run's report to a worker."""
+    settings = runtime().settings
+    if not (settings.ops_email or settings.report_webhook):
+        return 0
+    with db.transaction() as s:
+        owed = schedules.reports_owed(s, now or utcnow())
+    for run_id in owed:
+        enqueue(send_schedule_report, run_id)
+    return len(owed)
+
+
+def _mail(settings, report: dict) -> None:
+    rt = runtime()
+    text, html = render_pair("schedule_report", report=report, list_name=settings.list_name,
+                             postal_address=settings.postal_address)
+    subject = f"[{settings.list_name}] {report['text'].rstrip('.')}"
+    sender = settings.from_address
+    for to in [a.strip() for a in settings.ops_email.split(",") if a.strip()]:
+        data = build_message(sender=sender, to=to, subject=subject[:250], text=text, html=html)
+        rt.transport.send(sender.addr_spec, to, data)
+
+
+def _post(url: str, report: dict) -> None:
+    body = json.dumps(report).encode()
+    try:
+        resp = httpx.post(url, content=body, timeout=WEBHOOK_TIMEOUT,
+                          headers={"Content-Type": "application/json",
+                                   "User-Agent": "mailer-schedule-report"})
+    except httpx.HTTPError as e:
+        raise TemporaryFailure(f"report webhook unreachable: {e}") from e
+    if resp.status_code >= 500 or resp.status_code == 429:
+        raise TemporaryFailure(f"report webhook answered {resp.status_code}")
+    if resp.status_code >= 400:
+        raise PermanentFailure(f"report webhook refused the report: {resp.status_code}")
+
+
+@shared_task(name="mailer.send_schedule_report", **RETRY)
+def send_schedule_report(run_id: int) -> str:
+    """Send one run's summary to the ops address and the webhook, once."""
+    settings = runtime().settings
+    now = utcnow()
+    with db.transaction() as s:
+        if not schedules.reports_owed(s, now, run_id):
+            return "not owed"
+        report = schedules.summary(s, run_id, settings.base_url)
+        if not schedules.claim_report(s, run_id, now):
+            return "already reported"
+    channels = []
+    if settings.ops_email:
+        channels.append(lambda: _mail(settings, report))
+    if settings.report_webhook:
+        channels.append(lambda: _post(settings.report_webhook, report))
+    delivered, temporary = 0, None
+    for send in channels:
+        try:
+            send()
+            delivered += 1
+        except TemporaryFailure as e:
+            temporary = e
+            log.warning("schedule report %s: %s", run_id, e)
+        except PermanentFailure as e:
+            log.warning("schedule report %s refused: %s", run_id, e)
+    if temporary is not None and not delivered:
+        # Nothing got through: give the claim back and let Celery retry with backoff.
+        with db.transaction() as s:
+            schedules.release_report(s, run_id, now)
+        raise temporary
+    return "sent" if delivered else "refused"
+
+
+register_tick_step(fire_schedules)
+register_tick_step(sweep_reports)
