@@ -75,6 +75,12 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(health.bp)
     app.register_blueprint(admin.bp)
     csrf.exempt(api.bp)
+    from mailer.web import api_digest, archive, tracking
+
+    app.register_blueprint(archive.bp)
+    app.register_blueprint(tracking.bp)
+    app.register_blueprint(api_digest.bp)
+    csrf.exempt(api_digest.bp)
 
     @app.context_processor
     def _globals():
