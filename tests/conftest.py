@@ -172,9 +172,27 @@ def client(app):
     return app.test_client()
 
 
+class MailerRunner:
+    """Runs `mailer ...` in-process against the test's app (click's CliRunner)."""
+
+    def __init__(self, app):
+        from mailer.cli import Context
+
+        self.context = Context()
+        self.context._app = app
+
+    def invoke(self, args, input=None):
+        from click.testing import CliRunner
+
+        import mailer.cli.commands  # noqa: F401 - registers the subcommands
+        from mailer.cli import cli
+
+        return CliRunner().invoke(cli, args, obj=self.context, input=input, catch_exceptions=False)
+
+
 @pytest.fixture
 def runner(app):
-    return app.test_cli_runner()
+    return MailerRunner(app)
 
 
 _emails = itertools.count(1)

@@ -138,13 +138,18 @@ class SmtpSink:
             self.rules.clear()
             self.once.clear()
 
-    def to(self, address: str) -> list[Received]:
+    def to(self, address: str, match: str | None = None) -> list[Received]:
+        """Messages to `address` (whose text part contains `match`, when given)."""
         with self.lock:
-            return [m for m in self.messages if m.recipient == address]
+            found = [m for m in self.messages if m.recipient == address]
+        return [m for m in found if match is None or match in m.text]
 
-    def wait_for(self, address: str, count: int = 1, timeout: float = 30.0) -> list[Received]:
-        wait_until(lambda: len(self.to(address)) >= count, timeout, what=f"{count} mail to {address}")
-        return self.to(address)
+    def wait_for(
+        self, address: str, count: int = 1, timeout: float = 30.0, match: str | None = None
+    ) -> list[Received]:
+        what = f"{count} mail to {address}" + (f" containing {match!r}" if match else "")
+        wait_until(lambda: len(self.to(address, match)) >= count, timeout, what=what)
+        return self.to(address, match)
 
 
 # --- Redis ------------------------------------------------------------------------------

@@ -48,7 +48,17 @@ def progress(iterable=None, length=None, label=""):
     )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class MailerGroup(click.Group):
+    """Turns configuration and domain errors into exit 1 with a one-line reason."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, MailerError) as e:
+            raise click.ClickException(str(e)) from e
+
+
+@click.group(cls=MailerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mailer")
 def cli():
     """The newsletter mailer for news sites."""
@@ -57,11 +67,7 @@ def cli():
 def main(argv=None):
     from mailer.cli import commands  # noqa: F401 - registers the subcommands
 
-    try:
-        return cli.main(args=argv, prog_name="mailer", standalone_mode=True)
-    except (ConfigError, MailerError) as e:
-        click.echo(f"mailer: {e}", err=True)
-        sys.exit(1)
+    return cli.main(args=argv, prog_name="mailer", standalone_mode=True)
 
 
 # click.ClickException prints "Error: ..."; keep our one-line format instead.

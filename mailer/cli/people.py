@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+from pathlib import Path
 
 import click
 from sqlalchemy import select
@@ -61,13 +62,13 @@ IMPORT_CHUNK = 1000
 
 
 @subscribers.command("import")
-@click.argument("file", type=click.File("r", encoding="utf-8-sig"))
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="Where these readers consented (kept as proof).")
 @pass_ctx
 def subscribers_import(ctx: Context, file, source: str):
     """Import already-consented readers from CSV (email[,name,frequency,sections])."""
     source = subs.check_text("source", source, 200) or fail("--source must not be empty")
-    text = file.read()
+    text = file.read_text(encoding="utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
     if not reader.fieldnames or "email" not in [f.strip().lower() for f in reader.fieldnames]:
         fail("the CSV needs a header row with an 'email' column")
