@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mailer.db import Base, BigId, UTCDateTime, enum_column, utcnow
@@ -108,6 +108,10 @@ class IssueVariant(Base):
     subject: Mapped[str] = mapped_column(String(300))
     html: Mapped[str] = mapped_column(Text)
     text: Mapped[str] = mapped_column(Text)
+    # Readers frozen into this variant when the send started. An `empty` variant had no
+    # items for its section set: its readers got no delivery row (skipped-no-items).
+    readers: Mapped[int] = mapped_column(Integer, default=0)
+    empty: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -119,6 +123,12 @@ class Delivery(Base):
         UniqueConstraint("issue_id", "subscriber_id"),
         Index("ix_deliveries_issue_status", "issue_id", "status"),
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+        # The delivery engine hands out the next pending rows of an issue in id order; a
+        # partial index keeps that lookup small however many rows are already sent.
+        Index(
+            "ix_deliveries_dispatch", "issue_id", "id",
+            postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

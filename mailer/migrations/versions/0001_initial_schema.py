@@ -228,6 +228,8 @@ def upgrade() -> None:
     sa.Column('subject', sa.String(length=300), nullable=False),
     sa.Column('html', sa.Text(), nullable=False),
     sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('readers', sa.Integer(), nullable=False),
+    sa.Column('empty', sa.Boolean(), nullable=False),
     sa.Column('created_at', mailer.db.UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(['issue_id'], ['issues.id'], name=op.f('fk_issue_variants_issue_id_issues'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_issue_variants')),
@@ -268,6 +270,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('issue_id', 'subscriber_id', name=op.f('uq_deliveries_issue_id_subscriber_id'))
     )
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
+        batch_op.create_index('ix_deliveries_dispatch', ['issue_id', 'id'], unique=False, postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
         batch_op.create_index('ix_deliveries_issue_status', ['issue_id', 'status'], unique=False)
         batch_op.create_index('ix_deliveries_status_next', ['status', 'next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_deliveries_subscriber_id'), ['subscriber_id'], unique=False)
@@ -300,6 +303,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_deliveries_subscriber_id'))
         batch_op.drop_index('ix_deliveries_status_next')
         batch_op.drop_index('ix_deliveries_issue_status')
+        batch_op.drop_index('ix_deliveries_dispatch', postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
 
     op.drop_table('deliveries')
     op.drop_table('schedule_runs')
