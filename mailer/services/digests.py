@@ -568,8 +568,10 @@ def describe(session: Session, issue: Issue, rt) -> dict:
 TEMPLATE_VARIABLES = EDITOR_VARIABLES + ("name",)
 
 
-def test_messages(session: Session, rt, issue: Issue, addresses: Iterable[str], sections: str = ""):
-    """The preview as ready-to-send messages, one per address, subject marked as a test."""
+def test_messages(
+    session: Session, rt, issue: Issue, addresses: Iterable[str], sections: str = "", test=True
+):
+    """The preview as ready-to-send messages, one per address (subject marked as a test)."""
     rendered = render_preview(session, issue, sections, rt)
     if rendered is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
@@ -579,7 +581,7 @@ def test_messages(session: Session, rt, issue: Issue, addresses: Iterable[str], 
     out = []
     for address in addresses:
         data = build_message(
-            sender=sender, to=address, subject=f"[Test] {subject}", text=text, html=html,
+            sender=sender, to=address, subject=f"[Test] {subject}" if test else subject, text=text, html=html,
             headers={"List-Id": list_id(settings)},
         )
         out.append(Outgoing(sender.addr_spec, address, data))

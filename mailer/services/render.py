@@ -18,7 +18,13 @@ from urllib.parse import urlsplit
 
 import css_inline
 import nh3
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateSyntaxError
+from jinja2 import (
+    Environment,
+    FileSystemLoader,
+    StrictUndefined,
+    TemplateSyntaxError,
+    select_autoescape,
+)
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
@@ -209,7 +215,7 @@ def _wrap(value: str, width: int = 68, indent: str = "") -> str:
 def digest_env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(str(EMAIL_TEMPLATES)),
-        autoescape=True,
+        autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
