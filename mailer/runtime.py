@@ -19,6 +19,7 @@ class Runtime:
         self.notices = Notices(settings, self.links)
         self._transport: Transport | None = None
         self._pid: int | None = None
+        self._popularity = None
 
     @property
     def transport(self) -> Transport:
@@ -27,6 +28,15 @@ class Runtime:
             self._transport = transport_from_settings(self.settings)
             self._pid = os.getpid()
         return self._transport
+
+    @property
+    def popularity(self):
+        """The popularity store, built on first use: Redis in production, SQL when embedded."""
+        if self._popularity is None:
+            from mailer.services.popularity import store_from_settings
+
+            self._popularity = store_from_settings(self.settings)
+        return self._popularity
 
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash("suppression", email)
