@@ -26,14 +26,14 @@ from mailer.models import (
     ScheduleRun,
     sections_key,
 )
-from mailer.services import cron
+from mailer.services import cron, digests
 from mailer.services.subscriptions import check_text
 
 ISSUED, SKIPPED, MISSED = "issued", "skipped", "missed"
 # After an outage with many missed periods, only the newest ones get a row each.
 MISSED_ROWS = 50
 MAX_GRACE_HOURS = 7 * 24
-LIMITS = {"latest_n": (0, 100), "popular_m": (0, 100), "min_items": (0, 200)}
+LIMITS = {"latest_n": (0, 100), "popular_m": (0, 100), "min_items": (0, 100)}
 
 
 # --- creating and changing schedules -------------------------------------------------------
@@ -79,7 +79,8 @@ def check_sections(value, known: dict[str, str]) -> str:
     if unknown:
         raise ValidationError(
             "sections", f"Unknown section {unknown[0]!r}; known: {', '.join(sorted(known))}.")
-    return key
+    # Every section ticked is the same audience as none: the one key digests use for it.
+    return "" if known and set(key.split(",")) == set(known) else key
 
 
 def create_schedule(
@@ -119,13 +120,15 @@ def create_schedule(
         raise ValidationError("latest_n", "A digest needs latest or popular articles (or both).")
     if subject is not None and not isinstance(subject, str):
         raise ValidationError("subject", "subject must be a string.")
+    # The subject is a template; checking it now spares a failure at firing time.
+    subject = digests.check_subject(subject) if subject and subject.strip() else ""
     schedule = Schedule(
         name=name,
         cron=spec.text,
         timezone=tz.key,
         audience_frequency=freq,
         audience_sections=check_sections(sections, known_sections or {}),
-        subject=check_text("subject", subject, 300) or "",
+        subject=subject,
         latest_n=latest,
         popular_m=popular,
         min_items=_number("min_items", min_items, defaults[2]),

@@ -81,6 +81,11 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(tracking.bp)
     app.register_blueprint(api_digest.bp)
     csrf.exempt(api_digest.bp)
+    from mailer.web import admin_schedules, api_schedules
+
+    app.register_blueprint(admin_schedules.bp)
+    app.register_blueprint(api_schedules.bp)
+    csrf.exempt(api_schedules.bp)
 
     @app.context_processor
     def _globals():

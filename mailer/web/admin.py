@@ -22,6 +22,7 @@ PAGE_SIZE = 50
 NAV: list[tuple[str, str, tuple[Role, ...]]] = [
     ("admin.index", "Dashboard", ()),
     ("admin.outbox", "Outbox", (Role.OPS, Role.EDITOR)),
+    ("admin_schedules.index", "Schedules", (Role.OPS,)),
 ]
 
 
