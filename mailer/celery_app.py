@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from celery import Celery, Task
+from celery.schedules import crontab
 from kombu import Queue
 
 from mailer.config import Settings
@@ -44,6 +45,13 @@ def celery_config(settings: Settings) -> dict:
         "worker_send_task_events": False,
         "beat_schedule": {
             "tick": {"task": "mailer.tick", "schedule": timedelta(seconds=30)},
+            "sync-feeds": {
+                "task": "mailer.sync_feeds",
+                "schedule": timedelta(minutes=max(settings.feed_sync_minutes, 1)),
+            },
+            # The daily roll-up of popularity into SQL, a minute after midnight UTC and then
+            # hourly: it is idempotent, so a beat that was down at midnight loses nothing.
+            "popularity-rollup": {"task": "mailer.popularity_rollup", "schedule": crontab(minute="1")},
         },
         "beat_schedule_filename": str(settings.instance_path / "celerybeat-schedule"),
     }

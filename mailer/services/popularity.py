@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from mailer.db import utcnow
 from mailer.models import Article, ArticleStat, VisitorSeen
 from mailer.services.articles import dialect_insert
 
@@ -93,6 +94,8 @@ class _Store:
     def ranking(self, session: Session, *, days: int, now: datetime,
                 limit: int) -> list[tuple[int, float]]:
         """Article ids with scores over the last `days` UTC days (today included), best first."""
+        if days < 1 or limit < 1:
+            return []
         today = utc_day(now)
         window = [today - timedelta(days=i) for i in range(days)]
         counts = self._sql_counts(session, window[-1], today)
@@ -152,7 +155,7 @@ class SqlPopularity(_Store):
 
     def rollup(self, session: Session, day: date) -> int:
         """Counts are in SQL already; drop the de-duplication rows of finished days."""
-        today = utc_day(datetime.now(UTC))
+        today = utc_day(utcnow())
         session.execute(delete(VisitorSeen).where(VisitorSeen.day <= min(day, today - timedelta(days=1))))
         return len(session.scalars(select(ArticleStat.article_id).where(ArticleStat.day == day)).all())
 
