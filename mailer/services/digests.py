@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from mailer.db import utcnow
@@ -50,6 +50,7 @@ FIRST_LOOKBACK = timedelta(days=7)
 DEFAULT_SUBJECT = "{{ list_name }}: {{ top_story }}"
 SUBJECT_MAX = 300
 INTRO_MAX = 20_000
+PAGE = 200
 
 
 class NotEditable(InvalidTransition):
@@ -105,20 +106,31 @@ def _latest(session, issue: Issue, skip: set[int], limit: int, settings) -> list
     if limit <= 0:
         return []
     wanted = set(sections_list(issue.audience_sections))
-    stmt = (
-        select(Article)
-        .where(Article.published_at > issue.window_start, Article.published_at <= issue.window_end)
-        .order_by(Article.published_at.desc(), Article.id.desc())
-        .execution_options(yield_per=200)
-    )
-    out = []
-    for article in session.scalars(stmt):
-        if article.id in skip or not _usable(article) or not _in_sections(article, wanted, settings):
-            continue
-        out.append(article)
-        if len(out) >= limit:
-            break
-    return out
+    out: list[Article] = []
+    after = None  # keyset paging: a long gap since the last issue never loads everything
+    while True:
+        stmt = (
+            select(Article)
+            .where(
+                Article.published_at > issue.window_start,
+                Article.published_at <= issue.window_end,
+            )
+            .order_by(Article.published_at.desc(), Article.id.desc())
+            .limit(PAGE)
+        )
+        if after is not None:
+            stmt = stmt.where(tuple_(Article.published_at, Article.id) < after)
+        page = list(session.scalars(stmt))
+        for article in page:
+            if article.id in skip or not _usable(article):
+                continue
+            if _in_sections(article, wanted, settings):
+                out.append(article)
+                if len(out) >= limit:
+                    return out
+        if len(page) < PAGE:
+            return out
+        after = (page[-1].published_at, page[-1].id)
 
 
 def _popular(session, rt, issue: Issue, skip: set[int], limit: int) -> list[Article]:
