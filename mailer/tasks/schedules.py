@@ -22,7 +22,7 @@ from mailer.mail.message import build_message
 from mailer.mail.templates import render_pair
 from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
-from mailer.services import schedules
+from mailer.services import digests, schedules
 from mailer.tasks.base import RETRY, enqueue, register_tick_step
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,6 @@ WEBHOOK_TIMEOUT = 10.0
 def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str | None = None):
     """Claim one period, compose its issue and start sending it; the run, or None if the
     period was taken by another scheduler. Owns its transaction; enqueues after commit."""
-    from mailer.services import deliveries, digests
-
     rt = runtime()
     try:
         with db.transaction() as s:
@@ -56,6 +54,8 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
             )
             schedules.settle(run, issue)
             if issue.status == IssueStatus.DRAFT:
+                from mailer.services import deliveries  # lands with the delivery engine
+
                 deliveries.start_send(s, issue.id, digests.render_variant)
     except IntegrityError:
         log.info("schedule %s period %s was fired by another scheduler", schedule_id, period)
