@@ -2,3 +2,4 @@
 
 from mailer.cli import digest, people, server  # noqa: F401
 from mailer.cli import schedule  # noqa: F401,E402
+from mailer.cli import articles  # noqa: F401,E402

@@ -86,6 +86,10 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(admin_schedules.bp)
     app.register_blueprint(api_schedules.bp)
     csrf.exempt(api_schedules.bp)
+    from mailer.web import api_articles
+
+    app.register_blueprint(api_articles.bp)
+    csrf.exempt(api_articles.bp)
 
     @app.context_processor
     def _globals():

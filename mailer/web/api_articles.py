@@ -1,0 +1,136 @@
+"""Articles in the API: a CMS pushes on publish (bearer token); the site's page-view beacon."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Blueprint, jsonify, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from mailer.db import db, utcnow
+from mailer.errors import MailerError, ValidationError
+from mailer.feeds import FeedError, parse_document
+from mailer.feeds.push import parse_pushed
+from mailer.models import Role
+from mailer.runtime import runtime
+from mailer.services import articles, popularity
+from mailer.web.api import FORM_TYPES, _cors
+from mailer.web.auth import bearer_user
+from mailer.web.extensions import client_ip, settings
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api_articles", __name__, url_prefix="/api/v1")
+# The same CORS answer as the signup API: the site's own pages may call these endpoints.
+bp.before_request(_cors)
+
+FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/xml", "text/xml")
+
+
+class UnsupportedBody(MailerError):
+    status = 415
+
+
+def _json_body():
+    try:
+        return json.loads(request.get_data() or b"null")
+    except ValueError:
+        raise ValidationError("body", "The body is not valid JSON.") from None
+
+
+@bp.before_request
+def _push_bodies():
+    # A pushed article carries its whole content: allow what a feed may weigh.
+    if request.endpoint == "api_articles.push":
+        request.max_content_length = settings().feed_max_bytes
+
+
+@bp.post("/articles")
+def push():
+    """Create or update articles: JSON (one, a list, {"articles": [...]}, WordPress posts) or
+    an RSS/Atom document. Answers the ids and what was new, updated and skipped."""
+    user = bearer_user(Role.EDITOR, Role.OPS)
+    mimetype = request.mimetype
+    try:
+        if mimetype == "application/json":
+            parsed = parse_pushed(_json_body())
+        elif mimetype in FEED_TYPES:
+            parsed = parse_document(request.get_data())
+        else:
+            raise UnsupportedBody("Send articles as JSON, or an RSS or Atom document.")
+    except FeedError as e:
+        raise ValidationError("body", str(e)) from None
+    if not parsed.items:
+        reasons = "; ".join(f"item {s.position}: {s.reason}" for s in parsed.skipped[:5])
+        raise ValidationError("body", f"No article could be used ({reasons or 'none given'}).")
+    source = f"api: {user.email}"
+    for attempt in range(2):
+        try:
+            report = articles.ingest(db.session, parsed, source=source)
+            db.session.commit()
+            break
+        except IntegrityError:
+            # A feed sync inserted the same article at the same moment: retry as an update.
+            db.session.rollback()
+            if attempt:
+                raise
+    if not report.new and not report.updated and not report.unchanged:
+        reasons = "; ".join(f"item {s.position}: {s.reason}" for s in report.skipped[:5])
+        raise ValidationError("body", f"No article could be used ({reasons}).")
+    return jsonify(report.as_dict()), 201 if report.new else 200
+
+
+def _page_url() -> str:
+    """The article address from JSON, a form, or the text/plain JSON sendBeacon sends."""
+    if request.mimetype in FORM_TYPES:
+        value = request.form.get("url")
+    elif request.mimetype in ("application/json", "text/plain", ""):
+        data = _json_body()
+        if not isinstance(data, dict):
+            raise ValidationError("body", 'Send {"url": "<the article address>"}.')
+        value = data.get("url")
+    else:
+        raise UnsupportedBody("Send the address as JSON or as the form field url.")
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("url", "Send the article's address in the url field.")
+    if len(value) > articles.URL_MAX:
+        raise ValidationError("url", f"url is longer than {articles.URL_MAX} characters.")
+    if articles.canonical_url(value) is None:
+        raise ValidationError("url", "url must be an http or https address.")
+    return value
+
+
+def _no_content():
+    return "", 204, {"Cache-Control": "no-store"}
+
+
+@bp.route("/pageviews", methods=["POST", "HEAD"])
+def pageview():
+    """The site's view beacon: always 204 for well-formed requests, counted or not."""
+    if request.method == "HEAD":
+        return _no_content()  # link checkers and prefetchers are not readers
+    url = _page_url()
+    user_agent = request.headers.get("User-Agent", "")
+    if popularity.is_bot(user_agent) or "prefetch" in request.headers.get("Sec-Purpose", ""):
+        return _no_content()
+    try:
+        article_id = articles.id_for_url(db.session, url)
+        if article_id is not None:
+            rt = runtime()
+            now = utcnow()
+            visitor = popularity.visitor_id(rt.tokens, client_ip(), user_agent,
+                                            popularity.utc_day(now))
+            rt.popularity.record_view(db.session, article_id, visitor, now)
+            db.session.commit()
+    except (RedisError, OperationalError, IntegrityError) as e:
+        # Popularity is best effort: the site's page must never see an error from us.
+        db.session.rollback()
+        log.warning("page view not counted: %s", e)
+    return _no_content()
+
+
+@bp.errorhandler(ValidationError)
+def _invalid(e: ValidationError):
+    return jsonify({"error": "invalid", "field": e.field, "message": e.message}), 400
