@@ -44,7 +44,7 @@ def celery_config(settings: Settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
         "beat_schedule": {
-            "tick": {"task": "mailer.tick", "schedule": timedelta(seconds=30)},
+            "tick": {"task": "mailer.tick", "schedule": timedelta(seconds=settings.tick_seconds)},
             "sync-feeds": {
                 "task": "mailer.sync_feeds",
                 "schedule": timedelta(minutes=max(settings.feed_sync_minutes, 1)),

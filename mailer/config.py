@@ -68,6 +68,7 @@ class Settings:
     popularity_weights: tuple[float, ...] = ()
     scanner_seconds: int = 30
     feed_sync_minutes: int = 10
+    tick_seconds: float = 30.0
     feed_timeout: float = 20.0
     feed_max_bytes: int = 10 * 1024 * 1024
     schedule_grace_hours: float = 6.0
@@ -291,6 +292,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
         ("MAILER_POPULARITY_DAYS", "popularity_days", int),
         ("MAILER_SCANNER_SECONDS", "scanner_seconds", int),
         ("MAILER_FEED_SYNC_MINUTES", "feed_sync_minutes", int),
+        ("MAILER_TICK_SECONDS", "tick_seconds", float),
         ("MAILER_FEED_TIMEOUT", "feed_timeout", float),
         ("MAILER_FEED_MAX_BYTES", "feed_max_bytes", int),
         ("MAILER_SCHEDULE_GRACE_HOURS", "schedule_grace_hours", float),

@@ -1,0 +1,54 @@
+"""Transactional messages: strict parsing, both parts, RFC 8058 headers, no long lines."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+from mailer.config import load_settings
+from mailer.links import Links
+from mailer.mail.notices import Notices
+from mailer.tokens import Tokens
+
+
+def notices(tmp_path, **env):
+    settings = load_settings({"MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_FROM":
+                              "The Daily <news@daily.example>", **env})
+    return Notices(settings, Links(settings, Tokens(settings.secret_key)))
+
+
+def parse(data: bytes):
+    return email.message_from_bytes(data, policy=email.policy.strict)
+
+
+def test_messages_parse_strictly_with_text_first_and_short_lines(tmp_path):
+    n = notices(tmp_path)
+    for out in (n.confirmation("a@example.com", "uid1"), n.welcome("a@example.com", "uid1"),
+                n.email_change("b@example.com", "uid1")):
+        msg = parse(out.data)
+        assert msg.get_content_type() == "multipart/alternative"
+        assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
+        assert all(p["Content-Transfer-Encoding"] == "quoted-printable" for p in msg.iter_parts())
+        assert max(len(line) for line in out.data.split(b"\r\n")) <= 78
+        assert all(b < 128 for b in out.data), "7-bit clean on the wire"
+        assert msg["MIME-Version"] == "1.0" and msg["Message-ID"].endswith("@daily.example>")
+
+
+def test_welcome_carries_list_headers_with_optional_mailto(tmp_path):
+    plain = parse(notices(tmp_path).welcome("a@example.com", "uid1").data)
+    assert plain["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "mailto:" not in plain["List-Unsubscribe"]
+    assert plain["List-Id"] == '"The Daily" <newsletter.daily.example>'
+    with_mailto = parse(
+        notices(tmp_path, MAILER_UNSUBSCRIBE_MAILTO="leave@daily.example")
+        .welcome("a@example.com", "uid1").data
+    )
+    value = " ".join(with_mailto["List-Unsubscribe"].split())
+    assert value.startswith("<http://localhost:5000/unsubscribe/uid1.")
+    assert value.endswith(", <mailto:leave@daily.example?subject=unsubscribe>")
+
+
+def test_confirmation_has_no_list_headers_and_a_fixed_subject(tmp_path):
+    msg = parse(notices(tmp_path).confirmation("a@example.com", "uid1").data)
+    assert msg["Subject"] == "Please confirm your subscription to The Daily"
+    assert msg["List-Unsubscribe"] is None
