@@ -6,6 +6,7 @@ One module per area; importing this package registers them all on the Celery app
 from mailer.tasks import base, notices  # noqa: F401
 from mailer.tasks import digest  # noqa: F401 - test sends of digest issues
 from mailer.tasks import articles  # noqa: F401 - feed sync, popularity roll-up
+from mailer.tasks import schedules  # noqa: F401 - scheduled digests and their reports
 from mailer.tasks.base import enqueue, tick
 from mailer.tasks.notices import send_confirmation, send_email_change, send_welcome
 

@@ -141,6 +141,8 @@ def _post(url: str, report: dict) -> None:
 def send_schedule_report(run_id: int) -> str:
     """Send one run's summary to the ops address and the webhook, once."""
     settings = runtime().settings
+    if not (settings.ops_email or settings.report_webhook):
+        return "no ops address or webhook configured"  # leave it for a worker that has one
     now = utcnow()
     with db.transaction() as s:
         if not schedules.reports_owed(s, now, run_id):
