@@ -121,3 +121,22 @@ def test_every_command_has_help(runner):
         result = runner.invoke(["schedule", command, "--help"])
         assert result.exit_code == 0 and "Usage: " in result.stdout
         assert len(result.stdout.splitlines()[2].strip()) > 10  # a sentence, not empty
+
+
+def test_run_now_with_nothing_new_records_a_skip_and_once_per_minute(runner):
+    from mailer.models import Issue, IssueStatus, ScheduleRun
+
+    with time_machine.travel(datetime(2027, 6, 1, 9, 15, 20, tzinfo=UTC), tick=False):
+        sid = add(runner, "--name", "Weekly", "--cron", "mon 07:00").stdout.splitlines()[-1]
+        runner.invoke(["schedule", "pause", sid])  # run-now works on paused schedules too
+        result = runner.invoke(["schedule", "run-now", sid])
+        assert result.exit_code == 0, result.output
+        assert result.stderr.startswith("Skipped: Nothing new since 2027-05-25 09:15 UTC")
+        issue = db.session.get(Issue, int(result.stdout.splitlines()[-1]))
+        assert issue.status == IssueStatus.SKIPPED and issue.schedule_id == int(sid)
+        run = db.session.query(ScheduleRun).one()
+        assert run.status == "skipped" and run.reason.startswith("Nothing new")
+        assert run.period_start == datetime(2027, 6, 1, 9, 15, tzinfo=UTC)
+        again = runner.invoke(["schedule", "run-now", "Weekly"])
+        assert again.exit_code == 1 and "already fired this minute" in again.stderr
+        assert db.session.query(Issue).count() == 1

@@ -164,7 +164,7 @@ def run_now(ctx: Context, ref: str):
             schedule_id, name = found.id, found.name
         try:
             run = fire_period(schedule_id, schedules.manual_period(now), now,
-                              reason="Started by hand (run-now).")
+                              reason="Started by hand (run-now).", manual=True)
         except MailerError as e:
             fail(str(e))
     if run is None:

@@ -170,7 +170,7 @@ def set_active(session: Session, schedule: Schedule, active: bool, now: datetime
     done = session.execute(
         update(Schedule)
         .where(Schedule.id == schedule.id, Schedule.active.is_(not active))
-        # updated_at doubles as "owed from": see anchor().
+        # updated_at doubles as "owed from": see owed().
         .values(active=active, updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount
@@ -237,26 +237,32 @@ def plan(spec, tz: ZoneInfo, since: datetime, now: datetime, grace: timedelta) -
     return Plan(None, missed)
 
 
-def anchor(session: Session, schedule: Schedule) -> datetime:
-    """Periods after this instant are owed: since creation, the last resume, the last run."""
-    last = session.scalar(
-        select(func.max(ScheduleRun.period_start)).where(ScheduleRun.schedule_id == schedule.id)
-    )
-    return max(t for t in (schedule.created_at, schedule.updated_at, last) if t is not None)
-
-
 def grace_for(schedule: Schedule, default_hours: float) -> timedelta:
     hours = schedule.grace_hours if schedule.grace_hours is not None else default_hours
     return timedelta(hours=hours)
 
 
-def due(session: Session, schedule: Schedule, now: datetime, default_grace: float) -> Plan:
-    spec, tz = spec_of(schedule)
-    return plan(spec, tz, anchor(session, schedule), now, grace_for(schedule, default_grace))
+def owed(session: Session, now: datetime, default_grace: float) -> dict[int, Plan]:
+    """What every active schedule owes at `now` (only those owing something), in two queries.
 
-
-def active_ids(session: Session) -> list[int]:
-    return list(session.scalars(select(Schedule.id).where(Schedule.active.is_(True))))
+    Periods are owed after the newest of: the schedule's creation, its last pause or resume
+    (updated_at), and the last period recorded for it.
+    """
+    last = dict(session.execute(
+        select(ScheduleRun.schedule_id, func.max(ScheduleRun.period_start))
+        .join(Schedule, Schedule.id == ScheduleRun.schedule_id)
+        .where(Schedule.active.is_(True))
+        .group_by(ScheduleRun.schedule_id)
+    ).all())
+    out = {}
+    for schedule in session.scalars(select(Schedule).where(Schedule.active.is_(True))):
+        spec, tz = spec_of(schedule)
+        since = max(t for t in (schedule.created_at, schedule.updated_at, last.get(schedule.id))
+                    if t is not None)
+        p = plan(spec, tz, since, now, grace_for(schedule, default_grace))
+        if p.fire or p.missed:
+            out[schedule.id] = p
+    return out
 
 
 # --- runs -------------------------------------------------------------------------------

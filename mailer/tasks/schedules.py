@@ -33,13 +33,17 @@ WEBHOOK_TIMEOUT = 10.0
 # --- firing -----------------------------------------------------------------------------
 
 
-def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str | None = None):
+def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str | None = None,
+                manual: bool = False):
     """Claim one period, compose its issue and start sending it; the run, or None if the
-    period was taken by another scheduler. Owns its transaction; enqueues after commit."""
+    period was taken by another scheduler (or the schedule was paused or removed meanwhile).
+    Owns its transaction; enqueues after commit."""
     rt = runtime()
     try:
         with db.transaction() as s:
             schedule = s.get(Schedule, schedule_id)
+            if schedule is None or not (schedule.active or manual):
+                return None
             run = schedules.claim_period(s, schedule, period, reason)
             issue = digests.create_issue(
                 s, rt, now=now,
@@ -71,11 +75,7 @@ def fire_schedules(now: datetime | None = None) -> dict:
     now = now or utcnow()
     grace = rt.settings.schedule_grace_hours
     with db.transaction() as s:
-        owed = {}
-        for schedule_id in schedules.active_ids(s):
-            p = schedules.due(s, s.get(Schedule, schedule_id), now, grace)
-            if p.fire or p.missed:
-                owed[schedule_id] = p
+        owed = schedules.owed(s, now, grace)
     done: Counter = Counter()
     for schedule_id, p in owed.items():
         if p.missed:

@@ -120,7 +120,7 @@ def run_now(schedule_id: int):
     user = auth.current_user()
     try:
         run = fire_period(schedule_id, schedules.manual_period(now), now,
-                          reason=f"Started by hand by {user.email}.")
+                          reason=f"Started by hand by {user.email}.", manual=True)
     except MailerError as e:
         run = None
         flash(str(e), "error")

@@ -149,7 +149,7 @@ def run_now(schedule_id: int):
     db.session.rollback()  # fire_period owns its own transaction
     now = utcnow()
     run = fire_period(schedule.id, schedules.manual_period(now), now,
-                      reason="Started by hand (API run-now).")
+                      reason="Started by hand (API run-now).", manual=True)
     if run is None:
         raise Conflict("This schedule was already fired this minute.")
     return jsonify(schedules.run_dict(run, cron.zone(schedule.timezone))), 202

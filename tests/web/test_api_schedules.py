@@ -120,3 +120,18 @@ def test_other_bad_requests(client, ops):
         assert bad.status_code == 400 and bad.json["error"] == "invalid"
     assert client.get("/api/v1/schedules/12345/next", headers=ops).status_code == 404
     assert client.get(f"/api/v1/schedules/{sid}/runs", headers=ops).json == {"total": 0, "runs": []}
+
+
+def test_run_now_and_runs(client, ops):
+    with time_machine.travel(datetime(2027, 6, 1, 9, 15, 20, tzinfo=UTC), tick=False):
+        sid = client.post("/api/v1/schedules", json=WEEKLY, headers=ops).json["id"]
+        ran = client.post(f"/api/v1/schedules/{sid}/run-now", headers=ops)
+        assert ran.status_code == 202
+        assert ran.json["status"] == "skipped" and ran.json["issue_id"]
+        assert ran.json["period_local"] == "2027-06-01T11:15:00+02:00"
+        assert client.post(f"/api/v1/schedules/{sid}/run-now", headers=ops).status_code == 409
+        listed = client.get(f"/api/v1/schedules/{sid}/runs", headers=ops).json
+        assert listed["total"] == 1 and listed["runs"][0]["id"] == ran.json["id"]
+        shown = client.get(f"/api/v1/schedules/{sid}", headers=ops).json
+        assert shown["last_run"]["status"] == "skipped"
+    assert client.post("/api/v1/schedules/999/run-now", headers=ops).status_code == 404
