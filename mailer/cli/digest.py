@@ -146,13 +146,16 @@ def test_send(ctx: Context, issue_id: int, addresses, sections: str):
                 s, rt, digests.get_issue(s, issue_id), targets, _sections(ctx, sections)
             )
         failed = 0
-        for out in messages:
-            try:
-                rt.transport.send(out.envelope_from, out.recipient, out.data)
-                click.echo(f"sent to {out.recipient}")
-            except (TemporaryFailure, PermanentFailure) as e:
-                failed += 1
-                click.echo(f"mailer: not sent to {out.recipient}: {e}", err=True)
+        try:
+            for out in messages:
+                try:
+                    rt.transport.send(out.envelope_from, out.recipient, out.data)
+                    click.echo(f"sent to {out.recipient}")
+                except (TemporaryFailure, PermanentFailure) as e:
+                    failed += 1
+                    click.echo(f"mailer: not sent to {out.recipient}: {e}", err=True)
+        finally:
+            rt.transport.close()  # say QUIT rather than leave the server waiting
     if failed:
         fail(f"{failed} of {len(messages)} test messages were not sent")
 
