@@ -23,6 +23,7 @@ from mailer.mail.templates import render_pair
 from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
 from mailer.services import digests, schedules
+from mailer.services import schedule_reports as reports
 from mailer.tasks.base import RETRY, enqueue, register_tick_step
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def sweep_reports(now: datetime | None = None) -> int:
     if not (settings.ops_email or settings.report_webhook):
         return 0
     with db.transaction() as s:
-        owed = schedules.reports_owed(s, now or utcnow())
+        owed = reports.reports_owed(s, now or utcnow())
     for run_id in owed:
         enqueue(send_schedule_report, run_id)
     return len(owed)
@@ -145,10 +146,10 @@ def send_schedule_report(run_id: int) -> str:
         return "no ops address or webhook configured"  # leave it for a worker that has one
     now = utcnow()
     with db.transaction() as s:
-        if not schedules.reports_owed(s, now, run_id):
+        if not reports.reports_owed(s, now, run_id):
             return "not owed"
-        report = schedules.summary(s, run_id, settings.base_url)
-        if not schedules.claim_report(s, run_id, now):
+        report = reports.summary(s, run_id, settings.base_url)
+        if not reports.claim_report(s, run_id, now):
             return "already reported"
     channels = []
     if settings.ops_email:
@@ -168,7 +169,7 @@ def send_schedule_report(run_id: int) -> str:
     if temporary is not None and not delivered:
         # Nothing got through: give the claim back and let Celery retry with backoff.
         with db.transaction() as s:
-            schedules.release_report(s, run_id, now)
+            reports.release_report(s, run_id, now)
         raise temporary
     return "sent" if delivered else "refused"
 

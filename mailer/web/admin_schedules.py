@@ -114,13 +114,13 @@ def set_active(schedule_id: int, action: str):
 def run_now(schedule_id: int):
     from mailer.tasks.schedules import fire_period
 
-    schedule = schedules.get_schedule(db.session, schedule_id)
+    schedules.get_schedule(db.session, schedule_id)  # 404 for an unknown id
+    who = auth.current_user().email
     db.session.rollback()  # fire_period owns its transaction
     now = utcnow()
-    user = auth.current_user()
     try:
         run = fire_period(schedule_id, schedules.manual_period(now), now,
-                          reason=f"Started by hand by {user.email}.", manual=True)
+                          reason=f"Started by hand by {who}.", manual=True)
     except MailerError as e:
         run = None
         flash(str(e), "error")

@@ -14,6 +14,7 @@ from mailer.db import db
 from mailer.mail.errors import TemporaryFailure
 from mailer.models import ScheduleRun
 from mailer.services import schedules
+from mailer.services.schedule_reports import REPORT_WINDOW
 from mailer.tasks.schedules import fire_schedules, send_schedule_report, sweep_reports
 from tests.conftest import make_app
 from tests.support import free_port
@@ -156,6 +157,6 @@ def test_no_report_without_an_ops_address_or_webhook(app):
 def test_old_runs_are_not_reported_late(ops_app):
     missed_run(ops_app)
     with ops_app.app_context():
-        later = datetime(2027, 5, 1, 13, tzinfo=UTC) + schedules.REPORT_WINDOW + timedelta(minutes=1)
+        later = datetime(2027, 5, 1, 13, tzinfo=UTC) + REPORT_WINDOW + timedelta(minutes=1)
         with time_machine.travel(later, tick=False):
             assert sweep_reports() == 0
