@@ -101,3 +101,21 @@ def test_editors_may_not_manage_schedules(client, make_email):
     login(client, Role.EDITOR, make_email("editor"))
     assert client.get("/admin/schedules").status_code == 403
     assert 'href="/admin/schedules"' not in client.get("/admin/").get_data(as_text=True)
+
+
+def test_run_now_from_the_console(client, make_email):
+    with time_machine.travel(datetime(2027, 6, 1, 9, 15, tzinfo=UTC), tick=False):
+        login(client, Role.OPS, make_email("ops"))
+        made = post_form(client, "/admin/schedules/new", name="Weekly", cron="mon 07:00",
+                         timezone="UTC")
+        page = client.get(made.headers["Location"])
+        token = form_fields(page.get_data(as_text=True))["csrf_token"]
+        resp = client.post(made.headers["Location"] + "/run-now", data={"csrf_token": token},
+                           follow_redirects=True)
+        text = text_of(resp)
+        assert "Skipped: Nothing new since 2027-05-25 09:15 UTC" in text
+        assert "Started by hand" not in text  # the digest's skip reason replaces it
+        assert "1 run, newest first." in text and "Tue 2027-06-01 09:15 UTC" in text
+        again = client.post(made.headers["Location"] + "/run-now", data={"csrf_token": token},
+                            follow_redirects=True)
+        assert "already fired this minute" in text_of(again)
