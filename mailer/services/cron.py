@@ -186,7 +186,9 @@ def zone(name: str | None) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        hint = [z for z in available_timezones() if z.lower() == name.lower()]
+        wanted = name.lower().replace(" ", "_")
+        hint = sorted(z for z in available_timezones()
+                      if z.lower() == wanted or z.lower().endswith("/" + wanted))
         extra = f" Did you mean {hint[0]}?" if hint else ""
         raise ValidationError("timezone", f"{name!r} is not a known time zone.{extra}") from None
 

@@ -78,6 +78,8 @@ def test_time_zones_are_iana_names():
             cron.zone(bad)
     with pytest.raises(ValidationError, match="Did you mean Europe/Berlin"):
         cron.zone("europe/berlin")
+    with pytest.raises(ValidationError, match="Did you mean America/New_York"):
+        cron.zone("New York")
 
 
 def test_day_of_month_and_weekday_follow_cron():
