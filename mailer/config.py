@@ -75,6 +75,16 @@ class Settings:
     ops_email: str | None = None
     report_webhook: str | None = None
     list_id: str | None = None
+    # Delivery engine (issue sends): see mailer/services/deliveries.py.
+    dkim_ed25519_key_file: str | None = None  # a second signature beside the RSA one
+    dkim_ed25519_selector: str | None = None
+    send_batch: int = 500  # deliveries per Celery task
+    send_window: int = 8  # batches of one issue queued or running at a time
+    send_group: int = 25  # messages claimed per step: what a crash can leave uncertain
+    send_lease_seconds: float = 600.0  # after this, a stuck claim is swept
+    retry_base_seconds: float = 300.0  # first retry after a temporary failure; then x4
+    retry_tries: int = 5  # tries before a temporary failure becomes permanent
+    pause_errors: int = 100  # failed messages (and 20% of those tried) that pause an issue
     # Digest composition defaults: N latest, M most popular, skip below K new items.
     digest_latest: int = 10
     digest_popular: int = 5
@@ -218,6 +228,8 @@ _SIMPLE = {
     "MAILER_OPS_EMAIL": ("ops_email", str),
     "MAILER_REPORT_WEBHOOK": ("report_webhook", str),
     "MAILER_LIST_ID": ("list_id", str),
+    "MAILER_DKIM_ED25519_KEY_FILE": ("dkim_ed25519_key_file", str),
+    "MAILER_DKIM_ED25519_SELECTOR": ("dkim_ed25519_selector", str),
 }
 
 
@@ -296,6 +308,13 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
         ("MAILER_FEED_TIMEOUT", "feed_timeout", float),
         ("MAILER_FEED_MAX_BYTES", "feed_max_bytes", int),
         ("MAILER_SCHEDULE_GRACE_HOURS", "schedule_grace_hours", float),
+        ("MAILER_SEND_BATCH", "send_batch", int),
+        ("MAILER_SEND_WINDOW", "send_window", int),
+        ("MAILER_SEND_GROUP", "send_group", int),
+        ("MAILER_SEND_LEASE", "send_lease_seconds", float),
+        ("MAILER_RETRY_BASE", "retry_base_seconds", float),
+        ("MAILER_RETRY_TRIES", "retry_tries", int),
+        ("MAILER_PAUSE_ERRORS", "pause_errors", int),
         ("MAILER_DIGEST_LATEST", "digest_latest", int),
         ("MAILER_DIGEST_POPULAR", "digest_popular", int),
         ("MAILER_DIGEST_MIN_ITEMS", "digest_min_items", int),
@@ -325,6 +344,20 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
         raise ConfigError("MAILER_DKIM_KEY_FILE needs MAILER_DKIM_SELECTOR and MAILER_DKIM_DOMAIN")
     if kw.get("dkim_key_file") and not Path(kw["dkim_key_file"]).is_file():
         raise ConfigError(f"MAILER_DKIM_KEY_FILE {kw['dkim_key_file']!r} does not exist")
+    if kw.get("dkim_ed25519_key_file") and not (
+        kw.get("dkim_domain") and (kw.get("dkim_ed25519_selector") or kw.get("dkim_selector"))
+    ):
+        raise ConfigError(
+            "MAILER_DKIM_ED25519_KEY_FILE needs MAILER_DKIM_DOMAIN and MAILER_DKIM_ED25519_SELECTOR"
+        )
+    if kw.get("dkim_ed25519_key_file") and not Path(kw["dkim_ed25519_key_file"]).is_file():
+        raise ConfigError(
+            f"MAILER_DKIM_ED25519_KEY_FILE {kw['dkim_ed25519_key_file']!r} does not exist"
+        )
+    for name, attr in [("MAILER_SEND_BATCH", "send_batch"), ("MAILER_SEND_WINDOW", "send_window"),
+                       ("MAILER_SEND_GROUP", "send_group"), ("MAILER_RETRY_TRIES", "retry_tries")]:
+        if attr in kw and kw[attr] < 1:
+            raise ConfigError(f"{name} must be at least 1")
 
     known_fields = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known_fields

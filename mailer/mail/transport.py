@@ -1,105 +1,56 @@
-"""Transports: SMTP for real delivery, an outbox folder of .eml files for the embedded mode."""
+"""Transports: SMTP for real delivery, an outbox folder of .eml files for the embedded mode.
+
+Both send one message (`send`, for confirmations and other single mails) or a batch whose
+messages are already in wire form (`send_many`, for digests: one outcome per message, see
+mail.smtp for what each outcome means).
+"""
 
 from __future__ import annotations
 
 import os
-import smtplib
-import socket
-import ssl
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from mailer.config import Settings, SmtpSettings
 from mailer.db import utcnow
-from mailer.mail.errors import PermanentFailure, TemporaryFailure
+from mailer.mail.notices import Outgoing
+from mailer.mail.smtp import NotAttempted, SmtpClient, Uncertain, classify, to_wire
+
+__all__ = [
+    "NotAttempted", "OutboxTransport", "SmtpTransport", "Transport", "Uncertain", "classify",
+    "transport_from_settings",
+]
 
 
 class Transport(Protocol):
     def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
         """Deliver one message or raise TemporaryFailure / PermanentFailure."""
 
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Exception | None]:
+        """Deliver wire-form messages; None or the failure, per message, in order."""
+
     def close(self) -> None: ...
 
 
-def classify(code: int, text: str) -> Exception:
-    message = f"{code} {text}".strip()
-    if 500 <= code < 600:
-        return PermanentFailure(message, code)
-    return TemporaryFailure(message, code)
-
-
 class SmtpTransport:
-    """One persistent SMTP connection, opened lazily and re-opened after a drop."""
+    """One persistent SMTP connection per process, opened lazily and re-opened after a drop."""
 
-    def __init__(self, cfg: SmtpSettings):
+    def __init__(self, cfg: SmtpSettings, ssl_context=None):
         self.cfg = cfg
-        self._conn: smtplib.SMTP | None = None
-
-    def _connect(self) -> smtplib.SMTP:
-        cfg = self.cfg
-        try:
-            if cfg.tls == "ssl":
-                conn = smtplib.SMTP_SSL(
-                    cfg.host, cfg.port, timeout=cfg.timeout, context=ssl.create_default_context()
-                )
-            else:
-                conn = smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout)
-            conn.ehlo()
-            if cfg.tls == "starttls":
-                conn.starttls(context=ssl.create_default_context())
-                conn.ehlo()
-            if cfg.username:
-                conn.login(cfg.username, cfg.password or "")
-        except smtplib.SMTPAuthenticationError as e:
-            raise TemporaryFailure(f"SMTP login refused: {e.smtp_code}", e.smtp_code) from e
-        except (OSError, smtplib.SMTPException) as e:
-            raise TemporaryFailure(f"cannot reach SMTP server {cfg.host}:{cfg.port}: {e}") from e
-        return conn
+        self.client = SmtpClient(cfg, ssl_context=ssl_context)
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
-        for attempt in (1, 2):
-            if self._conn is None:
-                self._conn = self._connect()
-            try:
-                self._conn.sendmail(envelope_from, [recipient], data)
-                return
-            except smtplib.SMTPRecipientsRefused as e:
-                code, text = e.recipients[recipient]
-                raise classify(code, text.decode(errors="replace")) from e
-            except smtplib.SMTPResponseException as e:
-                self._reset()
-                raise classify(e.smtp_code, e.smtp_error.decode(errors="replace")) from e
-            except (smtplib.SMTPServerDisconnected, ConnectionError) as e:
-                # A pooled connection the server closed while idle: reconnect once.
-                self._drop()
-                if attempt == 2:
-                    raise TemporaryFailure(f"SMTP connection lost: {e}") from e
-            except (socket.timeout, OSError, smtplib.SMTPException) as e:
-                self._drop()
-                raise TemporaryFailure(f"SMTP error: {e}") from e
+        (outcome,) = self.client.send_many([Outgoing(envelope_from, recipient, to_wire(data))])
+        if outcome is not None:
+            raise outcome
 
-    def _reset(self) -> None:
-        try:
-            self._conn.rset()
-        except (OSError, smtplib.SMTPException):
-            self._drop()
-
-    def _drop(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-        self._conn = None
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Exception | None]:
+        return self.client.send_many(messages)
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-        self._drop()
+        self.client.close()
 
 
 class OutboxTransport:
@@ -117,6 +68,16 @@ class OutboxTransport:
             f.write(f"X-Envelope-From: {envelope_from}\r\nX-Envelope-To: {recipient}\r\n".encode())
             f.write(data)
         os.replace(tmp, self.path / name)
+
+    def send_many(self, messages: Sequence[Outgoing]) -> list[Exception | None]:
+        results: list[Exception | None] = []
+        for msg in messages:
+            try:
+                self.send(msg.envelope_from, msg.recipient, msg.data)
+                results.append(None)
+            except OSError as e:  # a full disk: nothing was written, try again later
+                results.append(NotAttempted(f"cannot write to the outbox: {e}"))
+        return results
 
     def close(self) -> None:
         pass
