@@ -13,8 +13,11 @@ from mailer.feeds.http import Http
 
 ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.1"
 IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|webp|avif)(\?|$)", re.I)
-# The closing tag of the root element: a body without one was cut off on the way.
-_ROOT_END = re.compile(rb"</\s*(?:[\w.-]+:)?(?:rss|feed|RDF)\s*>\s*$")
+# The closing tag of the root element, perhaps followed by comments (WP Super Cache adds one):
+# a body without it was cut off on the way.
+_ROOT_END = re.compile(
+    rb"</\s*(?:[\w.-]+:)?(?:rss|feed|RDF)\s*>(?:\s|<!--.*?-->|<\?.*?\?>)*$", re.S
+)
 
 
 class FeedSource:
@@ -37,7 +40,11 @@ class FeedSource:
 
 def parse_feed(body: bytes, base: str | None = None) -> Parsed:
     """Items of an RSS/Atom document; FeedError when the body is no feed at all or cut off."""
-    headers = {"content-location": base} if base else {}
+    # The content type is set so that feedparser takes the encoding from the XML
+    # declaration (and its own detection), never from a server's often wrong charset.
+    headers = {"content-type": "application/xml"}
+    if base:
+        headers["content-location"] = base
     # Our own sanitizer (nh3) and URL resolution run later; feedparser's are slow and redundant.
     d = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False,
                          response_headers=headers)
@@ -45,7 +52,7 @@ def parse_feed(body: bytes, base: str | None = None) -> Parsed:
         reason = d.get("bozo_exception")
         detail = f" ({reason})" if reason else ""
         raise FeedError(f"this is not an RSS or Atom feed{detail}")
-    if d.get("bozo") and not _ROOT_END.search(body.rstrip()[-200:]):
+    if d.get("bozo") and not _ROOT_END.search(body[-4096:]):
         # feedparser's lenient parser would still return the items before the cut, the last
         # one truncated mid-text; a half-downloaded feed is refused whole instead.
         raise FeedError(f"the feed is cut off before its end ({d.get('bozo_exception')})")
@@ -92,7 +99,10 @@ def _item(entry, base: str | None) -> Item:
         categories=[c for c in categories if c],
         image_url=_image(entry, summary, content),
         published=utc_from_struct(entry.get("published_parsed")) or parse_date(entry.get("published")),
-        updated=utc_from_struct(entry.get("updated_parsed")) or parse_date(entry.get("updated")),
+        # dict.get: feedparser's own get() answers `published` for a missing `updated`, with
+        # a deprecation warning; a missing update date stays missing here.
+        updated=utc_from_struct(dict.get(entry, "updated_parsed"))
+        or parse_date(dict.get(entry, "updated")),
     )
 
 

@@ -191,7 +191,9 @@ def prepare(item: Item) -> dict:
         "categories": _categories(item.categories),
         "image_url": image,
         "published_at": item.published or item.updated,
-        "updated_at": item.updated,
+        # An article never changed was last updated when it was published (RSS has no
+        # update date; Atom repeats the publication date).
+        "updated_at": item.updated or item.published,
     }
 
 

@@ -136,12 +136,14 @@ class SqlPopularity(_Store):
     def _count(self, session: Session, article_id: int, visitor: str, at: datetime,
                column: str) -> bool:
         day = utc_day(at)
+        # RETURNING tells whether the row went in (rowcount is not reliable for INSERTs).
         seen = session.execute(
             dialect_insert(session, VisitorSeen)
             .values(day=day, visitor=visitor, article_id=article_id)
             .on_conflict_do_nothing()
-        )
-        if seen.rowcount != 1:
+            .returning(VisitorSeen.day)
+        ).first()
+        if seen is None:
             return False
         insert = dialect_insert(session, ArticleStat).values(
             article_id=article_id, day=day, views=int(column == "views"),
