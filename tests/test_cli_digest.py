@@ -27,8 +27,12 @@ def _id(result) -> int:
 
 def _view(client, url: str, ip: str) -> None:
     """One reader's page view, through the site's beacon."""
-    resp = client.post("/api/v1/pageviews", json={"url": url},
-                       headers={"User-Agent": BROWSER_UA}, environ_base={"REMOTE_ADDR": ip})
+    resp = client.post(
+        "/api/v1/pageviews",
+        json={"url": url},
+        headers={"User-Agent": BROWSER_UA},
+        environ_base={"REMOTE_ADDR": ip},
+    )
     assert resp.status_code == 204
 
 
@@ -38,14 +42,25 @@ def test_an_editor_composes_previews_test_sends_and_finds_it_in_the_archive(app,
         for feed in ("dcrainmaker.xml", "manton.rss"):
             assert runner.invoke(["articles", "sync", str(FEEDS / feed)]).exit_code == 0
         # Readers on the site: an old post is this week's most read.
-        articles = {a["title"]: a for a in json.loads(
-            runner.invoke(["articles", "list", "--json"]).stdout)}
+        articles = {
+            a["title"]: a for a in json.loads(runner.invoke(["articles", "list", "--json"]).stdout)
+        }
         for n in range(5):
             _view(client, articles[INSTAGRAM]["url"], f"10.0.0.{n}")
         for n in range(2):
             _view(client, articles[DESCENT]["url"], f"10.0.1.{n}")
-        created = runner.invoke(["digest", "create", "--latest", "4", "--popular", "2",
-                                 "--intro", "Good morning, {{ name }}! Here is the week."])
+        created = runner.invoke(
+            [
+                "digest",
+                "create",
+                "--latest",
+                "4",
+                "--popular",
+                "2",
+                "--intro",
+                "Good morning, {{ name }}! Here is the week.",
+            ]
+        )
     issue_id = _id(created)
     out = created.stdout
     assert f"Issue {issue_id} (draft)" in out
@@ -62,10 +77,22 @@ def test_an_editor_composes_previews_test_sends_and_finds_it_in_the_archive(app,
     assert msg["To"] == "reader@example.com" and msg["Subject"].startswith("The Daily Test: ")
     assert msg.get_body(("plain",)) and msg.get_body(("html",))
 
-    sent = runner.invoke(["digest", "test-send", str(issue_id), "--to", "Editor@Daily.example",
-                          "--to", "chief@daily.example"])
+    sent = runner.invoke(
+        [
+            "digest",
+            "test-send",
+            str(issue_id),
+            "--to",
+            "Editor@Daily.example",
+            "--to",
+            "chief@daily.example",
+        ]
+    )
     assert sent.exit_code == 0, sent.output
-    assert sent.stdout.splitlines() == ["sent to chief@daily.example", "sent to editor@daily.example"]
+    assert sent.stdout.splitlines() == [
+        "sent to chief@daily.example",
+        "sent to editor@daily.example",
+    ]
     (mail,) = smtp.wait_for("editor@daily.example")
     assert mail.message["Subject"] == f"[Test] {msg['Subject']}"
     assert "Good morning, Reader!" in mail.text and INSTAGRAM in mail.html
@@ -90,14 +117,18 @@ def test_create_json_skip_and_list(runner):
     data = json.loads(made.stdout)
     assert data["status"] == "draft" and [i["title"] for i in data["items"]] == ["Fresh & new"]
 
-    skipped = runner.invoke(["digest", "create", "--popular", "0", "--frequency", "daily",
-                             "--min-items", "2"])
+    skipped = runner.invoke(
+        ["digest", "create", "--popular", "0", "--frequency", "daily", "--min-items", "2"]
+    )
     skipped_id = _id(skipped)
     assert f"issue {skipped_id} skipped: Only 1 new article(s)" in skipped.stderr
     assert db.session.get(Issue, skipped_id).status == IssueStatus.SKIPPED
 
     listed = json.loads(runner.invoke(["digest", "list", "--json"]).stdout)
-    assert [(r["id"], r["status"]) for r in listed] == [(skipped_id, "skipped"), (data["id"], "draft")]
+    assert [(r["id"], r["status"]) for r in listed] == [
+        (skipped_id, "skipped"),
+        (data["id"], "draft"),
+    ]
     table = runner.invoke(["digest", "list", "--status", "draft"]).stdout.splitlines()
     assert table[0].split() == ["ID", "STATUS", "CREATED", "ITEMS", "SUBJECT"]
     assert len(table) == 2 and table[1].split()[:2] == [str(data["id"]), "draft"]
@@ -133,8 +164,17 @@ def test_mistakes_exit_1_with_one_line_and_change_nothing(runner, smtp):
     assert runner.invoke(["digest", "preview", str(issue_id), "--html", "--text"]).exit_code == 0
 
     smtp.rules["refused"] = "550 no such user"
-    refused = runner.invoke(["digest", "test-send", str(issue_id), "--to", "refused@daily.example",
-                             "--to", "fine@daily.example"])
+    refused = runner.invoke(
+        [
+            "digest",
+            "test-send",
+            str(issue_id),
+            "--to",
+            "refused@daily.example",
+            "--to",
+            "fine@daily.example",
+        ]
+    )
     assert refused.exit_code == 1
     assert "not sent to refused@daily.example: 550 no such user" in refused.stderr
     assert "1 of 2 test messages were not sent" in refused.stderr

@@ -21,8 +21,9 @@ def spam_score(message: bytes, home) -> tuple[float, str]:
     assert binary, "spamassassin is not installed (.ci/run installs Debian's package)"
     # -L: local tests only, no network; HOME keeps its user_prefs out of the real home.
     env = {**os.environ, "HOME": str(home)}
-    done = subprocess.run([binary, "-L", "-t"], input=message, capture_output=True, env=env,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        [binary, "-L", "-t"], input=message, capture_output=True, env=env, timeout=120, check=False
+    )
     report = done.stdout.decode(errors="replace")
     match = re.search(r"^X-Spam-Status: \w+, score=(-?\d+(?:\.\d+)?)", report, re.M)
     assert match, f"no X-Spam-Status in spamassassin's output: {done.stderr.decode()[-500:]}"
@@ -47,4 +48,4 @@ def test_the_default_digest_scores_at_most_one(app, env, tmp_path):
         rendered = digests.render_variant(db.session, issue, sections, rt)
         message = build(rt, *personalize(*rendered, rt, delivery_id=7), to="ada@example.com")
         score, report = spam_score(message, tmp_path)
-        assert score <= 1.0, report[report.find("Content analysis details"):]
+        assert score <= 1.0, report[report.find("Content analysis details") :]

@@ -26,23 +26,55 @@ def _sections(ctx: Context, raw: str) -> str:
 
 
 @digest.command("create")
-@click.option("--latest", "latest_n", type=click.IntRange(0, 100),
-              help="How many of the latest articles (default: MAILER_DIGEST_LATEST, 10).")
-@click.option("--popular", "popular_m", type=click.IntRange(0, 100),
-              help="How many of the most popular articles (default: MAILER_DIGEST_POPULAR, 5).")
-@click.option("--subject", help="Subject line; may use {{ list_name }}, {{ date }}, {{ top_story }}.")
+@click.option(
+    "--latest",
+    "latest_n",
+    type=click.IntRange(0, 100),
+    help="How many of the latest articles (default: MAILER_DIGEST_LATEST, 10).",
+)
+@click.option(
+    "--popular",
+    "popular_m",
+    type=click.IntRange(0, 100),
+    help="How many of the most popular articles (default: MAILER_DIGEST_POPULAR, 5).",
+)
+@click.option(
+    "--subject", help="Subject line; may use {{ list_name }}, {{ date }}, {{ top_story }}."
+)
 @click.option("--preheader", default="", help="Preview text shown next to the subject.")
 @click.option("--intro", default="", help="Introduction in Markdown ('-' reads it from stdin).")
-@click.option("--frequency", type=click.Choice(["weekly", "daily"]), default="weekly",
-              show_default=True, help="The readers this issue is for.")
-@click.option("--sections", default="", metavar="KEYS",
-              help="Comma-separated sections the issue is for; empty means every section.")
-@click.option("--min-items", type=click.IntRange(0, 100),
-              help="Skip the issue with fewer new articles than this (default: MAILER_DIGEST_MIN_ITEMS, 1).")
+@click.option(
+    "--frequency",
+    type=click.Choice(["weekly", "daily"]),
+    default="weekly",
+    show_default=True,
+    help="The readers this issue is for.",
+)
+@click.option(
+    "--sections",
+    default="",
+    metavar="KEYS",
+    help="Comma-separated sections the issue is for; empty means every section.",
+)
+@click.option(
+    "--min-items",
+    type=click.IntRange(0, 100),
+    help="Skip the issue with fewer new articles than this (default: MAILER_DIGEST_MIN_ITEMS, 1).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the issue as JSON.")
 @pass_ctx
-def create(ctx: Context, latest_n, popular_m, subject, preheader, intro, frequency, sections,
-           min_items, as_json):
+def create(
+    ctx: Context,
+    latest_n,
+    popular_m,
+    subject,
+    preheader,
+    intro,
+    frequency,
+    sections,
+    min_items,
+    as_json,
+):
     """Compose a new issue from the latest and most popular articles; prints its id."""
     from mailer.services import digests
 
@@ -51,10 +83,17 @@ def create(ctx: Context, latest_n, popular_m, subject, preheader, intro, frequen
     rt = ctx.runtime
     with ctx.app.app_context(), db.transaction() as s:
         issue = digests.create_issue(
-            s, rt, now=utcnow(), subject=subject, preheader=preheader, intro=intro,
+            s,
+            rt,
+            now=utcnow(),
+            subject=subject,
+            preheader=preheader,
+            intro=intro,
             audience_frequency=digests.check_frequency(frequency),
             audience_sections=_sections(ctx, sections),
-            latest_n=latest_n, popular_m=popular_m, min_items=min_items,
+            latest_n=latest_n,
+            popular_m=popular_m,
+            min_items=min_items,
         )
         data = digests.describe(s, issue, rt)
     if as_json:
@@ -76,7 +115,8 @@ def _print_issue(data: dict) -> None:
         click.echo(f"  {label}: {len(items)}")
         for i in items:
             pin = " [pinned]" if i["pinned"] else ""
-            click.echo(f"    {i['position'] + 1:>2}. {i['title'] or i['url']}{pin}  (article {i['article_id']})")
+            title = i["title"] or i["url"]
+            click.echo(f"    {i['position'] + 1:>2}. {title}{pin}  (article {i['article_id']})")
 
 
 @digest.command("show")
@@ -99,9 +139,15 @@ def show(ctx: Context, issue_id: int, as_json: bool):
 @click.argument("issue_id", type=int)
 @click.option("--html", "fmt", flag_value="html", default=True, help="The HTML part (default).")
 @click.option("--text", "fmt", flag_value="text", help="The plain-text part.")
-@click.option("--eml", "fmt", flag_value="eml", help="The whole message, as a reader's mail program gets it.")
-@click.option("--sections", default="", metavar="KEYS",
-              help="Preview what readers of these sections get; empty means every section.")
+@click.option(
+    "--eml", "fmt", flag_value="eml", help="The whole message, as a reader's mail program gets it."
+)
+@click.option(
+    "--sections",
+    default="",
+    metavar="KEYS",
+    help="Preview what readers of these sections get; empty means every section.",
+)
 @pass_ctx
 def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
     """What a reader would get, with sample values for the reader's name and links."""
@@ -125,10 +171,20 @@ def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
 
 @digest.command("test-send")
 @click.argument("issue_id", type=int)
-@click.option("--to", "addresses", multiple=True, required=True, metavar="ADDR",
-              help="An address to send the test to (repeat for more).")
-@click.option("--sections", default="", metavar="KEYS",
-              help="Send what readers of these sections get; empty means every section.")
+@click.option(
+    "--to",
+    "addresses",
+    multiple=True,
+    required=True,
+    metavar="ADDR",
+    help="An address to send the test to (repeat for more).",
+)
+@click.option(
+    "--sections",
+    default="",
+    metavar="KEYS",
+    help="Send what readers of these sections get; empty means every section.",
+)
 @pass_ctx
 def test_send(ctx: Context, issue_id: int, addresses, sections: str):
     """Send the preview of an issue to a few addresses now (the subject says [Test])."""
@@ -162,7 +218,9 @@ def test_send(ctx: Context, issue_id: int, addresses, sections: str):
 
 @digest.command("list")
 @click.option("--limit", type=click.IntRange(1), help="Only the newest N issues.")
-@click.option("--status", type=click.Choice([s.value for s in IssueStatus]), help="Only issues in this state.")
+@click.option(
+    "--status", type=click.Choice([s.value for s in IssueStatus]), help="Only issues in this state."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the issues as a JSON array.")
 @pass_ctx
 def list_(ctx: Context, limit, status, as_json: bool):
@@ -171,7 +229,9 @@ def list_(ctx: Context, limit, status, as_json: bool):
 
     with ctx.app.app_context(), db.transaction() as s:
         statuses = [IssueStatus(status)] if status else None
-        rows = [digests.summary(s, i) for i in digests.list_issues(s, limit=limit, statuses=statuses)]
+        rows = [
+            digests.summary(s, i) for i in digests.list_issues(s, limit=limit, statuses=statuses)
+        ]
     if as_json:
         click.echo(json.dumps(rows))
         return

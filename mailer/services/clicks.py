@@ -44,7 +44,9 @@ def resolve(session: Session, rt, token: str, item_id: int) -> Target:
     return Target(delivery, item)
 
 
-def record(session: Session, rt, target: Target, *, ip: str, user_agent: str, at: datetime) -> Click:
+def record(
+    session: Session, rt, target: Target, *, ip: str, user_agent: str, at: datetime
+) -> Click:
     """Store the click; it counts for popularity unless a bot or a mail scanner made it."""
     from mailer.services import popularity
 

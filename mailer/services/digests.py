@@ -38,9 +38,24 @@ from mailer.services.render import (
 )
 
 __all__ = [
-    "EDITABLE", "SENT", "DEFAULT_SUBJECT", "create_issue", "recompose", "pin", "unpin", "exclude",
-    "include", "move", "set_text", "get_issue", "list_issues", "render_variant", "render_preview",
-    "describe", "summary", "TEMPLATE_VARIABLES",
+    "EDITABLE",
+    "SENT",
+    "DEFAULT_SUBJECT",
+    "create_issue",
+    "recompose",
+    "pin",
+    "unpin",
+    "exclude",
+    "include",
+    "move",
+    "set_text",
+    "get_issue",
+    "list_issues",
+    "render_variant",
+    "render_preview",
+    "describe",
+    "summary",
+    "TEMPLATE_VARIABLES",
 ]
 
 # Issues whose readers got (or are getting) them: what "already sent" means for repeats.
@@ -67,7 +82,9 @@ def _same_audience(frequency: Frequency, sections: str):
     return (Issue.audience_frequency == frequency) & (Issue.audience_sections == sections)
 
 
-def last_sent(session: Session, frequency: Frequency, sections: str, before_id=None) -> Issue | None:
+def last_sent(
+    session: Session, frequency: Frequency, sections: str, before_id=None
+) -> Issue | None:
     """The audience's most recent issue that went out (sending, paused or finished)."""
     stmt = select(Issue).where(Issue.status.in_(SENT), _same_audience(frequency, sections))
     if before_id is not None:
@@ -159,7 +176,9 @@ def _popular(session, rt, issue: Issue, skip: set[int], limit: int) -> list[Arti
         ask *= 4
 
 
-def _add_items(session, issue: Issue, section: ItemSection, articles: Iterable[Article], start: int):
+def _add_items(
+    session, issue: Issue, section: ItemSection, articles: Iterable[Article], start: int
+):
     for offset, article in enumerate(articles):
         session.add(
             IssueItem(
@@ -178,11 +197,15 @@ def _compose(session: Session, rt, issue: Issue) -> int:
     kept = list(session.scalars(select(IssueItem).where(IssueItem.issue_id == issue.id)))
     skip = already_sent(session, issue.audience_frequency, issue.audience_sections)
     skip |= {i.article_id for i in kept}
-    pinned = {s: [i for i in kept if i.pinned and not i.excluded and i.section == s] for s in ItemSection}
-    for section, items in pinned.items():
+    pinned = {
+        s: [i for i in kept if i.pinned and not i.excluded and i.section == s] for s in ItemSection
+    }
+    for items in pinned.values():
         for position, item in enumerate(sorted(items, key=lambda i: (i.position, i.id))):
             item.position = position
-    latest = _latest(session, issue, skip, issue.latest_n - len(pinned[ItemSection.LATEST]), settings)
+    latest = _latest(
+        session, issue, skip, issue.latest_n - len(pinned[ItemSection.LATEST]), settings
+    )
     _add_items(session, issue, ItemSection.LATEST, latest, len(pinned[ItemSection.LATEST]))
     skip |= {a.id for a in latest}
     popular = _popular(session, rt, issue, skip, issue.popular_m - len(pinned[ItemSection.POPULAR]))
@@ -305,7 +328,10 @@ def check_sections(raw, settings) -> str:
 
 
 _SAMPLE_VALUES = {
-    "list_name": "List", "date": "1 January 2030", "top_story": "Story", "item_count": 1,
+    "list_name": "List",
+    "date": "1 January 2030",
+    "top_story": "Story",
+    "item_count": 1,
 }
 
 
@@ -417,14 +443,19 @@ def _new_item(session, issue: Issue, article_id: int, section: ItemSection | Non
         )
     )
     item = IssueItem(
-        issue_id=issue.id, article_id=article.id, section=section,
-        position=(last + 1) if last is not None else 0, url=article.url,
+        issue_id=issue.id,
+        article_id=article.id,
+        section=section,
+        position=(last + 1) if last is not None else 0,
+        url=article.url,
     )
     session.add(item)
     return item
 
 
-def pin(session: Session, issue_id: int, article_id: int, section: ItemSection | None = None) -> IssueItem:
+def pin(
+    session: Session, issue_id: int, article_id: int, section: ItemSection | None = None
+) -> IssueItem:
     """Keep an article in the issue whatever re-composing does (adding it if needed)."""
     issue = _editable(session, issue_id)
     item = _item_for_article(session, issue, article_id) or _new_item(
@@ -479,7 +510,9 @@ def move(
     siblings = list(
         session.scalars(
             select(IssueItem)
-            .where(IssueItem.issue_id == issue.id, IssueItem.section == target, IssueItem.id != item.id)
+            .where(
+                IssueItem.issue_id == issue.id, IssueItem.section == target, IssueItem.id != item.id
+            )
             .order_by(IssueItem.position, IssueItem.id)
         )
     )
@@ -546,7 +579,8 @@ def describe(session: Session, issue: Issue, rt) -> dict:
         "preheader": issue.preheader,
         "intro": issue.intro,
         "audience": {
-            "frequency": str(issue.audience_frequency), "sections": sections_list(issue.audience_sections),
+            "frequency": str(issue.audience_frequency),
+            "sections": sections_list(issue.audience_sections),
         },
         "latest_n": issue.latest_n,
         "popular_m": issue.popular_m,
@@ -593,7 +627,11 @@ def test_messages(
     out = []
     for address in addresses:
         data = build_message(
-            sender=sender, to=address, subject=f"[Test] {subject}" if test else subject, text=text, html=html,
+            sender=sender,
+            to=address,
+            subject=f"[Test] {subject}" if test else subject,
+            text=text,
+            html=html,
             headers={"List-Id": list_id(settings)},
         )
         out.append(Outgoing(sender.addr_spec, address, data))

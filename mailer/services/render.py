@@ -43,7 +43,21 @@ SAMPLE_EMAIL = "reader@example.com"
 # A transparent 1x1 GIF: what the open pixel becomes outside real deliveries.
 BLANK_GIF = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7"
 # What editors may put in the intro once it is HTML; anything else is dropped by nh3.
-INTRO_TAGS = {"p", "br", "strong", "em", "a", "ul", "ol", "li", "blockquote", "h2", "h3", "code", "hr"}
+INTRO_TAGS = {
+    "p",
+    "br",
+    "strong",
+    "em",
+    "a",
+    "ul",
+    "ol",
+    "li",
+    "blockquote",
+    "h2",
+    "h3",
+    "code",
+    "hr",
+}
 
 _CLICK = re.compile(re.escape(ph.CLICK_BASE) + r"/(\d+)")
 
@@ -89,7 +103,9 @@ def editor_text(field_name: str, source: str, values: dict, *, html: bool = Fals
             field_name, f"The {field_name} has a template error on line {e.lineno}: {e.message}"
         ) from None
     except SecurityError as e:
-        raise ValidationError(field_name, f"The {field_name} is not allowed to do that: {e}") from None
+        raise ValidationError(
+            field_name, f"The {field_name} is not allowed to do that: {e}"
+        ) from None
     except Exception as e:  # noqa: BLE001 - whatever the editor wrote, it is a 400, not a 500
         raise ValidationError(field_name, f"The {field_name} cannot be rendered: {e}") from None
 
@@ -274,13 +290,18 @@ def render_editor_fields(issue: Issue, variant: Variant, settings, name: str) ->
 
 def _sections(variant: Variant) -> list[dict]:
     out = []
-    for key, items in ((ItemSection.LATEST, variant.latest), (ItemSection.POPULAR, variant.popular)):
+    for key, items in (
+        (ItemSection.LATEST, variant.latest),
+        (ItemSection.POPULAR, variant.popular),
+    ):
         if items:
             out.append({"key": str(key), "label": SECTION_LABELS[key], "items": items})
     return out
 
 
-def render_variant(session: Session, issue: Issue, sections: str, rt) -> tuple[str, str, str] | None:
+def render_variant(
+    session: Session, issue: Issue, sections: str, rt
+) -> tuple[str, str, str] | None:
     """(subject, html, text) for the readers of one section set, per-reader placeholders left
     in; None when that section set gets no items."""
     settings = rt.settings
@@ -339,7 +360,9 @@ def fill_sample(session: Session, issue: Issue, subject: str, html: str, text: s
     return plain(subject, str), plain(html, lambda v: str(escape(v))), plain(text, str)
 
 
-def render_preview(session: Session, issue: Issue, sections: str, rt) -> tuple[str, str, str] | None:
+def render_preview(
+    session: Session, issue: Issue, sections: str, rt
+) -> tuple[str, str, str] | None:
     """What a reader of `sections` would get, with sample values instead of personal ones."""
     rendered = render_variant(session, issue, sections, rt)
     if rendered is None:

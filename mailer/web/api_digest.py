@@ -169,7 +169,9 @@ def edit_item(issue_id: int, item_id: int):
     elif pinned is False:
         digests.unpin(db.session, issue_id, item.article_id)
     if position is not None or section is not None:
-        digests.move(db.session, issue_id, item_id, position if position is not None else 0, section)
+        digests.move(
+            db.session, issue_id, item_id, position if position is not None else 0, section
+        )
     db.session.commit()
     return jsonify(_describe(digests.get_issue(db.session, issue_id)))
 

@@ -42,7 +42,9 @@ def index():
     total = db.session.scalar(select(func.count()).select_from(Issue).where(Issue.status.in_(SENT)))
     pages = max(1, -(-total // PAGE_SIZE))
     rt = runtime()
-    entries = [public_view(db.session, i, rt) for i in _published((page - 1) * PAGE_SIZE, PAGE_SIZE)]
+    entries = [
+        public_view(db.session, i, rt) for i in _published((page - 1) * PAGE_SIZE, PAGE_SIZE)
+    ]
     return render_template("archive.html", entries=entries, page=page, pages=pages)
 
 

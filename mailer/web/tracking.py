@@ -34,8 +34,12 @@ def click(token: str, item_id: int):
     if request.method == "GET":
         try:
             clicks.record(
-                db.session, rt, target,
-                ip=client_ip(), user_agent=request.headers.get("User-Agent", ""), at=utcnow(),
+                db.session,
+                rt,
+                target,
+                ip=client_ip(),
+                user_agent=request.headers.get("User-Agent", ""),
+                at=utcnow(),
             )
             db.session.commit()
         except SQLAlchemyError:

@@ -45,7 +45,8 @@ def views(rt, article: Article, count: int, when: datetime) -> None:
 
 def items(issue: Issue, section: ItemSection | None = None) -> list[str]:
     rows = db.session.scalars(
-        select(IssueItem).where(IssueItem.issue_id == issue.id, IssueItem.excluded.is_(False))
+        select(IssueItem)
+        .where(IssueItem.issue_id == issue.id, IssueItem.excluded.is_(False))
         .order_by(IssueItem.section, IssueItem.position)
     )
     return [i.article.title for i in rows if section is None or i.section == section]
@@ -65,7 +66,9 @@ REVIEW = "Week in Review–Nov 5th, 2017"
 RANDOM = "5 Random Things I Did This Weekend"
 WATCH = "Apple Watch Series 3: Sport & Fitness In-Depth Review"
 POWER = "The Power Meters Buyer’s Guide–2017 Edition"
-SALE = "Huge Fall Sale: 20% of All Trainers & Most Power Meters, $100 off Fenix 5, GoPro Hero6 deal!"
+SALE = (
+    "Huge Fall Sale: 20% of All Trainers & Most Power Meters, $100 off Fenix 5, GoPro Hero6 deal!"
+)
 INSTAGRAM = "Instagram hits 400 million users"
 MIRROR = "Complete mirror of this blog"
 
@@ -190,8 +193,10 @@ def test_items_can_be_moved_within_and_across_sections(app):
         add_article(db.session, name, at(5, 8 + n))
     db.session.commit()
     issue = create(rt, at(5), popular_m=0)
-    ids = {i.article.title: i.id for i in db.session.scalars(
-        select(IssueItem).where(IssueItem.issue_id == issue.id))}
+    ids = {
+        i.article.title: i.id
+        for i in db.session.scalars(select(IssueItem).where(IssueItem.issue_id == issue.id))
+    }
     assert items(issue) == ["D", "C", "B", "A"]
     digests.move(db.session, issue.id, ids["A"], 0)
     digests.move(db.session, issue.id, ids["C"], 99)
@@ -243,8 +248,9 @@ def test_one_issue_per_schedule_and_period(app):
     first = create(rt, at(6, 6), schedule_id=schedule.id, period_start=at(6, 6))
     assert (first.schedule_id, first.period_start) == (schedule.id, at(6, 6))
     with pytest.raises(IntegrityError):
-        digests.create_issue(db.session, rt, now=at(6, 6), schedule_id=schedule.id,
-                             period_start=at(6, 6))
+        digests.create_issue(
+            db.session, rt, now=at(6, 6), schedule_id=schedule.id, period_start=at(6, 6)
+        )
     db.session.rollback()
     assert db.session.scalar(select(func.count()).select_from(Issue)) == 1
 
@@ -254,8 +260,13 @@ def test_latest_pages_through_long_gaps(app, env, monkeypatch):
     monkeypatch.setattr(digests, "PAGE", 3)  # a few rows per query, to cross page boundaries
     for n in range(10):
         add_article(db.session, f"Blog {n}", at(5, 1 + n), categories=["Blog"])
-        add_article(db.session, f"Sale {n}", at(5, 1 + n), url=f"https://daily.example/sale-{n}",
-                    categories=["Sales"])
+        add_article(
+            db.session,
+            f"Sale {n}",
+            at(5, 1 + n),
+            url=f"https://daily.example/sale-{n}",
+            categories=["Sales"],
+        )
     db.session.commit()
     issue = create(rt, at(5, 23), audience_sections="business", latest_n=4, popular_m=0)
     assert items(issue) == ["Sale 9", "Sale 8", "Sale 7", "Sale 6"]

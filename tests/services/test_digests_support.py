@@ -49,8 +49,17 @@ def mark_sent(session, issue: Issue, at: datetime) -> None:
     session.flush()
 
 
-def personalize(subject: str, html: str, text: str, rt, *, delivery_id: int = 1,
-                uid: str = "uid123", name: str = "Ada", email: str = "ada@example.com"):
+def personalize(
+    subject: str,
+    html: str,
+    text: str,
+    rt,
+    *,
+    delivery_id: int = 1,
+    uid: str = "uid123",
+    name: str = "Ada",
+    email: str = "ada@example.com",
+):
     """Fill the placeholders the way the delivery engine does (escaped in the HTML part)."""
     values = {
         ph.NAME: name,
@@ -66,10 +75,12 @@ def personalize(subject: str, html: str, text: str, rt, *, delivery_id: int = 1,
     return subject, html, text
 
 
-def build(rt, subject: str, html: str, text: str, to: str = "ada@example.com",
-          uid: str = "uid123") -> bytes:
+def build(
+    rt, subject: str, html: str, text: str, to: str = "ada@example.com", uid: str = "uid123"
+) -> bytes:
     """The message as a reader gets it: list headers, both parts."""
     settings = rt.settings
     headers = {"List-Id": list_id(settings), **rt.links.list_unsubscribe_headers(uid)}
-    return build_message(sender=settings.from_address, to=to, subject=subject, text=text,
-                         html=html, headers=headers)
+    return build_message(
+        sender=settings.from_address, to=to, subject=subject, text=text, html=html, headers=headers
+    )

@@ -29,9 +29,14 @@ def _issue(rt, **kw):
 
 def _articles(n=3, **fields):
     out = [
-        add_article(db.session, f"Story number {i}", NOW - timedelta(hours=i + 1),
-                    image_url=f"https://img.daily.example/{i}.jpg" if i % 2 == 0 else None,
-                    author="Jane Doe", **fields)
+        add_article(
+            db.session,
+            f"Story number {i}",
+            NOW - timedelta(hours=i + 1),
+            image_url=f"https://img.daily.example/{i}.jpg" if i % 2 == 0 else None,
+            author="Jane Doe",
+            **fields,
+        )
         for i in range(n)
     ]
     db.session.commit()
@@ -114,11 +119,17 @@ HOSTILE = [
 def test_hostile_article_fields_come_out_as_text(app):
     rt = app.extensions["mailer"]
     for i, payload in enumerate(HOSTILE):
-        add_article(db.session, payload, NOW - timedelta(hours=i + 1), summary=f"</p>{payload}<iframe src=x>",
-                    author=payload, image_url="https://img.daily.example/x.jpg")
+        add_article(
+            db.session,
+            payload,
+            NOW - timedelta(hours=i + 1),
+            summary=f"</p>{payload}<iframe src=x>",
+            author=payload,
+            image_url="https://img.daily.example/x.jpg",
+        )
     db.session.commit()
     issue = _issue(rt, latest_n=len(HOSTILE))
-    for subject, html, text in [
+    for _subject, html, text in [
         digests.render_variant(db.session, issue, "", rt),
         digests.render_preview(db.session, issue, "", rt),
     ]:
@@ -196,16 +207,29 @@ def _strict(data: bytes):
 def test_every_rendered_message_parses_strictly_with_short_lines(app, env):
     rt = digest_app(env).extensions["mailer"]
     news = ["Blog"]
-    add_article(db.session, "Ünïcödé headline — with “quotes” " + "long " * 80, NOW - timedelta(hours=1),
-                url="https://daily.example/" + "x" * 1900, categories=news,
-                summary="word " * 200, image_url="https://img.daily.example/" + "y" * 1500)
+    add_article(
+        db.session,
+        "Ünïcödé headline — with “quotes” " + "long " * 80,
+        NOW - timedelta(hours=1),
+        url="https://daily.example/" + "x" * 1900,
+        categories=news,
+        summary="word " * 200,
+        image_url="https://img.daily.example/" + "y" * 1500,
+    )
     add_article(db.session, "Sales story", NOW - timedelta(hours=2), categories=["Sales"])
-    add_article(db.session, "", NOW - timedelta(hours=3), categories=["Garmin"],
-                summary="An untitled micro-post that still needs a headline of its own.")
+    add_article(
+        db.session,
+        "",
+        NOW - timedelta(hours=3),
+        categories=["Garmin"],
+        summary="An untitled micro-post that still needs a headline of its own.",
+    )
     db.session.commit()
     issue = _issue(rt, intro="Intro line " * 300)
     for sections in ("", "news", "business,sport", "sport"):
-        subject, html, text = personalize(*digests.render_variant(db.session, issue, sections, rt), rt)
+        subject, html, text = personalize(
+            *digests.render_variant(db.session, issue, sections, rt), rt
+        )
         msg = _strict(build(rt, subject, html, text))
         assert ph.PREFIX not in msg.get_body(("html",)).get_content()
         assert msg["Subject"] == subject
@@ -261,7 +285,9 @@ def test_the_html_fits_desktop_and_mobile_screens(app, browser):
             pg.route("**/*", lambda route: route.abort())
             pg.set_content(html)
             assert pg.evaluate("document.documentElement.scrollWidth") <= width
-            container = pg.evaluate("document.querySelector('.container').getBoundingClientRect().width")
+            container = pg.evaluate(
+                "document.querySelector('.container').getBoundingClientRect().width"
+            )
             assert container <= min(width, 600)
             if width == 375:
                 assert container == 375  # full width on phones, thanks to the kept @media rule

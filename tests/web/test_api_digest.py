@@ -21,7 +21,9 @@ def _token(role: Role, email: str) -> dict:
 
 def _stories(*titles):
     now = utcnow()
-    ids = [add_article(db.session, t, now - timedelta(minutes=n + 1)).id for n, t in enumerate(titles)]
+    ids = [
+        add_article(db.session, t, now - timedelta(minutes=n + 1)).id for n, t in enumerate(titles)
+    ]
     db.session.commit()
     return ids
 
@@ -35,12 +37,21 @@ def test_only_editors_with_a_token_create_issues(client):
     editor = _token(Role.EDITOR, "editor@daily.example")
     ops = _token(Role.OPS, "ops@daily.example")
     assert client.post("/api/v1/issues", json={}).status_code == 401
-    assert client.post("/api/v1/issues", json={}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        client.post("/api/v1/issues", json={}, headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
     assert client.post("/api/v1/issues", json={}, headers=ops).status_code == 403
     assert _count() == 0
-    resp = client.post("/api/v1/issues", headers=editor, json={
-        "subject": "Weekly: {{ top_story }}", "intro": "Hi {{ name }}", "popular": 0,
-    })
+    resp = client.post(
+        "/api/v1/issues",
+        headers=editor,
+        json={
+            "subject": "Weekly: {{ top_story }}",
+            "intro": "Hi {{ name }}",
+            "popular": 0,
+        },
+    )
     assert resp.status_code == 201, resp.json
     issue = resp.json
     assert resp.headers["Location"] == f"/api/v1/issues/{issue['id']}"
@@ -70,11 +81,24 @@ def test_bad_input_is_a_400_naming_the_field_and_writes_nothing(client):
         resp = client.post("/api/v1/issues", json=body, headers=editor)
         assert resp.status_code == 400, body
         assert resp.json["field"] == field and resp.json["message"]
-    assert client.post("/api/v1/issues", data="x", headers={**editor, "Content-Type": "text/plain"}).status_code == 415
-    assert client.post("/api/v1/issues", data="{oops", headers={**editor, "Content-Type": "application/json"}).status_code == 400
+    assert (
+        client.post(
+            "/api/v1/issues", data="x", headers={**editor, "Content-Type": "text/plain"}
+        ).status_code
+        == 415
+    )
+    assert (
+        client.post(
+            "/api/v1/issues", data="{oops", headers={**editor, "Content-Type": "application/json"}
+        ).status_code
+        == 400
+    )
     assert _count() == 0
     assert client.get("/api/v1/issues/424242", headers=editor).status_code == 404
-    assert client.get("/api/v1/issues/424242", headers=editor).json["message"] == "There is no issue 424242."
+    assert (
+        client.get("/api/v1/issues/424242", headers=editor).json["message"]
+        == "There is no issue 424242."
+    )
 
 
 def test_editing_items_and_text_then_refused_once_sent(client):
@@ -86,22 +110,49 @@ def test_editing_items_and_text_then_refused_once_sent(client):
     base = f"/api/v1/issues/{issue['id']}"
     items = {i["article_id"]: i["id"] for i in issue["items"]}
 
-    edited = client.patch(base, json={"subject": "New subject", "preheader": "Read on"}, headers=editor)
+    edited = client.patch(
+        base, json={"subject": "New subject", "preheader": "Read on"}, headers=editor
+    )
     assert edited.status_code == 200 and edited.json["subject"] == "New subject"
-    assert client.patch(f"{base}/items/{items[one]}", json={"excluded": True}, headers=editor).status_code == 200
-    assert client.patch(f"{base}/items/{items[three]}", json={"position": 0}, headers=editor).status_code == 200
-    added = client.post(f"{base}/items", json={"article_id": old, "section": "popular"}, headers=editor)
+    assert (
+        client.patch(
+            f"{base}/items/{items[one]}", json={"excluded": True}, headers=editor
+        ).status_code
+        == 200
+    )
+    assert (
+        client.patch(
+            f"{base}/items/{items[three]}", json={"position": 0}, headers=editor
+        ).status_code
+        == 200
+    )
+    added = client.post(
+        f"{base}/items", json={"article_id": old, "section": "popular"}, headers=editor
+    )
     assert added.status_code == 201
-    shown = [(i["title"], i["section"], i["pinned"]) for i in added.json["items"] if not i["excluded"]]
-    assert shown == [("Three", "latest", False), ("Two", "latest", False),
-                     ("From the archive", "popular", True)]
+    shown = [
+        (i["title"], i["section"], i["pinned"]) for i in added.json["items"] if not i["excluded"]
+    ]
+    assert shown == [
+        ("Three", "latest", False),
+        ("Two", "latest", False),
+        ("From the archive", "popular", True),
+    ]
     assert client.patch(f"{base}/items/{items[two]}", json={}, headers=editor).status_code == 400
-    assert client.patch(f"{base}/items/999999", json={"pinned": True}, headers=editor).status_code == 404
-    assert client.post(f"{base}/items", json={"article_id": 999999}, headers=editor).status_code == 404
+    assert (
+        client.patch(f"{base}/items/999999", json={"pinned": True}, headers=editor).status_code
+        == 404
+    )
+    assert (
+        client.post(f"{base}/items", json={"article_id": 999999}, headers=editor).status_code == 404
+    )
     # Re-composing proposes the unpinned items anew; the pin and the exclusion hold.
     recomposed = client.post(f"{base}/recompose", headers=editor).json
     assert [i["title"] for i in recomposed["items"] if not i["excluded"]] == [
-        "Two", "Three", "From the archive"]
+        "Two",
+        "Three",
+        "From the archive",
+    ]
 
     mark_sent(db.session, db.session.get(Issue, issue["id"]), utcnow())
     db.session.commit()
@@ -134,14 +185,27 @@ def test_test_send_goes_through_the_worker(client, worker, smtp):
     editor = _token(Role.EDITOR, "editor@daily.example")
     issue = client.post("/api/v1/issues", json={"popular": 0}, headers=editor).json
     base = f"/api/v1/issues/{issue['id']}/test"
-    resp = client.post(base, json={"to": ["Chief@Daily.example", "desk@daily.example"]}, headers=editor)
-    assert resp.status_code == 202 and resp.json["to"] == ["chief@daily.example", "desk@daily.example"]
+    resp = client.post(
+        base, json={"to": ["Chief@Daily.example", "desk@daily.example"]}, headers=editor
+    )
+    assert resp.status_code == 202 and resp.json["to"] == [
+        "chief@daily.example",
+        "desk@daily.example",
+    ]
     for address in resp.json["to"]:
         (mail,) = smtp.wait_for(address)
         assert mail.message["Subject"] == "[Test] The Daily Test: Tested story"
         assert "Tested story" in mail.text and "Tested story" in mail.html
     assert client.post(base, json={"to": "not an address"}, headers=editor).status_code == 400
-    assert client.post(base, json={"to": [f"a{n}@daily.example" for n in range(11)]},
-                       headers=editor).status_code == 400
-    assert client.post(base, json={"to": ["a@daily.example"], "sections": ["sport"]},
-                       headers=editor).status_code == 404
+    assert (
+        client.post(
+            base, json={"to": [f"a{n}@daily.example" for n in range(11)]}, headers=editor
+        ).status_code
+        == 400
+    )
+    assert (
+        client.post(
+            base, json={"to": ["a@daily.example"], "sections": ["sport"]}, headers=editor
+        ).status_code
+        == 404
+    )

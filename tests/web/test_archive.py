@@ -49,12 +49,16 @@ def _readers(make_email, issue_id, n=3):
     """Readers who got the issue: names and addresses that must never show up in public."""
     out = []
     for i in range(n):
-        sub = Subscriber(email=make_email("archived"), name=f"Reader Name{i} Zebra",
-                         status=SubscriberStatus.ACTIVE)
+        sub = Subscriber(
+            email=make_email("archived"),
+            name=f"Reader Name{i} Zebra",
+            status=SubscriberStatus.ACTIVE,
+        )
         db.session.add(sub)
         db.session.flush()
-        delivery = Delivery(issue_id=issue_id, subscriber_id=sub.id, status=DeliveryStatus.SENT,
-                            sent_at=utcnow())
+        delivery = Delivery(
+            issue_id=issue_id, subscriber_id=sub.id, status=DeliveryStatus.SENT, sent_at=utcnow()
+        )
         db.session.add(delivery)
         db.session.flush()
         out.append((sub.email, sub.name, sub.uid, delivery.id))
@@ -89,15 +93,18 @@ def test_only_issues_that_went_out_are_public(app):
 def test_archive_pages_and_feed_carry_no_reader_data(app, make_email):
     rt = app.extensions["mailer"]
     client = app.test_client()
-    issue_id = _issue(rt, ["Council votes on the budget", "Storm warning"],
-                      intro="Dear {{ name }}, here is **{{ list_name }}**.")
+    issue_id = _issue(
+        rt,
+        ["Council votes on the budget", "Storm warning"],
+        intro="Dear {{ name }}, here is **{{ list_name }}**.",
+    )
     readers = _readers(make_email, issue_id)
     pages = [client.get(p) for p in ("/archive", f"/archive/{issue_id}", "/archive/feed.xml")]
     assert all(p.status_code == 200 for p in pages)
     body = "\n".join(p.get_data(as_text=True) for p in pages)
     assert "Council votes on the budget" in body and "Storm warning" in body
     assert "Dear Reader, here is <strong>The Daily Test</strong>" in body
-    for email, name, uid, delivery_id in readers:
+    for email, name, uid, _delivery_id in readers:
         assert email not in body and name not in body and "Zebra" not in body and uid not in body
     assert ph.PREFIX not in body and "@example.com" not in body
     # No working personal token of any kind: every path segment fails to unsign.
@@ -159,12 +166,19 @@ def test_an_archive_page_renders_without_csp_violations(app, live_server, page):
     rt = app.extensions["mailer"]
     issue_id = _issue(rt, ["Readable in a browser"], intro="Welcome to **our archive**.")
     refused = []  # what the browser blocked because of the Content-Security-Policy
-    page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on(
+        "console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None
+    )
     page.goto(f"{live_server}/archive")
     page.get_by_role("link", name="The Daily Test: Readable in a browser").click()
     page.wait_for_url(f"{live_server}/archive/{issue_id}")
-    assert page.get_by_role("heading", level=1).inner_text() == "The Daily Test: Readable in a browser"
+    assert (
+        page.get_by_role("heading", level=1).inner_text() == "The Daily Test: Readable in a browser"
+    )
     assert page.locator("strong", has_text="our archive").count() == 1
-    assert page.get_by_role("link", name="Readable in a browser").get_attribute("href").startswith(
-        "https://daily.example/")
+    assert (
+        page.get_by_role("link", name="Readable in a browser")
+        .get_attribute("href")
+        .startswith("https://daily.example/")
+    )
     assert refused == []
