@@ -1,4 +1,4 @@
-"""Digest issues: composition (Latest, Most popular), editing, and the rendering contract.
+"""Digest issues: composition (Latest, Most popular), reading, and the rendering contract.
 
 Latest = articles published since the audience's last sent issue (the first issue looks back
 seven days), newest first, up to N. Most popular = the top M of the rolling ranking, minus
@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
-from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from mailer.db import utcnow
-from mailer.errors import InvalidTransition, NotFound, ValidationError
+from mailer.errors import NotFound, ValidationError
 from mailer.mail.message import build_message
 from mailer.mail.notices import Outgoing, list_id
 from mailer.models import (
@@ -26,13 +25,31 @@ from mailer.models import (
     IssueItem,
     IssueStatus,
     ItemSection,
-    sections_key,
     sections_list,
+)
+
+# Editing lives in its own module; callers use it through this one.
+from mailer.services.issue_edits import (  # noqa: F401
+    EDITABLE,
+    NotEditable,
+    check_frequency,
+    check_intro,
+    check_preheader,
+    check_sections,
+    check_subject,
+    editable,
+    exclude,
+    get_issue,
+    include,
+    move,
+    pin,
+    set_text,
+    unpin,
+    usable,
 )
 from mailer.services.render import (
     EDITOR_VARIABLES,
     article_sections,
-    editor_text,
     render_preview,
     render_variant,
 )
@@ -60,19 +77,9 @@ __all__ = [
 
 # Issues whose readers got (or are getting) them: what "already sent" means for repeats.
 SENT = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.FINISHED)
-EDITABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED)
 FIRST_LOOKBACK = timedelta(days=7)
 DEFAULT_SUBJECT = "{{ list_name }}: {{ top_story }}"
-SUBJECT_MAX = 300
-INTRO_MAX = 20_000
 PAGE = 200
-
-
-class NotEditable(InvalidTransition):
-    def __init__(self, issue: Issue):
-        super(InvalidTransition, self).__init__(
-            f"Issue {issue.id} is {issue.status}; only draft or scheduled issues can be edited."
-        )
 
 
 # --- audience history ---------------------------------------------------------------------
@@ -110,11 +117,6 @@ def already_sent(session: Session, frequency: Frequency, sections: str) -> set[i
 # --- composition --------------------------------------------------------------------------
 
 
-def _usable(article: Article) -> bool:
-    # The click redirect sends readers to this URL: only web links, never javascript: & co.
-    return urlsplit(article.url or "").scheme in ("http", "https")
-
-
 def _in_sections(article: Article, wanted: set[str], settings) -> bool:
     return not wanted or bool(article_sections(article, settings) & wanted)
 
@@ -139,7 +141,7 @@ def _latest(session, issue: Issue, skip: set[int], limit: int, settings) -> list
             stmt = stmt.where(tuple_(Article.published_at, Article.id) < after)
         page = list(session.scalars(stmt))
         for article in page:
-            if article.id in skip or not _usable(article):
+            if article.id in skip or not usable(article):
                 continue
             if _in_sections(article, wanted, settings):
                 out.append(article)
@@ -167,7 +169,7 @@ def _popular(session, rt, issue: Issue, skip: set[int], limit: int) -> list[Arti
             article = by_id.get(article_id)
             if article is None or article.published_at > issue.window_end:
                 continue
-            if _usable(article) and _in_sections(article, wanted, settings):
+            if usable(article) and _in_sections(article, wanted, settings):
                 out.append(article)
             if len(out) >= limit:
                 return out
@@ -285,7 +287,7 @@ def create_issue(
 def recompose(session: Session, rt, issue_id: int, *, now: datetime | None = None) -> Issue:
     """Propose the items again (new articles, a fresh ranking): pinned items stay, excluded
     ones stay out, the rest is chosen anew."""
-    issue = _editable(session, issue_id)
+    issue = editable(session, issue_id)
     now = now or utcnow()
     previous = last_sent(session, issue.audience_frequency, issue.audience_sections, issue.id)
     issue.window_start = (
@@ -305,223 +307,6 @@ def recompose(session: Session, rt, issue_id: int, *, now: datetime | None = Non
     _compose(session, rt, issue)
     session.flush()
     return issue
-
-
-# --- validation of editor input -----------------------------------------------------------
-
-
-def check_frequency(raw) -> Frequency:
-    try:
-        return Frequency(raw)
-    except ValueError:
-        raise ValidationError("frequency", "The frequency must be weekly or daily.") from None
-
-
-def check_sections(raw, settings) -> str:
-    known = {slug for slug, _ in settings.sections}
-    chosen = sections_list(raw) if isinstance(raw, str) else list(raw or ())
-    unknown = sorted(set(chosen) - known)
-    if unknown:
-        raise ValidationError("sections", f"Unknown section: {', '.join(unknown)[:100]}.")
-    key = sections_key(chosen)
-    return "" if known and set(chosen) == known else key
-
-
-_SAMPLE_VALUES = {
-    "list_name": "List",
-    "date": "1 January 2030",
-    "top_story": "Story",
-    "item_count": 1,
-}
-
-
-def _check_template(name: str, value: str, extra: dict | None = None) -> str:
-    # Render once with sample values so a mistake shows up now, not when the issue is sent.
-    editor_text(name, value, {**_SAMPLE_VALUES, **(extra or {})})
-    return value
-
-
-def _single_line(name: str, value, limit: int) -> str:
-    if not isinstance(value, str):
-        raise ValidationError(name, f"The {name} must be text.")
-    if any(c in value for c in "\r\n\x00"):
-        raise ValidationError(name, f"The {name} must be a single line.")
-    value = value.strip()
-    if len(value) > limit:
-        raise ValidationError(name, f"The {name} is longer than {limit} characters.")
-    return value
-
-
-def check_subject(value) -> str:
-    value = _single_line("subject", value, SUBJECT_MAX)
-    if not value:
-        raise ValidationError("subject", "The subject must not be empty.")
-    return _check_template("subject", value)
-
-
-def check_preheader(value) -> str:
-    return _check_template("preheader", _single_line("preheader", value, SUBJECT_MAX))
-
-
-def check_intro(value) -> str:
-    if not isinstance(value, str):
-        raise ValidationError("intro", "The intro must be text.")
-    if "\x00" in value:
-        raise ValidationError("intro", "The intro contains a NUL character.")
-    if len(value) > INTRO_MAX:
-        raise ValidationError("intro", f"The intro is longer than {INTRO_MAX} characters.")
-    return _check_template("intro", value.replace("\r\n", "\n"), {"name": "Reader"})
-
-
-# --- editing ------------------------------------------------------------------------------
-
-
-def get_issue(session: Session, issue_id: int) -> Issue:
-    issue = session.get(Issue, issue_id)
-    if issue is None:
-        raise NotFound(f"There is no issue {issue_id}.")
-    return issue
-
-
-def _editable(session: Session, issue_id: int) -> Issue:
-    """The issue, row-locked for this transaction, if it may still be edited.
-
-    The conditional UPDATE both checks the status and takes the row lock, so a send that
-    starts concurrently either waits for this edit or makes it fail; never half of each.
-    """
-    done = session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status.in_(EDITABLE))
-        .values(updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    issue = get_issue(session, issue_id)
-    session.refresh(issue)
-    if not done:
-        raise NotEditable(issue)
-    return issue
-
-
-def set_text(session: Session, issue_id: int, *, subject=None, preheader=None, intro=None) -> Issue:
-    """Change the editor's text; None leaves a field as it is."""
-    issue = _editable(session, issue_id)
-    if subject is not None:
-        issue.subject = check_subject(subject)
-    if preheader is not None:
-        issue.preheader = check_preheader(preheader)
-    if intro is not None:
-        issue.intro = check_intro(intro)
-    session.flush()
-    return issue
-
-
-def _item(session: Session, issue: Issue, item_id: int) -> IssueItem:
-    item = session.get(IssueItem, item_id)
-    if item is None or item.issue_id != issue.id:
-        raise NotFound(f"Issue {issue.id} has no item {item_id}.")
-    return item
-
-
-def _item_for_article(session, issue: Issue, article_id: int) -> IssueItem | None:
-    return session.scalar(
-        select(IssueItem).where(IssueItem.issue_id == issue.id, IssueItem.article_id == article_id)
-    )
-
-
-def _new_item(session, issue: Issue, article_id: int, section: ItemSection | None) -> IssueItem:
-    article = session.get(Article, article_id)
-    if article is None:
-        raise NotFound(f"There is no article {article_id}.")
-    if not _usable(article):
-        raise ValidationError("article", "That article has no web address readers could open.")
-    if section is None:
-        fresh = issue.window_start is None or article.published_at > issue.window_start
-        section = ItemSection.LATEST if fresh else ItemSection.POPULAR
-    last = session.scalar(
-        select(func.max(IssueItem.position)).where(
-            IssueItem.issue_id == issue.id, IssueItem.section == section
-        )
-    )
-    item = IssueItem(
-        issue_id=issue.id,
-        article_id=article.id,
-        section=section,
-        position=(last + 1) if last is not None else 0,
-        url=article.url,
-    )
-    session.add(item)
-    return item
-
-
-def pin(
-    session: Session, issue_id: int, article_id: int, section: ItemSection | None = None
-) -> IssueItem:
-    """Keep an article in the issue whatever re-composing does (adding it if needed)."""
-    issue = _editable(session, issue_id)
-    item = _item_for_article(session, issue, article_id) or _new_item(
-        session, issue, article_id, section
-    )
-    item.pinned, item.excluded = True, False
-    session.flush()
-    return item
-
-
-def unpin(session: Session, issue_id: int, article_id: int) -> IssueItem:
-    issue = _editable(session, issue_id)
-    item = _item_for_article(session, issue, article_id)
-    if item is None:
-        raise NotFound(f"Issue {issue_id} has no item for article {article_id}.")
-    item.pinned = False
-    session.flush()
-    return item
-
-
-def exclude(session: Session, issue_id: int, article_id: int) -> IssueItem:
-    """Drop an article from the issue and keep it out when the issue is re-composed."""
-    issue = _editable(session, issue_id)
-    item = _item_for_article(session, issue, article_id) or _new_item(
-        session, issue, article_id, None
-    )
-    item.excluded, item.pinned = True, False
-    session.flush()
-    return item
-
-
-def include(session: Session, issue_id: int, article_id: int) -> IssueItem:
-    """Undo an exclusion."""
-    issue = _editable(session, issue_id)
-    item = _item_for_article(session, issue, article_id)
-    if item is None:
-        raise NotFound(f"Issue {issue_id} has no item for article {article_id}.")
-    item.excluded = False
-    session.flush()
-    return item
-
-
-def move(
-    session: Session, issue_id: int, item_id: int, position: int, section: ItemSection | None = None
-) -> IssueItem:
-    """Put an item at `position` (0 = top) of its section, or of another section."""
-    issue = _editable(session, issue_id)
-    item = _item(session, issue, item_id)
-    if not isinstance(position, int) or isinstance(position, bool) or position < 0:
-        raise ValidationError("position", "The position must be a whole number, 0 or more.")
-    target = ItemSection(section) if section is not None else item.section
-    siblings = list(
-        session.scalars(
-            select(IssueItem)
-            .where(
-                IssueItem.issue_id == issue.id, IssueItem.section == target, IssueItem.id != item.id
-            )
-            .order_by(IssueItem.position, IssueItem.id)
-        )
-    )
-    siblings.insert(min(position, len(siblings)), item)
-    item.section = target
-    for index, sibling in enumerate(siblings):
-        sibling.position = index
-    session.flush()
-    return item
 
 
 # --- reading ------------------------------------------------------------------------------
