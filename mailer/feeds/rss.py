@@ -7,11 +7,20 @@ from urllib.parse import urljoin
 
 import feedparser
 
-from mailer.feeds.base import FeedError, Fetched, FetchState, Item, Parsed, parse_date, utc_from_struct
+from mailer.feeds.base import (
+    FeedError,
+    Fetched,
+    FetchState,
+    Item,
+    Parsed,
+    parse_date,
+    utc_from_struct,
+)
 from mailer.feeds.html import first_image, html_to_text
 from mailer.feeds.http import Http
 
-ACCEPT = "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, */*;q=0.1"
+ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, "
+          "*/*;q=0.1")
 IMAGE_EXT = re.compile(r"\.(jpe?g|png|gif|webp|avif)(\?|$)", re.I)
 # The closing tag of the root element, perhaps followed by comments (WP Super Cache adds one):
 # a body without it was cut off on the way.
@@ -98,7 +107,8 @@ def _item(entry, base: str | None) -> Item:
         author=author.strip() if author else None,
         categories=[c for c in categories if c],
         image_url=_image(entry, summary, content),
-        published=utc_from_struct(entry.get("published_parsed")) or parse_date(entry.get("published")),
+        published=utc_from_struct(entry.get("published_parsed"))
+        or parse_date(entry.get("published")),
         # dict.get: feedparser's own get() answers `published` for a missing `updated`, with
         # a deprecation warning; a missing update date stays missing here.
         updated=utc_from_struct(dict.get(entry, "updated_parsed"))
@@ -110,15 +120,20 @@ def _image(entry, summary: str, content: str | None) -> str | None:
     """Featured image: media:content/thumbnail, an image enclosure, then the first picture."""
     for media in entry.get("media_content") or ():
         url = media.get("url")
-        kind = media.get("medium") or media.get("type") or ""
-        if url and (kind == "image" or kind.startswith("image/") or (not kind and IMAGE_EXT.search(url))):
+        if url and _is_image(media.get("medium") or media.get("type") or "", url):
             return url
     for thumb in entry.get("media_thumbnail") or ():
         if thumb.get("url"):
             return thumb["url"]
     for enclosure in entry.get("enclosures") or ():
         url = enclosure.get("href") or enclosure.get("url")
-        kind = enclosure.get("type") or ""
-        if url and (kind.startswith("image/") or (not kind and IMAGE_EXT.search(url))):
+        if url and _is_image(enclosure.get("type") or "", url):
             return url
     return first_image(summary) or first_image(content)
+
+
+def _is_image(kind: str, url: str) -> bool:
+    """A media type or medium that says image; without one, an image file name."""
+    if kind:
+        return kind == "image" or kind.startswith("image/")
+    return IMAGE_EXT.search(url) is not None

@@ -60,10 +60,13 @@ def _json_list(body: bytes, url: str) -> list:
     try:
         data = json.loads(body)
     except ValueError:
-        raise FeedError(f"{url} did not answer with JSON: is it a WordPress posts endpoint?") from None
+        raise FeedError(
+            f"{url} did not answer with JSON: is it a WordPress posts endpoint?"
+        ) from None
     if not isinstance(data, list):
         message = data.get("message") if isinstance(data, dict) else None
-        raise FeedError(f"{url} did not answer with a list of posts" + (f": {message}" if message else ""))
+        detail = f": {message}" if isinstance(message, str) else ""
+        raise FeedError(f"{url} did not answer with a list of posts{detail}")
     return data
 
 

@@ -265,7 +265,8 @@ def ingest(session: Session, parsed: Parsed, *, source: str, now: datetime | Non
     by_url: dict[str, Article] = {}
     by_guid: dict[str, Article] = {}
     for chunk in _chunks(urls):
-        by_url.update((a.url, a) for a in session.scalars(select(Article).where(Article.url.in_(chunk))))
+        found = session.scalars(select(Article).where(Article.url.in_(chunk)))
+        by_url.update((a.url, a) for a in found)
     for chunk in _chunks(guids):
         for a in session.scalars(select(Article).where(Article.guid.in_(chunk))):
             by_guid.setdefault(a.guid, a)
@@ -273,7 +274,7 @@ def ingest(session: Session, parsed: Parsed, *, source: str, now: datetime | Non
     touched: dict[int, int] = {}  # id(article) -> position that matched it
     changed: list[Article] = []
     for position, values in prepared:
-        article = by_url.get(values["url"]) or (by_guid.get(values["guid"]) if values["guid"] else None)
+        article = by_url.get(values["url"]) or by_guid.get(values["guid"] or "")
         if article is None:
             values["published_at"] = values["published_at"] or now
             article = Article(**values, source=source[:URL_MAX])

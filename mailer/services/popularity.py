@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailer.db import utcnow
@@ -158,8 +158,11 @@ class SqlPopularity(_Store):
     def rollup(self, session: Session, day: date) -> int:
         """Counts are in SQL already; drop the de-duplication rows of finished days."""
         today = utc_day(utcnow())
-        session.execute(delete(VisitorSeen).where(VisitorSeen.day <= min(day, today - timedelta(days=1))))
-        return len(session.scalars(select(ArticleStat.article_id).where(ArticleStat.day == day)).all())
+        finished = min(day, today - timedelta(days=1))
+        session.execute(delete(VisitorSeen).where(VisitorSeen.day <= finished))
+        return session.scalar(
+            select(func.count()).select_from(ArticleStat).where(ArticleStat.day == day)
+        )
 
 
 class RedisPopularity(_Store):

@@ -40,7 +40,7 @@ def test_dcrainmaker_wordpress_feed(runner):
     assert sale.summary.startswith("It’s that time of year again! The now annual 20% off sale.")
     assert "<" not in sale.summary and len(sale.summary) <= articles.SUMMARY_MAX
     # Sanitized content keeps the article's pictures and links, loses srcset and styles.
-    assert '<img src="https://www.dcrainmaker.com/images/2017/11/TheBigSale-720x479.png"' in sale.content
+    assert f'<img src="{sale.image_url}"' in sale.content
     assert "srcset" not in sale.content and "style=" not in sale.content
     assert [r.title for r in rows][1] == "The Power Meters Buyer’s Guide–2017 Edition"
     assert rows[-1].published_at == utc(2017, 10, 31, 11, 0, 49)
@@ -53,9 +53,8 @@ def test_natasha_video_enclosure_and_emoji_are_not_images(runner):
     assert len(rows) == 10
     paging = rows["How to Reuse Paging Interface Controllers in watchOS"]
     # The Jetpack <enclosure> is a video: the first real <img> of the content wins.
-    assert paging.image_url == (
-        "https://www.natashatherobot.com/wp-content/uploads/Screen-Shot-2016-09-26-at-6.17.07-PM.png"
-    )
+    assert paging.image_url == ("https://www.natashatherobot.com/wp-content/uploads/"
+                                "Screen-Shot-2016-09-26-at-6.17.07-PM.png")
     # This post's only picture is a WordPress emoji: no image rather than a smiley.
     assert rows["Swift 3.0 Refactoring Cues"].image_url is None
     passkit = rows["The Easiest Way to Get a URL for your Apple Wallet Passkit Pass"]
@@ -72,7 +71,9 @@ def test_manton_items_without_titles_take_the_start_of_their_text(runner):
     assert first.summary == ("This week’s Core Intuition is out with a discussion about new and "
                              "old iPhones, the latest rumors about an Apple Car, and a follow-up "
                              "on WebKit for Apple TV.")
-    assert first.title == "This week’s Core Intuition is out with a discussion about new and old iPhones…"
+    # Cut at a word boundary within 80 characters.
+    assert first.title == ("This week’s Core Intuition is out with a discussion about new and "
+                           "old iPhones…")
     short = by_url("http://www.manton.org/2015/09/3067.html")
     assert short.title == "Looking forward to NSDrinking tonight, 8pm at Radio Coffee & Beer."
     titled = by_url("http://www.manton.org/2015/09/instagram-hits-400-million-users.html")
@@ -86,8 +87,10 @@ def test_wirecutter_figure_image_and_utm_links(runner):
     assert row.url == "https://www.nytimes.com/wirecutter/blog/how-to-teach-someone-a-board-game/"
     assert row.title == "How to Teach Someone a Board Game (and Even Have Fun Doing It)"
     assert row.author == "James Austin"
-    assert row.image_url == ("https://cdn.thewirecutter.com/wp-content/media/2022/09/"
-                             "howtoteachboardgames-2048px-9549-3x2-1.jpg?auto=webp&quality=60&width=630")
+    assert row.image_url == (
+        "https://cdn.thewirecutter.com/wp-content/media/2022/09/"
+        "howtoteachboardgames-2048px-9549-3x2-1.jpg?auto=webp&quality=60&width=630"
+    )
     assert row.published_at == utc(2022, 9, 20, 11, 0, 17)
     assert row.summary.startswith("Modern board games can be wonderfully complex")
 
@@ -106,9 +109,10 @@ def test_wordpress_atom_feed(runner):
     assert books.categories == ["New Zealand", "Personal", "Programming", "Study"]
     assert books.image_url is None
     assert rows[1].image_url == "http://farm4.static.flickr.com/3403/3232983613_637af46bc3.jpg?v=0"
-    assert {r.title for r in rows} >= {"Properties in PHP – revisited", "Seven Things – Tagged by Pádraic"}
+    titles = {r.title: r for r in rows}
+    assert "Properties in PHP – revisited" in titles
     # Only smileys in the post: no featured image.
-    assert by_url("http://www.norm2782.com/2009/01/seven-things-tagged-by-padraic/").image_url is None
+    assert titles["Seven Things – Tagged by Pádraic"].image_url is None
 
 
 def test_syncing_a_feed_again_changes_nothing(runner):
@@ -132,7 +136,7 @@ RSS_TWIN = b"""<?xml version="1.0" encoding="UTF-8"?>
   <category>City</category><category>Transport</category>
   <media:content url="https://daily.example/img/bridge.jpg" medium="image"/>
   <description><![CDATA[<p>The council chose the tunnel.</p>]]></description>
-  <content:encoded><![CDATA[<p>The council chose the <a href="/tags/tunnel">tunnel</a>.</p>]]></content:encoded>
+  <content:encoded><![CDATA[<p>The <a href="/tunnel">tunnel</a> won.</p>]]></content:encoded>
 </item>
 <item>
   <title>Rain all week</title>
@@ -160,7 +164,7 @@ ATOM_TWIN = b"""<?xml version="1.0" encoding="UTF-8"?>
   <category term="City"/><category term="Transport"/>
   <media:content url="https://daily.example/img/bridge.jpg" medium="image"/>
   <summary type="html">&lt;p&gt;The council chose the tunnel.&lt;/p&gt;</summary>
-  <content type="html">&lt;p&gt;The council chose the &lt;a href="/tags/tunnel"&gt;tunnel&lt;/a&gt;.&lt;/p&gt;</content>
+  <content type="html">&lt;p&gt;The &lt;a href="/tunnel"&gt;tunnel&lt;/a&gt; won.&lt;/p&gt;</content>
 </entry>
 <entry>
   <title>Rain all week</title>
@@ -195,8 +199,8 @@ def test_rss_and_atom_of_the_same_articles_store_the_same_rows(app, first, secon
         "guid": "https://daily.example/?p=1",
         "title": "Harbour bridge & tunnel: the plan",
         "summary": "The council chose the tunnel.",
-        "content": '<p>The council chose the <a href="https://daily.example/tags/tunnel" '
-                   'rel="noopener noreferrer">tunnel</a>.</p>',
+        "content": '<p>The <a href="https://daily.example/tunnel" '
+                   'rel="noopener noreferrer">tunnel</a> won.</p>',
         "author": "Ana Lima",
         "categories": ["City", "Transport"],
         "image_url": "https://daily.example/img/bridge.jpg",

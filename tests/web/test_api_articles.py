@@ -94,8 +94,10 @@ def test_a_push_takes_lists_wordpress_posts_and_feeds(client, token):
     ]
     wordpress_post = {
         "id": 7, "date_gmt": "2024-05-07T10:00:00", "modified_gmt": "2024-05-07T10:00:00",
-        "link": "https://www.daily.example/wp-post/", "guid": {"rendered": "https://www.daily.example/?p=7"},
-        "title": {"rendered": "Fire &amp; rescue drill"}, "excerpt": {"rendered": "<p>Sirens at noon.</p>"},
+        "link": "https://www.daily.example/wp-post/",
+        "guid": {"rendered": "https://www.daily.example/?p=7"},
+        "title": {"rendered": "Fire &amp; rescue drill"},
+        "excerpt": {"rendered": "<p>Sirens at noon.</p>"},
         "content": {"rendered": "<p>Sirens at noon.</p>"},
     }
     assert push(client, token, wordpress_post).status_code == 201
@@ -128,7 +130,8 @@ def test_a_push_needs_a_token_and_a_sane_size(client, token):
     assert client.post("/api/v1/articles", json=ARTICLE).status_code == 401
     bad = client.post("/api/v1/articles", json=ARTICLE, headers={"Authorization": "Bearer nope"})
     assert bad.status_code == 401
-    huge = b'{"url": "https://www.daily.example/big", "content": "' + b"x" * (50 * 1024 * 1024) + b'"}'
+    content = b"x" * (50 * 1024 * 1024)
+    huge = b'{"url": "https://www.daily.example/big", "content": "' + content + b'"}'
     resp = client.post("/api/v1/articles", data=huge, content_type="application/json",
                        headers={"Authorization": f"Bearer {token}"})
     assert resp.status_code == 413 and resp.get_json()["message"]
