@@ -126,3 +126,13 @@ def test_a_changed_article_updates_its_row(runner, tmp_path):
     assert "1 updated" in sync_file(runner, tmp_path, rss(moved)).stdout
     assert by_url("https://daily.example/tram-line").id == tram.id
     assert article_count() == 2
+
+
+def test_a_complete_but_not_well_formed_feed_is_still_read(runner, tmp_path):
+    # A raw "&" is an XML error many real feeds make; the document is whole, so the lenient
+    # parser's reading is kept.
+    body = rss(GOOD + "<item><title>Fish & chips</title><link>https://daily.example/fish</link>"
+                      "<description>Salt & vinegar.</description></item>")
+    result = sync_file(runner, tmp_path, body)
+    assert result.exit_code == 0 and "3 new" in result.stdout
+    assert by_url("https://daily.example/fish").summary == "Salt & vinegar."
