@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus, Schedule, ScheduleRun
+from mailer.models import Issue, IssueStatus, Schedule, ScheduleRun
 from mailer.services import cron
 from mailer.services.schedules import ISSUED, SKIPPED, local_label
 
@@ -56,17 +56,19 @@ def release_report(session: Session, run_id: int, claimed_at: datetime) -> None:
 
 
 def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
-    rows = session.execute(
-        select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
-        .group_by(Delivery.status)
-    ).all()
-    by = {str(status): n for status, n in rows}
+    """The report's counts from the delivery engine's status of the issue."""
+    from mailer.services import deliveries  # imported here until it is in every checkout
+
+    st = deliveries.status(session, issue_id)
+    c, withdrawn = st["counts"], st["withdrawn"]
     return {
-        "sent": by.get(DeliveryStatus.SENT, 0),
-        "failed": by.get(DeliveryStatus.FAILED_TEMPORARY, 0),
-        "bounced": by.get(DeliveryStatus.FAILED_PERMANENT, 0),
-        "uncertain": by.get(DeliveryStatus.UNCERTAIN, 0),
-        "total": sum(by.values()),
+        "sent": c["sent"],
+        "failed": c["failed_temporary"],
+        # Permanent failures minus the readers who left before their turn came.
+        "bounced": c["failed_permanent"] - withdrawn,
+        "uncertain": c["uncertain"],
+        "withdrawn": withdrawn,
+        "total": st["total"],
     }
 
 
@@ -102,7 +104,7 @@ def summary(session: Session, run_id: int, base_url: str) -> dict | None:
         "period_start": iso(run.period_start),
         "period_local": iso(run.period_start.astimezone(tz)),
         "outcome": outcome,
-        "reason": run.reason if run.status != ISSUED else None,
+        "reason": run.reason if run.status != ISSUED else (issue.status_reason if issue else None),
         "issue": {
             "id": issue.id, "status": str(issue.status), "started_at": iso(issue.started_at),
             "finished_at": iso(issue.finished_at),

@@ -39,7 +39,12 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
     """Claim one period, compose its issue and start sending it; the run, or None if the
     period was taken by another scheduler (or the schedule was paused or removed meanwhile).
     Owns its transaction; enqueues after commit."""
+    # The delivery engine's modules, imported here until they are part of every checkout.
+    from mailer.services import deliveries
+    from mailer.tasks.delivery import enqueue_batches
+
     rt = runtime()
+    started = None
     try:
         with db.transaction() as s:
             schedule = s.get(Schedule, schedule_id)
@@ -59,12 +64,15 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
             )
             schedules.settle(run, issue)
             if issue.status == IssueStatus.DRAFT:
-                from mailer.services import deliveries  # lands with the delivery engine
-
-                deliveries.start_send(s, issue.id, digests.render_variant)
+                # Same transaction: an issue exists for the period only with its audience
+                # frozen, so a crash here leaves nothing half-started for the next tick.
+                started = deliveries.start_send(s, issue.id, digests.render_variant, rt)
     except IntegrityError:
         log.info("schedule %s period %s was fired by another scheduler", schedule_id, period)
         return None
+    if started is not None and started.batches:
+        # After the commit; batches the broker does not take, the delivery sweeper hands out.
+        enqueue_batches(started.issue_id, started.batches)
     log.info("schedule %s fired for %s: %s (issue %s)", schedule_id, period, run.status,
              run.issue_id)
     return run

@@ -1,0 +1,152 @@
+"""End to end: `mailer schedule add`, then the production worker and beat send each scheduled
+digest once, to the right readers, and report to ops by mail and webhook."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+
+import time_machine
+from sqlalchemy import select
+
+from mailer.db import db, utcnow
+from mailer.models import (
+    Article,
+    Frequency,
+    Issue,
+    IssueStatus,
+    ScheduleRun,
+    Subscriber,
+    SubscriberStatus,
+)
+from mailer.services import cron
+from mailer.tasks.schedules import fire_schedules
+from tests.conftest import MailerRunner, make_app
+from tests.services.test_schedules_report import Webhook
+from tests.support import ROOT, WorkerProcess, wait_until
+
+OPS = "ops@daily.example"
+
+
+def isolated_env(env: dict, tmp_path, webhook_url: str) -> dict:
+    """The session's database and SMTP server, but a broker of its own, so only this test's
+    worker (configured with the ops address) takes this test's tasks."""
+    out = {**env, "MAILER_OPS_EMAIL": OPS, "MAILER_REPORT_WEBHOOK": webhook_url,
+           "MAILER_TICK_SECONDS": "1", "MAILER_INSTANCE_PATH": str(tmp_path / "instance")}
+    if env.get("MAILER_REDIS_URL"):
+        out["MAILER_REDIS_URL"] = env["MAILER_REDIS_URL"].rsplit("/", 1)[0] + "/3"
+    else:
+        out["MAILER_DATABASE_URL"] = f"sqlite:///{env['MAILER_INSTANCE_PATH']}/mailer.sqlite"
+    return out
+
+
+def readers(make_email) -> dict[Frequency, str]:
+    out = {}
+    with db.transaction() as s:
+        for freq in Frequency:
+            email = make_email(f"{freq.value}-reader")
+            s.add(Subscriber(email=email, status=SubscriberStatus.ACTIVE, frequency=freq,
+                             confirmed_at=utcnow(), source="test"))
+            out[freq] = email
+        now = utcnow()
+        for n in range(3):
+            s.add(Article(title=f"Story {n} of the day", url=f"https://daily.example/e2e-{n}",
+                          summary="What happened.", published_at=now - timedelta(hours=n + 1)))
+    return out
+
+
+def a_minute_ago(zone: str) -> tuple[str, str]:
+    """(weekday, HH:MM) of the minute that just passed, in `zone`."""
+    local = (utcnow() - timedelta(minutes=1)).astimezone(cron.zone(zone))
+    return local.strftime("%a").lower(), local.strftime("%H:%M")
+
+
+def test_scheduled_digests_go_out_once_and_ops_get_a_report(
+    app, env, smtp, make_email, tmp_path
+):
+    hook = Webhook()
+    ops_env = isolated_env(env, tmp_path, hook.url)
+    ops_app = make_app(ops_env)
+    emails = readers(make_email)
+
+    # Added an hour ago, each due a minute ago: a weekly one in Berlin, a daily one in New York.
+    runner = MailerRunner(ops_app)
+    berlin_day, berlin_at = a_minute_ago("Europe/Berlin")
+    _, new_york_at = a_minute_ago("America/New_York")
+    with time_machine.travel(utcnow() - timedelta(hours=1)):
+        weekly = runner.invoke(["schedule", "add", "--name", "Weekly", "--cron",
+                                f"{berlin_day} {berlin_at}", "--tz", "Europe/Berlin"])
+        daily = runner.invoke(["schedule", "add", "--name", "Daily", "--cron",
+                               f"daily {new_york_at}", "--tz", "America/New_York"])
+    assert weekly.exit_code == 0 and daily.exit_code == 0, weekly.output + daily.output
+    weekly_id, daily_id = int(weekly.stdout.split()[-1]), int(daily.stdout.split()[-1])
+
+    worker = WorkerProcess(ops_env, tmp_path / "worker.log").start()
+    beat_log = open(tmp_path / "beat.log", "wb")
+    beat = subprocess.Popen([sys.executable, "-m", "mailer.cli", "beat"], env=ops_env, cwd=ROOT,
+                            stdout=beat_log, stderr=subprocess.STDOUT, start_new_session=True)
+    # A second scheduler in this process sweeps the same database while the beat's ticks run
+    # on the worker.
+    stop = threading.Event()
+
+    def second_scheduler():
+        with ops_app.app_context():
+            while not stop.is_set():
+                fire_schedules()
+                time.sleep(0.2)
+
+    racer = threading.Thread(target=second_scheduler)
+    racer.start()
+    try:
+        weekly_mail = smtp.wait_for(emails[Frequency.WEEKLY], timeout=60)
+        daily_mail = smtp.wait_for(emails[Frequency.DAILY], timeout=60)
+        reports = smtp.wait_for(OPS, count=2, timeout=60)
+        wait_until(lambda: len(hook.posts) >= 2, 30, what="two webhook reports")
+        stop.set()
+        time.sleep(3)  # a few more beat ticks: nothing more may go out
+    finally:
+        stop.set()
+        racer.join(30)
+        if beat.poll() is None:
+            os.killpg(beat.pid, signal.SIGTERM)
+            beat.wait(20)
+        beat_log.close()
+        worker.stop()
+        hook.close()
+        ops_app.extensions["mailer"].transport.close()
+
+    # One digest per reader: weekly readers got the weekly schedule's, daily readers the daily.
+    assert len(smtp.to(emails[Frequency.WEEKLY])) == 1 == len(weekly_mail)
+    assert len(smtp.to(emails[Frequency.DAILY])) == 1 == len(daily_mail)
+    assert "Story 0 of the day" in weekly_mail[0].text and "Story 0 of the day" in daily_mail[0].text
+    with db.transaction() as s:
+        issues = list(s.scalars(select(Issue).order_by(Issue.schedule_id)))
+        runs = list(s.scalars(select(ScheduleRun).order_by(ScheduleRun.schedule_id)))
+        assert [(i.schedule_id, i.audience_frequency, i.status) for i in issues] == [
+            (weekly_id, Frequency.WEEKLY, IssueStatus.FINISHED),
+            (daily_id, Frequency.DAILY, IssueStatus.FINISHED)]
+        assert [(r.schedule_id, r.status, r.issue_id) for r in runs] == [
+            (weekly_id, "issued", issues[0].id), (daily_id, "issued", issues[1].id)]
+        assert all(r.reported_at is not None for r in runs)
+        # On time: each issue was made within seconds of its period.
+        assert all(timedelta(0) <= r.created_at - r.period_start < timedelta(minutes=2)
+                   for r in runs)
+
+    # The reports: once per run, by mail and by webhook, with the counts.
+    assert len(smtp.to(OPS)) == 2 and len(hook.posts) == 2
+    subjects = sorted(m.message["Subject"] for m in reports)
+    assert subjects[0].startswith("[The Daily Test] Daily (")
+    assert subjects[0].endswith(") sent: sent 1, failed 0, bounced 0")
+    assert subjects[1].startswith("[The Daily Test] Weekly (")
+    by_name = {p["json"]["schedule"]["name"]: p["json"] for p in hook.posts}
+    assert by_name["Weekly"]["outcome"] == "sent"
+    assert by_name["Weekly"]["counts"] == {"sent": 1, "failed": 0, "bounced": 0, "uncertain": 0,
+                                           "withdrawn": 0, "total": 1}
+    assert by_name["Daily"]["period_local"].endswith(("-04:00", "-05:00"))
+    assert by_name["Weekly"]["period_local"].endswith(("+01:00", "+02:00"))
+    assert "mailer.tick" in worker.log()
