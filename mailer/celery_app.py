@@ -24,6 +24,9 @@ def celery_config(settings: Settings) -> dict:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
+        # A batch that loses the broker connection keeps sending: its claims in SQL, not the
+        # broker's ack, protect readers from a second copy.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         "task_default_queue": DEFAULT_QUEUE,
         # Explicit routing keys: without them both queues bind to the key "celery" and a
         # message meant for one would be copied into both.

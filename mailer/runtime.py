@@ -38,6 +38,25 @@ class Runtime:
             self._popularity = store_from_settings(self.settings)
         return self._popularity
 
+    @property
+    def limiter(self):
+        """MAILER_RATE_LIMIT's shared bucket (Redis, or a file when embedded), per process."""
+        if getattr(self, "_limiter", None) is None or self._limiter_pid != os.getpid():
+            from mailer.mail.ratelimit import limiter_from_settings
+
+            self._limiter = limiter_from_settings(self.settings)
+            self._limiter_pid = os.getpid()
+        return self._limiter
+
+    @property
+    def dkim(self):
+        """The DKIM signer for MAILER_DKIM_*, or None; keys are read once per process."""
+        if not hasattr(self, "_dkim"):
+            from mailer.mail.dkim import signer_from_settings
+
+            self._dkim = signer_from_settings(self.settings)
+        return self._dkim
+
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash("suppression", email)
 

@@ -8,6 +8,7 @@ mail.smtp for what each outcome means).
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,17 +41,21 @@ class SmtpTransport:
     def __init__(self, cfg: SmtpSettings, ssl_context=None):
         self.cfg = cfg
         self.client = SmtpClient(cfg, ssl_context=ssl_context)
+        # A threads worker shares one transport between tasks: one conversation at a time.
+        self._lock = threading.Lock()
 
     def send(self, envelope_from: str, recipient: str, data: bytes) -> None:
-        (outcome,) = self.client.send_many([Outgoing(envelope_from, recipient, to_wire(data))])
+        (outcome,) = self.send_many([Outgoing(envelope_from, recipient, to_wire(data))])
         if outcome is not None:
             raise outcome
 
     def send_many(self, messages: Sequence[Outgoing]) -> list[Exception | None]:
-        return self.client.send_many(messages)
+        with self._lock:
+            return self.client.send_many(messages)
 
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            self.client.close()
 
 
 class OutboxTransport:

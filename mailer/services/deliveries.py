@@ -1,0 +1,475 @@
+"""Sending an issue: the frozen audience, hand-out to workers, control, status and the sweeper.
+
+Called by the CLI, the API, the console and the scheduler (each owns its transaction and,
+after the commit, enqueues the batches it was handed: mailer.tasks.delivery.enqueue_batches):
+
+- start_send(session, issue_id, render, rt=None) -> StartResult: draft/scheduled → sending;
+  renders each variant once (render = services.digests.render_variant or a stand-in) and
+  inserts one pending delivery per reader of the audience;
+- pause(session, issue_id), resume(session, issue_id) -> batches, cancel(session, issue_id);
+- resend_uncertain(session, issue_id) -> (count, batches): an operator's deliberate re-send;
+- status(session, issue_id) -> dict: counts per delivery state, rate, ETA;
+- sweep(session, settings) -> SweepResult: the tick's housekeeping (below).
+
+What the delivery columns mean per state (the exactly-once protocol, with
+services.delivery_batches):
+
+- pending: claimed_at = when it was handed to a task (NULL = not yet), next_attempt_at = not
+  before (NULL = now);
+- sending: claimed by claimed_by at claimed_at. next_attempt_at NOT NULL = claimed but not
+  yet tried (safe to hand out again); NULL = its SMTP transaction has begun;
+- failed_temporary: next_attempt_at = when to retry (backoff); sent / failed_permanent /
+  uncertain are final unless an operator re-sends uncertain rows.
+
+The sweeper, run every tick: claims older than the lease go back to pending if never tried
+and become `uncertain` if tried (the server may have accepted them: never re-sent by
+itself); hand-outs older than the lease are handed out again (a lost task); due retries
+return to pending; idle issues get their batches; issues with nothing pending, sending or
+failed_temporary are finished.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
+from sqlalchemy.orm import Session
+
+from mailer.db import UTCDateTime, utcnow
+from mailer.errors import InvalidTransition, NotFound
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
+    IssueVariant,
+    Subscriber,
+    SubscriberStatus,
+    sections_key,
+    sections_list,
+)
+
+D, I, S = DeliveryStatus, IssueStatus, Subscriber
+
+STARTABLE = (I.DRAFT, I.SCHEDULED)
+CANCELLABLE = (I.DRAFT, I.SCHEDULED, I.SENDING, I.PAUSED)
+# An issue is finished only when none of its rows is in one of these states.
+OPEN = (D.PENDING, D.SENDING, D.FAILED_TEMPORARY)
+FREEZE_PAGE = 10_000
+
+Render = Callable[..., "tuple[str, str, str] | None"]
+
+
+@dataclass
+class StartResult:
+    issue_id: int
+    deliveries: int
+    skipped_no_items: int
+    variants: int
+    batches: list[list[int]] = field(default_factory=list)  # enqueue after the commit
+
+
+@dataclass
+class SweepResult:
+    requeued: int = 0
+    uncertain: int = 0
+    redispatched: int = 0
+    retried: int = 0
+    finished: int = 0
+    paused: int = 0
+    batches: dict[int, list[list[int]]] = field(default_factory=dict)  # issue -> batches
+
+
+def variant_key(reader_sections: str, issue_sections: str) -> str | None:
+    """The section set a reader gets of an issue ('' = all), or None when they share none."""
+    if not issue_sections:
+        return reader_sections
+    if not reader_sections:
+        return issue_sections
+    return sections_key(set(sections_list(reader_sections)) & set(sections_list(issue_sections))) or None
+
+
+def _issue(session: Session, issue_id: int) -> Issue:
+    issue = session.get(Issue, issue_id)
+    if issue is None:
+        raise NotFound(f"There is no issue {issue_id}.")
+    return issue
+
+
+def _transition(session: Session, issue_id: int, from_states, to_state, **values) -> None:
+    """The conditional UPDATE every issue state change goes through."""
+    result = session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status.in_(from_states))
+        .values(status=to_state, updated_at=utcnow(), **values)
+    )
+    if result.rowcount == 0:
+        _issue(session, issue_id)  # NotFound first
+        raise InvalidTransition(f"Issue {issue_id}", from_states, to_state)
+
+
+# --- start ------------------------------------------------------------------------------
+
+
+def _audience(issue: Issue):
+    return (S.status == SubscriberStatus.ACTIVE) & (S.frequency == issue.audience_frequency)
+
+
+def start_send(
+    session: Session, issue_id: int, render: Render, rt=None, *, now: datetime | None = None,
+    settings=None,
+) -> StartResult:
+    """Start sending: freeze the audience into pending deliveries, variants rendered once.
+
+    Two clicks or two editors at once start one send: the second gets InvalidTransition.
+    """
+    if rt is None:
+        from mailer.runtime import runtime
+
+        rt = runtime()
+    settings = settings or rt.settings
+    now = now or utcnow()
+    _transition(session, issue_id, STARTABLE, I.SENDING, started_at=now, finished_at=None,
+                status_reason=None)
+    issue = _issue(session, issue_id)
+
+    # The distinct section sets of the audience (a handful), with their sizes.
+    by_sections = {
+        sections: n for sections, n in session.execute(
+            select(S.sections, func.count()).where(_audience(issue)).group_by(S.sections)
+        )
+    }
+    variants: dict[str, IssueVariant] = {}
+    reader_variant: dict[str, IssueVariant] = {}
+    for reader_sections in sorted(by_sections):
+        key = variant_key(reader_sections, issue.audience_sections)
+        if key is None:
+            continue  # shares no section with this issue: not in its audience
+        if key not in variants:
+            rendered = render(session, issue, key, rt)
+            if rendered is None:
+                v = IssueVariant(issue_id=issue.id, sections=key, subject="", html="", text="",
+                                 empty=True, readers=0)
+            else:
+                subject, html, text = rendered
+                v = IssueVariant(issue_id=issue.id, sections=key, subject=subject, html=html,
+                                 text=text, empty=False, readers=0)
+            session.add(v)
+            variants[key] = v
+        reader_variant[reader_sections] = variants[key]
+        variants[key].readers += by_sections[reader_sections]
+    session.flush()
+
+    sendable = {k: v.id for k, v in reader_variant.items() if not v.empty}
+    skipped = sum(v.readers for v in variants.values() if v.empty)
+    total = _freeze(session, issue, sendable, now) if sendable else 0
+    if total == 0:
+        reason = "No reader matched the audience." if not skipped else (
+            f"Nothing to send: the {skipped} readers of this audience have no items.")
+        _transition(session, issue_id, (I.SENDING,), I.FINISHED, finished_at=now,
+                    status_reason=reason)
+        return StartResult(issue_id, 0, skipped, len(variants))
+    batches = dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
+    return StartResult(issue_id, total, skipped, len(variants), batches)
+
+
+def _freeze(session: Session, issue: Issue, sendable: dict[str, int], now: datetime) -> int:
+    """INSERT ... SELECT one page of readers at a time, by id: nothing held in memory."""
+    variant_of = case(sendable, value=S.sections)
+    where = _audience(issue) & S.sections.in_(list(sendable))
+    columns = ["issue_id", "subscriber_id", "variant_id", "status", "attempts", "created_at"]
+    last = 0
+    while True:
+        upper = session.scalar(
+            select(S.id).where(where, S.id > last).order_by(S.id).offset(FREEZE_PAGE - 1).limit(1)
+        )
+        page = where & (S.id > last) & ((S.id <= upper) if upper is not None else true())
+        rows = select(
+            literal(issue.id), S.id, variant_of, literal(D.PENDING.value), literal(0),
+            literal(now, UTCDateTime()),
+        ).where(page)
+        session.execute(insert(Delivery).from_select(columns, rows))
+        if upper is None:
+            break
+        last = upper
+    # (INSERT ... SELECT reports no reliable rowcount on every driver.)
+    return session.scalar(select(func.count()).where(Delivery.issue_id == issue.id))
+
+
+# --- hand-out ---------------------------------------------------------------------------
+
+
+def batch_size(settings) -> int:
+    """Rows per task; smaller under a low rate limit, so a batch finishes within its lease."""
+    size = settings.send_batch
+    if settings.rate_limit:
+        size = min(size, max(20, int(settings.rate_limit * 30)))
+    return size
+
+
+def dispatch(session: Session, issue_id: int, batches: int, size: int, *, now=None) -> list[list[int]]:
+    """Mark up to `batches` x `size` due pending rows as handed out; the caller enqueues them."""
+    now = now or utcnow()
+    ids = list(
+        session.scalars(
+            select(Delivery.id)
+            .where(
+                Delivery.issue_id == issue_id,
+                Delivery.status == D.PENDING,
+                Delivery.claimed_at.is_(None),
+                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
+            )
+            .order_by(Delivery.id)
+            .limit(batches * size)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    for k in range(0, len(ids), 1000):
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_(ids[k : k + 1000]), Delivery.status == D.PENDING)
+            .values(claimed_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    return [ids[k : k + size] for k in range(0, len(ids), size)]
+
+
+def _unmark(session: Session, issue_id: int) -> None:
+    """Forget every hand-out of an issue's pending rows (their tasks found it paused)."""
+    session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
+               Delivery.claimed_at.is_not(None))
+        .values(claimed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- control ----------------------------------------------------------------------------
+
+
+def pause(session: Session, issue_id: int, reason: str = "Paused by an operator.") -> None:
+    """sending → paused: running batches stop after the messages already on the wire."""
+    _transition(session, issue_id, (I.SENDING,), I.PAUSED, status_reason=reason[:1000])
+
+
+def resume(session: Session, issue_id: int, settings, *, now=None) -> list[list[int]]:
+    """paused → sending; returns the batches to enqueue after the commit."""
+    now = now or utcnow()
+    _transition(session, issue_id, (I.PAUSED,), I.SENDING, status_reason=None)
+    _unmark(session, issue_id)
+    return dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
+
+
+def cancel(session: Session, issue_id: int) -> None:
+    """Stop for good: rows not yet sent stay pending and are never sent."""
+    _transition(session, issue_id, CANCELLABLE, I.CANCELLED, status_reason="Cancelled by an operator.")
+
+
+def uncertain_rows(session: Session, issue_id: int, limit: int = 1000) -> list[tuple[int, str | None, str | None]]:
+    """(delivery id, email, last error) of the rows that may or may not have been delivered."""
+    _issue(session, issue_id)
+    rows = session.execute(
+        select(Delivery.id, S.email, Delivery.last_error)
+        .outerjoin(S, S.id == Delivery.subscriber_id)
+        .where(Delivery.issue_id == issue_id, Delivery.status == D.UNCERTAIN)
+        .order_by(Delivery.id)
+        .limit(limit)
+    )
+    return [(i, email, error) for i, email, error in rows]
+
+
+def resend_uncertain(session: Session, issue_id: int, settings, *, now=None) -> tuple[int, list[list[int]]]:
+    """Send the uncertain rows again, on an operator's word (some readers may get two)."""
+    now = now or utcnow()
+    issue = _issue(session, issue_id)
+    if issue.status == I.FINISHED:
+        _transition(session, issue_id, (I.FINISHED,), I.SENDING, finished_at=None)
+    elif issue.status not in (I.SENDING, I.PAUSED):
+        raise InvalidTransition(f"Issue {issue_id}", (I.SENDING, I.PAUSED, I.FINISHED), I.SENDING)
+    count = session.execute(
+        update(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.status == D.UNCERTAIN)
+        .values(status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None,
+                last_error="re-sent by an operator after an uncertain attempt")
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    batches = []
+    if issue.status != I.PAUSED:
+        batches = dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
+    return count, batches
+
+
+# --- status -----------------------------------------------------------------------------
+
+RATE_WINDOW = 30.0
+
+
+def status(session: Session, issue_id: int, *, now=None) -> dict:
+    """Counts per delivery state, readers skipped, the current rate and an estimate of the end."""
+    now = now or utcnow()
+    issue = _issue(session, issue_id)
+    counts = {str(s): 0 for s in D}
+    withdrawn = 0
+    never_tried = (Delivery.status == D.FAILED_PERMANENT) & (Delivery.attempts == 0)
+    for state, untried, n in session.execute(
+        select(Delivery.status, never_tried, func.count())
+        .where(Delivery.issue_id == issue_id)
+        .group_by(Delivery.status, never_tried)
+    ):
+        counts[str(state)] += n
+        if untried:
+            withdrawn += n
+    skipped = session.scalar(
+        select(func.coalesce(func.sum(IssueVariant.readers), 0))
+        .where(IssueVariant.issue_id == issue_id, IssueVariant.empty.is_(True))
+    )
+    span = RATE_WINDOW
+    if issue.started_at is not None:
+        span = max(1.0, min(RATE_WINDOW, (now - issue.started_at).total_seconds()))
+    recent = session.scalar(
+        select(func.count()).where(
+            Delivery.issue_id == issue_id, Delivery.status == D.SENT,
+            Delivery.sent_at >= now - timedelta(seconds=span),
+        )
+    )
+    rate = recent / span if issue.status == I.SENDING else 0.0
+    remaining = counts["pending"] + counts["sending"] + counts["failed_temporary"]
+    total = sum(counts.values())
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    return {
+        "issue": issue_id,
+        "status": str(issue.status),
+        "reason": issue.status_reason,
+        "total": total,
+        "counts": counts,
+        "done": total - remaining,
+        "remaining": remaining,
+        "withdrawn": withdrawn,  # readers who left before their turn (failed_permanent, untried)
+        "skipped_no_items": int(skipped or 0),
+        "rate": round(rate, 1),
+        "eta_seconds": math.ceil(remaining / rate) if rate > 0 else None,
+        "started_at": iso(issue.started_at),
+        "finished_at": iso(issue.finished_at),
+    }
+
+
+# --- sweeper ----------------------------------------------------------------------------
+
+
+def finish_if_done(session: Session, issue_id: int, *, now=None) -> bool:
+    """sending → finished, but only once no row is pending, sending or failed_temporary."""
+    still_open = select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(OPEN))
+    done = session.execute(
+        update(Issue)
+        .where(Issue.id == issue_id, Issue.status == I.SENDING, ~still_open.exists())
+        .values(status=I.FINISHED, finished_at=now or utcnow(), updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return bool(done)
+
+
+def sweep(session: Session, settings, *, now=None) -> SweepResult:
+    """The tick's housekeeping for every issue (see the module docstring)."""
+    now = now or utcnow()
+    lease = now - timedelta(seconds=settings.send_lease_seconds)
+    out = SweepResult()
+    stale = and_(Delivery.status == D.SENDING, Delivery.claimed_at < lease)
+    lost: dict[int, int] = {}
+    # Claimed but never tried: no SMTP conversation began, so it is safe to hand out again.
+    for issue_id, n in _grouped_update(session, stale & Delivery.next_attempt_at.is_not(None), dict(
+        status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None,
+    )).items():
+        out.requeued += n
+        lost[issue_id] = lost.get(issue_id, 0) + n
+    # Tried and never recorded: the server may have accepted it. Never re-sent by itself.
+    out.uncertain += sum(_grouped_update(session, stale & Delivery.next_attempt_at.is_(None), dict(
+        status=D.UNCERTAIN,
+        last_error="The worker stopped during the SMTP transaction; it may have been delivered.",
+    )).values())
+
+    sending = list(session.scalars(select(Issue.id).where(Issue.status == I.SENDING)))
+    size = batch_size(settings)
+    for issue_id in sending:
+        handed = session.execute(
+            update(Delivery)
+            .where(Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
+                   Delivery.claimed_at < lease)
+            .values(claimed_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        out.redispatched += handed
+        lost[issue_id] = lost.get(issue_id, 0) + handed
+        out.retried += session.execute(
+            update(Delivery)
+            .where(Delivery.issue_id == issue_id, Delivery.status == D.FAILED_TEMPORARY,
+                   Delivery.next_attempt_at <= now)
+            .values(status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if finish_if_done(session, issue_id, now=now):
+            out.finished += 1
+            continue
+        if _pause_if_stalled(session, issue_id, lease, settings.send_lease_seconds):
+            out.paused += 1
+            continue
+        # Replace what was lost; an issue with nothing in flight gets a full window.
+        want = math.ceil(lost.get(issue_id, 0) / size)
+        if not _in_flight(session, issue_id, lease):
+            want = settings.send_window
+        if want:
+            batches = dispatch(session, issue_id, min(want, settings.send_window), size, now=now)
+            if batches:
+                out.batches[issue_id] = batches
+    return out
+
+
+def _grouped_update(session: Session, condition, values: dict) -> dict[int, int]:
+    """UPDATE the rows matching `condition`; how many per issue."""
+    rows = session.execute(
+        update(Delivery).where(condition).values(**values)
+        .returning(Delivery.issue_id)
+        .execution_options(synchronize_session=False)
+    ).scalars().all()
+    counts: dict[int, int] = {}
+    for issue_id in rows:
+        counts[issue_id] = counts.get(issue_id, 0) + 1
+    return counts
+
+
+def _in_flight(session: Session, issue_id: int, lease: datetime) -> bool:
+    """Whether some task is (or should be) working on the issue right now."""
+    busy = select(Delivery.id).where(
+        Delivery.issue_id == issue_id,
+        or_(Delivery.status == D.SENDING,
+            and_(Delivery.status == D.PENDING, Delivery.claimed_at >= lease)),
+    )
+    return bool(session.scalar(select(busy.exists())))
+
+
+def _pause_if_stalled(session: Session, issue_id: int, since: datetime, seconds: float) -> bool:
+    """Pause an issue that could send nothing for a whole lease because a server is down."""
+    issue = session.get(Issue, issue_id)
+    if issue.started_at is None or issue.started_at > since:
+        return False
+    last_sent = session.scalar(
+        select(func.max(Delivery.sent_at)).where(Delivery.issue_id == issue_id,
+                                                 Delivery.status == D.SENT)
+    )
+    if last_sent is not None and last_sent > since:
+        return False
+    error = session.scalar(
+        select(Delivery.last_error).where(
+            Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
+            Delivery.last_error.like("unreachable: %"),
+        ).limit(1)
+    )
+    if error is None:
+        return False
+    minutes = max(1, round(seconds / 60))
+    pause(session, issue_id, f"Paused automatically: nothing could be sent for {minutes} "
+                             f"minutes; {error.removeprefix('unreachable: ')}")
+    return True

@@ -1,0 +1,110 @@
+"""Sending issues: batch tasks on the `send` queue, and the delivery sweeper in the tick.
+
+Callers that start, resume or re-send an issue enqueue the batches they were handed with
+enqueue_batches() after their commit; a batch that could not be enqueued (broker down) is
+picked up by the sweeper once its hand-out lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from celery import shared_task
+from sqlalchemy import select
+
+from mailer.db import db
+from mailer.mail.compiled import CompiledVariant
+from mailer.mail.transport import transport_from_settings
+from mailer.models import IssueVariant
+from mailer.runtime import runtime
+from mailer.services import deliveries
+from mailer.services.delivery_batches import BatchRunner
+from mailer.tasks.base import enqueue, register_tick_step
+
+log = logging.getLogger(__name__)
+
+# A threads worker (the embedded mode) runs several batches at once in one process: each
+# thread keeps its own SMTP connection. A prefork child has one thread, so one connection.
+_local = threading.local()
+_compiled: dict[tuple[int, int], tuple[object, CompiledVariant]] = {}
+_compiled_lock = threading.Lock()
+
+
+def _transport(rt):
+    if getattr(_local, "pid", None) != os.getpid() or getattr(_local, "rt", None) is not rt:
+        _local.transport = transport_from_settings(rt.settings)
+        _local.pid, _local.rt = os.getpid(), rt
+    return _local.transport
+
+
+def _variants(rt):
+    """variant id -> CompiledVariant, compiled once per process (checked once per batch)."""
+    seen: dict[int, CompiledVariant] = {}
+
+    def get(variant_id: int) -> CompiledVariant:
+        if variant_id in seen:
+            return seen[variant_id]
+        with db.transaction() as s:
+            created = s.scalar(select(IssueVariant.created_at).where(IssueVariant.id == variant_id))
+            key = (id(rt), variant_id)
+            cached = _compiled.get(key)
+            if cached is None or cached[0] != created:
+                v = s.get(IssueVariant, variant_id)
+                compiled = CompiledVariant(
+                    issue_id=v.issue_id, variant_id=v.id, subject=v.subject, html=v.html,
+                    text=v.text, settings=rt.settings, links=rt.links, tokens=rt.tokens,
+                    signer=rt.dkim,
+                )
+                with _compiled_lock:
+                    if len(_compiled) >= 64:
+                        _compiled.clear()
+                    _compiled[key] = cached = (created, compiled)
+        seen[variant_id] = cached[1]
+        return cached[1]
+
+    return get
+
+
+def enqueue_batches(issue_id: int, batches: list[list[int]], countdown: float | None = None) -> int:
+    """Hand batches to the broker (after the commit that made them); how many went."""
+    sent = 0
+    for ids in batches:
+        options = {"countdown": countdown} if countdown else {}
+        sent += enqueue(send_batch, issue_id, ids, **options)
+    return sent
+
+
+@shared_task(name="mailer.send_batch", acks_late=True, reject_on_worker_lost=True)
+def send_batch(issue_id: int, ids: list[int]) -> dict:
+    """Claim, send and record a few hundred deliveries (services.delivery_batches)."""
+    rt = runtime()
+    runner = BatchRunner(
+        transaction=db.transaction,
+        transport=_transport(rt),
+        limiter=rt.limiter,
+        variant=_variants(rt),
+        settings=rt.settings,
+        enqueue=lambda batch, delay: enqueue_batches(issue_id, [batch], delay),
+    )
+    report = runner.run(issue_id, ids)
+    if report.stopped:
+        log.info("issue %s batch stopped: %s", issue_id, report.stopped)
+    return report.as_dict()
+
+
+def sweep_deliveries() -> dict:
+    """The tick step: stuck claims, lost batches, due retries, finished issues."""
+    rt = runtime()
+    with db.transaction() as s:
+        result = deliveries.sweep(s, rt.settings)
+    for issue_id, batches in result.batches.items():
+        enqueue_batches(issue_id, batches)
+    out = {k: v for k, v in result.__dict__.items() if k != "batches" and v}
+    if result.batches:
+        out["batches"] = sum(len(b) for b in result.batches.values())
+    return out
+
+
+register_tick_step(sweep_deliveries)

@@ -1,0 +1,339 @@
+"""The delivery engine in-process: frozen audience, claims, outcomes, control and the sweeper.
+
+Batches run here in the test process (the same code a worker runs) against the real SMTP
+server, so each step of the exactly-once protocol can be stopped and inspected.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from mailer.config import parse_smtp_url
+from mailer.db import db, utcnow
+from mailer.errors import InvalidTransition, NotFound
+from mailer.mail.ratelimit import Unlimited
+from mailer.mail.transport import SmtpTransport
+from mailer.models import (
+    Delivery,
+    Issue,
+    IssueVariant,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+)
+from mailer.services import deliveries
+from mailer.services.delivery_batches import BatchRunner
+from mailer.tasks.delivery import _variants
+from tests.mail.delivery_support import add_readers, counts, issue_status, make_renderer, new_issue
+
+
+@pytest.fixture
+def rt(app):
+    with app.app_context():
+        yield app.extensions["mailer"]
+
+
+class Engine:
+    """Runs batches like the workers do, collecting what they hand out instead of a broker."""
+
+    def __init__(self, rt, smtp, **settings):
+        self.rt = rt
+        self.settings = replace(rt.settings, **settings)
+        self.transport = SmtpTransport(parse_smtp_url(smtp.url))
+        self.queue: list[list[int]] = []
+        self.reports = []
+
+    def runner(self) -> BatchRunner:
+        return BatchRunner(
+            transaction=db.transaction, transport=self.transport, limiter=Unlimited(),
+            variant=_variants(self.rt), settings=self.settings,
+            enqueue=lambda batch, delay: self.queue.append(batch),
+        )
+
+    def start(self, issue_id: int, render=None) -> deliveries.StartResult:
+        with db.transaction() as s:
+            result = deliveries.start_send(s, issue_id, render or make_renderer(), self.rt,
+                                           settings=self.settings)
+        self.queue += result.batches
+        self.issue_id = issue_id
+        return result
+
+    def drain(self, limit: int = 1000) -> None:
+        while self.queue and limit:
+            self.reports.append(self.runner().run(self.issue_id, self.queue.pop(0)))
+            limit -= 1
+
+    def sweep(self, later: float = 0.0) -> deliveries.SweepResult:
+        with db.transaction() as s:
+            result = deliveries.sweep(s, self.settings, now=utcnow() + timedelta(seconds=later))
+        for batches in result.batches.values():
+            self.queue += batches
+        return result
+
+
+@pytest.fixture
+def make(rt, smtp):
+    """make(**settings): an Engine whose SMTP connection is closed after the test."""
+    made = []
+
+    def make(**settings):
+        made.append(Engine(rt, smtp, **settings))
+        return made[-1]
+
+    yield make
+    for e in made:
+        e.transport.close()
+
+
+def per_reader(smtp, emails) -> dict[str, int]:
+    got = {e: 0 for e in emails}
+    for m in smtp.messages:
+        if m.recipient in got:
+            got[m.recipient] += 1
+    return got
+
+
+def test_start_freezes_the_audience_one_rendering_per_variant(rt, smtp, make):
+    everything = add_readers(5)
+    news = add_readers(3, sections="news")
+    add_readers(2, sections="sport")
+    add_readers(2, sections="news,sport")
+    add_readers(2, frequency="daily")
+    add_readers(2, status=SubscriberStatus.UNSUBSCRIBED)
+    calls: list[str] = []
+    issue_id = new_issue()
+    engine = make()
+    result = engine.start(issue_id, make_renderer(empty=("sport",), calls=calls))
+    assert (result.deliveries, result.skipped_no_items, result.variants) == (8, 4, 4)
+    assert sorted(calls) == ["", "news", "news,sport", "sport"]
+    with db.transaction() as s:
+        variants = {v.sections: (v.readers, v.empty) for v in s.scalars(select(IssueVariant))}
+        frozen = set(s.scalars(select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)))
+    assert variants == {"": (5, False), "news": (3, False), "sport": (2, True), "news,sport": (2, True)}
+    assert frozen == set(everything + news)
+    assert issue_status(issue_id) == "sending"
+
+    # An issue for News readers: "all sections" readers get the News variant too.
+    calls.clear()
+    news_issue = new_issue(audience_sections="news")
+    result = engine.start(news_issue, make_renderer(calls=calls))
+    assert (result.deliveries, result.skipped_no_items, calls) == (10, 0, ["news"])
+
+
+def test_a_second_start_is_refused_even_at_the_same_moment(app, rt, smtp, make):
+    add_readers(30)
+    issue_id = new_issue()
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def click():
+        with app.app_context():
+            barrier.wait()
+            try:
+                with db.transaction() as s:
+                    outcomes.append(deliveries.start_send(s, issue_id, make_renderer(), rt).deliveries)
+            except InvalidTransition as e:
+                outcomes.append(str(e))
+
+    threads = [threading.Thread(target=click) for _ in range(2)]
+    [t.start() for t in threads]
+    [t.join(30) for t in threads]
+    assert sorted(outcomes, key=str) == [30, f"Issue {issue_id} must be draft, scheduled to become sending"]
+    assert sum(counts(issue_id).values()) == 30
+
+
+def test_each_reader_gets_one_copy_even_when_batches_run_twice(rt, smtp, make):
+    emails = add_readers(120)
+    issue_id = new_issue()
+    engine = make(send_batch=25, send_group=10, send_window=2)
+    result = engine.start(issue_id)
+    first = list(result.batches)
+    engine.drain()
+    assert issue_status(issue_id) == "finished"
+    assert counts(issue_id)["sent"] == 120
+    # The broker delivers every task again (a redelivery after a lost ack): nothing is re-sent.
+    engine.queue = first + [[d for d in range(1, 500)]]
+    engine.drain()
+    assert set(per_reader(smtp, emails).values()) == {1}
+    assert sum(r.claimed for r in engine.reports[-3:]) == 0
+
+
+def test_failures_are_classified_retried_and_bounced(rt, smtp, make):
+    emails = add_readers(40)
+    later, bad, hopeless = emails[3], emails[7], emails[11]
+    smtp.once[later] = "451 4.7.1 try again later"
+    smtp.rules[bad] = "550 5.1.1 no such user"
+    smtp.rules[hopeless] = "452 4.2.2 mailbox full"
+    issue_id = new_issue()
+    engine = make(retry_base_seconds=60, retry_tries=3)
+    engine.start(issue_id)
+    engine.drain()
+    c = counts(issue_id)
+    assert (c["sent"], c["failed_temporary"], c["failed_permanent"]) == (37, 2, 1)
+    assert issue_status(issue_id) == "sending"  # retries are owed
+    with db.transaction() as s:
+        waits = s.execute(select(Delivery.next_attempt_at).where(Delivery.status == "failed_temporary")).scalars().all()
+        reader = s.scalar(select(Subscriber).where(Subscriber.email == bad))
+        assert reader.status == SubscriberStatus.BOUNCED
+        event = s.scalar(select(SubscriberEvent).where(SubscriberEvent.subscriber_id == reader.id,
+                                                       SubscriberEvent.kind == "bounced"))
+        assert "550 5.1.1" in event.detail
+    assert all(timedelta(seconds=50) < w - utcnow() <= timedelta(seconds=60) for w in waits)
+
+    assert engine.sweep().retried == 0  # not due yet
+    assert engine.sweep(later=61).retried == 2
+    engine.drain()
+    c = counts(issue_id)
+    assert (c["sent"], c["failed_temporary"]) == (38, 1)
+    # Backoff grows: the second retry waits four times the first.
+    assert engine.sweep(later=200).retried == 0
+    assert engine.sweep(later=245).retried == 1
+    engine.drain()
+    assert issue_status(issue_id) == "finished"
+    got = per_reader(smtp, emails)
+    assert got[later] == 1 and got[bad] == 0 and got[hopeless] == 0
+    assert sum(got.values()) == 38
+    with db.transaction() as s:
+        gave_up = s.scalar(select(Delivery).join(Subscriber).where(Subscriber.email == hopeless))
+        assert gave_up.status == "failed_permanent" and gave_up.attempts == 3
+        assert gave_up.last_error.startswith("gave up after 3 tries: 452")
+        assert s.scalar(select(Subscriber.status).where(Subscriber.email == hopeless)) == "active"
+
+
+def test_too_many_failures_pause_the_issue_and_say_why(rt, smtp, make):
+    emails = add_readers(60)
+    for e in emails:
+        smtp.rules[e] = "451 4.7.0 rate limited"
+    issue_id = new_issue()
+    engine = make(pause_errors=20, send_batch=30, send_group=10)
+    engine.start(issue_id)
+    engine.drain()
+    assert issue_status(issue_id) == "paused"
+    with db.transaction() as s:
+        reason = s.scalar(select(Issue.status_reason).where(Issue.id == issue_id))
+    assert reason.startswith("Paused automatically: ") and "451 4.7.0 rate limited" in reason
+    assert counts(issue_id)["pending"] > 0  # the rest waits for an operator
+
+
+def test_pause_stops_between_groups_resume_sends_the_rest_once(rt, smtp, make):
+    emails = add_readers(50)
+    issue_id = new_issue()
+    engine = make(send_batch=50, send_group=10)
+    engine.start(issue_id)
+    runner = engine.runner()
+    sent_before_pause = []
+
+    def pause_after_first_group(messages, _orig=engine.transport.send_many):
+        out = _orig(messages)
+        if not sent_before_pause:
+            sent_before_pause.append(len(messages))
+            with db.transaction() as s:
+                deliveries.pause(s, issue_id)
+        return out
+
+    runner.transport = type("T", (), {"send_many": staticmethod(pause_after_first_group)})()
+    report = runner.run(issue_id, engine.queue.pop(0))
+    assert report.stopped == "issue paused or cancelled"
+    assert counts(issue_id)["sent"] == 10 and counts(issue_id)["pending"] == 40
+    with pytest.raises(InvalidTransition):
+        with db.transaction() as s:
+            deliveries.pause(s, issue_id)
+    with db.transaction() as s:
+        engine.queue = deliveries.resume(s, issue_id, engine.settings)
+    engine.drain()
+    assert issue_status(issue_id) == "finished"
+    assert set(per_reader(smtp, emails).values()) == {1}
+
+
+def test_cancel_stops_for_good(rt, smtp, make):
+    add_readers(20)
+    issue_id = new_issue()
+    engine = make()
+    engine.start(issue_id)
+    with db.transaction() as s:
+        deliveries.cancel(s, issue_id)
+    engine.drain()
+    assert len(smtp.messages) == 0 and counts(issue_id)["pending"] == 20
+    for action in (deliveries.pause, deliveries.cancel):
+        with pytest.raises(InvalidTransition), db.transaction() as s:
+            action(s, issue_id)
+    with pytest.raises(NotFound), db.transaction() as s:
+        deliveries.cancel(s, 987654)
+
+
+def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp, make):
+    emails = add_readers(30)
+    issue_id = new_issue()
+    engine = make(send_batch=30, send_group=10, send_lease_seconds=60)
+    engine.start(issue_id)
+    ids = engine.queue.pop(0)
+    # A worker claims the batch, begins its first group, then dies without a word.
+    dead = engine.runner()
+    with db.transaction() as s:
+        claimed, _ = dead._claim(s, issue_id, ids)
+        dead._begin(s, issue_id, claimed[:10])
+    assert counts(issue_id)["sending"] == 30
+    assert engine.sweep(later=30).requeued == 0  # the lease has not run out
+    result = engine.sweep(later=61)
+    assert (result.requeued, result.uncertain) == (20, 10)
+    engine.queue = [b for bs in [result.batches.get(issue_id, [])] for b in bs]
+    engine.drain()
+    c = counts(issue_id)
+    assert (c["sent"], c["uncertain"], c["pending"]) == (20, 10, 0)
+    assert issue_status(issue_id) == "finished"  # uncertain rows do not hold an issue open
+    assert sum(per_reader(smtp, emails).values()) == 20
+
+    with db.transaction() as s:
+        listed = deliveries.uncertain_rows(s, issue_id)
+        assert len(listed) == 10 and all("may have been delivered" in e for _, _, e in listed)
+        n, batches = deliveries.resend_uncertain(s, issue_id, engine.settings)
+    assert n == 10 and issue_status(issue_id) == "sending"
+    engine.queue = batches
+    engine.drain()
+    assert issue_status(issue_id) == "finished"
+    assert set(per_reader(smtp, emails).values()) == {1}
+
+
+def test_readers_who_leave_before_their_turn_get_nothing(rt, smtp, make):
+    emails = add_readers(10)
+    issue_id = new_issue()
+    engine = make()
+    engine.start(issue_id)
+    with db.transaction() as s:
+        s.execute(update(Subscriber).where(Subscriber.email == emails[4])
+                  .values(status=SubscriberStatus.UNSUBSCRIBED))
+    engine.drain()
+    assert emails[4] not in per_reader(smtp, [m.recipient for m in smtp.messages])
+    with db.transaction() as s:
+        st = deliveries.status(s, issue_id)
+    assert st["status"] == "finished" and st["withdrawn"] == 1
+    assert st["counts"]["sent"] == 9 and st["counts"]["failed_permanent"] == 1
+
+
+def test_status_counts_rate_and_skipped(rt, smtp, make):
+    add_readers(12)
+    add_readers(3, sections="sport")
+    issue_id = new_issue()
+    engine = make(send_batch=4, send_window=1)
+    engine.start(issue_id, make_renderer(empty=("sport",)))
+    engine.drain(limit=1)
+    with db.transaction() as s:
+        st = deliveries.status(s, issue_id)
+    assert st["status"] == "sending" and st["total"] == 12 and st["skipped_no_items"] == 3
+    assert st["counts"]["sent"] == 4 and st["remaining"] == 8
+    assert st["rate"] > 0 and st["eta_seconds"] >= 1
+    engine.drain()
+    with db.transaction() as s:
+        st = deliveries.status(s, issue_id)
+    assert (st["status"], st["done"], st["rate"], st["eta_seconds"]) == ("finished", 12, 0.0, None)
+
+
+def test_an_audience_without_readers_finishes_at_once(rt, smtp, make):
+    issue_id = new_issue()
+    result = make().start(issue_id)
+    assert result.deliveries == 0 and issue_status(issue_id) == "finished"
