@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -83,7 +84,7 @@ def push():
 
 
 def _page_url() -> str:
-    """The article address from JSON, a form, or the text/plain JSON sendBeacon sends."""
+    """The canonical page address from JSON, a form, or the text/plain JSON of sendBeacon."""
     if request.mimetype in FORM_TYPES:
         value = request.form.get("url")
     elif request.mimetype in ("application/json", "text/plain", ""):
@@ -97,9 +98,37 @@ def _page_url() -> str:
         raise ValidationError("url", "Send the article's address in the url field.")
     if len(value) > articles.URL_MAX:
         raise ValidationError("url", f"url is longer than {articles.URL_MAX} characters.")
-    if articles.canonical_url(value) is None:
+    canonical = articles.canonical_url(value)
+    if canonical is None:
         raise ValidationError("url", "url must be an http or https address.")
-    return value
+    return canonical
+
+
+class AddressCache:
+    """Page address -> article id for a few minutes, so most beacons touch no SQL at all.
+
+    Unknown addresses are remembered for a shorter time: a page synced a minute later
+    starts counting soon. One per app, bounded; the GIL keeps the dict consistent.
+    """
+
+    def __init__(self, size: int = 50_000, ttl: float = 300.0, miss_ttl: float = 60.0):
+        self.size, self.ttl, self.miss_ttl = size, ttl, miss_ttl
+        self._ids: dict[str, tuple[int | None, float]] = {}
+
+    def article_id(self, url: str) -> int | None:
+        now = time.monotonic()
+        hit = self._ids.get(url)
+        if hit and hit[1] > now:
+            return hit[0]
+        found = articles.id_for_url(db.session, url)
+        if len(self._ids) >= self.size:
+            self._ids.clear()
+        self._ids[url] = (found, now + (self.ttl if found is not None else self.miss_ttl))
+        return found
+
+
+def _address_cache() -> AddressCache:
+    return current_app.extensions.setdefault("mailer.article_ids", AddressCache())
 
 
 def _no_content():
@@ -116,7 +145,7 @@ def pageview():
     if popularity.is_bot(user_agent) or "prefetch" in request.headers.get("Sec-Purpose", ""):
         return _no_content()
     try:
-        article_id = articles.id_for_url(db.session, url)
+        article_id = _address_cache().article_id(url)
         if article_id is not None:
             rt = runtime()
             now = utcnow()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from mailer.db import db, utcnow
 from mailer.models import Article, Role
@@ -280,3 +281,20 @@ def test_the_snippet_counts_a_reader_in_chromium(app, browser, live_server, arti
     finally:
         site.stop()
     assert ranking(app) == [(article.id, 1.0)]
+
+
+def test_page_addresses_are_cached_briefly_so_most_beacons_skip_sql(app):
+    from mailer.web.api_articles import AddressCache
+
+    cache = AddressCache(ttl=60, miss_ttl=0.2)
+    url = "https://www.daily.example/2024/05/late/"
+    assert cache.article_id(url) is None
+    db.session.add(Article(url=url, title="Synced a moment later", published_at=utcnow()))
+    db.session.commit()
+    assert cache.article_id(url) is None  # the miss is remembered for a moment ...
+    time.sleep(0.25)
+    article_id = cache.article_id(url)  # ... then the new article counts
+    assert article_id == by_url(url).id
+    db.session.execute(delete(Article))
+    db.session.commit()
+    assert cache.article_id(url) == article_id  # a hit is kept for `ttl`
