@@ -14,15 +14,18 @@ from mailer.mail import placeholders as ph
 from mailer.models import (
     Delivery,
     DeliveryStatus,
+    Issue,
     IssueStatus,
     Subscriber,
     SubscriberStatus,
 )
-from mailer.services import digests
+from mailer.services import deliveries, digests
+from mailer.tasks.delivery import enqueue_batches
 from mailer.tokens import BadToken
 from mailer.web import CSP
 from mailer.web import archive as archive_view
-from tests.services.test_digests_support import add_article, mark_sent
+from tests.services.test_digests_support import BROWSER_UA, add_article, mark_sent
+from tests.support import wait_until
 
 _hours = iter(range(10_000))
 _START = utcnow() - timedelta(days=30)
@@ -182,3 +185,46 @@ def test_an_archive_page_renders_without_csp_violations(app, live_server, page):
         .startswith("https://daily.example/")
     )
     assert refused == []
+
+
+def test_an_issue_sent_by_the_delivery_engine_is_in_the_archive(app, worker, smtp, make_email):
+    """The whole path: compose, send through the real worker, read, click, find it archived."""
+    rt = app.extensions["mailer"]
+    client = app.test_client()
+    now = utcnow()
+    story = add_article(db.session, "Bridge reopens after repairs", now - timedelta(hours=2))
+    story_url = story.url
+    readers = [make_email("engine"), make_email("engine")]
+    db.session.add_all(
+        [
+            Subscriber(email=readers[0], name="Grace Hopper", status=SubscriberStatus.ACTIVE),
+            Subscriber(email=readers[1], status=SubscriberStatus.ACTIVE),
+        ]
+    )
+    issue = digests.create_issue(db.session, rt, now=now, popular_m=0, intro="Hi {{ name }}!")
+    issue_id = issue.id
+    db.session.commit()
+    started = deliveries.start_send(db.session, issue_id, digests.render_variant, rt)
+    db.session.commit()
+    assert started.deliveries == 2
+    enqueue_batches(issue_id, started.batches)
+
+    (grace,) = smtp.wait_for(readers[0])
+    (other,) = smtp.wait_for(readers[1])
+    assert "Hi Grace Hopper!" in grace.text and "Hi Grace Hopper!" in grace.html
+    assert "Bridge reopens after repairs" in other.html and "Grace" not in other.text
+    # The tracked link leads to the article and counts the click.
+    tracked = next(u for u in grace.links() if "/t/" in u)
+    resp = client.get("/" + tracked.split("/", 3)[3], headers={"User-Agent": BROWSER_UA})
+    assert resp.status_code == 302 and resp.headers["Location"] == story_url
+
+    def finished():
+        db.session.expire_all()
+        return db.session.get(Issue, issue_id).status == IssueStatus.FINISHED
+
+    wait_until(finished, 30, what="the issue to finish")
+    page = client.get(f"/archive/{issue_id}").get_data(as_text=True)
+    assert "Bridge reopens after repairs" in page and "Hi Reader!" in page
+    for address in readers:
+        assert address not in page
+    assert "Grace" not in page and "/t/" not in page and "/unsubscribe/" not in page
