@@ -5,12 +5,13 @@ Two stores with the same behaviour: Redis in production (per-day sorted sets wit
 per-day set of visitor/article pairs for de-duplication, rolled up daily into `article_stats`),
 SQL in the embedded mode (`visitors_seen` and `article_stats` directly). A view and a click of
 the same reader on the same day count once: the click brings the reader to the page whose
-beacon then fires too.
+beacon then fires too. One network counts at most PER_NETWORK readers per article per day.
 """
 
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -53,9 +54,39 @@ def is_bot(user_agent: str | None) -> bool:
     return _BOTS.search(user_agent) is not None
 
 
+# At most this many readers of one network (an IPv4 address, an IPv6 /64) count for one
+# article on one day: a script rotating user agents or IPv6 addresses gains little, while a
+# large office or a mobile carrier's shared address still counts many people.
+PER_NETWORK = 50
+_NETWORK_CHARS = 12
+_VISITOR = re.compile(r"[0-9a-f]{32}")
+
+
+def _network(ip: str) -> str:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if address.version == 6 and address.ipv4_mapped is None:
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(getattr(address, "ipv4_mapped", None) or address)
+
+
 def visitor_id(tokens, ip: str, user_agent: str, day: date) -> str:
-    """A keyed hash of IP and user agent that changes every UTC day; the IP is never kept."""
-    return tokens.keyed_hash("visitor", f"{day.isoformat()}\n{ip}\n{user_agent or ''}")[:32]
+    """A keyed hash of IP and user agent that changes every UTC day; the IP is never kept.
+
+    32 hex digits: the first 12 hash the reader's network alone (for PER_NETWORK), the
+    rest the address and the browser.
+    """
+    stamp = day.isoformat()
+    network = tokens.keyed_hash("visitor-network", f"{stamp}\n{_network(ip)}")
+    reader = tokens.keyed_hash("visitor", f"{stamp}\n{ip}\n{user_agent or ''}")
+    return network[:_NETWORK_CHARS] + reader[: 32 - _NETWORK_CHARS]
+
+
+def network_of(visitor: str) -> str | None:
+    """The network part of a visitor id made by visitor_id (None for other ids)."""
+    return visitor[:_NETWORK_CHARS] if _VISITOR.fullmatch(visitor) else None
 
 
 def utc_day(at: datetime) -> date:
@@ -136,6 +167,15 @@ class SqlPopularity(_Store):
     def _count(self, session: Session, article_id: int, visitor: str, at: datetime,
                column: str) -> bool:
         day = utc_day(at)
+        network = network_of(visitor)
+        if network is not None:
+            # Visitor ids start with their network's hash: a range scan of the primary key.
+            readers = session.scalar(select(func.count()).select_from(VisitorSeen).where(
+                VisitorSeen.day == day, VisitorSeen.article_id == article_id,
+                VisitorSeen.visitor >= network, VisitorSeen.visitor < network + "g",
+            ))
+            if readers >= PER_NETWORK:
+                return False
         # RETURNING tells whether the row went in (rowcount is not reliable for INSERTs).
         seen = session.execute(
             dialect_insert(session, VisitorSeen)
@@ -168,9 +208,17 @@ class SqlPopularity(_Store):
 class RedisPopularity(_Store):
     """Production store: one Lua call per view (de-duplicate, count, expire) on Redis."""
 
-    # KEYS: the day's seen-set, the day's counter; ARGV: member, article id, expiries.
+    # KEYS: the day's seen-set, the day's counter, the day's readers per network and article.
+    # ARGV: seen member, article id, expiry of the day's sets, expiry of the counter,
+    # network field ('' when the visitor id has none), PER_NETWORK.
     _COUNT = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then return 0 end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if ARGV[5] ~= '' then
+  local readers = redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  if readers > tonumber(ARGV[6]) then return 0 end
+end
+redis.call('SADD', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('ZINCRBY', KEYS[2], 1, ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -192,9 +240,11 @@ return 1
 
     def _count(self, session, article_id: int, visitor: str, at: datetime, column: str) -> bool:
         day = utc_day(at)
+        network = network_of(visitor)
         added = self._script(
-            keys=[self.key(day, "seen"), self.key(day, column)],
-            args=[f"{visitor}:{article_id}", article_id, self.seen_ttl, self.count_ttl],
+            keys=[self.key(day, "seen"), self.key(day, column), self.key(day, "networks")],
+            args=[f"{visitor}:{article_id}", article_id, self.seen_ttl, self.count_ttl,
+                  f"{network}:{article_id}" if network else "", PER_NETWORK],
         )
         return added == 1
 

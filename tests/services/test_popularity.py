@@ -254,3 +254,26 @@ def test_visitor_ids_are_keyed_daily_hashes_without_the_address():
     # Without the key nobody can recompute it from a guessed address.
     other = Tokens("another-secret-key-of-enough-length")
     assert one != popularity.visitor_id(other, "203.0.113.9", BROWSER_UA, day)
+
+
+def test_one_network_counts_a_bounded_number_of_readers(store, ids):
+    a, b, _ = ids
+    tokens = Tokens("a-test-secret-key-of-enough-length")
+    day = DAY1.date()
+    # A script on one address inventing a new browser for every request ...
+    rotating = [popularity.visitor_id(tokens, "203.0.113.9", f"{BROWSER_UA} r{n}", day)
+                for n in range(popularity.PER_NETWORK + 30)]
+    counted = [store.record_view(db.session, a, v, DAY1) for v in rotating]
+    assert counted.count(True) == popularity.PER_NETWORK
+    # ... or every address of its IPv6 /64.
+    v6 = [popularity.visitor_id(tokens, f"2001:db8:5:7::{n:x}", BROWSER_UA, day)
+          for n in range(1, popularity.PER_NETWORK + 11)]
+    counted = [store.record_view(db.session, b, v, DAY1) for v in v6]
+    assert counted.count(True) == popularity.PER_NETWORK
+    # Other networks, and the same network on another article, still count.
+    assert store.record_view(db.session, a, popularity.visitor_id(
+        tokens, "198.51.100.1", BROWSER_UA, day), DAY1)
+    assert store.record_view(db.session, b, rotating[0], DAY1)
+    db.session.commit()
+    assert dict(store.ranking(db.session, days=1, now=DAY1, limit=5)) == {
+        a: popularity.PER_NETWORK + 1.0, b: popularity.PER_NETWORK + 1.0}
