@@ -90,6 +90,10 @@ def init_web(app: Flask) -> None:
 
     app.register_blueprint(api_articles.bp)
     csrf.exempt(api_articles.bp)
+    from mailer.web import api_delivery
+
+    app.register_blueprint(api_delivery.bp)
+    csrf.exempt(api_delivery.bp)
 
     @app.context_processor
     def _globals():

@@ -1,0 +1,74 @@
+"""The delivery API (bearer tokens): send, pause, resume and cancel an issue; follow it.
+
+POST /api/v1/issues/<id>/send     202, the status (409 if it is already sending or sent)
+POST /api/v1/issues/<id>/pause    200, the status
+POST /api/v1/issues/<id>/resume   202, the status
+POST /api/v1/issues/<id>/cancel   200, the status
+GET  /api/v1/issues/<id>/status   200, counts per delivery state, rate, ETA
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+
+from mailer.db import db
+from mailer.models import Role
+from mailer.runtime import runtime
+from mailer.services import deliveries
+from mailer.web.auth import bearer_user
+
+bp = Blueprint("api_delivery", __name__, url_prefix="/api/v1/issues")
+
+
+def _status(issue_id: int, code: int = 200, **extra):
+    body = deliveries.status(db.session, issue_id)
+    body.update(extra)
+    return jsonify(body), code
+
+
+def _enqueue(issue_id: int, batches) -> None:
+    from mailer.tasks.delivery import enqueue_batches
+
+    enqueue_batches(issue_id, batches)  # a broker outage is left to the sweeper
+
+
+@bp.post("/<int:issue_id>/send")
+def send(issue_id: int):
+    bearer_user(Role.EDITOR)
+    from mailer.services import digests
+
+    result = deliveries.start_send(db.session, issue_id, digests.render_variant, runtime())
+    db.session.commit()
+    _enqueue(issue_id, result.batches)
+    return _status(issue_id, 202, variants=result.variants)
+
+
+@bp.post("/<int:issue_id>/pause")
+def pause(issue_id: int):
+    bearer_user(Role.EDITOR, Role.OPS)
+    deliveries.pause(db.session, issue_id)
+    db.session.commit()
+    return _status(issue_id)
+
+
+@bp.post("/<int:issue_id>/resume")
+def resume(issue_id: int):
+    bearer_user(Role.EDITOR, Role.OPS)
+    batches = deliveries.resume(db.session, issue_id, runtime().settings)
+    db.session.commit()
+    _enqueue(issue_id, batches)
+    return _status(issue_id, 202)
+
+
+@bp.post("/<int:issue_id>/cancel")
+def cancel(issue_id: int):
+    bearer_user(Role.EDITOR, Role.OPS)
+    deliveries.cancel(db.session, issue_id)
+    db.session.commit()
+    return _status(issue_id)
+
+
+@bp.get("/<int:issue_id>/status")
+def status(issue_id: int):
+    bearer_user(Role.EDITOR, Role.OPS)
+    return _status(issue_id)
