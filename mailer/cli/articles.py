@@ -102,7 +102,7 @@ def sync(ctx: Context, source: str | None, full: bool, as_json: bool):
     # The command reports skipped items itself; the service's warnings would repeat them.
     logging.getLogger("mailer.services.articles").addHandler(logging.NullHandler())
 
-    results, total = [], SyncReport()
+    results = []
     with ctx.app.app_context():
         for target in targets:
             label = str(target)
@@ -110,17 +110,13 @@ def sync(ctx: Context, source: str | None, full: bool, as_json: bool):
                        else _sync_url(ctx, target, full))
             _show(label, outcome, as_json, several=len(targets) > 1)
             results.append({"source": label, **outcome})
-            if outcome["status"] != "failed":
-                total.new += outcome["new"]
-                total.updated += outcome["updated"]
-                total.unchanged += outcome["unchanged"]
     failed = [r for r in results if r["status"] == "failed"]
+    total = {key: sum(r.get(key, 0) for r in results) for key in ("new", "updated", "unchanged")}
     if as_json:
-        click.echo(json.dumps({"new": total.new, "updated": total.updated,
-                               "unchanged": total.unchanged, "feeds": results}, indent=2))
+        click.echo(json.dumps({**total, "feeds": results}, indent=2))
     elif len(targets) > 1:
-        click.echo(f"all feeds: {total.new} new, {total.updated} updated, "
-                   f"{total.unchanged} unchanged, {len(failed)} failed")
+        click.echo(f"all feeds: {total['new']} new, {total['updated']} updated, "
+                   f"{total['unchanged']} unchanged, {len(failed)} failed")
     if failed:
         only = failed[0]
         fail(f"{only['source']}: {only['error']}" if len(targets) == 1

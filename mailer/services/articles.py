@@ -144,13 +144,6 @@ class SyncReport:
     ids: list[int] = field(default_factory=list)  # articles created or changed
     not_modified: bool = False
 
-    def add(self, other: SyncReport) -> None:
-        self.new += other.new
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.skipped += other.skipped
-        self.ids += other.ids
-
     def summary(self) -> str:
         if self.not_modified:
             return "not modified since the last sync: nothing to do"

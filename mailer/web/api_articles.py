@@ -142,7 +142,7 @@ def pageview():
         return _no_content()  # link checkers and prefetchers are not readers
     url = _page_url()
     user_agent = request.headers.get("User-Agent", "")
-    if popularity.is_bot(user_agent) or "prefetch" in request.headers.get("Sec-Purpose", ""):
+    if popularity.is_bot(user_agent):
         return _no_content()
     try:
         article_id = _address_cache().article_id(url)
