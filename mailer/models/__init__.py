@@ -1,6 +1,7 @@
 """Typed SQLAlchemy 2.0 models; import from here."""
 
 from mailer.models.articles import Article, ArticleStat, Feed, VisitorSeen
+from mailer.models.imports import SubscriberImport
 from mailer.models.issues import (
     Click,
     Delivery,
@@ -28,6 +29,7 @@ from mailer.models.users import ApiToken, Role, User
 __all__ = [
     "ApiToken", "Article", "ArticleStat", "Click", "ConsentRecord", "Delivery", "DeliveryStatus",
     "Feed", "Frequency", "Issue", "IssueItem", "IssueStatus", "IssueVariant", "ItemSection", "Role",
-    "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberStatus", "Suppression",
+    "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
+    "SubscriberStatus", "Suppression",
     "User", "VisitorSeen", "new_uid", "sections_key", "sections_list",
 ]

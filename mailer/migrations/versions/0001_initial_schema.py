@@ -197,6 +197,27 @@ def upgrade() -> None:
         batch_op.create_index('ix_subscriber_events_kind_at', ['kind', 'at'], unique=False)
         batch_op.create_index(batch_op.f('ix_subscriber_events_subscriber_id'), ['subscriber_id'], unique=False)
 
+    op.create_table('subscriber_imports',
+    sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('filename', sa.String(length=200), nullable=False),
+    sa.Column('source', sa.String(length=200), nullable=False),
+    sa.Column('status', sa.String(length=20), nullable=False),
+    sa.Column('created_by', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
+    sa.Column('body', sa.Text(), nullable=True),
+    sa.Column('total', sa.Integer(), nullable=False),
+    sa.Column('done', sa.Integer(), nullable=False),
+    sa.Column('added', sa.Integer(), nullable=False),
+    sa.Column('existing', sa.Integer(), nullable=False),
+    sa.Column('suppressed', sa.Integer(), nullable=False),
+    sa.Column('invalid', sa.Integer(), nullable=False),
+    sa.Column('problems', sa.JSON(), nullable=False),
+    sa.Column('error', sa.String(length=1000), nullable=True),
+    sa.Column('created_at', mailer.db.UTCDateTime(), nullable=False),
+    sa.Column('updated_at', mailer.db.UTCDateTime(), nullable=False),
+    sa.Column('finished_at', mailer.db.UTCDateTime(), nullable=True),
+    sa.ForeignKeyConstraint(['created_by'], ['users.id'], name=op.f('fk_subscriber_imports_created_by_users'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_subscriber_imports'))
+    )
     op.create_table('visitors_seen',
     sa.Column('day', sa.Date(), nullable=False),
     sa.Column('visitor', sa.String(length=64), nullable=False),
@@ -313,6 +334,7 @@ def downgrade() -> None:
 
     op.drop_table('issue_items')
     op.drop_table('visitors_seen')
+    op.drop_table('subscriber_imports')
     with op.batch_alter_table('subscriber_events', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_subscriber_events_subscriber_id'))
         batch_op.drop_index('ix_subscriber_events_kind_at')
