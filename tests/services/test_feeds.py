@@ -9,7 +9,7 @@ import pytest
 from mailer.db import db
 from mailer.feeds import parse_document
 from mailer.services import articles
-from tests.services.test_feeds_support import FEEDS, all_articles, by_url
+from tests.services.test_feeds_support import FEEDS, all_articles, by_url, rss
 
 
 def sync(runner, name: str):
@@ -214,3 +214,33 @@ def test_rss_and_atom_of_the_same_articles_store_the_same_rows(app, first, secon
     db.session.commit()
     assert (report.new, report.updated, report.unchanged, report.skipped) == (0, 0, 2, [])
     assert [{k: getattr(a, k) for k in FIELDS} for a in all_articles()] == rows
+
+
+def test_featured_image_order(app):
+    picture = '<p><img src="/inline.jpg" alt=""></p>'
+    body = rss(f"""
+<item><title>Thumbnail first</title><link>https://daily.example/1</link>
+  <media:thumbnail url="https://cdn.example/thumb.jpg"/>
+  <enclosure url="https://cdn.example/enclosure.jpg" type="image/jpeg" length="1"/>
+  <description><![CDATA[{picture}]]></description></item>
+<item><title>Image enclosure next</title><link>https://daily.example/2</link>
+  <enclosure url="https://cdn.example/enclosure.jpg" type="image/jpeg" length="1"/>
+  <description><![CDATA[{picture}]]></description></item>
+<item><title>Audio is no image</title><link>https://daily.example/3</link>
+  <enclosure url="https://cdn.example/episode.mp3" type="audio/mpeg" length="1"/>
+  <media:content url="https://cdn.example/clip.mp4" medium="video"/>
+  <description><![CDATA[<p>Listen.</p>]]></description>
+  <content:encoded><![CDATA[<figure><picture><source srcset="/hero.webp 1x">
+    <img src="/hero.jpg"></picture></figure>]]></content:encoded></item>
+<item><title>Description before content</title><link>https://daily.example/4</link>
+  <description><![CDATA[{picture}]]></description>
+  <content:encoded><![CDATA[<p><img src="/content.jpg"></p>]]></content:encoded></item>
+""")
+    articles.ingest(db.session, parse_document(body), source="images")
+    db.session.commit()
+    assert [a.image_url for a in sorted(all_articles(), key=lambda a: a.url)] == [
+        "https://cdn.example/thumb.jpg",
+        "https://cdn.example/enclosure.jpg",
+        "https://daily.example/hero.webp",
+        "https://daily.example/inline.jpg",
+    ]

@@ -61,7 +61,7 @@ def test_wrong_encoding_declarations_still_give_the_right_text(runner, tmp_path)
         assert article.summary == "Smörgåsbord for everyone."
 
 
-def test_items_without_a_usable_link_are_skipped_with_their_reason(runner, tmp_path):
+def test_items_without_a_usable_link_are_skipped_with_their_reason(runner, tmp_path, caplog):
     body = rss(GOOD + """
 <item><title>No link at all</title><guid isPermaLink="false">d-3</guid>
   <description>Lost.</description></item>
@@ -77,6 +77,8 @@ def test_items_without_a_usable_link_are_skipped_with_their_reason(runner, tmp_p
     assert "4 new, 0 updated, 2 skipped (0 unchanged, 2 malformed" in result.stdout
     assert "item 3 skipped: no link" in result.stderr
     assert "item 5 skipped: no usable link ('javascript:alert(1)')" in result.stderr
+    # The same reasons go to the log, where the worker's periodic syncs leave them.
+    assert "file:feed.xml: item 3 skipped: no link" in caplog.messages
     assert {a.url for a in all_articles()} == {
         "https://daily.example/tram", "https://daily.example/library",
         "https://daily.example/permalink", "https://daily.example/2024/05/relative",
