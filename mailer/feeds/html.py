@@ -43,6 +43,7 @@ class _FirstImage(HTMLParser):
     def __init__(self):
         super().__init__(convert_charrefs=True)
         self.found: str | None = None
+        self.source: str | None = None  # a <picture>'s first <source>, if it has no <img>
 
     def handle_starttag(self, tag, attrs):
         if self.found or tag not in ("img", "source"):
@@ -54,10 +55,18 @@ class _FirstImage(HTMLParser):
         src = a.get("data-src") or a.get("data-lazy-src") or a.get("src") or ""
         if not src and a.get("srcset"):
             src = a["srcset"].split(",")[0].strip().split(" ")[0]
-        if src.startswith("data:"):
+        if not src or src.startswith("data:") or is_decoration({**a, "src": src}):
             return
-        if src and not is_decoration({**a, "src": src}):
+        if tag == "img":
             self.found = src.strip()
+        else:
+            # <source> often offers WebP or AVIF, which many mail clients cannot show; the
+            # <img> of the same <picture> is the safe choice.
+            self.source = self.source or src.strip()
+
+    def handle_endtag(self, tag):
+        if tag == "picture" and not self.found and self.source:
+            self.found = self.source
 
 
 def first_image(markup: str | None) -> str | None:
@@ -67,4 +76,4 @@ def first_image(markup: str | None) -> str | None:
     parser = _FirstImage()
     parser.feed(markup)
     parser.close()
-    return parser.found
+    return parser.found or parser.source

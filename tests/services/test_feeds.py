@@ -235,12 +235,16 @@ def test_featured_image_order(app):
 <item><title>Description before content</title><link>https://daily.example/4</link>
   <description><![CDATA[{picture}]]></description>
   <content:encoded><![CDATA[<p><img src="/content.jpg"></p>]]></content:encoded></item>
+<item><title>A picture without an img</title><link>https://daily.example/5</link>
+  <description><![CDATA[<picture><source srcset="/only.webp 1x, /only@2x.webp 2x"></picture>]]>
+  </description></item>
 """)
     articles.ingest(db.session, parse_document(body), source="images")
     db.session.commit()
     assert [a.image_url for a in sorted(all_articles(), key=lambda a: a.url)] == [
         "https://cdn.example/thumb.jpg",
         "https://cdn.example/enclosure.jpg",
-        "https://daily.example/hero.webp",
+        "https://daily.example/hero.jpg",
         "https://daily.example/inline.jpg",
+        "https://daily.example/only.webp",
     ]
