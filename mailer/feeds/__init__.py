@@ -39,7 +39,7 @@ def parse_document(body: bytes, base: str | None = None) -> Parsed:
     if head in (b"[", b"{"):
         try:
             data = json.loads(body)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             raise FeedError(f"this is neither a feed nor valid JSON ({e})") from None
         if not isinstance(data, list):
             raise FeedError("JSON files must hold a list of WordPress posts")

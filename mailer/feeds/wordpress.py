@@ -59,7 +59,7 @@ class WordPressSource:
 def _json_list(body: bytes, url: str) -> list:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise FeedError(
             f"{url} did not answer with JSON: is it a WordPress posts endpoint?"
         ) from None

@@ -37,7 +37,7 @@ class UnsupportedBody(MailerError):
 def _json_body():
     try:
         return json.loads(request.get_data() or b"null")
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise ValidationError("body", "The body is not valid JSON.") from None
 
 

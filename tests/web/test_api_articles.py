@@ -201,6 +201,7 @@ def test_bots_and_head_requests_get_204_and_count_zero(app, client, article):
 
 @pytest.mark.parametrize("kw, status, message", [
     ({"data": "{not json", "content_type": "text/plain"}, 400, "The body is not valid JSON."),
+    ({"data": "[" * 60000, "content_type": "application/json"}, 400, "not valid JSON"),
     ({"json": ["https://www.daily.example/"]}, 400, '{"url": "<the article address>"}'),
     ({"json": {}}, 400, "Send the article's address in the url field."),
     ({"json": {"url": 42}}, 400, "Send the article's address in the url field."),
