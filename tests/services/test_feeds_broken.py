@@ -38,7 +38,8 @@ def test_truncated_xml_is_refused_whole(runner, tmp_path):
 
 
 @pytest.mark.parametrize("body", [b"", b"<html><body>Not a feed</body></html>",
-                                  b'{"posts": 1}', b"\x00\x01\x02 binary garbage"])
+                                  b'{"posts": 1}', b"[" * 60000,
+                                  b"\x00\x01\x02 binary garbage"])
 def test_a_document_that_is_no_feed_is_a_clear_error(runner, tmp_path, body):
     result = sync_file(runner, tmp_path, body)
     assert result.exit_code == 1
