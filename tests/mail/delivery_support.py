@@ -21,7 +21,8 @@ from mailer.models import (
 )
 
 
-def make_renderer(empty: tuple[str, ...] = (), calls: list | None = None, size: int = 30_000):
+def make_renderer(empty: tuple[str, ...] = (), calls: list | None = None, size: int = 30_000,
+                  subject: str = "Issue {id} for {label}"):
     """A render_variant stand-in: about `size` bytes of HTML carrying every placeholder.
 
     Variants whose sections include one of `empty` have no items (None), like a section
@@ -56,7 +57,7 @@ def make_renderer(empty: tuple[str, ...] = (), calls: list | None = None, size: 
             f"Sent to {ph.EMAIL}.\nUnsubscribe: {ph.UNSUBSCRIBE_URL}\n"
             f"Preferences: {ph.PREFERENCES_URL}\n"
         )
-        return f"Issue {issue.id} for {label}", html, text
+        return subject.format(id=issue.id, label=label), html, text
 
     return render
 
@@ -142,3 +143,24 @@ def wait_finished(issue_id: int, timeout: float = 60.0) -> str:
             return state
         time.sleep(0.2)
     raise AssertionError(f"issue {issue_id} still {issue_status(issue_id)}: {counts(issue_id)}")
+
+
+def delivery_states(issue_id: int) -> dict[str, str]:
+    """Each reader's delivery state for one issue, by address."""
+    with db.transaction() as s:
+        rows = s.execute(
+            select(Subscriber.email, Delivery.status)
+            .join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.issue_id == issue_id)
+        )
+        return {email: str(state) for email, state in rows}
+
+
+def per_recipient(smtp, emails) -> dict[str, int]:
+    """How many messages the SMTP server took for each of `emails`."""
+    got = dict.fromkeys(emails, 0)
+    with smtp.lock:
+        for m in smtp.messages:
+            if m.recipient in got:
+                got[m.recipient] += 1
+    return got
