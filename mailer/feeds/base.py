@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
@@ -67,6 +68,20 @@ class Fetched:
     @property
     def not_modified(self) -> bool:
         return self.parsed is None
+
+
+def parse_each(objects: Iterable, parse: Callable[[object], Item], first: int = 1) -> Parsed:
+    """Items of a list of objects; one that `parse` refuses (ValueError) is skipped."""
+    parsed = Parsed()
+    for position, obj in enumerate(objects, first):
+        try:
+            item = parse(obj)
+        except ValueError as e:
+            parsed.skipped.append(Skipped(position, str(e)))
+        else:
+            item.position = position
+            parsed.items.append(item)
+    return parsed
 
 
 class Source(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailer.feeds.base import FeedError, Item, Parsed, Skipped, parse_date
+from mailer.feeds.base import FeedError, Item, Parsed, parse_date, parse_each
 from mailer.feeds.wordpress import parse_post
 
 MAX_ARTICLES = 500
@@ -31,16 +31,7 @@ def parse_pushed(data) -> Parsed:
         raise FeedError("the body holds no articles")
     if len(articles) > MAX_ARTICLES:
         raise FeedError(f"send at most {MAX_ARTICLES} articles at a time")
-    parsed = Parsed()
-    for position, obj in enumerate(articles, 1):
-        try:
-            item = _article(obj)
-        except ValueError as e:
-            parsed.skipped.append(Skipped(position, str(e)))
-        else:
-            item.position = position
-            parsed.items.append(item)
-    return parsed
+    return parse_each(articles, _article)
 
 
 def _looks_like_wordpress(obj: dict) -> bool:

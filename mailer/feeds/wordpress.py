@@ -7,7 +7,15 @@ import json
 from datetime import timedelta
 from urllib.parse import urljoin, urlsplit
 
-from mailer.feeds.base import FeedError, Fetched, FetchState, Item, Parsed, Skipped, parse_date
+from mailer.feeds.base import (
+    FeedError,
+    Fetched,
+    FetchState,
+    Item,
+    Parsed,
+    parse_date,
+    parse_each,
+)
 from mailer.feeds.html import first_image, html_to_text
 from mailer.feeds.http import Http
 
@@ -79,16 +87,7 @@ def _total_pages(header: str | None) -> int:
 
 def parse_posts(posts: list, base: str | None, first_position: int = 1) -> Parsed:
     """Items of a list of REST post objects (as /wp/v2/posts?_embed returns them)."""
-    parsed = Parsed()
-    for position, post in enumerate(posts, first_position):
-        try:
-            item = parse_post(post, base)
-        except ValueError as e:
-            parsed.skipped.append(Skipped(position, str(e)))
-        else:
-            item.position = position
-            parsed.items.append(item)
-    return parsed
+    return parse_each(posts, lambda post: parse_post(post, base), first_position)
 
 
 def _rendered(post: dict, key: str) -> str:
