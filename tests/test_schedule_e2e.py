@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 
@@ -25,7 +24,7 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.services import cron
-from mailer.tasks.schedules import fire_schedules
+from mailer.tasks.schedules import fire_schedules, sweep_reports
 from tests.conftest import MailerRunner, make_app
 from tests.services.test_schedules_report import Webhook
 from tests.support import ROOT, WorkerProcess, wait_until
@@ -90,28 +89,16 @@ def test_scheduled_digests_go_out_once_and_ops_get_a_report(
     beat_log = open(tmp_path / "beat.log", "wb")
     beat = subprocess.Popen([sys.executable, "-m", "mailer.cli", "beat"], env=ops_env, cwd=ROOT,
                             stdout=beat_log, stderr=subprocess.STDOUT, start_new_session=True)
-    # A second scheduler in this process sweeps the same database while the beat's ticks run
-    # on the worker.
-    stop = threading.Event()
-
-    def second_scheduler():
-        with ops_app.app_context():
-            while not stop.is_set():
-                fire_schedules()
-                time.sleep(0.2)
-
-    racer = threading.Thread(target=second_scheduler)
-    racer.start()
     try:
         weekly_mail = smtp.wait_for(emails[Frequency.WEEKLY], timeout=60)
         daily_mail = smtp.wait_for(emails[Frequency.DAILY], timeout=60)
         reports = smtp.wait_for(OPS, count=2, timeout=60)
         wait_until(lambda: len(hook.posts) >= 2, 30, what="two webhook reports")
-        stop.set()
         time.sleep(3)  # a few more beat ticks: nothing more may go out
+        # A second scheduler coming late (a restarted beat, another host) finds nothing owed.
+        with ops_app.app_context():
+            assert fire_schedules() == {} and sweep_reports() == 0
     finally:
-        stop.set()
-        racer.join(30)
         if beat.poll() is None:
             os.killpg(beat.pid, signal.SIGTERM)
             beat.wait(20)
@@ -119,6 +106,9 @@ def test_scheduled_digests_go_out_once_and_ops_get_a_report(
         worker.stop()
         hook.close()
         ops_app.extensions["mailer"].transport.close()
+    # The worker fired both schedules from the beat's ticks.
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert f"schedule {weekly_id} fired for" in log and f"schedule {daily_id} fired for" in log
 
     # One digest per reader: weekly readers got the weekly schedule's, daily readers the daily.
     assert len(smtp.to(emails[Frequency.WEEKLY])) == 1 == len(weekly_mail)
@@ -149,4 +139,41 @@ def test_scheduled_digests_go_out_once_and_ops_get_a_report(
                                            "withdrawn": 0, "total": 1}
     assert by_name["Daily"]["period_local"].endswith(("-04:00", "-05:00"))
     assert by_name["Weekly"]["period_local"].endswith(("+01:00", "+02:00"))
-    assert "mailer.tick" in worker.log()
+
+
+def test_worker_processes_and_this_process_sweeping_at_once_make_one_issue_per_period(
+    app, env, smtp, worker, make_email
+):
+    from mailer.tasks.base import tick
+
+    emails = readers(make_email)
+    runner = MailerRunner(app)
+    berlin_day, berlin_at = a_minute_ago("Europe/Berlin")
+    _, new_york_at = a_minute_ago("America/New_York")
+    with time_machine.travel(utcnow() - timedelta(hours=1)):
+        assert runner.invoke(["schedule", "add", "--name", "Weekly", "--cron",
+                              f"{berlin_day} {berlin_at}", "--tz", "Europe/Berlin"]).exit_code == 0
+        assert runner.invoke(["schedule", "add", "--name", "Daily", "--cron",
+                              f"daily {new_york_at}", "--tz", "America/New_York"]).exit_code == 0
+    # Two ticks for the worker's two processes, and this process sweeping at the same moment.
+    tick.delay()
+    tick.delay()
+    with app.app_context():
+        for _ in range(10):
+            fire_schedules()
+            time.sleep(0.1)
+    smtp.wait_for(emails[Frequency.WEEKLY])
+    smtp.wait_for(emails[Frequency.DAILY])
+
+    def settled():
+        with db.transaction() as s:
+            statuses = list(s.scalars(select(Issue.status)))
+        return len(statuses) == 2 and all(st == IssueStatus.FINISHED for st in statuses)
+
+    wait_until(settled, 30, what="both issues to finish")
+    tick.delay()  # and once more, later
+    time.sleep(1)
+    with db.transaction() as s:
+        assert s.query(Issue).count() == 2 and s.query(ScheduleRun).count() == 2
+    assert len(smtp.to(emails[Frequency.WEEKLY])) == 1
+    assert len(smtp.to(emails[Frequency.DAILY])) == 1

@@ -8,7 +8,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer.models import Issue, IssueStatus, Schedule, ScheduleRun
-from mailer.services import cron
+from mailer.services import cron, deliveries
 from mailer.services.schedules import ISSUED, SKIPPED, local_label
 
 # How long an unreported run is still worth a report (a send of a few hours, retries).
@@ -57,8 +57,6 @@ def release_report(session: Session, run_id: int, claimed_at: datetime) -> None:
 
 def delivery_counts(session: Session, issue_id: int) -> dict[str, int]:
     """The report's counts from the delivery engine's status of the issue."""
-    from mailer.services import deliveries  # imported here until it is in every checkout
-
     st = deliveries.status(session, issue_id)
     c, withdrawn = st["counts"], st["withdrawn"]
     return {

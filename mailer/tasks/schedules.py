@@ -22,9 +22,10 @@ from mailer.mail.message import build_message
 from mailer.mail.templates import render_pair
 from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
-from mailer.services import digests, schedules
+from mailer.services import deliveries, digests, schedules
 from mailer.services import schedule_reports as reports
 from mailer.tasks.base import RETRY, enqueue, register_tick_step
+from mailer.tasks.delivery import enqueue_batches
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,6 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
     """Claim one period, compose its issue and start sending it; the run, or None if the
     period was taken by another scheduler (or the schedule was paused or removed meanwhile).
     Owns its transaction; enqueues after commit."""
-    # The delivery engine's modules, imported here until they are part of every checkout.
-    from mailer.services import deliveries
-    from mailer.tasks.delivery import enqueue_batches
-
     rt = runtime()
     started = None
     try:

@@ -12,9 +12,12 @@ import time_machine
 from sqlalchemy import select
 
 from mailer.db import db
-from mailer.models import Frequency, Issue, IssueStatus, Schedule, ScheduleRun
+from mailer.models import Article, Frequency, Issue, IssueStatus, Schedule, ScheduleRun
 from mailer.services import schedules
 from mailer.tasks.schedules import fire_schedules
+
+
+SECTIONS = {"news": "News", "sport": "Sport", "culture": "Culture"}
 
 
 def utc(*args) -> datetime:
@@ -167,9 +170,18 @@ def test_audience_is_copied_onto_the_issue(app):
 # --- several schedulers at once -----------------------------------------------------------
 
 
-def test_two_schedulers_at_the_same_instant_make_one_issue_per_period(app):
-    ids = [add_schedule(app, utc(2027, 5, 1), name=f"S{i}", cron_text="mon 07:00")
-           for i in range(3)]
+def test_two_schedulers_at_the_same_instant_make_one_issue_per_period(app, env):
+    from tests.conftest import make_app
+
+    # Three audiences (so no issue takes another's articles), one new article for each.
+    app = make_app(env, MAILER_SECTION_MAP=",".join(f"{v}={k}" for k, v in SECTIONS.items()))
+    ids = [add_schedule(app, utc(2027, 5, 1), name=f"S{i}", cron_text="mon 07:00",
+                        sections=section, known_sections=SECTIONS)
+           for i, section in enumerate(SECTIONS)]
+    with db.transaction() as s:
+        for section, label in SECTIONS.items():
+            s.add(Article(title=f"{label} story", url=f"https://daily.example/{section}",
+                          categories=[label], published_at=utc(2027, 5, 3, 4)))
     barrier = threading.Barrier(2)
     results, errors = [], []
 
@@ -191,8 +203,11 @@ def test_two_schedulers_at_the_same_instant_make_one_issue_per_period(app):
     assert sorted(r.schedule_id for r in runs()) == ids
     assert len(issues()) == 3
     # Each period fired once; the other scheduler either found it taken or no longer owed.
-    assert sum(r.get("skipped", 0) for r in results) == 3
-    assert all(set(r) <= {"skipped", "taken"} for r in results)
+    assert sum(r.get("issued", 0) for r in results) == 3
+    assert all(set(r) <= {"issued", "taken"} for r in results)
+    # Composed and started in the firing transaction (no reader matches these audiences).
+    assert [(i.status, i.status_reason) for i in issues()] == \
+        [(IssueStatus.FINISHED, "No reader matched the audience.")] * 3
 
 
 def test_a_scheduler_waits_for_the_one_holding_the_period_then_leaves_it(app):
