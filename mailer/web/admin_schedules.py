@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
+from werkzeug.routing import BuildError
 
 from mailer.db import db, utcnow
 from mailer.errors import Conflict, MailerError, ValidationError
@@ -24,11 +25,21 @@ def _view(schedule, last=None, count=3) -> dict:
     return item
 
 
+def _issue_url(issue_id: int | None) -> str | None:
+    """The console's page of an issue, where this console has one."""
+    if issue_id is None:
+        return None
+    try:
+        return url_for("admin_issues.compose", issue_id=issue_id)
+    except BuildError:
+        return None
+
+
 def _run_rows(runs, names: dict[int, tuple[str, str]]) -> list[dict]:
     rows = []
     for r in runs:
         name, tz_name = names[r.schedule_id]
-        rows.append({"run": r, "schedule": name,
+        rows.append({"run": r, "schedule": name, "issue_url": _issue_url(r.issue_id),
                      "local": schedules.local_label(r.period_start, cron.zone(tz_name))})
     return rows
 
