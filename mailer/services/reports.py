@@ -1,0 +1,408 @@
+"""What the console shows: readers by status over time, recent issues with their counts, the
+queue, warnings, an issue's audience before it is sent and its report after."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Integer, and_, case, cast, distinct, func, select
+from sqlalchemy.orm import Session
+
+from mailer.db import utcnow
+from mailer.models import (
+    Article,
+    Click,
+    Delivery,
+    DeliveryStatus,
+    Feed,
+    Issue,
+    IssueItem,
+    IssueStatus,
+    IssueVariant,
+    Schedule,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberImport,
+    SubscriberStatus,
+)
+from mailer.services import deliveries, schedules
+from mailer.services.render import build_variant
+
+D, I, S = DeliveryStatus, IssueStatus, Subscriber
+DAY_SECONDS = 86400
+WENT_OUT = (I.SENDING, I.PAUSED, I.FINISHED, I.CANCELLED)
+# Readers who joined or left, as subscriber_events records them.
+JOINED = ("confirmed", "imported")
+LEFT = ("unsubscribed", "bounced", "complained")
+# Bounce-rate warning: an issue needs this many tried messages to count, and is "rising"
+# when its rate is above both the floor and 1.5 times the average of the issues before it.
+BOUNCE_MIN_TRIED = 10
+BOUNCE_FLOOR = 0.02
+BOUNCE_HIGH = 0.05
+
+
+def _day_number(session: Session, column):
+    """Days since 1970-01-01 (UTC) of a timestamp column, computed by the database."""
+    if session.get_bind().dialect.name == "postgresql":
+        # Timestamps are stored as naive UTC: the epoch of a naive value is UTC's.
+        return cast(func.floor(func.extract("epoch", column) / DAY_SECONDS), Integer)
+    return cast(func.julianday(column) - 2440587.5, Integer)
+
+
+def _epoch_day(d: date) -> int:
+    return (d - date(1970, 1, 1)).days
+
+
+# --- readers over time --------------------------------------------------------------------
+
+
+def readers_over_time(session: Session, days: int = 30, now: datetime | None = None) -> dict:
+    """Readers active, pending and gone at the end of each of the last `days` UTC days.
+
+    Rebuilt from each reader's timestamps (created, confirmed, and when they left), grouped
+    by the database into a few rows per day; readers who erased their data are not counted.
+    Readers' joins and departures per day come from their event history.
+    """
+    now = now or utcnow()
+    left_at = case(
+        (S.status == SubscriberStatus.UNSUBSCRIBED, S.unsubscribed_at),
+        (S.status == SubscriberStatus.BOUNCED, S.bounced_at),
+        (S.status == SubscriberStatus.COMPLAINED, S.updated_at),
+        else_=None,
+    )
+    created = _day_number(session, S.created_at)
+    confirmed = _day_number(session, S.confirmed_at)
+    left = _day_number(session, left_at)
+    groups = session.execute(
+        select(created, confirmed, left, func.count()).group_by(created, confirmed, left)
+    ).all()
+    last = now.date()
+    span = [last - timedelta(days=days - 1 - k) for k in range(days)]
+    series = {"active": [], "pending": [], "gone": []}
+    for day in span:
+        d = _epoch_day(day)
+        active = pending = gone = 0
+        for c, f, gone_day, n in groups:
+            if c is None or c > d:
+                continue
+            if gone_day is not None and gone_day <= d:
+                gone += n
+            elif f is not None and f <= d:
+                active += n
+            else:
+                pending += n
+        series["active"].append(active)
+        series["pending"].append(pending)
+        series["gone"].append(gone)
+
+    first = datetime.combine(span[0], datetime.min.time(), tzinfo=now.tzinfo)
+    event_day = _day_number(session, SubscriberEvent.at)
+    flows = {"joined": [0] * days, "left": [0] * days}
+    for d, kind, n in session.execute(
+        select(event_day, SubscriberEvent.kind, func.count())
+        .where(SubscriberEvent.at >= first, SubscriberEvent.kind.in_(JOINED + LEFT))
+        .group_by(event_day, SubscriberEvent.kind)
+    ):
+        index = d - _epoch_day(span[0])
+        if 0 <= index < days:
+            flows["joined" if kind in JOINED else "left"][index] += n
+    return {"days": span, **series, **flows}
+
+
+# --- issues -------------------------------------------------------------------------------
+
+
+def issue_counts(session: Session, issue_ids: list[int]) -> dict[int, dict]:
+    """Per issue: readers, sent, bounced (refused by the server), clicks and clickers."""
+    out = {i: {"total": 0, "sent": 0, "bounced": 0, "clicks": 0, "clickers": 0} for i in issue_ids}
+    if not issue_ids:
+        return out
+    tried = Delivery.attempts > 0
+    for issue_id, state, was_tried, n in session.execute(
+        select(Delivery.issue_id, Delivery.status, tried, func.count())
+        .where(Delivery.issue_id.in_(issue_ids))
+        .group_by(Delivery.issue_id, Delivery.status, tried)
+    ):
+        row = out[issue_id]
+        row["total"] += n
+        if state == D.SENT:
+            row["sent"] += n
+        elif state == D.FAILED_PERMANENT and was_tried:
+            row["bounced"] += n
+    for issue_id, clicks, clickers in session.execute(
+        select(Click.issue_id, func.count(), func.count(distinct(Click.delivery_id)))
+        .where(Click.issue_id.in_(issue_ids), Click.counted.is_(True))
+        .group_by(Click.issue_id)
+    ):
+        out[issue_id].update(clicks=clicks, clickers=clickers)
+    return out
+
+
+def sent_subjects(session: Session, issue_ids: list[int]) -> dict[int, str]:
+    """The subject readers saw (the first rendered variant's), for issues that went out."""
+    out: dict[int, str] = {}
+    if issue_ids:
+        for issue_id, subject in session.execute(
+            select(IssueVariant.issue_id, IssueVariant.subject)
+            .where(IssueVariant.issue_id.in_(issue_ids), IssueVariant.empty.is_(False))
+            .order_by(IssueVariant.id)
+        ):
+            out.setdefault(issue_id, subject)
+    return out
+
+
+def last_issues(session: Session, limit: int = 8) -> list[dict]:
+    """The issues that went out most recently, newest first, with their counts."""
+    issues = list(
+        session.scalars(
+            select(Issue)
+            .where(Issue.status.in_(WENT_OUT))
+            .order_by(Issue.started_at.desc().nulls_last(), Issue.id.desc())
+            .limit(limit)
+        )
+    )
+    ids = [i.id for i in issues]
+    counts = issue_counts(session, ids)
+    subjects = sent_subjects(session, ids)
+    return [
+        {"issue": i, "subject": subjects.get(i.id, i.subject), **counts[i.id]} for i in issues
+    ]
+
+
+def bounce_trend(rows: list[dict]) -> tuple[float, float | None] | None:
+    """(latest rate, average of the earlier ones) over issues with enough tried messages,
+    rows newest first; None when no issue has enough."""
+    rates = []
+    for r in rows:
+        tried = r["sent"] + r["bounced"]
+        if tried >= BOUNCE_MIN_TRIED:
+            rates.append(r["bounced"] / tried)
+    if not rates:
+        return None
+    earlier = rates[1:5]
+    return rates[0], (sum(earlier) / len(earlier) if earlier else None)
+
+
+# --- queue, next runs, warnings -------------------------------------------------------------
+
+
+def queue_state(session: Session) -> dict:
+    """Issues in flight and their deliveries still to go, retries, uncertain rows, imports."""
+    issues = {str(s): 0 for s in (I.SCHEDULED, I.SENDING, I.PAUSED)}
+    for state, n in session.execute(
+        select(Issue.status, func.count())
+        .where(Issue.status.in_((I.SCHEDULED, I.SENDING, I.PAUSED)))
+        .group_by(Issue.status)
+    ):
+        issues[str(state)] = n
+    waiting = {str(s): 0 for s in deliveries.OPEN}
+    for state, n in session.execute(
+        select(Delivery.status, func.count())
+        .join(Issue, Issue.id == Delivery.issue_id)
+        .where(Issue.status.in_((I.SENDING, I.PAUSED)), Delivery.status.in_(deliveries.OPEN))
+        .group_by(Delivery.status)
+    ):
+        waiting[str(state)] = n
+    next_retry = session.scalar(
+        select(func.min(Delivery.next_attempt_at))
+        .join(Issue, Issue.id == Delivery.issue_id)
+        .where(Issue.status == I.SENDING, Delivery.status == D.FAILED_TEMPORARY)
+    )
+    uncertain = session.scalar(
+        select(func.count()).select_from(Delivery).where(Delivery.status == D.UNCERTAIN)
+    )
+    imports = session.scalar(
+        select(func.count())
+        .select_from(SubscriberImport)
+        .where(SubscriberImport.status.in_(("queued", "running")))
+    )
+    return {
+        "issues": issues,
+        "waiting": waiting,
+        "next_retry": next_retry,
+        "uncertain": uncertain or 0,
+        "imports": imports or 0,
+    }
+
+
+def broker_backlog(settings) -> dict[str, int] | None:
+    """Tasks waiting in the broker per queue, or None when the broker cannot be asked."""
+    names = ("celery", "send")
+    try:
+        if settings.redis_url:
+            import redis
+
+            client = redis.Redis.from_url(settings.redis_url, socket_timeout=1,
+                                          socket_connect_timeout=1)
+            try:
+                return {name: int(client.llen(name)) for name in names}
+            finally:
+                client.close()
+        path = settings.instance_path / "broker.sqlite"
+        if not path.exists():
+            return {name: 0 for name in names}
+        # Kombu's SQL transport: one row per message, `visible` until a worker takes it.
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
+        try:
+            rows = conn.execute(
+                "SELECT q.name, count(*) FROM kombu_message m JOIN kombu_queue q "
+                "ON q.id = m.queue_id WHERE m.visible GROUP BY q.name"
+            ).fetchall()
+        finally:
+            conn.close()
+        counts = {name: 0 for name in names}
+        counts.update({name: n for name, n in rows if name in counts})
+        return counts
+    except Exception:  # noqa: BLE001 - the dashboard shows "unknown" rather than failing
+        return None
+
+
+def next_runs(session: Session, now: datetime | None = None, limit: int = 5) -> list[dict]:
+    """What will go out next: active schedules' next firing and issues set to a time."""
+    now = now or utcnow()
+    out = []
+    for schedule in session.scalars(select(Schedule).where(Schedule.active.is_(True))):
+        upcoming = schedules.next_runs(schedule, now, 1)
+        if upcoming:
+            out.append({"at": upcoming[0], "schedule": schedule, "issue": None})
+    for issue in session.scalars(
+        select(Issue)
+        .where(Issue.status == I.SCHEDULED, Issue.send_at.is_not(None))
+        .order_by(Issue.send_at)
+        .limit(limit)
+    ):
+        out.append({"at": issue.send_at, "schedule": None, "issue": issue})
+    out.sort(key=lambda r: r["at"])
+    return out[:limit]
+
+
+@dataclass(frozen=True)
+class Warning:
+    kind: str  # postal_address | dkim | bounces | paused | uncertain | feed
+    message: str
+    issue_id: int | None = None
+
+
+def warnings(session: Session, settings, recent: list[dict] | None = None) -> list[Warning]:
+    """What an operator should fix or look at, most important first."""
+    out: list[Warning] = []
+    if not settings.postal_address:
+        out.append(Warning("postal_address", "No postal address is set (MAILER_POSTAL_ADDRESS): "
+                           "the law in many countries requires one in every newsletter."))
+    if not (settings.dkim_key_file or settings.dkim_ed25519_key_file):
+        out.append(Warning("dkim", "Mail is not DKIM-signed (MAILER_DKIM_KEY_FILE): many "
+                           "mailbox providers will file it as spam."))
+    recent = recent if recent is not None else last_issues(session)
+    trend = bounce_trend(recent)
+    if trend is not None:
+        latest, before = trend
+        if before is not None and latest > BOUNCE_FLOOR and latest > 1.5 * before:
+            out.append(Warning("bounces", f"The bounce rate is rising: {latest:.1%} of the last "
+                               f"issue's messages bounced, against {before:.1%} before."))
+        elif latest > BOUNCE_HIGH:
+            out.append(Warning("bounces", f"{latest:.1%} of the last issue's messages bounced: "
+                               "check the addresses you imported."))
+    for issue in session.scalars(select(Issue).where(Issue.status == I.PAUSED).order_by(Issue.id)):
+        out.append(Warning("paused", f"Issue {issue.id} is paused: "
+                           f"{issue.status_reason or 'paused by an operator.'}", issue.id))
+    for issue_id, n in session.execute(
+        select(Delivery.issue_id, func.count())
+        .where(Delivery.status == D.UNCERTAIN)
+        .group_by(Delivery.issue_id)
+    ):
+        out.append(Warning("uncertain", f"Issue {issue_id}: {n} message(s) may or may not have "
+                           "been delivered (a worker stopped while sending).", issue_id))
+    for feed in session.scalars(
+        select(Feed).where(
+            Feed.last_error.is_not(None),
+            (Feed.last_success_at.is_(None)) | (Feed.last_checked_at > Feed.last_success_at),
+        )
+    ):
+        out.append(Warning("feed", f"The feed {feed.url} cannot be read: {feed.last_error}"))
+    return out
+
+
+# --- one issue ------------------------------------------------------------------------------
+
+
+def audience(session: Session, issue: Issue, settings) -> dict:
+    """Who would get the issue if it were sent now: readers, and readers left out because
+    none of the issue's articles is in their sections (the delivery engine's own rules)."""
+    readers = no_items = 0
+    has_items: dict[str, bool] = {}
+    for sections, n in session.execute(
+        select(S.sections, func.count())
+        .where(S.status == SubscriberStatus.ACTIVE, S.frequency == issue.audience_frequency)
+        .group_by(S.sections)
+    ):
+        key = deliveries.variant_key(sections, issue.audience_sections)
+        if key is None:
+            continue
+        if key not in has_items:
+            variant = build_variant(session, issue, key, settings, lambda item: item.url)
+            has_items[key] = bool(variant.items)
+        if has_items[key]:
+            readers += n
+        else:
+            no_items += n
+    return {"readers": readers, "no_items": no_items}
+
+
+def clicks_per_item(session: Session, issue_id: int) -> list[dict]:
+    """Every item readers got, in reading order, with counted clicks and readers who clicked."""
+    counted = and_(Click.item_id == IssueItem.id, Click.counted.is_(True))
+    rows = session.execute(
+        select(IssueItem.id, IssueItem.section, IssueItem.position, IssueItem.url, Article.title,
+               func.count(Click.id), func.count(distinct(Click.delivery_id)))
+        .join(Article, Article.id == IssueItem.article_id)
+        .outerjoin(Click, counted)
+        .where(IssueItem.issue_id == issue_id, IssueItem.excluded.is_(False))
+        .group_by(IssueItem.id, IssueItem.section, IssueItem.position, IssueItem.url,
+                  Article.title)
+        .order_by(IssueItem.section, IssueItem.position, IssueItem.id)
+    )
+    return [
+        {"id": i, "section": str(section), "position": position, "url": url,
+         "title": title or url, "clicks": clicks, "readers": readers}
+        for i, section, position, url, title, clicks, readers in rows
+    ]
+
+
+def bounces(session: Session, issue_id: int, offset: int = 0, limit: int = 50):
+    """(rows, total): the issue's messages the receiving server refused for good."""
+    where = and_(Delivery.issue_id == issue_id, Delivery.status == D.FAILED_PERMANENT,
+                 Delivery.attempts > 0)
+    total = session.scalar(select(func.count()).select_from(Delivery).where(where)) or 0
+    rows = session.execute(
+        select(Delivery.id, Subscriber.id, Subscriber.email, Delivery.last_error,
+               Delivery.claimed_at)
+        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(where)
+        .order_by(Delivery.id)
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return [
+        {"delivery": d, "subscriber": s, "email": email, "error": error, "at": at}
+        for d, s, email, error, at in rows
+    ], total
+
+
+def opens(session: Session, issue_id: int) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Delivery)
+        .where(Delivery.issue_id == issue_id, Delivery.opened_at.is_not(None))
+    ) or 0
+
+
+def candidates(session: Session, issue_id: int, q: str = "", limit: int = 10) -> list[Article]:
+    """Articles an editor may add to an issue: not in it yet, matching `q`, newest first."""
+    in_issue = select(IssueItem.article_id).where(IssueItem.issue_id == issue_id)
+    stmt = select(Article).where(Article.id.not_in(in_issue))
+    if q.strip():
+        escaped = q.strip().lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        stmt = stmt.where(func.lower(Article.title).like(f"%{escaped}%", escape="\\"))
+    stmt = stmt.order_by(Article.published_at.desc(), Article.id.desc()).limit(limit)
+    return list(session.scalars(stmt))
