@@ -94,6 +94,11 @@ def init_web(app: Flask) -> None:
 
     app.register_blueprint(api_delivery.bp)
     csrf.exempt(api_delivery.bp)
+    from mailer.web import (admin_issues, admin_sending, admin_settings, admin_subscribers,
+                            admin_users)
+
+    for console in (admin_issues, admin_sending, admin_subscribers, admin_users, admin_settings):
+        app.register_blueprint(console.bp)
 
     @app.context_processor
     def _globals():

@@ -9,9 +9,9 @@ from mailer.errors import Conflict, ValidationError
 from mailer.mail.outbox import list_outbox, read_outbox
 from mailer.models import Role
 from mailer.runtime import runtime
+from mailer.services import reports, users
 from mailer.services import subscriptions as subs
-from mailer.services import users
-from mailer.web import auth
+from mailer.web import auth, charts
 from mailer.web.extensions import client_ip, limiter
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -21,8 +21,12 @@ PAGE_SIZE = 50
 # The console's menu: (endpoint, label, roles allowed). Pages add themselves here.
 NAV: list[tuple[str, str, tuple[Role, ...]]] = [
     ("admin.index", "Dashboard", ()),
-    ("admin.outbox", "Outbox", (Role.OPS, Role.EDITOR)),
+    ("admin_issues.index", "Issues", (Role.EDITOR, Role.OPS)),
+    ("admin_subscribers.index", "Subscribers", (Role.OPS,)),
     ("admin_schedules.index", "Schedules", (Role.OPS,)),
+    ("admin.outbox", "Outbox", (Role.OPS, Role.EDITOR)),
+    ("admin_users.index", "Users", (Role.ADMIN,)),
+    ("admin_settings.index", "Settings", (Role.OPS,)),
 ]
 
 
@@ -31,6 +35,36 @@ def admin_nav() -> list[tuple[str, str]]:
     if user is None:
         return []
     return [(ep, label) for ep, label, roles in NAV if not roles or auth.allowed(user, roles)]
+
+
+def nav_current(endpoint: str) -> bool:
+    """Whether a menu entry is the section the current page belongs to."""
+    here = request.endpoint or ""
+    if endpoint.startswith("admin.") or here.startswith("admin."):
+        # The base blueprint holds several entries: match the page itself (and its children).
+        return here == endpoint or here.startswith(endpoint + "_")
+    return here.split(".")[0] == endpoint.split(".")[0]
+
+
+def may(*roles: str) -> bool:
+    """For templates: whether the current user has one of these roles (admins have all)."""
+    user = auth.current_user()
+    return user is not None and auth.allowed(user, tuple(Role(r) for r in roles))
+
+
+@bp.app_context_processor
+def _console_globals():
+    return {"nav_current": nav_current, "may": may}
+
+
+def paging(per_page: int = PAGE_SIZE) -> tuple[int, int]:
+    """(page, offset) from ?page=, never below the first page."""
+    page = max(1, request.args.get("page", 1, type=int))
+    return page, (page - 1) * per_page
+
+
+def page_count(total: int, per_page: int = PAGE_SIZE) -> int:
+    return max(1, -(-total // per_page))
 
 
 @bp.route("/setup", methods=["GET", "POST"])
@@ -93,10 +127,28 @@ def logout():
 @bp.get("/")
 @auth.login_required()
 def index():
+    settings = runtime().settings
+    recent = reports.last_issues(db.session)
+    history = reports.readers_over_time(db.session, days=30)
+    chart = charts.line_chart(
+        "Readers by status, last 30 days",
+        "Active, pending (not yet confirmed) and gone (unsubscribed, bounced, complained) "
+        "readers at the end of each day.",
+        [f"{d.day} {d:%b}" for d in history["days"]],
+        [("Active", "s-active", history["active"]), ("Pending", "s-pending", history["pending"]),
+         ("Gone", "s-gone", history["gone"])],
+    )
     return render_template(
         "admin/index.html",
+        chart=chart,
         counts=subs.counts_by_status(db.session),
-        embedded=runtime().settings.smtp is None,
+        embedded=settings.smtp is None,
+        history=history,
+        recent=recent,
+        queue=reports.queue_state(db.session),
+        backlog=reports.broker_backlog(settings),
+        upcoming=reports.next_runs(db.session),
+        warnings=reports.warnings(db.session, settings, recent),
     )
 
 

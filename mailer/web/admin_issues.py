@@ -1,0 +1,310 @@
+"""The composer: issues list, a new issue, and one screen to edit, preview and test a draft."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from sqlalchemy import func, select
+
+from mailer.db import db, utcnow
+from mailer.errors import InvalidTransition, MailerError, NotFound, ValidationError
+from mailer.models import Issue, IssueItem, IssueStatus, ItemSection, Role
+from mailer.runtime import runtime
+from mailer.services import digests, reports
+from mailer.services.subscriptions import normalize_email
+from mailer.tasks import enqueue
+from mailer.web import auth
+from mailer.web.admin import page_count, paging
+
+bp = Blueprint("admin_issues", __name__, url_prefix="/admin/issues")
+
+PER_PAGE = 25
+MAX_TEST_RECIPIENTS = 10
+SECTION_NAMES = {ItemSection.LATEST: "Latest", ItemSection.POPULAR: "Most popular"}
+# Where an issue's page is, by its state: drafts are composed, the rest are followed.
+EDITOR_ROLES = (Role.EDITOR,)
+READER_ROLES = (Role.EDITOR, Role.OPS)
+
+
+def issue_home(issue: Issue) -> str:
+    if issue.status in digests.EDITABLE:
+        return url_for("admin_issues.compose", issue_id=issue.id)
+    if issue.status in (IssueStatus.SENDING, IssueStatus.PAUSED):
+        return url_for("admin_sending.sending", issue_id=issue.id)
+    if issue.status == IssueStatus.SKIPPED:
+        return url_for("admin_issues.index", status="skipped")
+    return url_for("admin_sending.report", issue_id=issue.id)
+
+
+@bp.app_context_processor
+def _helpers():
+    return {"issue_home": issue_home}
+
+
+@bp.get("")
+@auth.login_required(*READER_ROLES)
+def index():
+    status = request.args.get("status", "")
+    statuses = None
+    if status:
+        try:
+            statuses = [IssueStatus(status)]
+        except ValueError:
+            raise ValidationError("status", "Unknown issue status.") from None
+    page, offset = paging(PER_PAGE)
+    stmt = select(func.count()).select_from(Issue)
+    if statuses:
+        stmt = stmt.where(Issue.status.in_(statuses))
+    total = db.session.scalar(stmt) or 0
+    issues = digests.list_issues(db.session, limit=PER_PAGE, offset=offset, statuses=statuses)
+    ids = [i.id for i in issues]
+    settings = runtime().settings
+    return render_template(
+        "admin/issues.html", issues=issues, counts=reports.issue_counts(db.session, ids),
+        subjects=reports.sent_subjects(db.session, ids), status=status,
+        statuses=[s.value for s in IssueStatus], total=total, page=page,
+        pages=page_count(total, PER_PAGE), pager_args={"status": status} if status else {},
+        sections=settings.sections, defaults=(settings.digest_latest, settings.digest_popular),
+        can_edit=auth.allowed(auth.current_user(), EDITOR_ROLES),
+    )
+
+
+def _count(form, name: str, default: int) -> int:
+    raw = (form.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError(name, f"{name.capitalize()} must be a whole number.") from None
+    if not 0 <= value <= 100:
+        raise ValidationError(name, f"{name.capitalize()} must be between 0 and 100.")
+    return value
+
+
+@bp.post("/new")
+@auth.login_required(*EDITOR_ROLES)
+def create():
+    """Compose a new issue from the latest and most popular articles, then edit it."""
+    rt = runtime()
+    form = request.form
+    settings = rt.settings
+    issue = digests.create_issue(
+        db.session, rt, now=utcnow(),
+        audience_frequency=digests.check_frequency(form.get("frequency") or "weekly"),
+        audience_sections=form.getlist("sections"),
+        latest_n=_count(form, "latest", settings.digest_latest),
+        popular_m=_count(form, "popular", settings.digest_popular),
+        # The editor decides what is worth sending: a hand-made issue is never skipped.
+        min_items=0,
+        author_id=auth.current_user().id,
+    )
+    db.session.commit()
+    return redirect(url_for("admin_issues.compose", issue_id=issue.id))
+
+
+def _items(issue: Issue):
+    items = list(db.session.scalars(
+        select(IssueItem).where(IssueItem.issue_id == issue.id)
+        .order_by(IssueItem.section, IssueItem.position, IssueItem.id)
+    ))
+    shown = {s: [i for i in items if i.section == s and not i.excluded] for s in ItemSection}
+    return shown, [i for i in items if i.excluded]
+
+
+@bp.get("/<int:issue_id>")
+@auth.login_required(*READER_ROLES)
+def compose(issue_id: int):
+    """The composer for drafts; any other issue's link leads to its progress or report."""
+    issue = digests.get_issue(db.session, issue_id)
+    if issue.status in digests.EDITABLE and not auth.allowed(auth.current_user(), EDITOR_ROLES):
+        abort(403, "Only editors can open a draft issue.")
+    return _compose_page(issue_id)
+
+
+def _compose_page(issue_id: int, error: ValidationError | None = None, typed=None,
+                  status: int = 200):
+    rt = runtime()
+    issue = digests.get_issue(db.session, issue_id)
+    if issue.status not in digests.EDITABLE:
+        return redirect(issue_home(issue))
+    view = request.args.get("preview", "desktop")
+    if view not in ("desktop", "mobile", "text"):
+        view = "desktop"
+    preview = digests.render_preview(db.session, issue, "", rt)
+    shown, dropped = _items(issue)
+    q = request.args.get("q", "")
+    text = typed or {"subject": issue.subject, "preheader": issue.preheader,
+                     "intro": issue.intro}
+    return render_template(
+        "admin/compose.html", issue=issue, shown=shown, dropped=dropped,
+        section_names=SECTION_NAMES, preview=preview, view=view, q=q, text=text, error=error,
+        candidates=reports.candidates(db.session, issue.id, q),
+        audience=reports.audience(db.session, issue, rt.settings),
+        section_labels=rt.settings.section_labels, me=auth.current_user(),
+        variables=digests.TEMPLATE_VARIABLES,
+    ), status
+
+
+def _back(issue_id: int, anchor: str = ""):
+    return redirect(url_for("admin_issues.compose", issue_id=issue_id) + anchor)
+
+
+def _refused(issue_id: int, e: MailerError, anchor: str = ""):
+    """An edit the issue's state or the input refused: say why on the composer."""
+    db.session.rollback()
+    if isinstance(e, InvalidTransition):
+        issue = digests.get_issue(db.session, issue_id)
+        flash(f"Issue {issue_id} is {issue.status} and can no longer be edited.", "error")
+        return redirect(issue_home(issue))
+    flash(getattr(e, "message", str(e)), "error")
+    return _back(issue_id, anchor)
+
+
+@bp.post("/<int:issue_id>/text")
+@auth.login_required(*EDITOR_ROLES)
+def save_text(issue_id: int):
+    form = request.form
+    try:
+        digests.set_text(db.session, issue_id, subject=form.get("subject", ""),
+                         preheader=form.get("preheader", ""), intro=form.get("intro", ""))
+        db.session.commit()
+    except ValidationError as e:
+        # Keep what was typed: the form is shown again with the reason, nothing saved.
+        db.session.rollback()
+        typed = {k: form.get(k, "") for k in ("subject", "preheader", "intro")}
+        return _compose_page(issue_id, e, typed, 400)
+    except InvalidTransition as e:
+        return _refused(issue_id, e)
+    flash("Text saved.")
+    return _back(issue_id, "#text")
+
+
+ITEM_ACTIONS = ("pin", "unpin", "exclude", "include", "up", "down", "move")
+
+
+@bp.post("/<int:issue_id>/items/<int:item_id>/<any(" + ", ".join(ITEM_ACTIONS) + "):action>")
+@auth.login_required(*EDITOR_ROLES)
+def item(issue_id: int, item_id: int, action: str):
+    """Pin, drop, restore or move one item; JSON for the drag-and-drop script."""
+    row = db.session.get(IssueItem, item_id)
+    if row is None or row.issue_id != issue_id:
+        raise NotFound(f"Issue {issue_id} has no item {item_id}.")
+    article_id = row.article_id
+    try:
+        if action in ("pin", "unpin", "exclude", "include"):
+            getattr(digests, action)(db.session, issue_id, article_id)
+        elif action in ("up", "down"):
+            position = max(0, row.position + (-1 if action == "up" else 1))
+            digests.move(db.session, issue_id, item_id, position)
+        else:
+            digests.move(db.session, issue_id, item_id, _position(request.form.get("position")),
+                         _section(request.form.get("section")))
+        db.session.commit()
+    except (ValidationError, InvalidTransition, NotFound) as e:
+        if request.accept_mimetypes.best == "application/json":
+            raise
+        return _refused(issue_id, e, "#items")
+    if request.accept_mimetypes.best == "application/json":
+        return {"ok": True}
+    return _back(issue_id, f"#item-{item_id}")
+
+
+def _position(raw) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        raise ValidationError("position", "The position must be a whole number.") from None
+    if value < 0:
+        raise ValidationError("position", "The position must be 0 or more.")
+    return value
+
+
+def _section(raw) -> ItemSection | None:
+    if not raw:
+        return None
+    try:
+        return ItemSection(raw)
+    except ValueError:
+        raise ValidationError("section", "The section must be latest or popular.") from None
+
+
+@bp.post("/<int:issue_id>/articles/<int:article_id>")
+@auth.login_required(*EDITOR_ROLES)
+def add_article(issue_id: int, article_id: int):
+    """Add an article the proposal left out; it is pinned, so proposing again keeps it."""
+    try:
+        digests.pin(db.session, issue_id, article_id, _section(request.form.get("section")))
+        db.session.commit()
+    except (ValidationError, InvalidTransition, NotFound) as e:
+        return _refused(issue_id, e, "#add")
+    flash("Article added and pinned.")
+    return _back(issue_id, "#items")
+
+
+@bp.post("/<int:issue_id>/recompose")
+@auth.login_required(*EDITOR_ROLES)
+def recompose(issue_id: int):
+    try:
+        digests.recompose(db.session, runtime(), issue_id, now=utcnow())
+        db.session.commit()
+    except InvalidTransition as e:
+        return _refused(issue_id, e)
+    flash("Proposed again from the newest articles and ranking; pinned and dropped items stayed.")
+    return _back(issue_id, "#items")
+
+
+def _preview(issue_id: int):
+    rt = runtime()
+    issue = digests.get_issue(db.session, issue_id)
+    sections = digests.check_sections(request.args.get("sections", ""), rt.settings)
+    rendered = digests.render_preview(db.session, issue, sections, rt)
+    if rendered is None:
+        raise NotFound("Readers of these sections would get no articles in this issue.")
+    return rendered
+
+
+@bp.get("/<int:issue_id>/preview.html")
+@auth.login_required(*READER_ROLES)
+def preview_html(issue_id: int):
+    _, html, _ = _preview(issue_id)
+    resp = Response(html, mimetype="text/html")
+    # Shown in a sandboxed iframe: no scripts, no forms, nothing on our origin; links open
+    # in a new tab outside the sandbox.
+    resp.headers["Content-Security-Policy"] = (
+        "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+        "img-src http: https: data:; style-src 'unsafe-inline'"
+    )
+    return resp
+
+
+@bp.get("/<int:issue_id>/preview.txt")
+@auth.login_required(*READER_ROLES)
+def preview_text(issue_id: int):
+    _, _, text = _preview(issue_id)
+    return Response(text, mimetype="text/plain")
+
+
+@bp.post("/<int:issue_id>/test")
+@auth.login_required(*EDITOR_ROLES)
+def test_send(issue_id: int):
+    """Mail the preview to a few addresses (the editor's own inboxes), through the worker."""
+    from mailer.tasks.digest import send_test
+
+    raw = request.form.get("to", "")
+    parts = [p for p in raw.replace(";", ",").replace("\n", ",").split(",") if p.strip()]
+    try:
+        if not parts:
+            raise ValidationError("to", "Give at least one address to send the test to.")
+        if len(parts) > MAX_TEST_RECIPIENTS:
+            raise ValidationError("to", f"At most {MAX_TEST_RECIPIENTS} test addresses.")
+        addresses = sorted({normalize_email(p) for p in parts})
+        _preview(issue_id)
+    except (ValidationError, NotFound) as e:
+        return _refused(issue_id, e, "#test")
+    sent = [enqueue(send_test, issue_id, address, "") for address in addresses]
+    if not all(sent):
+        flash("The task queue cannot be reached; try again in a minute.", "error")
+    else:
+        flash(f"Test sent to {', '.join(addresses)}. It arrives in a moment, subject "
+              "marked [Test].")
+    return _back(issue_id, "#test")
