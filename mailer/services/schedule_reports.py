@@ -16,18 +16,20 @@ REPORT_WINDOW = timedelta(days=3)
 DONE = (IssueStatus.FINISHED, IssueStatus.CANCELLED)
 
 
-def reports_owed(session: Session, now: datetime, run_id: int | None = None) -> list[int]:
-    """Runs whose outcome is final and whose summary has not gone out yet."""
+def reports_owed(session: Session, now: datetime, run_id: int | None = None,
+                 claimed: bool = False) -> list[int]:
+    """Runs whose outcome is final and whose summary has not gone out yet (with `claimed`:
+    those a report task has claimed and not finished)."""
     final = or_(
         ScheduleRun.status != ISSUED,
         ScheduleRun.issue_id.is_(None),  # the issue was deleted
         Issue.status.in_(DONE + (IssueStatus.SKIPPED,)),
     )
+    reported = ScheduleRun.reported_at.is_not(None) if claimed else ScheduleRun.reported_at.is_(None)
     q = (
         select(ScheduleRun.id)
         .outerjoin(Issue, Issue.id == ScheduleRun.issue_id)
-        .where(ScheduleRun.reported_at.is_(None), ScheduleRun.created_at > now - REPORT_WINDOW,
-               final)
+        .where(reported, ScheduleRun.created_at > now - REPORT_WINDOW, final)
         .order_by(ScheduleRun.id)
     )
     if run_id is not None:
@@ -45,11 +47,11 @@ def claim_report(session: Session, run_id: int, now: datetime) -> bool:
     ).rowcount == 1
 
 
-def release_report(session: Session, run_id: int, claimed_at: datetime) -> None:
+def release_report(session: Session, run_id: int) -> None:
     """Give a claim back after every channel failed, so a later try may take it."""
     session.execute(
         update(ScheduleRun)
-        .where(ScheduleRun.id == run_id, ScheduleRun.reported_at == claimed_at)
+        .where(ScheduleRun.id == run_id)
         .values(reported_at=None)
         .execution_options(synchronize_session=False)
     )

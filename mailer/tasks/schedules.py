@@ -17,6 +17,7 @@ from celery import shared_task
 from sqlalchemy.exc import IntegrityError
 
 from mailer.db import db, utcnow
+from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.mail.message import build_message
 from mailer.mail.templates import render_pair
@@ -24,7 +25,7 @@ from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
 from mailer.services import deliveries, digests, schedules
 from mailer.services import schedule_reports as reports
-from mailer.tasks.base import RETRY, enqueue, register_tick_step
+from mailer.tasks.base import enqueue, register_tick_step
 from mailer.tasks.delivery import enqueue_batches
 
 log = logging.getLogger(__name__)
@@ -95,12 +96,27 @@ def fire_schedules(now: datetime | None = None) -> dict:
         if p.fire:
             try:
                 run = fire_period(schedule_id, p.fire, now)
+            except MailerError as e:
+                # The schedule no longer fits the configuration (a section was removed, say):
+                # record the period as skipped with the reason, so ops see it and get a report.
+                run = _record_skip(schedule_id, p.fire, f"Not composed: {e}")
             except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
                 log.exception("schedule %s could not fire for %s", schedule_id, p.fire)
                 done["failed"] += 1
                 continue
             done[run.status if run else "taken"] += 1
     return dict(done)
+
+
+def _record_skip(schedule_id: int, period: datetime, reason: str):
+    try:
+        with db.transaction() as s:
+            run = schedules.claim_period(s, s.get(Schedule, schedule_id), period, reason)
+            run.status = schedules.SKIPPED
+    except IntegrityError:
+        return None
+    log.warning("schedule %s skipped %s: %s", schedule_id, period, reason)
+    return run
 
 
 # --- reports ----------------------------------------------------------------------------
@@ -143,18 +159,24 @@ def _post(url: str, report: dict) -> None:
         raise PermanentFailure(f"report webhook refused the report: {resp.status_code}")
 
 
-@shared_task(name="mailer.send_schedule_report", **RETRY)
-def send_schedule_report(run_id: int) -> str:
+REPORT_RETRIES = 5
+
+
+@shared_task(name="mailer.send_schedule_report", bind=True, max_retries=REPORT_RETRIES)
+def send_schedule_report(self, run_id: int) -> str:
     """Send one run's summary to the ops address and the webhook, once."""
     settings = runtime().settings
     if not (settings.ops_email or settings.report_webhook):
         return "no ops address or webhook configured"  # leave it for a worker that has one
     now = utcnow()
+    retrying = self.request.retries > 0 and not self.request.called_directly
     with db.transaction() as s:
-        if not reports.reports_owed(s, now, run_id):
+        # A retry holds the claim of its first try; a fresh task must win a new one.
+        owed = reports.reports_owed(s, now, run_id, claimed=retrying)
+        if not owed:
             return "not owed"
         report = reports.summary(s, run_id, settings.base_url)
-        if not reports.claim_report(s, run_id, now):
+        if not retrying and not reports.claim_report(s, run_id, now):
             return "already reported"
     channels = []
     if settings.ops_email:
@@ -172,9 +194,12 @@ def send_schedule_report(run_id: int) -> str:
         except PermanentFailure as e:
             log.warning("schedule report %s refused: %s", run_id, e)
     if temporary is not None and not delivered:
-        # Nothing got through: give the claim back and let Celery retry with backoff.
+        if not self.request.called_directly and self.request.retries < REPORT_RETRIES:
+            # Keep the claim while Celery retries with backoff, so the sweep adds no copies.
+            raise self.retry(exc=temporary, countdown=min(120, 10 * 2 ** self.request.retries))
+        # Out of retries: give the claim back; a later tick's sweep tries again.
         with db.transaction() as s:
-            reports.release_report(s, run_id, now)
+            reports.release_report(s, run_id)
         raise temporary
     return "sent" if delivered else "refused"
 

@@ -234,3 +234,14 @@ def test_a_scheduler_waits_for_the_one_holding_the_period_then_leaves_it(app):
     assert out["result"] == {"taken": 1}
     (only,) = runs(sid)
     assert only.reason == "held by the first scheduler" and issues() == []
+
+
+def test_a_schedule_that_no_longer_fits_the_configuration_is_skipped_with_the_reason(app):
+    # Made when a "weather" section existed; the site's sections no longer include it.
+    sid = add_schedule(app, utc(2027, 5, 1), cron_text="mon 07:00", sections="weather",
+                       known_sections={"weather": "Weather", "news": "News"})
+    tick_through(app, utc(2027, 5, 3, 5, 0, 10), utc(2027, 5, 3, 5, 1))
+    (run,) = runs(sid)
+    assert run.status == "skipped" and run.issue_id is None
+    assert run.reason == "Not composed: Unknown section: weather."
+    assert issues() == []
