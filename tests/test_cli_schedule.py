@@ -45,9 +45,11 @@ def test_bad_input_exits_1_with_one_line_and_writes_nothing(runner):
     cases = [
         (["--name", "X", "--cron", "0 7 * *"], "neither five cron fields"),
         (["--name", "X", "--cron", "0 7 * * mon", "--tz", "Mars/Base"], "not a known time zone"),
-        (["--name", "X", "--cron", "0 7 * * mon", "--sections", "weather"], "Unknown section 'weather'"),
+        (["--name", "X", "--cron", "0 7 * * mon", "--sections", "weather"],
+         "Unknown section 'weather'"),
         (["--name", "X", "--cron", "0 7 * * mon", "--latest", "500"], "latest_n must be between"),
-        (["--name", "X", "--cron", "0 7 * * mon", "--grace-hours", "0"], "grace_hours must be above 0"),
+        (["--name", "X", "--cron", "0 7 * * mon", "--grace-hours", "0"],
+         "grace_hours must be above 0"),
         (["--name", "12", "--cron", "0 7 * * mon"], "must not be only digits"),
     ]
     for args, message in cases:

@@ -86,26 +86,27 @@ def test_scheduled_digests_go_out_once_and_ops_get_a_report(
     weekly_id, daily_id = int(weekly.stdout.split()[-1]), int(daily.stdout.split()[-1])
 
     worker = WorkerProcess(ops_env, tmp_path / "worker.log").start()
-    beat_log = open(tmp_path / "beat.log", "wb")
-    beat = subprocess.Popen([sys.executable, "-m", "mailer.cli", "beat"], env=ops_env, cwd=ROOT,
-                            stdout=beat_log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        weekly_mail = smtp.wait_for(emails[Frequency.WEEKLY], timeout=60)
-        daily_mail = smtp.wait_for(emails[Frequency.DAILY], timeout=60)
-        reports = smtp.wait_for(OPS, count=2, timeout=60)
-        wait_until(lambda: len(hook.posts) >= 2, 30, what="two webhook reports")
-        time.sleep(3)  # a few more beat ticks: nothing more may go out
-        # A second scheduler coming late (a restarted beat, another host) finds nothing owed.
-        with ops_app.app_context():
-            assert fire_schedules() == {} and sweep_reports() == 0
-    finally:
-        if beat.poll() is None:
-            os.killpg(beat.pid, signal.SIGTERM)
-            beat.wait(20)
-        beat_log.close()
-        worker.stop()
-        hook.close()
-        ops_app.extensions["mailer"].transport.close()
+    with open(tmp_path / "beat.log", "wb") as beat_log:
+        beat = subprocess.Popen([sys.executable, "-m", "mailer.cli", "beat"], env=ops_env,
+                                cwd=ROOT, stdout=beat_log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            weekly_mail = smtp.wait_for(emails[Frequency.WEEKLY], timeout=60)
+            daily_mail = smtp.wait_for(emails[Frequency.DAILY], timeout=60)
+            reports = smtp.wait_for(OPS, count=2, timeout=60)
+            wait_until(lambda: len(hook.posts) >= 2, 30, what="two webhook reports")
+            time.sleep(3)  # a few more beat ticks: nothing more may go out
+            # A second scheduler coming late (a restarted beat, another host) finds nothing
+            # owed.
+            with ops_app.app_context():
+                assert fire_schedules() == {} and sweep_reports() == 0
+        finally:
+            if beat.poll() is None:
+                os.killpg(beat.pid, signal.SIGTERM)
+                beat.wait(20)
+            worker.stop()
+            hook.close()
+            ops_app.extensions["mailer"].transport.close()
     # The worker fired both schedules from the beat's ticks.
     log = (tmp_path / "worker.log").read_text(errors="replace")
     assert f"schedule {weekly_id} fired for" in log and f"schedule {daily_id} fired for" in log
@@ -113,7 +114,8 @@ def test_scheduled_digests_go_out_once_and_ops_get_a_report(
     # One digest per reader: weekly readers got the weekly schedule's, daily readers the daily.
     assert len(smtp.to(emails[Frequency.WEEKLY])) == 1 == len(weekly_mail)
     assert len(smtp.to(emails[Frequency.DAILY])) == 1 == len(daily_mail)
-    assert "Story 0 of the day" in weekly_mail[0].text and "Story 0 of the day" in daily_mail[0].text
+    assert "Story 0 of the day" in weekly_mail[0].text
+    assert "Story 0 of the day" in daily_mail[0].text
     with db.transaction() as s:
         issues = list(s.scalars(select(Issue).order_by(Issue.schedule_id)))
         runs = list(s.scalars(select(ScheduleRun).order_by(ScheduleRun.schedule_id)))

@@ -25,7 +25,8 @@ def reports_owed(session: Session, now: datetime, run_id: int | None = None,
         ScheduleRun.issue_id.is_(None),  # the issue was deleted
         Issue.status.in_(DONE + (IssueStatus.SKIPPED,)),
     )
-    reported = ScheduleRun.reported_at.is_not(None) if claimed else ScheduleRun.reported_at.is_(None)
+    at = ScheduleRun.reported_at
+    reported = at.is_not(None) if claimed else at.is_(None)
     q = (
         select(ScheduleRun.id)
         .outerjoin(Issue, Issue.id == ScheduleRun.issue_id)
@@ -96,7 +97,7 @@ def summary(session: Session, run_id: int, base_url: str) -> dict | None:
             words += f", uncertain {counts['uncertain']}"
     else:
         words = f"{outcome}: {run.reason or issue and issue.status_reason or 'no reason recorded'}"
-    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    iso = lambda d: d.isoformat() if d else None
     return {
         "event": "schedule.run",
         "schedule": {"id": schedule.id, "name": schedule.name, "timezone": schedule.timezone},

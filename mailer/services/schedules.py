@@ -61,7 +61,8 @@ def check_grace(value) -> float | None:
     except (TypeError, ValueError):
         raise ValidationError("grace_hours", "grace_hours must be a number of hours.") from None
     if not 0 < hours <= MAX_GRACE_HOURS:
-        raise ValidationError("grace_hours", f"grace_hours must be above 0 and at most {MAX_GRACE_HOURS}.")
+        raise ValidationError(
+            "grace_hours", f"grace_hours must be above 0 and at most {MAX_GRACE_HOURS}.")
     return hours
 
 
@@ -219,8 +220,8 @@ def plan(spec, tz: ZoneInfo, since: datetime, now: datetime, grace: timedelta) -
         return Plan(None, [])
     latest = periods[-1]
     missed = [
-        (p, f"Not sent: no scheduler ran at {local_label(p, tz)}, and only the latest period "
-            f"({local_label(latest, tz)}) is made up.")
+        (p, (f"Not sent: no scheduler ran at {local_label(p, tz)}, and only the latest "
+             f"period ({local_label(latest, tz)}) is made up."))
         for p in periods[:-1]
     ]
     if missed and total > len(periods):
@@ -229,9 +230,9 @@ def plan(spec, tz: ZoneInfo, since: datetime, now: datetime, grace: timedelta) -
     late = now - latest
     if late < grace:
         return Plan(latest, missed)
-    missed.append((latest, f"Not sent: the scheduler ran {_duration(late)} after "
-                           f"{local_label(latest, tz)}, beyond the grace period of "
-                           f"{_duration(grace)}."))
+    missed.append((latest, (f"Not sent: the scheduler ran {_duration(late)} after "
+                            f"{local_label(latest, tz)}, beyond the grace period of "
+                            f"{_duration(grace)}.")))
     return Plan(None, missed)
 
 
@@ -274,7 +275,9 @@ def record_missed(session: Session, schedule: Schedule, missed) -> None:
     session.flush()
 
 
-def claim_period(session: Session, schedule: Schedule, period: datetime, reason=None) -> ScheduleRun:
+def claim_period(
+    session: Session, schedule: Schedule, period: datetime, reason=None
+) -> ScheduleRun:
     """Insert the period's row first: a concurrent scheduler blocks here, then gets an
     IntegrityError once this transaction commits, before it composes anything."""
     run = ScheduleRun(schedule_id=schedule.id, period_start=period, status=ISSUED, reason=reason)
@@ -327,7 +330,9 @@ def last_runs(session: Session) -> dict[int, ScheduleRun]:
     return {r.schedule_id: r for r in rows}
 
 
-def as_dict(schedule: Schedule, now: datetime, count: int = 3, last: ScheduleRun | None = None) -> dict:
+def as_dict(
+    schedule: Schedule, now: datetime, count: int = 3, last: ScheduleRun | None = None
+) -> dict:
     """The JSON form shared by `schedule list --json` and the API."""
     spec, tz = spec_of(schedule)
     nexts = next_runs(schedule, now, count) if schedule.active else []

@@ -100,7 +100,7 @@ def fire_schedules(now: datetime | None = None) -> dict:
                 # The schedule no longer fits the configuration (a section was removed, say):
                 # record the period as skipped with the reason, so ops see it and get a report.
                 run = _record_skip(schedule_id, p.fire, f"Not composed: {e}")
-            except Exception:  # noqa: BLE001 - one broken schedule must not stop the others
+            except Exception:  # one broken schedule must not stop the others
                 log.exception("schedule %s could not fire for %s", schedule_id, p.fire)
                 done["failed"] += 1
                 continue

@@ -16,7 +16,6 @@ from mailer.models import Article, Frequency, Issue, IssueStatus, Schedule, Sche
 from mailer.services import schedules
 from mailer.tasks.schedules import fire_schedules
 
-
 SECTIONS = {"news": "News", "sport": "Sport", "culture": "Culture"}
 
 

@@ -122,9 +122,11 @@ def test_new_york_fall_back_day():
     # 7 November 2027: 02:00 EDT falls back to 01:00 EST, so 01:30 happens twice and 02:30
     # once; each fires once.
     half_two = cron.next_firings(cron.parse("30 2 * * *"), NEW_YORK, utc(2027, 11, 6, 12), 2)
-    assert local_iso(half_two, NEW_YORK) == ["2027-11-07T02:30:00-05:00", "2027-11-08T02:30:00-05:00"]
+    assert local_iso(half_two, NEW_YORK) == [
+        "2027-11-07T02:30:00-05:00", "2027-11-08T02:30:00-05:00"]
     half_one = cron.next_firings(cron.parse("30 1 * * *"), NEW_YORK, utc(2027, 11, 6, 12), 2)
-    assert local_iso(half_one, NEW_YORK) == ["2027-11-07T01:30:00-04:00", "2027-11-08T01:30:00-05:00"]
+    assert local_iso(half_one, NEW_YORK) == [
+        "2027-11-07T01:30:00-04:00", "2027-11-08T01:30:00-05:00"]
 
 
 def test_hourly_schedule_across_both_berlin_changes():

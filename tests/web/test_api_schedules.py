@@ -66,7 +66,8 @@ def test_create_list_show_next_pause_resume_delete(client, ops):
 
 def test_tokens_and_roles(client, app, make_email):
     assert client.get("/api/v1/schedules").status_code == 401
-    assert client.get("/api/v1/schedules", headers={"Authorization": "Bearer nope"}).status_code == 401
+    forged = {"Authorization": "Bearer nope"}
+    assert client.get("/api/v1/schedules", headers=forged).status_code == 401
     editor = token_for(Role.EDITOR, make_email("editor"))
     refused = client.post("/api/v1/schedules", json=WEEKLY, headers=editor)
     assert refused.status_code == 403 and refused.is_json
