@@ -22,6 +22,7 @@ from mailer.mail.dkim import load_key
 from mailer.models import Delivery, Subscriber, SubscriberStatus
 from mailer.services import deliveries
 from tests.conftest import make_app
+from tests.mail.delivery_support import own_broker
 from tests.mail.delivery_support import add_readers, make_renderer, new_issue, wait_finished
 from tests.support import WorkerProcess
 
@@ -43,7 +44,7 @@ def write_keys(tmp_path):
 
 def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, client, tmp_path):
     keys = write_keys(tmp_path)
-    env = {**env, "MAILER_DKIM_KEY_FILE": str(keys["rsa"]), "MAILER_DKIM_SELECTOR": "mlr2048",
+    env = {**own_broker(env, tmp_path), "MAILER_DKIM_KEY_FILE": str(keys["rsa"]), "MAILER_DKIM_SELECTOR": "mlr2048",
            "MAILER_DKIM_DOMAIN": "daily.example",
            "MAILER_DKIM_ED25519_KEY_FILE": str(keys["ed"]), "MAILER_DKIM_ED25519_SELECTOR": "mlred",
            "MAILER_BOUNCE_DOMAIN": "bounces.daily.example",

@@ -12,6 +12,7 @@ import pytest
 from mailer.db import db
 from mailer.services import deliveries
 from tests.conftest import make_app
+from tests.mail.delivery_support import own_broker
 from tests.mail.delivery_support import Sweeper, make_renderer, new_issue, wait_finished
 from tests.mail.delivery_support import add_readers, delivery_states, per_recipient
 from tests.support import WorkerProcess, wait_until
@@ -23,8 +24,8 @@ CONCURRENCY = 2
 @pytest.mark.slow
 @pytest.mark.redis
 def test_sigkill_during_a_send_loses_and_doubles_nobody(app, env, smtp, tmp_path):
-    env = {**env, "MAILER_SEND_LEASE": "3", "MAILER_SEND_GROUP": str(GROUP),
-           "MAILER_SEND_BATCH": "100", "MAILER_SEND_WINDOW": "6", "MAILER_RATE_LIMIT": "600"}
+    env = own_broker(env, tmp_path, MAILER_SEND_LEASE="3", MAILER_SEND_GROUP=str(GROUP),
+                     MAILER_SEND_BATCH="100", MAILER_SEND_WINDOW="6", MAILER_RATE_LIMIT="600")
     steering = make_app(env)
     emails = add_readers(3000, names=False)
     with steering.app_context():

@@ -13,6 +13,7 @@ import pytest
 from mailer.db import db
 from mailer.services import deliveries
 from tests.conftest import make_app
+from tests.mail.delivery_support import own_broker
 from tests.mail.delivery_support import (
     Sweeper,
     add_readers,
@@ -29,8 +30,8 @@ GROUP = 20
 
 def send_through(env, tmp_path, smtp, readers: int, disrupt) -> tuple[dict, dict]:
     """Send an issue with a real worker, calling disrupt() once 300 messages are out."""
-    env = {**env, "MAILER_SEND_LEASE": "3", "MAILER_SEND_GROUP": str(GROUP),
-           "MAILER_SEND_BATCH": "100", "MAILER_RATE_LIMIT": "500"}
+    env = own_broker(env, tmp_path, MAILER_SEND_LEASE="3", MAILER_SEND_GROUP=str(GROUP),
+                     MAILER_SEND_BATCH="100", MAILER_RATE_LIMIT="500")
     steering = make_app(env)
     emails = add_readers(readers, names=False)
     worker = WorkerProcess(env, tmp_path / "worker.log").start()

@@ -123,11 +123,10 @@ class Delivery(Base):
         UniqueConstraint("issue_id", "subscriber_id"),
         Index("ix_deliveries_issue_status", "issue_id", "status"),
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),
-        # The delivery engine hands out an issue's pending rows not yet handed out (claimed_at
-        # NULL) in id order, and finds hand-outs that got lost (claimed_at old); a partial
-        # index keeps both lookups small however many rows are already sent.
+        # The delivery engine hands out an issue's pending rows in id order; a partial index
+        # keeps that lookup small however many rows are already sent.
         Index(
-            "ix_deliveries_dispatch", "issue_id", "claimed_at", "id",
+            "ix_deliveries_dispatch", "issue_id", "id",
             postgresql_where=text("status = 'pending'"), sqlite_where=text("status = 'pending'"),
         ),
     )

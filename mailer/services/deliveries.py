@@ -11,31 +11,34 @@ after the commit, enqueues the batches it was handed: mailer.tasks.delivery.enqu
 - status(session, issue_id) -> dict: counts per delivery state, rate, ETA;
 - sweep(session, settings) -> SweepResult: the tick's housekeeping (below).
 
-What the delivery columns mean per state (the exactly-once protocol, with
-services.delivery_batches):
+What the delivery columns mean (the exactly-once protocol, with services.delivery_batches):
 
-- pending: claimed_at = when it was handed to a task (NULL = not yet), next_attempt_at = not
-  before (NULL = now);
-- sending: claimed by claimed_by at claimed_at. next_attempt_at NOT NULL = claimed but not
-  yet tried (safe to hand out again); NULL = its SMTP transaction has begun;
-- failed_temporary: next_attempt_at = when to retry (backoff); sent / failed_permanent /
+- pending: not handed to any task; next_attempt_at = not before (NULL = now);
+- sending: handed to a task at claimed_at. claimed_by = "q:<batch token>" while the task has
+  not tried it yet (safe to hand out again), "t:<batch token>:<host>:<pid>" once its SMTP
+  transaction has begun;
+- failed_temporary: next_attempt_at = when to retry (backoff); sent, failed_permanent and
   uncertain are final unless an operator re-sends uncertain rows.
 
-The sweeper, run every tick: claims older than the lease go back to pending if never tried
-and become `uncertain` if tried (the server may have accepted them: never re-sent by
-itself); hand-outs older than the lease are handed out again (a lost task); due retries
-return to pending; idle issues get their batches; issues with nothing pending, sending or
-failed_temporary are finished.
+Handing out is claiming: dispatch() moves a batch of pending rows to sending in one
+conditional UPDATE, so no row is ever in two batches, and a second copy of a task finds its
+rows already tried. The sweeper, run every tick: rows handed out longer than the lease go
+back to pending if never tried (a lost or dead task) and become `uncertain` if tried (the
+server may have accepted them: never re-sent by itself); due retries return to pending;
+idle issues get their batches; issues with nothing pending, sending or failed_temporary are
+finished; an issue that could send nothing for a whole lease because a server is
+unreachable is paused.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, insert, literal, or_, select, true, update
+from sqlalchemy import and_, case, func, insert, literal, or_, select, text, true, update
 from sqlalchemy.orm import Session
 
 from mailer.db import UTCDateTime, utcnow
@@ -69,7 +72,7 @@ class StartResult:
     deliveries: int
     skipped_no_items: int
     variants: int
-    batches: list[list[int]] = field(default_factory=list)  # enqueue after the commit
+    batches: list[Batch] = field(default_factory=list)  # enqueue after the commit
 
 
 @dataclass
@@ -80,7 +83,7 @@ class SweepResult:
     retried: int = 0
     finished: int = 0
     paused: int = 0
-    batches: dict[int, list[list[int]]] = field(default_factory=dict)  # issue -> batches
+    batches: dict[int, list[Batch]] = field(default_factory=dict)  # issue -> batches
 
 
 def variant_key(reader_sections: str, issue_sections: str) -> str | None:
@@ -195,6 +198,10 @@ def _freeze(session: Session, issue: Issue, sendable: dict[str, int], now: datet
         if upper is None:
             break
         last = upper
+    if session.get_bind().dialect.name == "postgresql":
+        # Thousands of rows just appeared: without fresh statistics the planner would scan
+        # the issue's rows for every claim instead of using the primary key.
+        session.execute(text("ANALYZE deliveries"))
     # (INSERT ... SELECT reports no reliable rowcount on every driver.)
     return session.scalar(select(func.count()).where(Delivery.issue_id == issue.id))
 
@@ -210,8 +217,24 @@ def batch_size(settings) -> int:
     return size
 
 
-def dispatch(session: Session, issue_id: int, batches: int, size: int, *, now=None) -> list[list[int]]:
-    """Mark up to `batches` x `size` due pending rows as handed out; the caller enqueues them."""
+@dataclass(frozen=True)
+class Batch:
+    """Rows handed to one task: claimed_by = "q:" + token until the task tries them."""
+
+    token: str
+    ids: list[int]
+
+
+QUEUED, TRIED = "q:", "t:"
+
+
+def new_token() -> str:
+    return secrets.token_hex(8)
+
+
+def dispatch(session: Session, issue_id: int, batches: int, size: int, *, after: int = 0,
+             now=None) -> list[Batch]:
+    """Claim up to `batches` x `size` due pending rows (ids above `after`) for new tasks."""
     now = now or utcnow()
     ids = list(
         session.scalars(
@@ -219,7 +242,7 @@ def dispatch(session: Session, issue_id: int, batches: int, size: int, *, now=No
             .where(
                 Delivery.issue_id == issue_id,
                 Delivery.status == D.PENDING,
-                Delivery.claimed_at.is_(None),
+                Delivery.id > after,
                 or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
             )
             .order_by(Delivery.id)
@@ -227,25 +250,17 @@ def dispatch(session: Session, issue_id: int, batches: int, size: int, *, now=No
             .with_for_update(skip_locked=True)
         )
     )
-    for k in range(0, len(ids), 1000):
+    out = []
+    for k in range(0, len(ids), size):
+        batch = Batch(new_token(), ids[k : k + size])
         session.execute(
             update(Delivery)
-            .where(Delivery.id.in_(ids[k : k + 1000]), Delivery.status == D.PENDING)
-            .values(claimed_at=now)
+            .where(Delivery.id.in_(batch.ids), Delivery.status == D.PENDING)
+            .values(status=D.SENDING, claimed_by=QUEUED + batch.token, claimed_at=now)
             .execution_options(synchronize_session=False)
         )
-    return [ids[k : k + size] for k in range(0, len(ids), size)]
-
-
-def _unmark(session: Session, issue_id: int) -> None:
-    """Forget every hand-out of an issue's pending rows (their tasks found it paused)."""
-    session.execute(
-        update(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
-               Delivery.claimed_at.is_not(None))
-        .values(claimed_at=None)
-        .execution_options(synchronize_session=False)
-    )
+        out.append(batch)
+    return out
 
 
 # --- control ----------------------------------------------------------------------------
@@ -256,11 +271,10 @@ def pause(session: Session, issue_id: int, reason: str = "Paused by an operator.
     _transition(session, issue_id, (I.SENDING,), I.PAUSED, status_reason=reason[:1000])
 
 
-def resume(session: Session, issue_id: int, settings, *, now=None) -> list[list[int]]:
+def resume(session: Session, issue_id: int, settings, *, now=None) -> list[Batch]:
     """paused → sending; returns the batches to enqueue after the commit."""
     now = now or utcnow()
     _transition(session, issue_id, (I.PAUSED,), I.SENDING, status_reason=None)
-    _unmark(session, issue_id)
     return dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
 
 
@@ -282,7 +296,7 @@ def uncertain_rows(session: Session, issue_id: int, limit: int = 1000) -> list[t
     return [(i, email, error) for i, email, error in rows]
 
 
-def resend_uncertain(session: Session, issue_id: int, settings, *, now=None) -> tuple[int, list[list[int]]]:
+def resend_uncertain(session: Session, issue_id: int, settings, *, now=None) -> tuple[int, list[Batch]]:
     """Send the uncertain rows again, on an operator's word (some readers may get two)."""
     now = now or utcnow()
     issue = _issue(session, issue_id)
@@ -378,31 +392,19 @@ def sweep(session: Session, settings, *, now=None) -> SweepResult:
     lease = now - timedelta(seconds=settings.send_lease_seconds)
     out = SweepResult()
     stale = and_(Delivery.status == D.SENDING, Delivery.claimed_at < lease)
-    lost: dict[int, int] = {}
-    # Claimed but never tried: no SMTP conversation began, so it is safe to hand out again.
-    for issue_id, n in _grouped_update(session, stale & Delivery.next_attempt_at.is_not(None), dict(
-        status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None,
-    )).items():
-        out.requeued += n
-        lost[issue_id] = lost.get(issue_id, 0) + n
+    # Handed out but never tried (a lost task, a dead worker): safe to hand out again.
+    lost = _grouped_update(session, stale & Delivery.claimed_by.like(QUEUED + "%"), dict(
+        status=D.PENDING, claimed_at=None, claimed_by=None,
+    ))
+    out.requeued = sum(lost.values())
     # Tried and never recorded: the server may have accepted it. Never re-sent by itself.
-    out.uncertain += sum(_grouped_update(session, stale & Delivery.next_attempt_at.is_(None), dict(
+    out.uncertain = sum(_grouped_update(session, stale & Delivery.claimed_by.like(TRIED + "%"), dict(
         status=D.UNCERTAIN,
         last_error="The worker stopped during the SMTP transaction; it may have been delivered.",
     )).values())
 
-    sending = list(session.scalars(select(Issue.id).where(Issue.status == I.SENDING)))
     size = batch_size(settings)
-    for issue_id in sending:
-        handed = session.execute(
-            update(Delivery)
-            .where(Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
-                   Delivery.claimed_at < lease)
-            .values(claimed_at=None)
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        out.redispatched += handed
-        lost[issue_id] = lost.get(issue_id, 0) + handed
+    for issue_id in list(session.scalars(select(Issue.id).where(Issue.status == I.SENDING))):
         out.retried += session.execute(
             update(Delivery)
             .where(Delivery.issue_id == issue_id, Delivery.status == D.FAILED_TEMPORARY,
@@ -416,9 +418,9 @@ def sweep(session: Session, settings, *, now=None) -> SweepResult:
         if _pause_if_stalled(session, issue_id, lease, settings.send_lease_seconds):
             out.paused += 1
             continue
-        # Replace what was lost; an issue with nothing in flight gets a full window.
+        # Replace the batches that were lost; an issue with nothing in flight gets a window.
         want = math.ceil(lost.get(issue_id, 0) / size)
-        if not _in_flight(session, issue_id, lease):
+        if not _in_flight(session, issue_id):
             want = settings.send_window
         if want:
             batches = dispatch(session, issue_id, min(want, settings.send_window), size, now=now)
@@ -440,13 +442,9 @@ def _grouped_update(session: Session, condition, values: dict) -> dict[int, int]
     return counts
 
 
-def _in_flight(session: Session, issue_id: int, lease: datetime) -> bool:
-    """Whether some task is (or should be) working on the issue right now."""
-    busy = select(Delivery.id).where(
-        Delivery.issue_id == issue_id,
-        or_(Delivery.status == D.SENDING,
-            and_(Delivery.status == D.PENDING, Delivery.claimed_at >= lease)),
-    )
+def _in_flight(session: Session, issue_id: int) -> bool:
+    """Whether some task holds rows of the issue (queued or sending them)."""
+    busy = select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status == D.SENDING)
     return bool(session.scalar(select(busy.exists())))
 
 
@@ -463,7 +461,7 @@ def _pause_if_stalled(session: Session, issue_id: int, since: datetime, seconds:
         return False
     error = session.scalar(
         select(Delivery.last_error).where(
-            Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
+            Delivery.issue_id == issue_id, Delivery.status.in_([D.PENDING, D.SENDING]),
             Delivery.last_error.like("unreachable: %"),
         ).limit(1)
     )

@@ -1,19 +1,18 @@
-"""One batch of deliveries: claim, send in small steps, record. The exactly-once protocol.
+"""One batch of deliveries: try, send and record them in small groups. Exactly once.
 
-A task brings a few hundred delivery ids. Step by step:
+dispatch() (services.deliveries) handed the task its rows already claimed: `sending`, with
+claimed_by = "q:<token>". The task then, per group of `send_group` rows:
 
-1. claim: pending → sending (claimed_at, claimed_by = this run, next_attempt_at = a marker
-   meaning "not tried yet"), in one conditional UPDATE: a second copy of the task, or a
-   task for an issue paused meanwhile, claims nothing;
-2. per group of `send_group` rows: one transaction records the previous group's outcomes
-   and marks this group as tried (next_attempt_at = NULL), only if the issue is still
-   sending; then the group goes out on the SMTP connection under the rate limit;
-3. the last outcomes are recorded, and the issue finished if nothing is left.
+1. in one transaction, records the previous group's outcomes and marks this group as tried
+   (claimed_by = "t:<token>:<host>:<pid>"), only if the issue is still sending and only the
+   rows still queued for this token: a second copy of the task gets none of them;
+2. sends the group on its SMTP connection, under the shared rate limit;
 
-So a crash at any point leaves at most one group per process in `sending` and tried: those
-become `uncertain`; rows claimed but not tried go back to pending (services.deliveries.sweep).
-This step needs commits between claiming and sending, so unlike other services the runner is
-given a transaction factory (the task's db.transaction) rather than one session.
+and finally records the last outcomes and finishes the issue if nothing is left. A crash
+leaves at most one group per process tried but unrecorded: the sweeper marks those
+`uncertain`, and hands the rows never tried to another task. The protocol commits between
+steps, so unlike other services the runner is given a transaction factory (the task's
+db.transaction) rather than one session.
 """
 
 from __future__ import annotations
@@ -22,12 +21,11 @@ import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import bindparam, func, insert, or_, select, update
+from sqlalchemy import and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import DBAPIError
 
 from mailer.db import utcnow
@@ -46,6 +44,7 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.services import deliveries
+from mailer.services.deliveries import QUEUED, TRIED, Batch, new_token
 
 log = logging.getLogger(__name__)
 D = DeliveryStatus
@@ -55,8 +54,8 @@ RELEASE_DELAY = 10.0  # seconds before rows the server never saw are tried again
 
 
 def run_name() -> str:
-    """claimed_by: which process and which run of a task holds a claim."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:10]}"
+    """Which process tried a row: host and pid, for the operator."""
+    return f"{socket.gethostname()[:60]}:{os.getpid()}"
 
 
 def backoff(settings, attempts: int) -> float:
@@ -99,8 +98,7 @@ class BatchRunner:
         limiter,
         variant: Callable[[int], CompiledVariant],
         settings,
-        enqueue: Callable[[list[int], float | None], object],
-        worker: str | None = None,
+        enqueue: Callable[[Batch, float | None], object],
         clock: Callable = utcnow,
     ):
         self.transaction = transaction
@@ -109,9 +107,9 @@ class BatchRunner:
         self.variant = variant
         self.settings = settings
         self.enqueue = enqueue
-        self.worker = worker or run_name()
         self.clock = clock
         self.report = BatchReport()
+        self._retry_token: str | None = None
 
     # --- transactions -------------------------------------------------------------------
 
@@ -129,8 +127,10 @@ class BatchRunner:
 
     # --- the run ------------------------------------------------------------------------
 
-    def run(self, issue_id: int, ids: list[int]) -> BatchReport:
-        claimed, handed = self._tx(lambda s: self._claim(s, issue_id, ids))
+    def run(self, issue_id: int, ids: list[int], token: str) -> BatchReport:
+        self.queued = QUEUED + token
+        self.tried = f"{TRIED}{token}:{run_name()}"[:100]
+        claimed, handed = self._tx(lambda s: self._open(s, issue_id, ids))
         for batch in handed:  # keep the window full while this batch sends
             self.enqueue(batch, None)
         if claimed is None:
@@ -138,81 +138,78 @@ class BatchRunner:
             return self.report
         size = self.settings.send_group
         prepared = None
-        retry: list[int] = []
+        retry: Batch | None = None
         for start in range(0, len(claimed), size):
             group = claimed[start : start + size]
             messages = self._build(group)
             done = prepared
-            tried = self._tx(lambda s: self._write(s, done) or self._begin(s, issue_id, group))
+            begun = self._tx(lambda s: self._write(s, done) or self._begin(s, issue_id, group))
             prepared = None
-            if not tried:
-                status = self._tx(lambda s: s.scalar(select(Issue.status).where(Issue.id == issue_id)))
-                if status != IssueStatus.SENDING:
-                    self._tx(lambda s: self._release(s, claimed[start:], None))
+            if not begun:
+                state = self._tx(lambda s: s.scalar(select(Issue.status).where(Issue.id == issue_id)))
+                if state != IssueStatus.SENDING:
+                    self._tx(lambda s: self._release(s, claimed[start:]))
                     self.report.stopped = "issue paused or cancelled"
                     break
                 continue  # the sweeper took these rows back: another task sends them
-            batch = [c for c in group if c.id in tried]
+            batch = [c for c in group if c.id in begun]
             outcomes = list(zip(batch, self._send([messages[c.id] for c in batch]), strict=True))
-            prepared = self._prepare(outcomes)
-            unreachable = [o for _, o in outcomes if isinstance(o, NotAttempted)]
-            if unreachable:
+            unsent = [c for c, o in outcomes if isinstance(o, NotAttempted)]
+            if unsent:
+                # The server (or the rate limiter) is unreachable: these rows and the rest
+                # of the batch go to a new task that starts after a pause.
+                retry = Batch(new_token(), [c.id for c in unsent + claimed[start + size :]])
+                self._retry_token = QUEUED + retry.token
                 rest = claimed[start + size :]
                 if rest:
-                    self._tx(lambda s: self._release(s, rest, str(unreachable[0])))
-                retry = [c.id for c, o in outcomes if isinstance(o, NotAttempted)]
-                retry += [c.id for c in rest]
+                    self._tx(lambda s: self._requeue(s, rest, retry.token))
                 self.report.released += len(rest)
                 self.report.stopped = "server unreachable"
+            prepared = self._prepare(outcomes)
+            if retry:
                 break
         done = prepared
         self._tx(lambda s: self._write(s, done) or self._after(s, issue_id))
         if retry:
-            # Rows the server never saw: handed out again, after a short pause.
-            self.enqueue(retry, RELEASE_DELAY + 1)
+            self.enqueue(retry, RELEASE_DELAY)
         return self.report
 
-    def _claim(self, s, issue_id: int, ids: list[int]):
+    def _open(self, s, issue_id: int, ids: list[int]):
+        """The rows queued for this task with their readers; the next batch of the chain."""
         now = self.clock()
+        mine = and_(Delivery.id.in_(ids), Delivery.status == D.SENDING,
+                    Delivery.claimed_by == self.queued)
         if s.scalar(select(Issue.status).where(Issue.id == issue_id)) != IssueStatus.SENDING:
+            s.execute(update(Delivery).where(mine).values(status=D.PENDING, claimed_by=None,
+                                                           claimed_at=None)
+                      .execution_options(synchronize_session=False))
             return None, []
         rows = s.execute(
-            update(Delivery)
-            .where(
-                Delivery.id.in_(ids), Delivery.issue_id == issue_id, Delivery.status == D.PENDING,
-                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-            )
-            .values(status=D.SENDING, claimed_at=now, claimed_by=self.worker, next_attempt_at=now)
-            .returning(Delivery.id, Delivery.subscriber_id, Delivery.variant_id, Delivery.attempts)
-            .execution_options(synchronize_session=False)
+            select(Delivery.id, Delivery.variant_id, Delivery.attempts, Subscriber.id,
+                   Subscriber.email, Subscriber.name, Subscriber.uid, Subscriber.status)
+            .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+            .where(mine)
+            .order_by(Delivery.id)
         ).all()
-        readers = {
-            r.id: r for r in s.execute(
-                select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.uid,
-                       Subscriber.status)
-                .where(Subscriber.id.in_([r.subscriber_id for r in rows if r.subscriber_id]))
-            )
-        }
         claimed, gone = [], []
-        for r in sorted(rows, key=lambda r: r.id):
-            sub = readers.get(r.subscriber_id)
-            if sub is None or sub.status != SubscriberStatus.ACTIVE or r.variant_id is None:
-                state = sub.status if sub is not None else "erased"
-                gone.append({"did": r.id, "err": f"not sent: the reader is {state}"})
+        for did, variant_id, attempts, sub_id, email, name, uid, state in rows:
+            if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
+                gone.append({"did": did, "err": f"not sent: the reader is {state or 'erased'}"})
             else:
-                claimed.append(Claimed(r.id, sub.id, r.variant_id, r.attempts,
-                                       Reader(r.id, sub.email, sub.name, sub.uid)))
+                claimed.append(Claimed(did, sub_id, variant_id, attempts,
+                                       Reader(did, email, name, uid)))
         if gone:
             # Readers who left after the send started are not mailed; attempts stay 0.
             s.execute(
-                update(T).where(T.c.id == bindparam("did"), T.c.claimed_by == self.worker)
-                .values(status=D.FAILED_PERMANENT, last_error=bindparam("err"),
-                        next_attempt_at=None),
+                update(T).where(T.c.id == bindparam("did"), T.c.claimed_by == self.queued)
+                .values(status=D.FAILED_PERMANENT, last_error=bindparam("err")),
                 gone,
             )
             self.report.withdrawn += len(gone)
         self.report.claimed += len(claimed)
-        handed = deliveries.dispatch(s, issue_id, 1, deliveries.batch_size(self.settings), now=now)
+        after = max(ids) if ids else 0
+        handed = deliveries.dispatch(s, issue_id, 1, deliveries.batch_size(self.settings),
+                                     after=after, now=now)
         return claimed, handed
 
     def _build(self, group: list[Claimed]) -> dict[int, object]:
@@ -226,10 +223,9 @@ class BatchRunner:
                 update(Delivery)
                 .where(
                     Delivery.id.in_([c.id for c in group]), Delivery.status == D.SENDING,
-                    Delivery.claimed_by == self.worker, Delivery.next_attempt_at.is_not(None),
-                    sending.exists(),
+                    Delivery.claimed_by == self.queued, sending.exists(),
                 )
-                .values(next_attempt_at=None, attempts=Delivery.attempts + 1,
+                .values(claimed_by=self.tried, attempts=Delivery.attempts + 1,
                         claimed_at=self.clock())
                 .returning(Delivery.id)
                 .execution_options(synchronize_session=False)
@@ -252,21 +248,23 @@ class BatchRunner:
 
     # --- recording ----------------------------------------------------------------------
 
-    def _release(self, s, rows: list[Claimed], error: str | None) -> None:
-        """Rows claimed but never seen by the server go back to pending."""
-        ids = [c.id for c in rows]
-        if not ids:
-            return
-        now = self.clock()
-        values = dict(status=D.PENDING, claimed_by=None, claimed_at=None, next_attempt_at=None)
-        if error is not None:  # server unreachable: handed out again after a pause
-            values.update(claimed_at=now, last_error=(UNREACHABLE + error)[:1000],
-                          next_attempt_at=now + timedelta(seconds=RELEASE_DELAY))
+    def _release(self, s, rows: list[Claimed]) -> None:
+        """The issue was paused: rows not tried go back to pending, for resume."""
         s.execute(
             update(Delivery)
-            .where(Delivery.id.in_(ids), Delivery.claimed_by == self.worker,
+            .where(Delivery.id.in_([c.id for c in rows]), Delivery.claimed_by == self.queued,
                    Delivery.status == D.SENDING)
-            .values(**values)
+            .values(status=D.PENDING, claimed_by=None, claimed_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+    def _requeue(self, s, rows: list[Claimed], token: str) -> None:
+        """Rows not tried yet move to the retry task (same state, a new token)."""
+        s.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([c.id for c in rows]), Delivery.claimed_by == self.queued,
+                   Delivery.status == D.SENDING)
+            .values(claimed_by=QUEUED + token, claimed_at=self.clock())
             .execution_options(synchronize_session=False)
         )
 
@@ -278,7 +276,7 @@ class BatchRunner:
 
         def row(c, state, err, attempts, nxt=None, by=None):
             rows.append({"did": c.id, "st": state, "err": err[:1000], "att": attempts,
-                         "nxt": nxt, "by": by or self.worker, "at": now})
+                         "nxt": nxt, "by": by or self.tried, "at": now})
 
         for c, o in outcomes:
             if o is None:
@@ -286,9 +284,8 @@ class BatchRunner:
                 continue
             err = str(o)
             r.errors.append(err)
-            if isinstance(o, NotAttempted):  # back to pending, this try not counted
-                row(c, D.PENDING, UNREACHABLE + err, c.attempts,
-                    nxt=now + timedelta(seconds=RELEASE_DELAY), by="")
+            if isinstance(o, NotAttempted):  # to the retry task, this try not counted
+                row(c, D.SENDING, UNREACHABLE + err, c.attempts, by=self._retry_token)
                 r.released += 1
             elif isinstance(o, Uncertain):
                 row(c, D.UNCERTAIN, err, c.attempts + 1)
@@ -316,14 +313,14 @@ class BatchRunner:
         # Only rows this run still holds; `uncertain` too, as the sweeper may have judged a
         # slow run dead: what actually happened is better than a guess.
         # (No IN list: executemany cannot expand one.)
-        mine = (T.c.claimed_by == self.worker) & or_(T.c.status == D.SENDING, T.c.status == D.UNCERTAIN)
+        mine = (T.c.claimed_by == self.tried) & or_(T.c.status == D.SENDING, T.c.status == D.UNCERTAIN)
         if prepared["sent"]:
             s.execute(
                 update(T).where(T.c.id.in_(prepared["sent"]), mine)
                 .values(status=D.SENT, sent_at=now, last_error=None, next_attempt_at=None)
             )
         if prepared["rows"]:
-            rows = [{**r, "by": r["by"] or None} for r in prepared["rows"]]
+            rows = prepared["rows"]
             s.execute(
                 update(T).where(T.c.id == bindparam("did"), mine)
                 .values(status=bindparam("st"), last_error=bindparam("err"),

@@ -20,6 +20,7 @@ from mailer.mail.transport import transport_from_settings
 from mailer.models import IssueVariant
 from mailer.runtime import runtime
 from mailer.services import deliveries
+from mailer.services.deliveries import Batch
 from mailer.services.delivery_batches import BatchRunner
 from mailer.tasks.base import enqueue, register_tick_step
 
@@ -67,18 +68,18 @@ def _variants(rt):
     return get
 
 
-def enqueue_batches(issue_id: int, batches: list[list[int]], countdown: float | None = None) -> int:
-    """Hand batches to the broker (after the commit that made them); how many went."""
+def enqueue_batches(issue_id: int, batches: list[Batch], countdown: float | None = None) -> int:
+    """Hand batches to the broker (after the commit that claimed them); how many went."""
     sent = 0
-    for ids in batches:
+    for batch in batches:
         options = {"countdown": countdown} if countdown else {}
-        sent += enqueue(send_batch, issue_id, ids, **options)
+        sent += enqueue(send_batch, issue_id, batch.ids, batch.token, **options)
     return sent
 
 
 @shared_task(name="mailer.send_batch", acks_late=True, reject_on_worker_lost=True)
-def send_batch(issue_id: int, ids: list[int]) -> dict:
-    """Claim, send and record a few hundred deliveries (services.delivery_batches)."""
+def send_batch(issue_id: int, ids: list[int], token: str) -> dict:
+    """Try, send and record the deliveries handed to this task (services.delivery_batches)."""
     rt = runtime()
     runner = BatchRunner(
         transaction=db.transaction,
@@ -88,7 +89,7 @@ def send_batch(issue_id: int, ids: list[int]) -> dict:
         settings=rt.settings,
         enqueue=lambda batch, delay: enqueue_batches(issue_id, [batch], delay),
     )
-    report = runner.run(issue_id, ids)
+    report = runner.run(issue_id, ids, token)
     if report.stopped:
         log.info("issue %s batch stopped: %s", issue_id, report.stopped)
     return report.as_dict()

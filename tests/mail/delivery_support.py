@@ -164,3 +164,22 @@ def per_recipient(smtp, emails) -> dict[str, int]:
             if m.recipient in got:
                 got[m.recipient] += 1
     return got
+
+
+def own_broker(env: dict, tmp_path, **extra) -> dict:
+    """Settings for workers a test starts itself, on a broker of their own.
+
+    The session's shared worker (other settings: no rate limit, a long lease) must not take
+    their tasks: Redis database 1 instead of 0, or a separate SQLite broker file.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    from mailer.config import load_settings
+
+    settings = load_settings(env)
+    out = {**env, "MAILER_DATABASE_URL": settings.database_url,
+           "MAILER_INSTANCE_PATH": str(tmp_path / "own-broker")}
+    if settings.redis_url:
+        out["MAILER_REDIS_URL"] = urlunsplit(urlsplit(settings.redis_url)._replace(path="/1"))
+    out.update(extra)
+    return out

@@ -45,7 +45,7 @@ class Engine:
         self.rt = rt
         self.settings = replace(rt.settings, **settings)
         self.transport = SmtpTransport(parse_smtp_url(smtp.url))
-        self.queue: list[list[int]] = []
+        self.queue: list[deliveries.Batch] = []
         self.reports = []
 
     def runner(self) -> BatchRunner:
@@ -65,7 +65,8 @@ class Engine:
 
     def drain(self, limit: int = 1000) -> None:
         while self.queue and limit:
-            self.reports.append(self.runner().run(self.issue_id, self.queue.pop(0)))
+            batch = self.queue.pop(0)
+            self.reports.append(self.runner().run(self.issue_id, batch.ids, batch.token))
             limit -= 1
 
     def sweep(self, later: float = 0.0) -> deliveries.SweepResult:
@@ -156,8 +157,9 @@ def test_each_reader_gets_one_copy_even_when_batches_run_twice(rt, smtp, make):
     engine.drain()
     assert issue_status(issue_id) == "finished"
     assert counts(issue_id)["sent"] == 120
-    # The broker delivers every task again (a redelivery after a lost ack): nothing is re-sent.
-    engine.queue = first + [[d for d in range(1, 500)]]
+    # The broker delivers every task again (a redelivery after a lost ack), and a task turns
+    # up with ids it was never given: nothing is sent twice.
+    engine.queue = first + [deliveries.Batch("f00d", list(range(1, 500)))]
     engine.drain()
     assert set(per_reader(smtp, emails).values()) == {1}
     assert sum(r.claimed for r in engine.reports[-3:]) == 0
@@ -237,7 +239,8 @@ def test_pause_stops_between_groups_resume_sends_the_rest_once(rt, smtp, make):
         return out
 
     runner.transport = type("T", (), {"send_many": staticmethod(pause_after_first_group)})()
-    report = runner.run(issue_id, engine.queue.pop(0))
+    batch = engine.queue.pop(0)
+    report = runner.run(issue_id, batch.ids, batch.token)
     assert report.stopped == "issue paused or cancelled"
     assert counts(issue_id)["sent"] == 10 and counts(issue_id)["pending"] == 40
     with pytest.raises(InvalidTransition):
@@ -271,11 +274,12 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     issue_id = new_issue()
     engine = make(send_batch=30, send_group=10, send_lease_seconds=60)
     engine.start(issue_id)
-    ids = engine.queue.pop(0)
-    # A worker claims the batch, begins its first group, then dies without a word.
+    batch = engine.queue.pop(0)
+    # A worker takes the batch, begins its first group, then dies without a word.
     dead = engine.runner()
+    dead.queued, dead.tried = "q:" + batch.token, "t:" + batch.token + ":dead"
     with db.transaction() as s:
-        claimed, _ = dead._claim(s, issue_id, ids)
+        claimed, _ = dead._open(s, issue_id, batch.ids)
         dead._begin(s, issue_id, claimed[:10])
     assert counts(issue_id)["sending"] == 30
     assert engine.sweep(later=30).requeued == 0  # the lease has not run out

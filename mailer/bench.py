@@ -1,0 +1,218 @@
+"""The delivery benchmark: a throwaway database, real Celery workers, a real SMTP server.
+
+`mailer bench` (mailer/cli/bench.py) drives these steps: create a scratch PostgreSQL
+database beside the configured one and use a separate Redis database; seed subscribers in
+SQL; start worker processes; send an issue of personalized messages of a chosen size
+(optionally DKIM-signed with a fresh RSA-2048 key) to the given SMTP server; measure
+messages per second, the workers' memory, and the final counts; clean up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import func, select, text
+from sqlalchemy.engine import make_url
+
+from mailer.mail import placeholders as ph
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_render(size: int):
+    """A render_variant stand-in: a digest-like message of about `size` bytes on the wire."""
+
+    def render(session, issue, sections, rt):
+        items, n = [], 0
+        # HTML grows by about a tenth in quoted-printable; the text part is a fifth of it.
+        html_target = int(size * 0.72)
+        while sum(map(len, items)) < html_target - 900:
+            items.append(
+                f'<tr><td style="padding:12px 0;border-bottom:1px solid #e5e5e5">'
+                f'<a href="{ph.CLICK_BASE}/{n}" style="color:#0b4f8a;font-weight:bold">'
+                f"Story {n}: the council votes on the new bridge</a><p style=\"margin:4px 0\">"
+                f"What was decided, who voted how, and what it costs the city.</p></td></tr>\n"
+            )
+            n += 1
+        html = (
+            f"<!doctype html><html><body><p>Hello {ph.NAME},</p><table>{''.join(items)}"
+            f'</table><p>Sent to {ph.EMAIL}. <a href="{ph.UNSUBSCRIBE_URL}">Unsubscribe</a> '
+            f'<a href="{ph.PREFERENCES_URL}">Preferences</a></p></body></html>'
+        )
+        lines = "".join(f"Story {k}: {ph.CLICK_BASE}/{k}\n" for k in range(n))
+        text_part = (f"Hello {ph.NAME},\n\n{lines}\nUnsubscribe: {ph.UNSUBSCRIBE_URL}\n"
+                     f"Preferences: {ph.PREFERENCES_URL}\n")
+        return f"Benchmark issue {issue.id}", html, text_part
+
+    return render
+
+
+@dataclass
+class Scratch:
+    """The scratch database and Redis database the benchmark runs on."""
+
+    database_url: str
+    admin_url: str
+    name: str
+    redis_url: str
+
+    @classmethod
+    def beside(cls, database_url: str, redis_url: str, redis_db: int) -> Scratch:
+        url = make_url(database_url)
+        if not url.drivername.startswith("postgresql"):
+            raise ValueError("the benchmark needs PostgreSQL (MAILER_DATABASE_URL)")
+        name = f"mailer_bench_{secrets.token_hex(4)}"
+        return cls(
+            database_url=url.set(database=name).render_as_string(hide_password=False),
+            admin_url=url.render_as_string(hide_password=False),
+            name=name,
+            redis_url=urlunsplit(urlsplit(redis_url)._replace(path=f"/{redis_db}")),
+        )
+
+    def create(self) -> None:
+        from mailer.db import make_engine
+
+        engine = make_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+        engine.dispose()
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        client.flushdb()
+        client.close()
+
+    def drop(self) -> None:
+        from mailer.db import make_engine
+
+        engine = make_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+def bench_env(scratch: Scratch, smtp_url: str, folder: Path, dkim: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(
+        MAILER_DATABASE_URL=scratch.database_url,
+        MAILER_REDIS_URL=scratch.redis_url,
+        MAILER_SMTP_URL=smtp_url,
+        MAILER_SECRET_KEY=secrets.token_urlsafe(32),
+        MAILER_INSTANCE_PATH=str(folder),
+        MAILER_FROM="The Benchmark Daily <news@bench.example>",
+        MAILER_BASE_URL="https://news.bench.example",
+        MAILER_POSTAL_ADDRESS="1 Bench Street, Berlin",
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    if dkim:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        path = folder / "dkim.pem"
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        env.update(MAILER_DKIM_KEY_FILE=str(path), MAILER_DKIM_SELECTOR="bench",
+                   MAILER_DKIM_DOMAIN="bench.example")
+    return env
+
+
+def seed(session, count: int, chunk: int = 50_000, progress=None) -> None:
+    """`count` active weekly readers, generated by PostgreSQL itself."""
+    done = 0
+    while done < count:
+        n = min(chunk, count - done)
+        session.execute(text(
+            "INSERT INTO subscribers (uid, email, name, status, frequency, sections, source, "
+            "created_at, updated_at, confirmed_at) "
+            "SELECT substr(md5(random()::text || g::text), 1, 22), "
+            "'reader' || g || '@bench.example', "
+            "CASE WHEN g % 10 = 0 THEN NULL WHEN g % 7 = 0 THEN 'Zoë Leser ' || g "
+            "ELSE 'Reader ' || g END, 'active', 'weekly', '', 'bench', now(), now(), now() "
+            "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g"
+        ), {"a": done + 1, "b": done + n})
+        session.commit()
+        done += n
+        if progress:
+            progress(n)
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen
+    log: Path
+    peak: dict[int, int] = field(default_factory=dict)  # pid -> peak RSS (kB)
+
+    def pids(self) -> list[int]:
+        out = [self.proc.pid]
+        try:
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+            out += [int(p) for p in children.split()]
+        except OSError:
+            pass
+        return out
+
+    def sample(self) -> None:
+        for pid in self.pids():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmHWM:"):
+                    self.peak[pid] = max(self.peak.get(pid, 0), int(line.split()[1]))
+
+
+def start_workers(env: dict, folder: Path, count: int, concurrency: int) -> list[Worker]:
+    workers = []
+    for k in range(count):
+        log = folder / f"worker{k}.log"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailer.cli", "worker", "--pool", "prefork",
+             "--concurrency", str(concurrency), "-Q", "send", "--loglevel", "INFO"],
+            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        workers.append(Worker(proc, log))
+    deadline = time.monotonic() + 60
+    for w in workers:
+        while b" ready." not in w.log.read_bytes():
+            if w.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"a worker did not start:\n{w.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+    return workers
+
+
+def stop_workers(workers: list[Worker]) -> None:
+    for w in workers:
+        if w.proc.poll() is None:
+            os.killpg(w.proc.pid, signal.SIGTERM)
+    for w in workers:
+        try:
+            w.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(w.proc.pid, signal.SIGKILL)
+
+
+def sent_span(session, issue_id: int):
+    """(first, last) sent_at of an issue."""
+    from mailer.models import Delivery
+
+    return session.execute(
+        select(func.min(Delivery.sent_at), func.max(Delivery.sent_at))
+        .where(Delivery.issue_id == issue_id)
+    ).one()
+
+
+def scratch_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="mailer-bench-"))

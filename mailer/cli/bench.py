@@ -1,0 +1,164 @@
+"""`mailer bench`: delivery throughput through real workers, PostgreSQL, Redis and SMTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import click
+
+from mailer.cli import cli, fail, progress
+
+
+@cli.command()
+@click.option("--subscribers", "-n", type=click.IntRange(1), required=True,
+              help="Readers to seed and send to.")
+@click.option("--smtp", "smtp_url", required=True,
+              help="Where to send, e.g. smtp://127.0.0.1:2525 (Postfix's smtp-sink).")
+@click.option("--dkim", is_flag=True, help="Sign every message with a fresh RSA-2048 key.")
+@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes (`mailer worker`), as on separate hosts.")
+@click.option("--concurrency", "-c", type=click.IntRange(1), default=4, show_default=True,
+              help="Pool processes per worker.")
+@click.option("--size", type=click.IntRange(2000), default=30_000, show_default=True,
+              help="Message size in bytes.")
+@click.option("--database-url", envvar="MAILER_DATABASE_URL",
+              help="A PostgreSQL server to create the scratch database on "
+                   "[default: MAILER_DATABASE_URL].")
+@click.option("--redis-url", envvar="MAILER_REDIS_URL",
+              help="The Redis server [default: MAILER_REDIS_URL].")
+@click.option("--redis-db", type=click.IntRange(0), default=15, show_default=True,
+              help="The Redis database used (and emptied) for the run.")
+@click.option("--keep", is_flag=True, help="Keep the scratch database and the worker logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+def bench(subscribers, smtp_url, dkim, workers, concurrency, size, database_url, redis_url,
+          redis_db, keep, as_json):
+    """Measure how fast an issue goes out: seeds readers in a scratch database, sends one
+    issue through real worker processes and reports messages/s and memory per worker."""
+    from mailer import bench as b
+    from mailer.config import ConfigError, load_settings, parse_smtp_url
+
+    if not (database_url and redis_url):
+        fail("the benchmark needs PostgreSQL and Redis: set MAILER_DATABASE_URL and "
+             "MAILER_REDIS_URL, or pass --database-url and --redis-url")
+    try:
+        parse_smtp_url(smtp_url)
+        scratch = b.Scratch.beside(database_url, redis_url, redis_db)
+    except (ConfigError, ValueError) as e:
+        fail(str(e))
+    folder = b.scratch_folder()
+    scratch.create()
+    running = []
+    try:
+        env = b.bench_env(scratch, smtp_url, folder, dkim)
+        from mailer import create_app
+        from mailer.migrate import upgrade
+
+        upgrade(scratch.database_url)
+        app = create_app(load_settings(env))
+        result = _run(app, env, folder, subscribers, workers, concurrency, size, running, b)
+    finally:
+        b.stop_workers(running)
+        from mailer.db import db
+
+        if db.engine is not None:
+            db.engine.dispose()
+        if not keep:
+            scratch.drop()
+            shutil.rmtree(folder, ignore_errors=True)
+    result.update(dkim=dkim, workers=workers, concurrency=concurrency, smtp=smtp_url,
+                  cores=os.cpu_count(), load_before=result.pop("load"))
+    if keep:
+        result.update(database=scratch.name, logs=str(folder))
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    _print(result)
+
+
+def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) -> dict:
+    from mailer.db import db, utcnow
+    from mailer.models import Issue
+    from mailer.services import deliveries
+    from mailer.tasks.delivery import enqueue_batches
+
+    load = os.getloadavg()
+    session = db.session_factory()
+    with progress(length=subscribers, label="Seeding readers") as bar:
+        b.seed(session, subscribers, progress=bar.update)
+    session.close()
+    click.echo(f"Starting {workers} worker(s) x {concurrency} processes...", err=True)
+    running += b.start_workers(env, folder, workers, concurrency)
+    rt = app.extensions["mailer"]
+    with app.app_context():
+        with db.transaction() as s:
+            issue = Issue(subject="Benchmark", status="draft")
+            s.add(issue)
+            s.flush()
+            issue_id = issue.id
+        t = time.monotonic()
+        with db.transaction() as s:
+            started = deliveries.start_send(s, issue_id, b.bench_render(size), rt)
+        freeze = time.monotonic() - t
+        sample_size = _sample_size(issue_id, rt)
+        t0 = utcnow()
+        enqueue_batches(issue_id, started.batches)
+        with progress(length=started.deliveries, label="Sending") as bar:
+            shown = 0
+            while True:
+                time.sleep(0.5)
+                for w in running:
+                    w.sample()
+                with db.transaction() as s:
+                    st = deliveries.status(s, issue_id)
+                bar.update(st["done"] - shown)
+                shown = st["done"]
+                if st["status"] != "sending":
+                    break
+        with db.transaction() as s:
+            first, last = b.sent_span(s, issue_id)
+    for w in running:
+        w.sample()
+    seconds = (last - t0).total_seconds() if last else 0.0
+    peaks = sorted(kb // 1024 for w in running for pid, kb in w.peak.items() if pid != w.proc.pid)
+    return {
+        "subscribers": subscribers,
+        "message_bytes": sample_size,
+        "freeze_seconds": round(freeze, 2),
+        "send_seconds": round(seconds, 2),
+        "messages_per_second": round(st["counts"]["sent"] / seconds, 1) if seconds else 0.0,
+        "peak_rss_mb_per_process": peaks,
+        "peak_rss_mb_main": [w.peak.get(w.proc.pid, 0) // 1024 for w in running],
+        "counts": st["counts"],
+        "status": st["status"],
+        "load": [round(x, 2) for x in load],
+    }
+
+
+def _sample_size(issue_id: int, rt) -> int:
+    from mailer.db import db
+    from mailer.mail.compiled import CompiledVariant, Reader
+    from mailer.models import IssueVariant
+
+    with db.transaction() as s:
+        from sqlalchemy import select
+
+        v = s.scalar(select(IssueVariant).where(IssueVariant.issue_id == issue_id))
+        cv = CompiledVariant(issue_id=issue_id, variant_id=v.id, subject=v.subject, html=v.html,
+                             text=v.text, settings=rt.settings, links=rt.links, tokens=rt.tokens,
+                             signer=rt.dkim)
+    return len(cv.build(Reader(1, "reader1@bench.example", "Reader 1", "x" * 22)).data)
+
+
+def _print(r: dict) -> None:
+    c = r["counts"]
+    click.echo(f"Sent {c['sent']:,} messages of {r['message_bytes'] / 1000:.1f} KB"
+               f"{' signed with RSA-2048 DKIM' if r['dkim'] else ''} to {r['smtp']}")
+    click.echo(f"  {r['messages_per_second']:,.0f} messages/s over {r['send_seconds']} s "
+               f"({r['workers']} worker(s) x {r['concurrency']} processes, {r['cores']} cores, "
+               f"load before {r['load_before'][0]})")
+    click.echo(f"  audience frozen in {r['freeze_seconds']} s")
+    click.echo(f"  peak RSS per sending process: {', '.join(f'{m} MB' for m in r['peak_rss_mb_per_process'])}")
+    click.echo("  final counts: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
