@@ -218,7 +218,8 @@ def suppressions():
             return redirect(url_for("admin_subscribers.suppressions"))
     elif email:
         try:
-            checked = (email, admin.suppression_for(db.session, email, rt.email_hash))
+            address = subs.normalize_email(email)
+            checked = (address, admin.suppression_for(db.session, address, rt.email_hash))
         except ValidationError as e:
             error = e.message
     page, offset = paging(PER_PAGE)
