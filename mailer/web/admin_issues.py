@@ -150,14 +150,15 @@ def _back(issue_id: int, anchor: str = ""):
 
 
 def _refused(issue_id: int, e: MailerError, anchor: str = ""):
-    """An edit the issue's state or the input refused: say why on the composer."""
+    """An edit refused: the issue moved on (its page says where it is now), or the input was
+    wrong (the composer again, with the reason, and a 4xx)."""
     db.session.rollback()
     if isinstance(e, InvalidTransition):
         issue = digests.get_issue(db.session, issue_id)
         flash(f"Issue {issue_id} is {issue.status} and can no longer be edited.", "error")
         return redirect(issue_home(issue))
-    flash(getattr(e, "message", str(e)), "error")
-    return _back(issue_id, anchor)
+    error = e if isinstance(e, ValidationError) else ValidationError(anchor.lstrip("#"), str(e))
+    return _compose_page(issue_id, error, status=e.status)
 
 
 @bp.post("/<int:issue_id>/text")
