@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Integer, and_, case, cast, distinct, func, select
 from sqlalchemy.orm import Session
@@ -266,14 +266,16 @@ def next_runs(session: Session, now: datetime | None = None, limit: int = 5) -> 
     for schedule in session.scalars(select(Schedule).where(Schedule.active.is_(True))):
         upcoming = schedules.next_runs(schedule, now, 1)
         if upcoming:
-            out.append({"at": upcoming[0], "schedule": schedule, "issue": None})
+            _spec, tz = schedules.spec_of(schedule)
+            out.append({"at": upcoming[0].astimezone(UTC), "schedule": schedule, "issue": None,
+                        "local": schedules.local_label(upcoming[0], tz)})
     for issue in session.scalars(
         select(Issue)
         .where(Issue.status == I.SCHEDULED, Issue.send_at.is_not(None))
         .order_by(Issue.send_at)
         .limit(limit)
     ):
-        out.append({"at": issue.send_at, "schedule": None, "issue": issue})
+        out.append({"at": issue.send_at, "schedule": None, "issue": issue, "local": None})
     out.sort(key=lambda r: r["at"])
     return out[:limit]
 

@@ -1,0 +1,199 @@
+"""The dashboard: readers by status over time, last issues, queue, what comes next, warnings;
+and the settings page."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import time_machine
+
+from mailer.db import db, utcnow
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Feed,
+    Issue,
+    IssueStatus,
+    Role,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+)
+from mailer.services import reports, schedules
+from mailer.web.charts import bar_chart, line_chart, nice_max
+from tests.conftest import make_app
+from tests.web.test_console_support import add_readers, login, text_of
+
+NOW = datetime(2027, 3, 31, 12, 0, tzinfo=UTC)
+
+
+def day(d: int, hour: int = 9) -> datetime:
+    return datetime(2027, 3, d, hour, tzinfo=UTC)
+
+
+def reader(email, status, created, confirmed=None, **times) -> Subscriber:
+    sub = Subscriber(email=email, status=status, created_at=created, confirmed_at=confirmed,
+                     **times)
+    db.session.add(sub)
+    db.session.flush()
+    return sub
+
+
+def test_readers_by_status_over_time_from_their_timestamps_and_events(client):
+    a = reader("a@example.com", SubscriberStatus.ACTIVE, day(2), day(2))
+    reader("b@example.com", SubscriberStatus.UNSUBSCRIBED, day(10), day(11),
+           unsubscribed_at=day(20))
+    reader("c@example.com", SubscriberStatus.PENDING, day(25))
+    d = reader("d@example.com", SubscriberStatus.BOUNCED, datetime(2027, 2, 1, tzinfo=UTC),
+               datetime(2027, 2, 1, tzinfo=UTC), bounced_at=day(15))
+    reader("e@example.com", SubscriberStatus.COMPLAINED, day(28), day(28), updated_at=day(30))
+    db.session.add_all([
+        SubscriberEvent(subscriber_id=a.id, at=day(2), kind="confirmed"),
+        SubscriberEvent(subscriber_id=d.id, at=day(15), kind="bounced"),
+        SubscriberEvent(subscriber_id=a.id, at=day(16), kind="preferences"),
+    ])
+    db.session.commit()
+
+    h = reports.readers_over_time(db.session, 30, now=NOW)
+    days = [x.day for x in h["days"]]
+    assert len(days) == 30 and h["days"][0].isoformat() == "2027-03-02" and days[-1] == 31
+
+    def at(d):
+        i = days.index(d)
+        return h["active"][i], h["pending"][i], h["gone"][i], h["joined"][i], h["left"][i]
+
+    assert at(2) == (2, 0, 0, 1, 0)  # a joined; d active since February
+    assert at(10) == (2, 1, 0, 0, 0)  # b signed up, not yet confirmed
+    assert at(15) == (2, 0, 1, 0, 1)  # b confirmed on the 11th; d bounced
+    assert at(16) == (2, 0, 1, 0, 0)  # a preferences change is neither joining nor leaving
+    assert at(20) == (1, 0, 2, 0, 0)  # b left
+    assert at(25) == (1, 1, 2, 0, 0)  # c is pending
+    assert at(28) == (2, 1, 2, 0, 0)  # e arrived ...
+    assert at(31) == (1, 1, 3, 0, 0)  # ... and complained on the 30th
+
+    with time_machine.travel(NOW, tick=False):
+        login(client, Role.EDITOR, "editor@daily.example")
+        page = client.get("/admin/")
+    html = page.get_data(as_text=True)
+    assert '<svg class="chart"' in html and 'role="img"' in html
+    assert "<title id=" in html and "Readers by status, last 30 days" in html
+    text = text_of(page)
+    assert "2027-03-15 2 0 1 0 1" in text and "2027-03-31 1 1 3 0 0" in text
+    assert "No readers yet." not in text
+
+
+def test_a_fresh_install_says_what_to_do_next(client):
+    login(client, Role.ADMIN, "chief@daily.example")
+    text = text_of(client.get("/admin/"))
+    assert "No readers yet." in text and "import a CSV" in text
+    assert "Nothing sent yet." in text and "Compose an issue with the button above" in text
+    assert "Nothing is set to go out." in text and "Add a schedule" in text
+    assert "Mail is not DKIM-signed" in text
+    assert "No postal address is set" not in text
+    assert "Tasks in the broker" in text and "unknown" not in text
+
+
+def test_missing_postal_address_is_a_warning(app, env):
+    client = make_app(env, MAILER_POSTAL_ADDRESS="").test_client()
+    login(client, Role.OPS, "ops@daily.example")
+    text = text_of(client.get("/admin/"))
+    assert "No postal address is set (MAILER_POSTAL_ADDRESS)" in text
+    settings = text_of(client.get("/admin/settings"))
+    assert "No postal address is set" in settings and "MAILER_POSTAL_ADDRESS (not set)" in settings
+
+
+def issue_with(counts: dict, *, started: datetime, status=IssueStatus.FINISHED,
+               reason=None) -> Issue:
+    """An issue that went out, with deliveries in the given states (readers made for it)."""
+    issue = Issue(subject=f"Issue of {started:%d %b}", status=status, started_at=started,
+                  status_reason=reason)
+    db.session.add(issue)
+    db.session.flush()
+    n = 0
+    for state, count in counts.items():
+        ids = add_readers(count, prefix=f"i{issue.id}-{state}-")
+        for sid in ids:
+            n += 1
+            db.session.add(Delivery(issue_id=issue.id, subscriber_id=sid, status=state,
+                                    attempts=0 if state == DeliveryStatus.PENDING else 1))
+    db.session.commit()
+    return issue
+
+
+def test_warnings_bounces_rising_paused_uncertain_and_broken_feeds(client):
+    now = utcnow()
+    issue_with({DeliveryStatus.SENT: 20}, started=now - timedelta(days=14))
+    latest = issue_with({DeliveryStatus.SENT: 17, DeliveryStatus.FAILED_PERMANENT: 3},
+                        started=now - timedelta(days=7))
+    paused = issue_with({DeliveryStatus.SENT: 2, DeliveryStatus.PENDING: 5,
+                         DeliveryStatus.UNCERTAIN: 1}, started=now - timedelta(hours=1),
+                        status=IssueStatus.PAUSED, reason="Paused automatically: 451 busy")
+    db.session.add(Feed(url="https://daily.example/feed", last_error="HTTP 500",
+                        last_checked_at=now))
+    db.session.commit()
+
+    login(client, Role.OPS, "ops@daily.example")
+    page = client.get("/admin/")
+    text = text_of(page)
+    assert ("The bounce rate is rising: 15.0% of the last issue's messages bounced, against "
+            "0.0% before.") in text
+    assert f"Issue {paused.id} is paused: Paused automatically: 451 busy" in text
+    assert f'href="/admin/issues/{paused.id}/sending">Open issue {paused.id}' in (
+        page.get_data(as_text=True))
+    assert f"Issue {paused.id}: 1 message(s) may or may not have been delivered" in text
+    assert "The feed https://daily.example/feed cannot be read: HTTP 500" in text
+    # The queue and the last issues with their counts.
+    assert "Issues paused 1" in text and "Messages waiting 5" in text
+    assert "Uncertain messages 1" in text
+    row = f"Issue of {latest.started_at:%d %b} #{latest.id}"
+    assert row in text and f"{row} " in text
+    assert f"#{latest.id} {latest.started_at:%Y-%m-%d %H:%M} finished 17 0 3" in text
+
+
+def test_a_steady_bounce_rate_is_no_warning_but_a_high_one_is():
+    rows = [{"sent": 97, "bounced": 3}] * 3
+    assert reports.bounce_trend(rows) == (0.03, 0.03)
+    high = [{"sent": 90, "bounced": 10}]
+    assert reports.bounce_trend(high) == (0.1, None)
+    assert reports.bounce_trend([{"sent": 5, "bounced": 1}]) is None  # too few to judge
+
+
+def test_coming_up_lists_schedules_and_issues_set_to_a_time(client):
+    with time_machine.travel(NOW, tick=False):
+        schedules.create_schedule(db.session, name="Weekly", cron_text="mon 07:00",
+                                  timezone="Europe/Berlin")
+        db.session.add(Issue(subject="Set by hand", status=IssueStatus.SCHEDULED,
+                             send_at=datetime(2027, 4, 2, 8, tzinfo=UTC)))
+        db.session.commit()
+        login(client, Role.OPS, "ops@daily.example")
+        text = text_of(client.get("/admin/"))
+    assert "Fri 2027-04-02 08:00 UTC — issue #" in text
+    assert "Mon 2027-04-05 05:00 UTC — schedule Weekly" in text
+    assert text.index("2027-04-02 08:00") < text.index("2027-04-05 05:00")
+    assert "Issues set to a time 1" in text
+
+
+def test_settings_are_shown_without_secrets(app, env):
+    app = make_app(env, MAILER_REPORT_WEBHOOK="https://hooks:s3cret@example.com/report")
+    client = app.test_client()  # the `app` fixture cleaned the database for it
+    login(client, Role.OPS, "ops@daily.example")
+    page = client.get("/admin/settings")
+    text = text_of(page)
+    assert "MAILER_FROM The Daily Test <news@daily.example>" in text
+    assert "MAILER_SECRET_KEY set" in text and env["MAILER_SECRET_KEY"] not in text
+    assert "s3cret" not in text and "https://hooks:•••@example.com/report" in text
+    editor = app.test_client()
+    login(editor, Role.EDITOR, "editor@daily.example")
+    assert editor.get("/admin/settings").status_code == 403
+
+
+def test_charts_are_svg_with_a_title_description_and_round_axes():
+    assert [nice_max(v) for v in (0, 1, 3, 7, 10, 11, 180, 2001)] == [1, 1, 5, 10, 10, 20, 200,
+                                                                    5000]
+    chart = str(line_chart("Readers <all>", "Per day", ["1 Mar", "2 Mar"],
+                           [("Active", "s-active", [3, 4])]))
+    assert chart.startswith('<svg class="chart"') and "<title id=" in chart
+    assert "Readers &lt;all&gt;" in chart and "<desc id=" in chart and "polyline" in chart
+    bars = str(bar_chart("Clicks", "Per article", [("A very long article title " * 3, 7, "s")]))
+    assert "…" in bars and ">7</text>" in bars
+    assert "<svg" in str(bar_chart("Nothing", "No bars", []))
