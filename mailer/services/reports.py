@@ -67,8 +67,10 @@ def readers_over_time(session: Session, days: int = 30, now: datetime | None = N
     """
     now = now or utcnow()
     left_at = case(
-        (S.status == SubscriberStatus.UNSUBSCRIBED, S.unsubscribed_at),
-        (S.status == SubscriberStatus.BOUNCED, S.bounced_at),
+        # (updated_at stands in for rows written without the timestamp, e.g. by hand)
+        (S.status == SubscriberStatus.UNSUBSCRIBED, func.coalesce(S.unsubscribed_at,
+                                                                  S.updated_at)),
+        (S.status == SubscriberStatus.BOUNCED, func.coalesce(S.bounced_at, S.updated_at)),
         (S.status == SubscriberStatus.COMPLAINED, S.updated_at),
         else_=None,
     )

@@ -147,7 +147,8 @@
     document.querySelectorAll("li[data-item] form").forEach(function (form) {
       form.addEventListener("submit", function () { rememberFocus(form); });
     });
-    restoreFocus();
+    // After the load: the browser's own jump to the #item-… anchor would take the focus away.
+    window.addEventListener("load", function () { setTimeout(restoreFocus, 0); });
     // A send is one click: the server refuses a second start anyway, this just says so early.
     document.querySelectorAll("form[data-once]").forEach(function (form) {
       form.addEventListener("submit", function () {

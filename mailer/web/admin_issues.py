@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
@@ -268,6 +270,9 @@ def _preview(issue_id: int):
 @auth.login_required(*READER_ROLES)
 def preview_html(issue_id: int):
     _, html, _ = _preview(issue_id)
+    # Links open in a new tab (the sandbox allows that), never inside the preview frame.
+    html = re.sub(r"<head(\s[^>]*)?>", lambda m: m.group(0) + '<base target="_blank">', html,
+                  count=1, flags=re.IGNORECASE)
     resp = Response(html, mimetype="text/html")
     # Shown in a sandboxed iframe: no scripts, no forms, nothing on our origin; links open
     # in a new tab outside the sandbox.

@@ -9,7 +9,7 @@ import threading
 from datetime import datetime, timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 
 from mailer.db import db, utcnow
 from mailer.feeds import parse_document
@@ -69,15 +69,17 @@ def add_readers(count: int, *, prefix: str = "reader", status=SubscriberStatus.A
 
 
 def ingest_feeds(*names: str, newest_at: datetime | None = None) -> int:
-    """Ingest fixture feeds with the articles service, then move their dates so the newest
-    was published `newest_at` (an hour ago by default): the real items, as if this week's."""
+    """Ingest fixture feeds with the articles service, then move each feed's dates so its
+    newest post was published `newest_at` (an hour ago by default): the real items, as if
+    they were this week's."""
+    newest_at = newest_at or utcnow() - timedelta(hours=1)
     for name in names:
         path = FEEDS / name
-        articles.ingest(db.session, parse_document(path.read_bytes()), source=str(path.name))
-    db.session.commit()
-    newest = db.session.scalar(select(func.max(Article.published_at)))
-    shift = (newest_at or utcnow() - timedelta(hours=1)) - newest
-    db.session.execute(update(Article).values(published_at=Article.published_at + shift))
+        report = articles.ingest(db.session, parse_document(path.read_bytes()), source=name)
+        mine = list(db.session.scalars(select(Article).where(Article.id.in_(report.ids))))
+        shift = newest_at - max(a.published_at for a in mine)
+        for article in mine:
+            article.published_at += shift
     db.session.commit()
     return db.session.scalar(select(func.count()).select_from(Article))
 
@@ -120,8 +122,8 @@ class Console:
             self.worker.stop()
 
 
-@pytest.fixture
-def slow_console(app, env, tmp_path):
+@pytest.fixture(name="slow_console")
+def slow_console_fixture(app, env, tmp_path):
     console = Console(env, tmp_path, rate=12).start()
     yield console
     console.stop()
