@@ -44,7 +44,10 @@ def error_response(status: int, message: str, field: str | None = None, headers=
             body["field"] = field
         resp = jsonify(body)
     else:
-        resp = render_template("error.html", status=status, message=message)
+        # Console pages answer inside the console (with its menu), unless the server failed.
+        console = request.path.startswith("/admin") and status < 500
+        resp = render_template("admin/error.html" if console else "error.html", status=status,
+                               message=message)
     return resp, status, headers or {}
 
 

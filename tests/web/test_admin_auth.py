@@ -95,7 +95,10 @@ def test_logins_from_one_address_are_rate_limited(client):
 def test_an_editor_cannot_manage_users_and_ops_cannot_compose(app, make_email):
     editor = app.test_client()
     login(editor, Role.EDITOR, "editor@daily.example")
-    assert editor.get("/admin/users").status_code == 403
+    forbidden = editor.get("/admin/users")
+    assert forbidden.status_code == 403
+    assert "Your role is editor" in text_of(forbidden) and "Back to the dashboard" in text_of(
+        forbidden)
     refused = post(editor, "/admin/users", email="mole@daily.example", role="admin",
                    password=PASSWORD, password2=PASSWORD)
     assert refused.status_code == 403 and "You are not allowed" in text_of(refused)
