@@ -174,6 +174,8 @@ def test_an_editor_sends_a_digest_of_the_real_feeds_and_watches_it_finish(
 
     page.get_by_role("button", name="Resume").click()
     page.locator("h2 [data-field=status_text]", has_text=re.compile("^Sending$")).wait_for()
+    assert re.fullmatch(r"[\d.]+ per second", field(page, "rate_text"))
+    assert re.fullmatch(r"about \d+ (s|min)|working it out", field(page, "eta_text"))
     page.evaluate("window.notReloaded = true")
     page.wait_for_function(
         "() => document.querySelector('[data-field=status_text]').textContent === 'Finished'",
