@@ -152,6 +152,10 @@ class Worker:
     proc: subprocess.Popen
     log: Path
     peak: dict[int, int] = field(default_factory=dict)  # pid -> peak RSS (kB)
+    # pid -> largest PSS and private memory seen (kB): RSS counts the pages a forked pool
+    # process shares with its parent and siblings in full, in every one of them.
+    pss: dict[int, int] = field(default_factory=dict)
+    private: dict[int, int] = field(default_factory=dict)
 
     def pids(self) -> list[int]:
         out = [self.proc.pid]
@@ -171,6 +175,29 @@ class Worker:
             for line in status.splitlines():
                 if line.startswith("VmHWM:"):
                     self.peak[pid] = max(self.peak.get(pid, 0), int(line.split()[1]))
+            try:
+                rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            except OSError:
+                continue
+            kb = {line.split(":")[0]: int(line.split()[1]) for line in rollup[1:]}
+            self.pss[pid] = max(self.pss.get(pid, 0), kb.get("Pss", 0))
+            private = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
+            self.private[pid] = max(self.private.get(pid, 0), private)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids(session) -> list[int]:
+    """Backends serving the scratch database (they run on this machine in the benchmark)."""
+    return list(session.scalars(text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")))
 
 
 def start_workers(env: dict, folder: Path, count: int, concurrency: int) -> list[Worker]:

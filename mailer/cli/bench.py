@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import sys
 import time
 
 import click
@@ -49,6 +51,8 @@ def bench(subscribers, smtp_url, dkim, workers, concurrency, size, database_url,
     except (ConfigError, ValueError) as e:
         fail(str(e))
     folder = b.scratch_folder()
+    # A plain SIGTERM would skip the clean-up below (workers, scratch database).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     scratch.create()
     running = []
     try:
@@ -103,26 +107,54 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
             started = deliveries.start_send(s, issue_id, b.bench_render(size), rt)
         freeze = time.monotonic() - t
         sample_size = _sample_size(issue_id, rt)
+        with db.transaction() as s:
+            pg0 = b.postgres_pids(s)
+        cpu0 = {
+            "workers": sum(b.cpu_seconds(pid) for w in running for pid in w.pids()),
+            "postgres": sum(b.cpu_seconds(pid) for pid in pg0),
+            "bench": b.cpu_seconds(os.getpid()),
+        }
         t0 = utcnow()
         enqueue_batches(issue_id, started.batches)
+        from mailer.tasks.delivery import sweep_deliveries
+
         with progress(length=started.deliveries, label="Sending") as bar:
-            shown = 0
+            shown, moved, swept = 0, time.monotonic(), time.monotonic()
             while True:
                 time.sleep(0.5)
                 for w in running:
                     w.sample()
                 with db.transaction() as s:
                     st = deliveries.status(s, issue_id)
+                if st["done"] != shown:
+                    moved = time.monotonic()
                 bar.update(st["done"] - shown)
                 shown = st["done"]
                 if st["status"] != "sending":
                     break
+                if time.monotonic() - swept > 30:  # what beat's tick does in production
+                    sweep_deliveries()
+                    swept = time.monotonic()
+                if time.monotonic() - moved > 120:
+                    fail(f"no progress for two minutes: {st['counts']} (--keep keeps the worker logs)")
         with db.transaction() as s:
             first, last = b.sent_span(s, issue_id)
+            pg = b.postgres_pids(s)
     for w in running:
         w.sample()
+    sent = st["counts"]["sent"] or 1
+    # CPU spent per message, by component: where the time goes.
+    cpu = {
+        "workers": sum(b.cpu_seconds(pid) for w in running for pid in w.pids()) - cpu0["workers"],
+        "postgres": sum(b.cpu_seconds(pid) for pid in pg) - cpu0["postgres"],
+        "bench": b.cpu_seconds(os.getpid()) - cpu0["bench"],
+    }
     seconds = (last - t0).total_seconds() if last else 0.0
-    peaks = sorted(kb // 1024 for w in running for pid, kb in w.peak.items() if pid != w.proc.pid)
+    def per_child(values):
+        return sorted(round(kb / 1024) for w in running for pid, kb in getattr(w, values).items()
+                      if pid != w.proc.pid)
+
+    peaks = per_child("peak")
     return {
         "subscribers": subscribers,
         "message_bytes": sample_size,
@@ -130,7 +162,10 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
         "send_seconds": round(seconds, 2),
         "messages_per_second": round(st["counts"]["sent"] / seconds, 1) if seconds else 0.0,
         "peak_rss_mb_per_process": peaks,
+        "peak_pss_mb_per_process": per_child("pss"),
+        "peak_private_mb_per_process": per_child("private"),
         "peak_rss_mb_main": [w.peak.get(w.proc.pid, 0) // 1024 for w in running],
+        "cpu_us_per_message": {k: round(v * 1e6 / sent) for k, v in cpu.items()},
         "counts": st["counts"],
         "status": st["status"],
         "load": [round(x, 2) for x in load],
@@ -160,5 +195,10 @@ def _print(r: dict) -> None:
                f"({r['workers']} worker(s) x {r['concurrency']} processes, {r['cores']} cores, "
                f"load before {r['load_before'][0]})")
     click.echo(f"  audience frozen in {r['freeze_seconds']} s")
-    click.echo(f"  peak RSS per sending process: {', '.join(f'{m} MB' for m in r['peak_rss_mb_per_process'])}")
+    click.echo("  CPU per message: " + ", ".join(
+        f"{k} {v} µs" for k, v in r["cpu_us_per_message"].items()))
+    mb = lambda values: ", ".join(f"{m} MB" for m in values)  # noqa: E731
+    click.echo(f"  peak RSS per sending process: {mb(r['peak_rss_mb_per_process'])} "
+               f"(PSS {mb(r['peak_pss_mb_per_process'])}; "
+               f"private {mb(r['peak_private_mb_per_process'])})")
     click.echo("  final counts: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))

@@ -14,9 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
-
 # Signed in this order. The last four are named once more than they occur ("oversigning"),
 # so a header of those names added in transit breaks the signature instead of being trusted.
 SIGNED_HEADERS = (
@@ -48,22 +45,24 @@ def body_hash(body: bytes) -> str:
 class DkimKey:
     domain: str
     selector: str
-    key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
-
-    @property
-    def algorithm(self) -> str:
-        return "ed25519-sha256" if isinstance(self.key, ed25519.Ed25519PrivateKey) else "rsa-sha256"
+    key: object  # a cryptography RSA or Ed25519 private key
+    algorithm: str  # rsa-sha256 | ed25519-sha256
 
     def sign(self, data: bytes) -> bytes:
-        if isinstance(self.key, ed25519.Ed25519PrivateKey):
+        if self.algorithm == "ed25519-sha256":
             # RFC 8463: Ed25519 signs the SHA-256 digest of the canonicalized data.
             return self.key.sign(hashlib.sha256(data).digest())
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
 
     def dns_txt(self) -> str:
         """The TXT record to publish at `selector._domainkey.domain`."""
+        from cryptography.hazmat.primitives import serialization
+
         pub = self.key.public_key()
-        if isinstance(pub, ed25519.Ed25519PublicKey):
+        if self.algorithm == "ed25519-sha256":
             raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
             return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
         der = pub.public_bytes(
@@ -74,6 +73,10 @@ class DkimKey:
 
 def load_key(path: str | Path, domain: str, selector: str) -> DkimKey:
     """Read a PEM private key (RSA of at least 1024 bits, or Ed25519)."""
+    # Imported here: a worker that does not sign need not carry the library.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as e:
@@ -81,9 +84,10 @@ def load_key(path: str | Path, domain: str, selector: str) -> DkimKey:
     if isinstance(key, rsa.RSAPrivateKey):
         if key.key_size < 1024:
             raise DkimError(f"the DKIM key {path} has {key.key_size} bits; 2048 are expected")
-    elif not isinstance(key, ed25519.Ed25519PrivateKey):
-        raise DkimError(f"the DKIM key {path} is neither RSA nor Ed25519")
-    return DkimKey(domain=domain, selector=selector, key=key)
+        return DkimKey(domain, selector, key, "rsa-sha256")
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return DkimKey(domain, selector, key, "ed25519-sha256")
+    raise DkimError(f"the DKIM key {path} is neither RSA nor Ed25519")
 
 
 def _fold_b64(value: str, width: int = 72) -> str:

@@ -10,9 +10,11 @@ claimed_by = "q:<token>". The task then, per group of `send_group` rows:
 
 and finally records the last outcomes and finishes the issue if nothing is left. A crash
 leaves at most one group per process tried but unrecorded: the sweeper marks those
-`uncertain`, and hands the rows never tried to another task. The protocol commits between
-steps, so unlike other services the runner is given a transaction factory (the task's
-db.transaction) rather than one session.
+`uncertain`, and hands the rows never tried to another task.
+
+This is the hot path of a send (a few statements per group of messages), so it runs on one
+Core connection with statements built once, and commits between steps: unlike other
+services the runner is given the engine rather than a session.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from sqlalchemy import and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from mailer.db import utcnow
 from mailer.errors import InvalidTransition
@@ -48,9 +52,65 @@ from mailer.services.deliveries import QUEUED, TRIED, Batch, new_token
 
 log = logging.getLogger(__name__)
 D = DeliveryStatus
-T = Delivery.__table__
+T, I, S = Delivery.__table__, Issue.__table__, Subscriber.__table__
 UNREACHABLE = "unreachable: "
 RELEASE_DELAY = 10.0  # seconds before rows the server never saw are tried again
+
+# --- the statements, built once ----------------------------------------------------------
+# claimed_by alone says which rows a run holds: "q:<token>" = queued for it, not tried;
+# its tried marker = tried by it. Conditions on the indexed status column would tempt the
+# planner into scanning every row in flight instead of using the primary key.
+_IDS = bindparam("b_ids", expanding=True)
+_ISSUE_STATUS = select(I.c.status).where(I.c.id == bindparam("b_issue"))
+_OPEN = (
+    select(T.c.id, T.c.variant_id, T.c.attempts, S.c.id, S.c.email, S.c.name, S.c.uid, S.c.status)
+    .select_from(T.outerjoin(S, S.c.id == T.c.subscriber_id))
+    .where(T.c.id.in_(_IDS), T.c.status == D.SENDING, T.c.claimed_by == bindparam("b_queued"))
+    .order_by(T.c.id)
+)
+_WITHDRAW = (
+    update(T).where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_queued"))
+    .values(status=D.FAILED_PERMANENT, last_error=bindparam("b_err"), claimed_by=None)
+)
+_BEGIN = (
+    update(T)
+    .where(
+        T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"),
+        exists().where(I.c.id == bindparam("b_issue"), I.c.status == IssueStatus.SENDING),
+    )
+    .values(claimed_by=bindparam("b_tried"), attempts=T.c.attempts + 1,
+            claimed_at=bindparam("b_now"))
+    .returning(T.c.id)
+)
+_SENT = (
+    update(T).where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_tried"))
+    .values(status=D.SENT, sent_at=bindparam("b_now"), last_error=None)
+)
+_OUTCOME = (
+    update(T).where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_tried"))
+    .values(status=bindparam("b_st"), last_error=bindparam("b_err"),
+            next_attempt_at=bindparam("b_next"), attempts=bindparam("b_att"),
+            claimed_by=bindparam("b_by"), claimed_at=bindparam("b_now"))
+)
+_RELEASE = (
+    update(T).where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
+    .values(status=D.PENDING, claimed_by=None, claimed_at=None)
+)
+_REQUEUE = (
+    update(T).where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
+    .values(claimed_by=bindparam("b_new"), claimed_at=bindparam("b_now"))
+)
+_BOUNCE = (
+    update(S).where(S.c.id.in_(_IDS), S.c.status == SubscriberStatus.ACTIVE)
+    .values(status=SubscriberStatus.BOUNCED, bounced_at=bindparam("b_now"))
+    .returning(S.c.id)
+)
+_TRIED_COUNTS = (
+    select(T.c.status, func.count())
+    .where(T.c.issue_id == bindparam("b_issue"), T.c.attempts > 0,
+           T.c.status.in_([D.SENT, D.FAILED_TEMPORARY, D.FAILED_PERMANENT]))
+    .group_by(T.c.status)
+)
 
 
 def run_name() -> str:
@@ -93,7 +153,7 @@ class BatchRunner:
     def __init__(
         self,
         *,
-        transaction: Callable,
+        engine: Engine,
         transport,
         limiter,
         variant: Callable[[int], CompiledVariant],
@@ -101,7 +161,7 @@ class BatchRunner:
         enqueue: Callable[[Batch, float | None], object],
         clock: Callable = utcnow,
     ):
-        self.transaction = transaction
+        self.engine = engine
         self.transport = transport
         self.limiter = limiter
         self.variant = variant
@@ -109,28 +169,45 @@ class BatchRunner:
         self.enqueue = enqueue
         self.clock = clock
         self.report = BatchReport()
+        self._conn: Connection | None = None
         self._retry_token: str | None = None
 
     # --- transactions -------------------------------------------------------------------
 
     def _tx(self, fn):
-        """Run fn(session) in a transaction, again after a deadlock or a lost connection."""
+        """Run fn(connection) in a transaction, again after a deadlock or a lost connection."""
         for attempt in range(4):
+            if self._conn is None:
+                self._conn = self.engine.connect()
             try:
-                with self.transaction() as s:
-                    return fn(s)
+                with self._conn.begin():
+                    return fn(self._conn)
             except DBAPIError as e:
+                if e.connection_invalidated:
+                    self._close()
                 if attempt == 3 or not (e.connection_invalidated or _retryable(e)):
                     raise
                 log.warning("delivery transaction retried after %s", e.orig)
                 time.sleep(0.2 * (attempt + 1))
 
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
     # --- the run ------------------------------------------------------------------------
 
     def run(self, issue_id: int, ids: list[int], token: str) -> BatchReport:
+        try:
+            return self._run(issue_id, ids, token)
+        finally:
+            self._close()
+
+    def _run(self, issue_id: int, ids: list[int], token: str) -> BatchReport:
+        self.issue_id = issue_id
         self.queued = QUEUED + token
         self.tried = f"{TRIED}{token}:{run_name()}"[:100]
-        claimed, handed = self._tx(lambda s: self._open(s, issue_id, ids))
+        claimed, handed = self._tx(lambda c: self._open(c, ids))
         for batch in handed:  # keep the window full while this batch sends
             self.enqueue(batch, None)
         if claimed is None:
@@ -143,12 +220,11 @@ class BatchRunner:
             group = claimed[start : start + size]
             messages = self._build(group)
             done = prepared
-            begun = self._tx(lambda s: self._write(s, done) or self._begin(s, issue_id, group))
+            begun = self._tx(lambda c: self._write(c, done) or self._begin(c, group))
             prepared = None
             if not begun:
-                state = self._tx(lambda s: s.scalar(select(Issue.status).where(Issue.id == issue_id)))
-                if state != IssueStatus.SENDING:
-                    self._tx(lambda s: self._release(s, claimed[start:]))
+                if self._tx(self._issue_status) != IssueStatus.SENDING:
+                    self._tx(lambda c: c.execute(_RELEASE, self._ids(claimed[start:])))
                     self.report.stopped = "issue paused or cancelled"
                     break
                 continue  # the sweeper took these rows back: another task sends them
@@ -158,79 +234,65 @@ class BatchRunner:
             if unsent:
                 # The server (or the rate limiter) is unreachable: these rows and the rest
                 # of the batch go to a new task that starts after a pause.
-                retry = Batch(new_token(), [c.id for c in unsent + claimed[start + size :]])
-                self._retry_token = QUEUED + retry.token
                 rest = claimed[start + size :]
+                retry = Batch(new_token(), [c.id for c in unsent + rest])
+                self._retry_token = QUEUED + retry.token
                 if rest:
-                    self._tx(lambda s: self._requeue(s, rest, retry.token))
+                    self._tx(lambda c: c.execute(_REQUEUE, {**self._ids(rest),
+                             "b_new": self._retry_token, "b_now": self.clock()}))
                 self.report.released += len(rest)
                 self.report.stopped = "server unreachable"
             prepared = self._prepare(outcomes)
             if retry:
                 break
         done = prepared
-        self._tx(lambda s: self._write(s, done) or self._after(s, issue_id))
+        self._tx(lambda c: self._write(c, done))
+        # A transaction of its own, after the outcomes are committed: two last batches that
+        # checked inside their own transactions would each see the other's rows in flight.
+        self._tx(self._after)
         if retry:
             self.enqueue(retry, RELEASE_DELAY)
         return self.report
 
-    def _open(self, s, issue_id: int, ids: list[int]):
+    def _ids(self, rows: list[Claimed]) -> dict:
+        return {"b_ids": [c.id for c in rows], "b_queued": self.queued}
+
+    def _issue_status(self, conn: Connection):
+        return conn.scalar(_ISSUE_STATUS, {"b_issue": self.issue_id})
+
+    def _open(self, conn: Connection, ids: list[int]):
         """The rows queued for this task with their readers; the next batch of the chain."""
-        now = self.clock()
-        mine = and_(Delivery.id.in_(ids), Delivery.status == D.SENDING,
-                    Delivery.claimed_by == self.queued)
-        if s.scalar(select(Issue.status).where(Issue.id == issue_id)) != IssueStatus.SENDING:
-            s.execute(update(Delivery).where(mine).values(status=D.PENDING, claimed_by=None,
-                                                           claimed_at=None)
-                      .execution_options(synchronize_session=False))
+        if self._issue_status(conn) != IssueStatus.SENDING:
+            conn.execute(_RELEASE, {"b_ids": ids, "b_queued": self.queued})
             return None, []
-        rows = s.execute(
-            select(Delivery.id, Delivery.variant_id, Delivery.attempts, Subscriber.id,
-                   Subscriber.email, Subscriber.name, Subscriber.uid, Subscriber.status)
-            .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
-            .where(mine)
-            .order_by(Delivery.id)
-        ).all()
         claimed, gone = [], []
-        for did, variant_id, attempts, sub_id, email, name, uid, state in rows:
+        for did, variant_id, attempts, sub_id, email, name, uid, state in conn.execute(
+            _OPEN, {"b_ids": ids, "b_queued": self.queued}
+        ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
-                gone.append({"did": did, "err": f"not sent: the reader is {state or 'erased'}"})
+                gone.append({"b_id": did, "b_queued": self.queued,
+                             "b_err": f"not sent: the reader is {state or 'erased'}"})
             else:
                 claimed.append(Claimed(did, sub_id, variant_id, attempts,
                                        Reader(did, email, name, uid)))
         if gone:
             # Readers who left after the send started are not mailed; attempts stay 0.
-            s.execute(
-                update(T).where(T.c.id == bindparam("did"), T.c.claimed_by == self.queued)
-                .values(status=D.FAILED_PERMANENT, last_error=bindparam("err")),
-                gone,
-            )
+            conn.execute(_WITHDRAW, gone)
             self.report.withdrawn += len(gone)
         self.report.claimed += len(claimed)
-        after = max(ids) if ids else 0
-        handed = deliveries.dispatch(s, issue_id, 1, deliveries.batch_size(self.settings),
-                                     after=after, now=now)
+        handed = deliveries.dispatch(conn, self.issue_id, 1, deliveries.batch_size(self.settings),
+                                     after=max(ids, default=0), now=self.clock())
         return claimed, handed
 
     def _build(self, group: list[Claimed]) -> dict[int, object]:
         return {c.id: self.variant(c.variant_id).build(c.reader) for c in group}
 
-    def _begin(self, s, issue_id: int, group: list[Claimed]) -> set[int]:
+    def _begin(self, conn: Connection, group: list[Claimed]) -> set[int]:
         """Mark the group as tried, only while the issue is sending; the ids marked."""
-        sending = select(Issue.id).where(Issue.id == issue_id, Issue.status == IssueStatus.SENDING)
-        return set(
-            s.execute(
-                update(Delivery)
-                .where(
-                    Delivery.id.in_([c.id for c in group]), Delivery.status == D.SENDING,
-                    Delivery.claimed_by == self.queued, sending.exists(),
-                )
-                .values(claimed_by=self.tried, attempts=Delivery.attempts + 1,
-                        claimed_at=self.clock())
-                .returning(Delivery.id)
-                .execution_options(synchronize_session=False)
-            ).scalars()
-        )
+        return set(conn.scalars(_BEGIN, {
+            **self._ids(group), "b_issue": self.issue_id, "b_tried": self.tried,
+            "b_now": self.clock(),
+        }))
 
     def _send(self, messages: list) -> list[Exception | None]:
         results: list[Exception | None] = []
@@ -248,26 +310,6 @@ class BatchRunner:
 
     # --- recording ----------------------------------------------------------------------
 
-    def _release(self, s, rows: list[Claimed]) -> None:
-        """The issue was paused: rows not tried go back to pending, for resume."""
-        s.execute(
-            update(Delivery)
-            .where(Delivery.id.in_([c.id for c in rows]), Delivery.claimed_by == self.queued,
-                   Delivery.status == D.SENDING)
-            .values(status=D.PENDING, claimed_by=None, claimed_at=None)
-            .execution_options(synchronize_session=False)
-        )
-
-    def _requeue(self, s, rows: list[Claimed], token: str) -> None:
-        """Rows not tried yet move to the retry task (same state, a new token)."""
-        s.execute(
-            update(Delivery)
-            .where(Delivery.id.in_([c.id for c in rows]), Delivery.claimed_by == self.queued,
-                   Delivery.status == D.SENDING)
-            .values(claimed_by=QUEUED + token, claimed_at=self.clock())
-            .execution_options(synchronize_session=False)
-        )
-
     def _prepare(self, outcomes: list[tuple[Claimed, Exception | None]]) -> dict:
         """Turn outcomes into the rows to write (and count them), outside any transaction."""
         now = self.clock()
@@ -275,8 +317,8 @@ class BatchRunner:
         sent, rows, bounced = [], [], []
 
         def row(c, state, err, attempts, nxt=None, by=None):
-            rows.append({"did": c.id, "st": state, "err": err[:1000], "att": attempts,
-                         "nxt": nxt, "by": by or self.tried, "at": now})
+            rows.append({"b_id": c.id, "b_tried": self.tried, "b_st": state, "b_err": err[:1000],
+                         "b_att": attempts, "b_next": nxt, "b_by": by or self.tried, "b_now": now})
 
         for c, o in outcomes:
             if o is None:
@@ -306,71 +348,47 @@ class BatchRunner:
         r.sent += len(sent)
         return {"sent": sent, "rows": rows, "bounced": bounced, "now": now}
 
-    def _write(self, s, prepared: dict | None) -> None:
+    def _write(self, conn: Connection, prepared: dict | None) -> None:
+        """Record outcomes of rows this run tried: still `sending`, or `uncertain` if the
+        sweeper judged a slow run dead (what actually happened beats a guess)."""
         if not prepared:
             return
         now = prepared["now"]
-        # Only rows this run still holds; `uncertain` too, as the sweeper may have judged a
-        # slow run dead: what actually happened is better than a guess.
-        # (No IN list: executemany cannot expand one.)
-        mine = (T.c.claimed_by == self.tried) & or_(T.c.status == D.SENDING, T.c.status == D.UNCERTAIN)
         if prepared["sent"]:
-            s.execute(
-                update(T).where(T.c.id.in_(prepared["sent"]), mine)
-                .values(status=D.SENT, sent_at=now, last_error=None, next_attempt_at=None)
-            )
+            conn.execute(_SENT, {"b_ids": prepared["sent"], "b_tried": self.tried, "b_now": now})
         if prepared["rows"]:
-            rows = prepared["rows"]
-            s.execute(
-                update(T).where(T.c.id == bindparam("did"), mine)
-                .values(status=bindparam("st"), last_error=bindparam("err"),
-                        next_attempt_at=bindparam("nxt"), attempts=bindparam("att"),
-                        claimed_by=bindparam("by"), claimed_at=bindparam("at")),
-                rows,
-            )
+            conn.execute(_OUTCOME, prepared["rows"])
         if prepared["bounced"]:
-            self._bounce(s, prepared["bounced"], now)
+            # A 5xx answer: the address is bad; the reader is marked bounced, never retried.
+            errors = dict(prepared["bounced"])
+            ids = list(conn.scalars(_BOUNCE, {"b_ids": list(errors), "b_now": now}))
+            if ids:
+                conn.execute(insert(SubscriberEvent.__table__), [
+                    {"subscriber_id": i, "at": now, "kind": "bounced", "detail": errors[i][:1000]}
+                    for i in ids
+                ])
 
-    def _bounce(self, s, bounced: list[tuple[int, str]], now) -> None:
-        """A 5xx answer: the address is bad; the reader is marked bounced, never retried."""
-        errors = dict(bounced)
-        ids = list(s.scalars(
-            update(Subscriber)
-            .where(Subscriber.id.in_(list(errors)), Subscriber.status == SubscriberStatus.ACTIVE)
-            .values(status=SubscriberStatus.BOUNCED, bounced_at=now)
-            .returning(Subscriber.id)
-            .execution_options(synchronize_session=False)
-        ))
-        if ids:
-            s.execute(insert(SubscriberEvent), [
-                {"subscriber_id": i, "at": now, "kind": "bounced", "detail": errors[i][:1000]}
-                for i in ids
-            ])
-
-    def _after(self, s, issue_id: int) -> None:
+    def _after(self, conn: Connection) -> None:
         """Finish the issue if nothing is left; pause it if too much failed."""
-        if deliveries.finish_if_done(s, issue_id, now=self.clock()):
+        if deliveries.finish_if_done(conn, self.issue_id, now=self.clock()):
             return
         r = self.report
         failed = r.temporary + r.permanent
         if failed < 10 or failed < (r.sent + failed) / 2:
             return
-        counts = {state: n for state, n in s.execute(
-            select(Delivery.status, func.count())
-            .where(Delivery.issue_id == issue_id, Delivery.attempts > 0,
-                   Delivery.status.in_([D.SENT, D.FAILED_TEMPORARY, D.FAILED_PERMANENT]))
-            .group_by(Delivery.status)
-        )}
+        counts = {state: n for state, n in conn.execute(_TRIED_COUNTS, {"b_issue": self.issue_id})}
         bad = counts.get(D.FAILED_TEMPORARY, 0) + counts.get(D.FAILED_PERMANENT, 0)
         tried = bad + counts.get(D.SENT, 0)
         if bad >= self.settings.pause_errors and bad >= 0.2 * tried:
             reason = (f"Paused automatically: {bad} of {tried} messages failed; "
                       f"the last answer was: {r.errors[-1]}")
-            try:
-                deliveries.pause(s, issue_id, reason)
-                r.stopped = "paused automatically"
-            except InvalidTransition:
-                pass  # paused or cancelled meanwhile
+            with Session(bind=conn) as session:
+                try:
+                    deliveries.pause(session, self.issue_id, reason)
+                    session.flush()
+                    r.stopped = "paused automatically"
+                except InvalidTransition:
+                    pass  # paused or cancelled meanwhile
 
 
 def _retryable(e: DBAPIError) -> bool:

@@ -82,7 +82,7 @@ def send_batch(issue_id: int, ids: list[int], token: str) -> dict:
     """Try, send and record the deliveries handed to this task (services.delivery_batches)."""
     rt = runtime()
     runner = BatchRunner(
-        transaction=db.transaction,
+        engine=db.engine,
         transport=_transport(rt),
         limiter=rt.limiter,
         variant=_variants(rt),

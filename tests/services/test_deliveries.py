@@ -50,7 +50,7 @@ class Engine:
 
     def runner(self) -> BatchRunner:
         return BatchRunner(
-            transaction=db.transaction, transport=self.transport, limiter=Unlimited(),
+            engine=db.engine, transport=self.transport, limiter=Unlimited(),
             variant=_variants(self.rt), settings=self.settings,
             enqueue=lambda batch, delay: self.queue.append(batch),
         )
@@ -277,10 +277,10 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     batch = engine.queue.pop(0)
     # A worker takes the batch, begins its first group, then dies without a word.
     dead = engine.runner()
-    dead.queued, dead.tried = "q:" + batch.token, "t:" + batch.token + ":dead"
-    with db.transaction() as s:
-        claimed, _ = dead._open(s, issue_id, batch.ids)
-        dead._begin(s, issue_id, claimed[:10])
+    dead.issue_id, dead.queued, dead.tried = issue_id, "q:" + batch.token, "t:" + batch.token + ":x"
+    with db.engine.begin() as conn:
+        claimed, _ = dead._open(conn, batch.ids)
+        dead._begin(conn, claimed[:10])
     assert counts(issue_id)["sending"] == 30
     assert engine.sweep(later=30).requeued == 0  # the lease has not run out
     result = engine.sweep(later=61)
