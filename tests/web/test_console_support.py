@@ -100,6 +100,9 @@ class Console:
             # session's database.
             self.env["MAILER_INSTANCE_PATH"] = str(tmp_path / "console-instance")
             self.env["MAILER_DATABASE_URL"] = base.database_url
+        from celery import current_app
+
+        self._previous = current_app._get_current_object()
         self.app = make_app(self.env)
         self.app.extensions["celery"].set_default()
         self.port = free_port()
@@ -120,6 +123,9 @@ class Console:
             self._server.shutdown()
         if self.worker.proc is not None:
             self.worker.stop()
+        # Later tests enqueue on the session's broker again.
+        self._previous.set_default()
+        self._previous.set_current()
 
 
 @pytest.fixture(name="slow_console")
