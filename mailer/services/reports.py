@@ -395,6 +395,7 @@ def bounces(session: Session, issue_id: int, offset: int = 0, limit: int = 50):
 
 
 def opens(session: Session, issue_id: int) -> int:
+    """Readers whose open pixel loaded (only counted with MAILER_OPEN_PIXEL=on)."""
     return session.scalar(
         select(func.count()).select_from(Delivery)
         .where(Delivery.issue_id == issue_id, Delivery.opened_at.is_not(None))

@@ -90,6 +90,7 @@ def export_rows(session: Session, *, q: str = "", status: str = "", section: str
 
 
 def get_subscriber(session: Session, subscriber_id: int) -> Subscriber:
+    """The reader with this id, or NotFound."""
     sub = session.get(Subscriber, subscriber_id)
     if sub is None:
         raise NotFound(f"There is no reader {subscriber_id} (erased readers are gone for good).")
@@ -193,6 +194,7 @@ def create_import(session: Session, *, filename: str, data: bytes, source: str,
 
 
 def get_import(session: Session, import_id: int) -> SubscriberImport:
+    """The import with this id, or NotFound."""
     imp = session.get(SubscriberImport, import_id)
     if imp is None:
         raise NotFound(f"There is no import {import_id}.")
@@ -200,6 +202,7 @@ def get_import(session: Session, import_id: int) -> SubscriberImport:
 
 
 def list_imports(session: Session, limit: int = 10) -> list[SubscriberImport]:
+    """The latest imports, newest first."""
     return list(session.scalars(
         select(SubscriberImport).order_by(SubscriberImport.id.desc()).limit(limit)
     ))
@@ -264,6 +267,7 @@ def import_chunk(session: Session, import_id: int, done: int, rows: Iterable[sub
 
 
 def fail_import(session: Session, import_id: int, message: str, now=None) -> None:
+    """running → failed, with the reason for the operator; the file is dropped."""
     session.execute(
         update(SubscriberImport)
         .where(SubscriberImport.id == import_id, SubscriberImport.status == "running")

@@ -23,6 +23,7 @@ def list_users(session: Session, offset: int = 0, limit: int = 50) -> tuple[list
 
 
 def get_user(session: Session, user_id: int) -> User:
+    """The user with this id, or NotFound."""
     user = session.get(User, user_id)
     if user is None:
         raise NotFound(f"There is no user {user_id}.")

@@ -7,6 +7,7 @@ pause/resume/cancel, and what the report counts.
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, timedelta
 from zoneinfo import ZoneInfo
@@ -194,11 +195,13 @@ def test_the_confirmation_states_the_audience_and_two_sends_start_one(app):
     assert sum("Sending to 3 readers started." in s for s in said) == 1
     assert sum(f"Issue {iid} is already being sent" in s for s in said) == 1
     assert db.session.scalar(select(func.count()).select_from(Delivery)) == 3
-    # A third click, and the confirmation page itself, show the progress instead.
+    # A third click, and the confirmation page itself, show where the send is instead (a
+    # worker of the session may have finished it already).
     again = post(first, f"/admin/issues/{iid}/send")
-    assert "already being sent" in text_of(first.get(again.headers["Location"]))
-    assert first.get(f"/admin/issues/{iid}/send").headers["Location"].endswith(
-        f"/admin/issues/{iid}/sending")
+    said = text_of(first.get(again.headers["Location"]))
+    assert "already being sent" in said or f"Issue {iid} was already sent." in said
+    assert re.search(r"/admin/issues/\d+/(sending|report)$",
+                     first.get(f"/admin/issues/{iid}/send").headers["Location"])
     late = post(first, f"/admin/issues/{iid}/text", subject="Too late")
     assert "can no longer be edited" in text_of(first.get(late.headers["Location"]))
     assert issue(iid).subject == digests.DEFAULT_SUBJECT
@@ -259,13 +262,16 @@ def test_send_at_a_time_then_the_tick_starts_it(app, client):
         with time_machine.travel(at + timedelta(seconds=20), tick=False):
             assert start_due_issues() == {"started": 1}
             assert start_due_issues() == {}
-    assert issue(iid).status == IssueStatus.SENDING
+    assert issue(iid).status in (IssueStatus.SENDING, IssueStatus.FINISHED)  # a worker may run
     assert db.session.scalar(select(func.count()).select_from(Delivery)) == 2
 
 
-def test_pause_resume_cancel_and_the_polled_status(app):
+def test_pause_resume_cancel_and_the_polled_status(app, smtp):
     stories("A story")
     add_readers(4)
+    # Should a worker take the batch, the server puts every message off: the issue stays
+    # in flight for the controls to act on.
+    smtp.rules["@example.com"] = "451 4.7.1 try again later"
     editor, ops = app.test_client(), app.test_client()
     login(editor, Role.EDITOR, "editor@daily.example")
     login(ops, Role.OPS, "ops@daily.example")
