@@ -74,14 +74,19 @@ def readers_over_time(session: Session, days: int = 30, now: datetime | None = N
         (S.status == SubscriberStatus.COMPLAINED, S.updated_at),
         else_=None,
     )
-    created = _day_number(session, S.created_at)
-    confirmed = _day_number(session, S.confirmed_at)
-    left = _day_number(session, left_at)
+    last = now.date()
+    span = [last - timedelta(days=days - 1 - k) for k in range(days)]
+    before = _epoch_day(span[0]) - 1
+
+    def day_of(column):
+        # Every day before the window is the same to the chart: one group, not hundreds.
+        d = _day_number(session, column)
+        return case((d < before, before), else_=d)
+
+    created, confirmed, left = day_of(S.created_at), day_of(S.confirmed_at), day_of(left_at)
     groups = session.execute(
         select(created, confirmed, left, func.count()).group_by(created, confirmed, left)
     ).all()
-    last = now.date()
-    span = [last - timedelta(days=days - 1 - k) for k in range(days)]
     series = {"active": [], "pending": [], "gone": []}
     for day in span:
         d = _epoch_day(day)
