@@ -39,7 +39,7 @@ def bench_render(size: int):
             items.append(
                 f'<tr><td style="padding:12px 0;border-bottom:1px solid #e5e5e5">'
                 f'<a href="{ph.CLICK_BASE}/{n}" style="color:#0b4f8a;font-weight:bold">'
-                f"Story {n}: the council votes on the new bridge</a><p style=\"margin:4px 0\">"
+                f'Story {n}: the council votes on the new bridge</a><p style="margin:4px 0">'
                 f"What was decided, who voted how, and what it costs the city.</p></td></tr>\n"
             )
             n += 1
@@ -49,8 +49,10 @@ def bench_render(size: int):
             f'<a href="{ph.PREFERENCES_URL}">Preferences</a></p></body></html>'
         )
         lines = "".join(f"Story {k}: {ph.CLICK_BASE}/{k}\n" for k in range(n))
-        text_part = (f"Hello {ph.NAME},\n\n{lines}\nUnsubscribe: {ph.UNSUBSCRIBE_URL}\n"
-                     f"Preferences: {ph.PREFERENCES_URL}\n")
+        text_part = (
+            f"Hello {ph.NAME},\n\n{lines}\nUnsubscribe: {ph.UNSUBSCRIBE_URL}\n"
+            f"Preferences: {ph.PREFERENCES_URL}\n"
+        )
         return f"Benchmark issue {issue.id}", html, text_part
 
     return render
@@ -101,7 +103,12 @@ class Scratch:
 
 
 def bench_env(scratch: Scratch, smtp_url: str, folder: Path, dkim: bool) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    # The engine's own knobs (MAILER_SEND_*) pass through, to compare settings.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MAILER_") or k.startswith("MAILER_SEND_")
+    }
     env.update(
         MAILER_DATABASE_URL=scratch.database_url,
         MAILER_REDIS_URL=scratch.redis_url,
@@ -119,11 +126,18 @@ def bench_env(scratch: Scratch, smtp_url: str, folder: Path, dkim: bool) -> dict
 
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         path = folder / "dkim.pem"
-        path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-        env.update(MAILER_DKIM_KEY_FILE=str(path), MAILER_DKIM_SELECTOR="bench",
-                   MAILER_DKIM_DOMAIN="bench.example")
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        env.update(
+            MAILER_DKIM_KEY_FILE=str(path),
+            MAILER_DKIM_SELECTOR="bench",
+            MAILER_DKIM_DOMAIN="bench.example",
+        )
     return env
 
 
@@ -132,15 +146,18 @@ def seed(session, count: int, chunk: int = 50_000, progress=None) -> None:
     done = 0
     while done < count:
         n = min(chunk, count - done)
-        session.execute(text(
-            "INSERT INTO subscribers (uid, email, name, status, frequency, sections, source, "
-            "created_at, updated_at, confirmed_at) "
-            "SELECT substr(md5(random()::text || g::text), 1, 22), "
-            "'reader' || g || '@bench.example', "
-            "CASE WHEN g % 10 = 0 THEN NULL WHEN g % 7 = 0 THEN 'Zoë Leser ' || g "
-            "ELSE 'Reader ' || g END, 'active', 'weekly', '', 'bench', now(), now(), now() "
-            "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g"
-        ), {"a": done + 1, "b": done + n})
+        session.execute(
+            text(
+                "INSERT INTO subscribers (uid, email, name, status, frequency, sections, source, "
+                "created_at, updated_at, confirmed_at) "
+                "SELECT substr(md5(random()::text || g::text), 1, 22), "
+                "'reader' || g || '@bench.example', "
+                "CASE WHEN g % 10 = 0 THEN NULL WHEN g % 7 = 0 THEN 'Zoë Leser ' || g "
+                "ELSE 'Reader ' || g END, 'active', 'weekly', '', 'bench', now(), now(), now() "
+                "FROM generate_series(CAST(:a AS bigint), CAST(:b AS bigint)) AS g"
+            ),
+            {"a": done + 1, "b": done + n},
+        )
         session.commit()
         done += n
         if progress:
@@ -196,20 +213,38 @@ def cpu_seconds(pid: int) -> float:
 
 def postgres_pids(session) -> list[int]:
     """Backends serving the scratch database (they run on this machine in the benchmark)."""
-    return list(session.scalars(text(
-        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()")))
+    return list(
+        session.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
+    )
 
 
 def start_workers(env: dict, folder: Path, count: int, concurrency: int) -> list[Worker]:
     workers = []
     for k in range(count):
         log = folder / f"worker{k}.log"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mailer.cli", "worker", "--pool", "prefork",
-             "--concurrency", str(concurrency), "-Q", "send", "--loglevel", "INFO"],
-            env=env, cwd=ROOT, stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = [
+            sys.executable,
+            "-m",
+            "mailer.cli",
+            "worker",
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(concurrency),
+            "-Q",
+            "send",
+            "--loglevel",
+            "INFO",
+        ]
+        with log.open("wb") as out:  # the worker keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         workers.append(Worker(proc, log))
     deadline = time.monotonic() + 60
     for w in workers:
@@ -236,8 +271,9 @@ def sent_span(session, issue_id: int):
     from mailer.models import Delivery
 
     return session.execute(
-        select(func.min(Delivery.sent_at), func.max(Delivery.sent_at))
-        .where(Delivery.issue_id == issue_id)
+        select(func.min(Delivery.sent_at), func.max(Delivery.sent_at)).where(
+            Delivery.issue_id == issue_id
+        )
     ).one()
 
 

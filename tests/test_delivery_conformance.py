@@ -22,12 +22,27 @@ from mailer.mail.dkim import load_key
 from mailer.models import Delivery, Subscriber, SubscriberStatus
 from mailer.services import deliveries
 from tests.conftest import make_app
-from tests.mail.delivery_support import own_broker
-from tests.mail.delivery_support import add_readers, make_renderer, new_issue, wait_finished
+from tests.mail.delivery_support import (
+    add_readers,
+    make_renderer,
+    new_issue,
+    own_broker,
+    wait_finished,
+)
 from tests.support import WorkerProcess
 
-HEADERS = ("From", "To", "Subject", "Date", "Message-ID", "List-Id", "List-Unsubscribe",
-           "List-Unsubscribe-Post", "Feedback-ID", "MIME-Version")
+HEADERS = (
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Id",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "Feedback-ID",
+    "MIME-Version",
+)
 
 
 def write_keys(tmp_path):
@@ -36,25 +51,38 @@ def write_keys(tmp_path):
     paths = {}
     for name, key in (("rsa", rsa_key), ("ed", ed_key)):
         paths[name] = tmp_path / f"{name}.pem"
-        paths[name].write_bytes(key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption()))
+        paths[name].write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
     return paths
 
 
 def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, client, tmp_path):
     keys = write_keys(tmp_path)
-    env = {**own_broker(env, tmp_path), "MAILER_DKIM_KEY_FILE": str(keys["rsa"]), "MAILER_DKIM_SELECTOR": "mlr2048",
-           "MAILER_DKIM_DOMAIN": "daily.example",
-           "MAILER_DKIM_ED25519_KEY_FILE": str(keys["ed"]), "MAILER_DKIM_ED25519_SELECTOR": "mlred",
-           "MAILER_BOUNCE_DOMAIN": "bounces.daily.example",
-           "MAILER_UNSUBSCRIBE_MAILTO": "leave@daily.example",
-           "MAILER_FROM": "Die Tageszeitung für Köln <news@daily.example>"}
+    env = {
+        **own_broker(env, tmp_path),
+        "MAILER_DKIM_KEY_FILE": str(keys["rsa"]),
+        "MAILER_DKIM_SELECTOR": "mlr2048",
+        "MAILER_DKIM_DOMAIN": "daily.example",
+        "MAILER_DKIM_ED25519_KEY_FILE": str(keys["ed"]),
+        "MAILER_DKIM_ED25519_SELECTOR": "mlred",
+        "MAILER_BOUNCE_DOMAIN": "bounces.daily.example",
+        "MAILER_UNSUBSCRIBE_MAILTO": "leave@daily.example",
+        "MAILER_FROM": "Die Tageszeitung für Köln <news@daily.example>",
+    }
     sender = make_app(env)
     rt = sender.extensions["mailer"]
     dns = {
-        b"mlr2048._domainkey.daily.example.": load_key(keys["rsa"], "daily.example", "mlr2048").dns_txt(),
-        b"mlred._domainkey.daily.example.": load_key(keys["ed"], "daily.example", "mlred").dns_txt(),
+        b"mlr2048._domainkey.daily.example.": load_key(
+            keys["rsa"], "daily.example", "mlr2048"
+        ).dns_txt(),
+        b"mlred._domainkey.daily.example.": load_key(
+            keys["ed"], "daily.example", "mlred"
+        ).dns_txt(),
     }
     emails = add_readers(30)
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
@@ -72,9 +100,14 @@ def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, cl
         worker.stop()
 
     with sender.app_context(), db.transaction() as s:
-        rows = {e: (d, uid, name) for e, d, uid, name in s.execute(
-            select(Subscriber.email, Delivery.id, Subscriber.uid, Subscriber.name)
-            .join(Delivery, Delivery.subscriber_id == Subscriber.id))}
+        rows = {
+            e: (d, uid, name)
+            for e, d, uid, name in s.execute(
+                select(Subscriber.email, Delivery.id, Subscriber.uid, Subscriber.name).join(
+                    Delivery, Delivery.subscriber_id == Subscriber.id
+                )
+            )
+        }
     assert sorted(m.recipient for m in smtp.messages) == sorted(emails)
     for mail in smtp.messages:
         delivery_id, uid, name = rows[mail.recipient]
@@ -90,7 +123,9 @@ def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, cl
         assert msg["From"].addresses[0].display_name == "Die Tageszeitung für Köln"
         assert msg["To"].addresses[0].addr_spec == mail.recipient
         assert msg["To"].addresses[0].display_name == name
-        assert msg["Message-ID"].startswith(f"<{delivery_id}.") and msg["Message-ID"].endswith("@daily.example>")
+        assert msg["Message-ID"].startswith(f"<{delivery_id}.") and msg["Message-ID"].endswith(
+            "@daily.example>"
+        )
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
         assert f"<{rt.links.unsubscribe(uid)}>" in msg["List-Unsubscribe"]
         assert "<mailto:leave@daily.example?subject=unsubscribe>" in msg["List-Unsubscribe"]
@@ -99,7 +134,9 @@ def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, cl
         assert msg.get_content_type() == "multipart/alternative"
         text, html = msg.get_payload()
         assert (text.get_content_type(), html.get_content_type()) == ("text/plain", "text/html")
-        assert {text["Content-Transfer-Encoding"], html["Content-Transfer-Encoding"]} == {"quoted-printable"}
+        assert {text["Content-Transfer-Encoding"], html["Content-Transfer-Encoding"]} == {
+            "quoted-printable"
+        }
         body_text = text.get_content()
         assert f"Hello {name}," in body_text and f"Sent to {mail.recipient}." in body_text
         assert ph.PREFIX not in body_text and ph.PREFIX not in html.get_content()

@@ -12,9 +12,16 @@ import pytest
 from mailer.db import db
 from mailer.services import deliveries
 from tests.conftest import make_app
-from tests.mail.delivery_support import own_broker
-from tests.mail.delivery_support import Sweeper, make_renderer, new_issue, wait_finished
-from tests.mail.delivery_support import add_readers, delivery_states, per_recipient
+from tests.mail.delivery_support import (
+    Sweeper,
+    add_readers,
+    delivery_states,
+    make_renderer,
+    new_issue,
+    own_broker,
+    per_recipient,
+    wait_finished,
+)
 from tests.support import WorkerProcess, wait_until
 
 GROUP = 20
@@ -24,15 +31,23 @@ CONCURRENCY = 2
 @pytest.mark.slow
 @pytest.mark.redis
 def test_sigkill_during_a_send_loses_and_doubles_nobody(app, env, smtp, tmp_path):
-    env = own_broker(env, tmp_path, MAILER_SEND_LEASE="3", MAILER_SEND_GROUP=str(GROUP),
-                     MAILER_SEND_BATCH="100", MAILER_SEND_WINDOW="6", MAILER_RATE_LIMIT="600")
+    env = own_broker(
+        env,
+        tmp_path,
+        MAILER_SEND_LEASE="3",
+        MAILER_SEND_GROUP=str(GROUP),
+        MAILER_SEND_BATCH="100",
+        MAILER_SEND_WINDOW="6",
+        MAILER_RATE_LIMIT="600",
+    )
     steering = make_app(env)
     emails = add_readers(3000, names=False)
     with steering.app_context():
         issue_id = new_issue()
         with db.transaction() as s:
-            result = deliveries.start_send(s, issue_id, make_renderer(size=6000),
-                                           steering.extensions["mailer"])
+            result = deliveries.start_send(
+                s, issue_id, make_renderer(size=6000), steering.extensions["mailer"]
+            )
         from mailer.tasks.delivery import enqueue_batches
 
         enqueue_batches(issue_id, result.batches)
@@ -40,11 +55,16 @@ def test_sigkill_during_a_send_loses_and_doubles_nobody(app, env, smtp, tmp_path
     kills = 0
     with Sweeper(steering):
         for _ in range(3):
-            worker = WorkerProcess(env, tmp_path / "worker.log",
-                                   args=["--pool", "prefork", "--concurrency", str(CONCURRENCY)])
+            worker = WorkerProcess(
+                env,
+                tmp_path / "worker.log",
+                args=["--pool", "prefork", "--concurrency", str(CONCURRENCY)],
+            )
             worker.start()
             target = len(smtp.messages) + 500
-            wait_until(lambda: len(smtp.messages) >= target, 60, 0.01, what=f"{target} messages")
+            wait_until(
+                lambda n=target: len(smtp.messages) >= n, 60, 0.01, what=f"{target} messages"
+            )
             worker.kill()  # SIGKILL to the main process and its children, mid-transaction
             worker.stop()
             kills += 1
@@ -58,8 +78,10 @@ def test_sigkill_during_a_send_loses_and_doubles_nobody(app, env, smtp, tmp_path
     got = per_recipient(smtp, emails)
     states = delivery_states(issue_id)
     uncertain = sorted(e for e, st in states.items() if st == "uncertain")
-    print(f"\n{kills} kills; uncertain rows: {len(uncertain)}; of those delivered: "
-          f"{sum(got[e] for e in uncertain)}")
+    print(
+        f"\n{kills} kills; uncertain rows: {len(uncertain)}; of those delivered: "
+        f"{sum(got[e] for e in uncertain)}"
+    )
     assert set(states) == set(emails)
     assert set(states.values()) <= {"sent", "uncertain"}
     assert all(got[e] == 1 for e, st in states.items() if st == "sent")

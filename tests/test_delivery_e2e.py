@@ -21,9 +21,15 @@ def compose(app) -> int:
     now = utcnow()
     with db.transaction() as s:
         for k in range(3):
-            s.add(Article(title=f"Council votes on the bridge, part {k}", categories=[],
-                          url=f"https://daily.example/bridge-{k}", summary="What was decided.",
-                          published_at=now - timedelta(hours=k + 1)))
+            s.add(
+                Article(
+                    title=f"Council votes on the bridge, part {k}",
+                    categories=[],
+                    url=f"https://daily.example/bridge-{k}",
+                    summary="What was decided.",
+                    published_at=now - timedelta(hours=k + 1),
+                )
+            )
         s.flush()
         issue = digests.create_issue(s, rt, now=now, subject="The bridge: {{ top_story }}")
         assert str(issue.status) == "draft"
@@ -48,7 +54,9 @@ def test_cli_send_wait_delivers_the_digest_and_its_links_work(app, client, runne
     assert f"Hello {reader.name}," in mail.text
     click = next(u for u in mail.links() if "/t/" in u)
     resp = client.get("/" + click.split("/", 3)[3])
-    assert resp.status_code == 302 and resp.headers["Location"].startswith("https://daily.example/bridge-")
+    assert resp.status_code == 302 and resp.headers["Location"].startswith(
+        "https://daily.example/bridge-"
+    )
 
     again = runner.invoke(["digest", "send", str(issue_id)])
     assert again.exit_code == 1

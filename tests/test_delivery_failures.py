@@ -25,8 +25,9 @@ from tests.support import wait_until
 def sweep_later(app, seconds: float) -> deliveries.SweepResult:
     """The tick's sweeper, as it will run `seconds` from now."""
     with db.transaction() as s:
-        result = deliveries.sweep(s, app.extensions["mailer.settings"],
-                                  now=utcnow() + timedelta(seconds=seconds))
+        result = deliveries.sweep(
+            s, app.extensions["mailer.settings"], now=utcnow() + timedelta(seconds=seconds)
+        )
     for issue_id, batches in result.batches.items():
         enqueue_batches(issue_id, batches)
     return result
@@ -43,7 +44,9 @@ def test_temporary_refusals_are_delivered_later_once_permanent_ones_bounce(app, 
     with app.app_context():
         issue_id = new_issue()
         with db.transaction() as s:
-            result = deliveries.start_send(s, issue_id, make_renderer(size=4000), app.extensions["mailer"])
+            result = deliveries.start_send(
+                s, issue_id, make_renderer(size=4000), app.extensions["mailer"]
+            )
         enqueue_batches(issue_id, result.batches)
         wait_until(lambda: counts(issue_id)["sent"] == 185, 60, what="the first pass")
         wait_until(lambda: counts(issue_id)["failed_temporary"] == 10, 10, what="the retries")
@@ -59,13 +62,19 @@ def test_temporary_refusals_are_delivered_later_once_permanent_ones_bounce(app, 
     got = per_recipient(smtp, emails)
     assert {e: got[e] for e in later} == dict.fromkeys(later, 1)
     assert {e: got[e] for e in bad} == dict.fromkeys(bad, 0)
-    assert set(got[e] for e in emails if e not in bad) == {1}
+    assert {got[e] for e in emails if e not in bad} == {1}
     states = delivery_states(issue_id)
     assert {states[e] for e in bad} == {"failed_permanent"}
     with app.app_context(), db.transaction() as s:
-        bounced = set(s.scalars(select(Subscriber.email).where(
-            Subscriber.status == SubscriberStatus.BOUNCED)))
-        tries = dict(s.execute(select(Subscriber.email, Delivery.attempts)
-                               .join(Delivery, Delivery.subscriber_id == Subscriber.id)).all())
+        bounced = set(
+            s.scalars(select(Subscriber.email).where(Subscriber.status == SubscriberStatus.BOUNCED))
+        )
+        tries = dict(
+            s.execute(
+                select(Subscriber.email, Delivery.attempts).join(
+                    Delivery, Delivery.subscriber_id == Subscriber.id
+                )
+            ).all()
+        )
     assert bounced == set(bad)
     assert {tries[e] for e in later} == {2} and {tries[e] for e in bad} == {1}

@@ -9,8 +9,13 @@ from mailer.db import db
 from mailer.models import Delivery
 from mailer.services import deliveries
 from tests.conftest import make_app
-from tests.mail.delivery_support import own_broker
-from tests.mail.delivery_support import add_readers, make_renderer, new_issue, wait_finished
+from tests.mail.delivery_support import (
+    add_readers,
+    make_renderer,
+    new_issue,
+    own_broker,
+    wait_finished,
+)
 from tests.support import WorkerProcess
 
 RATE = 100
@@ -23,7 +28,9 @@ def test_two_workers_stay_within_ten_percent_of_the_limit(app, env, smtp, tmp_pa
     steering = make_app(env)
     add_readers(700, names=False)
     workers = [
-        WorkerProcess(env, tmp_path / f"worker{k}.log", args=["--pool", "prefork", "--concurrency", "1"])
+        WorkerProcess(
+            env, tmp_path / f"worker{k}.log", args=["--pool", "prefork", "--concurrency", "1"]
+        )
         for k in range(2)
     ]
     try:
@@ -32,8 +39,9 @@ def test_two_workers_stay_within_ten_percent_of_the_limit(app, env, smtp, tmp_pa
         with steering.app_context():
             issue_id = new_issue()
             with db.transaction() as s:
-                result = deliveries.start_send(s, issue_id, make_renderer(size=3000),
-                                               steering.extensions["mailer"])
+                result = deliveries.start_send(
+                    s, issue_id, make_renderer(size=3000), steering.extensions["mailer"]
+                )
             from mailer.tasks.delivery import enqueue_batches
 
             enqueue_batches(issue_id, result.batches)
@@ -47,7 +55,9 @@ def test_two_workers_stay_within_ten_percent_of_the_limit(app, env, smtp, tmp_pa
     overall = (len(times) - 1) / (times[-1] - times[0])
     # Every one-second window, not just the average: smooth, not bursts and pauses.
     busiest = max(
-        sum(1 for t in times[i:] if t < start + 1.0) for i, start in enumerate(times) if start <= times[-1] - 1.0
+        sum(1 for t in times[i:] if t < start + 1.0)
+        for i, start in enumerate(times)
+        if start <= times[-1] - 1.0
     )
     print(f"\noverall {overall:.1f}/s, busiest second {busiest}, limit {RATE}/s")
     assert 0.9 * RATE <= overall <= 1.1 * RATE

@@ -13,13 +13,13 @@ import pytest
 from mailer.db import db
 from mailer.services import deliveries
 from tests.conftest import make_app
-from tests.mail.delivery_support import own_broker
 from tests.mail.delivery_support import (
     Sweeper,
     add_readers,
     delivery_states,
     make_renderer,
     new_issue,
+    own_broker,
     per_recipient,
     wait_finished,
 )
@@ -30,8 +30,14 @@ GROUP = 20
 
 def send_through(env, tmp_path, smtp, readers: int, disrupt) -> tuple[dict, dict]:
     """Send an issue with a real worker, calling disrupt() once 300 messages are out."""
-    env = own_broker(env, tmp_path, MAILER_SEND_LEASE="3", MAILER_SEND_GROUP=str(GROUP),
-                     MAILER_SEND_BATCH="100", MAILER_RATE_LIMIT="500")
+    env = own_broker(
+        env,
+        tmp_path,
+        MAILER_SEND_LEASE="3",
+        MAILER_SEND_GROUP=str(GROUP),
+        MAILER_SEND_BATCH="100",
+        MAILER_RATE_LIMIT="500",
+    )
     steering = make_app(env)
     emails = add_readers(readers, names=False)
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
@@ -39,8 +45,9 @@ def send_through(env, tmp_path, smtp, readers: int, disrupt) -> tuple[dict, dict
         with steering.app_context():
             issue_id = new_issue()
             with db.transaction() as s:
-                result = deliveries.start_send(s, issue_id, make_renderer(size=5000),
-                                               steering.extensions["mailer"])
+                result = deliveries.start_send(
+                    s, issue_id, make_renderer(size=5000), steering.extensions["mailer"]
+                )
             from mailer.tasks.delivery import enqueue_batches
 
             enqueue_batches(issue_id, result.batches)
@@ -66,8 +73,9 @@ def check_exactly_once(got: dict, states: dict, bound: int) -> None:
 @pytest.mark.slow
 @pytest.mark.redis
 def test_redis_restarted_mid_send(app, env, smtp, redis_server, tmp_path):
-    got, states = send_through(env, tmp_path, smtp, 1500,
-                               lambda: redis_server.restart(down_for=1.0))
+    got, states = send_through(
+        env, tmp_path, smtp, 1500, lambda: redis_server.restart(down_for=1.0)
+    )
     check_exactly_once(got, states, bound=2 * GROUP)
     assert sum(got.values()) == len(got)  # nothing was lost at all: Redis holds no claims
 

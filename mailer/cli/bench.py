@@ -15,36 +15,82 @@ from mailer.cli import cli, fail, progress
 
 
 @cli.command()
-@click.option("--subscribers", "-n", type=click.IntRange(1), required=True,
-              help="Readers to seed and send to.")
-@click.option("--smtp", "smtp_url", required=True,
-              help="Where to send, e.g. smtp://127.0.0.1:2525 (Postfix's smtp-sink).")
+@click.option(
+    "--subscribers",
+    "-n",
+    type=click.IntRange(1),
+    required=True,
+    help="Readers to seed and send to.",
+)
+@click.option(
+    "--smtp",
+    "smtp_url",
+    required=True,
+    help="Where to send, e.g. smtp://127.0.0.1:2525 (Postfix's smtp-sink).",
+)
 @click.option("--dkim", is_flag=True, help="Sign every message with a fresh RSA-2048 key.")
-@click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
-              help="Worker processes (`mailer worker`), as on separate hosts.")
-@click.option("--concurrency", "-c", type=click.IntRange(1), default=4, show_default=True,
-              help="Pool processes per worker.")
-@click.option("--size", type=click.IntRange(2000), default=30_000, show_default=True,
-              help="Message size in bytes.")
-@click.option("--database-url", envvar="MAILER_DATABASE_URL",
-              help="A PostgreSQL server to create the scratch database on "
-                   "[default: MAILER_DATABASE_URL].")
-@click.option("--redis-url", envvar="MAILER_REDIS_URL",
-              help="The Redis server [default: MAILER_REDIS_URL].")
-@click.option("--redis-db", type=click.IntRange(0), default=15, show_default=True,
-              help="The Redis database used (and emptied) for the run.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Worker processes (`mailer worker`), as on separate hosts.",
+)
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1),
+    default=4,
+    show_default=True,
+    help="Pool processes per worker.",
+)
+@click.option(
+    "--size",
+    type=click.IntRange(2000),
+    default=30_000,
+    show_default=True,
+    help="Message size in bytes.",
+)
+@click.option(
+    "--database-url",
+    envvar="MAILER_DATABASE_URL",
+    help="A PostgreSQL server to create the scratch database on [default: MAILER_DATABASE_URL].",
+)
+@click.option(
+    "--redis-url", envvar="MAILER_REDIS_URL", help="The Redis server [default: MAILER_REDIS_URL]."
+)
+@click.option(
+    "--redis-db",
+    type=click.IntRange(0),
+    default=15,
+    show_default=True,
+    help="The Redis database used (and emptied) for the run.",
+)
 @click.option("--keep", is_flag=True, help="Keep the scratch database and the worker logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def bench(subscribers, smtp_url, dkim, workers, concurrency, size, database_url, redis_url,
-          redis_db, keep, as_json):
+def bench(
+    subscribers,
+    smtp_url,
+    dkim,
+    workers,
+    concurrency,
+    size,
+    database_url,
+    redis_url,
+    redis_db,
+    keep,
+    as_json,
+):
     """Measure how fast an issue goes out: seeds readers in a scratch database, sends one
     issue through real worker processes and reports messages/s and memory per worker."""
     from mailer import bench as b
     from mailer.config import ConfigError, load_settings, parse_smtp_url
 
     if not (database_url and redis_url):
-        fail("the benchmark needs PostgreSQL and Redis: set MAILER_DATABASE_URL and "
-             "MAILER_REDIS_URL, or pass --database-url and --redis-url")
+        fail(
+            "the benchmark needs PostgreSQL and Redis: set MAILER_DATABASE_URL and "
+            "MAILER_REDIS_URL, or pass --database-url and --redis-url"
+        )
     try:
         parse_smtp_url(smtp_url)
         scratch = b.Scratch.beside(database_url, redis_url, redis_db)
@@ -72,8 +118,14 @@ def bench(subscribers, smtp_url, dkim, workers, concurrency, size, database_url,
         if not keep:
             scratch.drop()
             shutil.rmtree(folder, ignore_errors=True)
-    result.update(dkim=dkim, workers=workers, concurrency=concurrency, smtp=smtp_url,
-                  cores=os.cpu_count(), load_before=result.pop("load"))
+    result.update(
+        dkim=dkim,
+        workers=workers,
+        concurrency=concurrency,
+        smtp=smtp_url,
+        cores=os.cpu_count(),
+        load_before=result.pop("load"),
+    )
     if keep:
         result.update(database=scratch.name, logs=str(folder))
     if as_json:
@@ -136,9 +188,10 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
                     sweep_deliveries()
                     swept = time.monotonic()
                 if time.monotonic() - moved > 120:
-                    fail(f"no progress for two minutes: {st['counts']} (--keep keeps the worker logs)")
+                    counts = st["counts"]
+                    fail(f"no progress for two minutes: {counts} (--keep keeps the worker logs)")
         with db.transaction() as s:
-            first, last = b.sent_span(s, issue_id)
+            _first, last = b.sent_span(s, issue_id)
             pg = b.postgres_pids(s)
     for w in running:
         w.sample()
@@ -150,9 +203,14 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
         "bench": b.cpu_seconds(os.getpid()) - cpu0["bench"],
     }
     seconds = (last - t0).total_seconds() if last else 0.0
+
     def per_child(values):
-        return sorted(round(kb / 1024) for w in running for pid, kb in getattr(w, values).items()
-                      if pid != w.proc.pid)
+        return sorted(
+            round(kb / 1024)
+            for w in running
+            for pid, kb in getattr(w, values).items()
+            if pid != w.proc.pid
+        )
 
     peaks = per_child("peak")
     return {
@@ -181,24 +239,39 @@ def _sample_size(issue_id: int, rt) -> int:
         from sqlalchemy import select
 
         v = s.scalar(select(IssueVariant).where(IssueVariant.issue_id == issue_id))
-        cv = CompiledVariant(issue_id=issue_id, variant_id=v.id, subject=v.subject, html=v.html,
-                             text=v.text, settings=rt.settings, links=rt.links, tokens=rt.tokens,
-                             signer=rt.dkim)
+        cv = CompiledVariant(
+            issue_id=issue_id,
+            variant_id=v.id,
+            subject=v.subject,
+            html=v.html,
+            text=v.text,
+            settings=rt.settings,
+            links=rt.links,
+            tokens=rt.tokens,
+            signer=rt.dkim,
+        )
     return len(cv.build(Reader(1, "reader1@bench.example", "Reader 1", "x" * 22)).data)
 
 
 def _print(r: dict) -> None:
     c = r["counts"]
-    click.echo(f"Sent {c['sent']:,} messages of {r['message_bytes'] / 1000:.1f} KB"
-               f"{' signed with RSA-2048 DKIM' if r['dkim'] else ''} to {r['smtp']}")
-    click.echo(f"  {r['messages_per_second']:,.0f} messages/s over {r['send_seconds']} s "
-               f"({r['workers']} worker(s) x {r['concurrency']} processes, {r['cores']} cores, "
-               f"load before {r['load_before'][0]})")
+    click.echo(
+        f"Sent {c['sent']:,} messages of {r['message_bytes'] / 1000:.1f} KB"
+        f"{' signed with RSA-2048 DKIM' if r['dkim'] else ''} to {r['smtp']}"
+    )
+    click.echo(
+        f"  {r['messages_per_second']:,.0f} messages/s over {r['send_seconds']} s "
+        f"({r['workers']} worker(s) x {r['concurrency']} processes, {r['cores']} cores, "
+        f"load before {r['load_before'][0]})"
+    )
     click.echo(f"  audience frozen in {r['freeze_seconds']} s")
-    click.echo("  CPU per message: " + ", ".join(
-        f"{k} {v} µs" for k, v in r["cpu_us_per_message"].items()))
-    mb = lambda values: ", ".join(f"{m} MB" for m in values)  # noqa: E731
-    click.echo(f"  peak RSS per sending process: {mb(r['peak_rss_mb_per_process'])} "
-               f"(PSS {mb(r['peak_pss_mb_per_process'])}; "
-               f"private {mb(r['peak_private_mb_per_process'])})")
+    click.echo(
+        "  CPU per message: " + ", ".join(f"{k} {v} µs" for k, v in r["cpu_us_per_message"].items())
+    )
+    mb = lambda values: ", ".join(f"{m} MB" for m in values)
+    click.echo(
+        f"  peak RSS per sending process: {mb(r['peak_rss_mb_per_process'])} "
+        f"(PSS {mb(r['peak_pss_mb_per_process'])}; "
+        f"private {mb(r['peak_private_mb_per_process'])})"
+    )
     click.echo("  final counts: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))

@@ -32,15 +32,20 @@ def _enqueue(ctx: Context, issue_id: int, batches) -> None:
 
     with ctx.app.app_context():
         if batches and not enqueue_batches(issue_id, batches):
-            click.echo("mailer: the broker is unreachable; the sweeper will hand the batches "
-                       "to the workers once it is back", err=True)
+            click.echo(
+                "mailer: the broker is unreachable; the sweeper will hand the batches "
+                "to the workers once it is back",
+                err=True,
+            )
 
 
 def _summary(st: dict) -> str:
     c = st["counts"]
-    return (f"Issue {st['issue']} {st['status']}: {c['sent']} sent, "
-            f"{c['failed_temporary']} waiting for a retry, {c['failed_permanent']} failed, "
-            f"{c['uncertain']} uncertain")
+    return (
+        f"Issue {st['issue']} {st['status']}: {c['sent']} sent, "
+        f"{c['failed_temporary']} waiting for a retry, {c['failed_permanent']} failed, "
+        f"{c['uncertain']} uncertain"
+    )
 
 
 def _wait(ctx: Context, issue_id: int, interval: float = 0.5) -> dict:
@@ -70,12 +75,17 @@ def send(ctx: Context, issue_id: int, wait: bool):
             result = deliveries.start_send(s, issue_id, digests.render_variant, ctx.runtime)
     except InvalidTransition:
         state = _status(ctx, issue_id)["status"]
-        hint = {"sending": f"; follow it with `mailer digest status {issue_id}`",
-                "paused": f"; continue it with `mailer digest resume {issue_id}`"}
+        hint = {
+            "sending": f"; follow it with `mailer digest status {issue_id}`",
+            "paused": f"; continue it with `mailer digest resume {issue_id}`",
+        }
         fail(f"issue {issue_id} is {state}, it cannot be sent again{hint.get(state, '')}")
     _enqueue(ctx, issue_id, result.batches)
-    skipped = f" ({result.skipped_no_items} readers skipped: no items for their sections)" \
-        if result.skipped_no_items else ""
+    skipped = (
+        f" ({result.skipped_no_items} readers skipped: no items for their sections)"
+        if result.skipped_no_items
+        else ""
+    )
     click.echo(f"Sending issue {issue_id} to {result.deliveries} readers{skipped}.", err=True)
     if not wait:
         click.echo(f"Follow it with `mailer digest status {issue_id}`.", err=True)
@@ -103,7 +113,9 @@ def status(ctx: Context, issue_id: int, as_json: bool):
     if st["skipped_no_items"]:
         click.echo(f"  {'skipped (no items)':<20}{st['skipped_no_items']:>10,}")
     if st["withdrawn"]:
-        click.echo(f"  {'left before sending':<20}{st['withdrawn']:>10,}   (among failed_permanent)")
+        click.echo(
+            f"  {'left before sending':<20}{st['withdrawn']:>10,}   (among failed_permanent)"
+        )
     line = f"  {'rate':<20}{st['rate']:>10,.1f} messages/s"
     if st["eta_seconds"] is not None:
         line += f"   about {_duration(st['eta_seconds'])} left"
@@ -152,8 +164,11 @@ def cancel(ctx: Context, issue_id: int, yes: bool):
     from mailer.services import deliveries
 
     if not yes:
-        click.confirm(f"Cancel issue {issue_id}? Readers not reached yet will not get it",
-                      abort=True, err=True)
+        click.confirm(
+            f"Cancel issue {issue_id}? Readers not reached yet will not get it",
+            abort=True,
+            err=True,
+        )
     with ctx.app.app_context(), db.transaction() as s:
         deliveries.cancel(s, issue_id)
     click.echo(f"Issue {issue_id} cancelled.")
@@ -177,8 +192,11 @@ def uncertain(ctx: Context, issue_id: int, as_json: bool):
         return
     for d, e, err in rows:
         click.echo(f"{d}\t{e or '(erased)'}\t{err or ''}")
-    click.echo(f"{len(rows)} uncertain; re-send them with `mailer digest resend-uncertain "
-               f"{issue_id}` (a reader whose copy did arrive gets a second one).", err=True)
+    click.echo(
+        f"{len(rows)} uncertain; re-send them with `mailer digest resend-uncertain "
+        f"{issue_id}` (a reader whose copy did arrive gets a second one).",
+        err=True,
+    )
 
 
 @digest.command("resend-uncertain")
@@ -190,8 +208,12 @@ def resend_uncertain(ctx: Context, issue_id: int, yes: bool):
     from mailer.services import deliveries
 
     if not yes:
-        click.confirm("Readers whose copy did arrive will get a second one (same Message-ID, "
-                      "so many mailboxes drop it). Re-send", abort=True, err=True)
+        click.confirm(
+            "Readers whose copy did arrive will get a second one (same Message-ID, "
+            "so many mailboxes drop it). Re-send",
+            abort=True,
+            err=True,
+        )
     with ctx.app.app_context(), db.transaction() as s:
         count, batches = deliveries.resend_uncertain(s, issue_id, ctx.settings)
     _enqueue(ctx, issue_id, batches)

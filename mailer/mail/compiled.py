@@ -30,6 +30,7 @@ from mailer.tokens import BOUNCE, Tokens
 NEUTRAL_NAME = "there"
 
 _MARKERS = re.compile("|".join(re.escape(m) for m in ph.ALL))
+_HTML_SPECIAL = re.compile(r"[&<>\"']")
 
 
 @dataclass(frozen=True)
@@ -118,8 +119,13 @@ class CompiledVariant:
         self._mime_line = "MIME-Version: 1.0"
         self._ctype_line = f'Content-Type: multipart/alternative; boundary="{boundary}"'
 
-        part_head = 'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
-        pieces: list[bytes | tuple[str, bool]] = [f"--{boundary}\r\n{part_head.format('plain')}".encode()]
+        part_head = (
+            'Content-Type: text/{}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        pieces: list[bytes | tuple[str, bool]] = [
+            f"--{boundary}\r\n{part_head.format('plain')}".encode()
+        ]
         pieces += _compile_part(text, html=False)
         pieces.append(f"--{boundary}\r\n{part_head.format('html')}".encode())
         pieces += _compile_part(html, html=True)
@@ -187,11 +193,16 @@ class CompiledVariant:
         """The reader's message in wire form: CRLF, 7-bit, no line needing dot-stuffing."""
         values = self.values(reader)
         table = list(self._fixed)
+        encoded: dict[str, bytes] = {}
         for marker, is_html in self._slots:
             raw = values[marker]
-            if is_html:
-                raw = html_lib.escape(raw, quote=True)
-            table.append(encode_value(raw).encode("ascii"))
+            if is_html and _HTML_SPECIAL.search(raw):
+                table.append(encode_value(html_lib.escape(raw, quote=True)).encode("ascii"))
+                continue
+            # Links and most names read the same in both parts: encode them once.
+            if marker not in encoded:
+                encoded[marker] = encode_value(raw).encode("ascii")
+            table.append(encoded[marker])
         body = b"".join(self._pick(table))
 
         if self.subject_personal:
@@ -205,18 +216,35 @@ class CompiledVariant:
         unsub = f"<{values[ph.UNSUBSCRIBE_URL]}>{self._unsub_tail}"
         unsub_line = fold("List-Unsubscribe", unsub)
         lines = [
-            self._from_line, to_line, subject_line, date_line, msgid_line, self._list_id_line,
-            unsub_line, self._post_line, self._feedback_line, self._mime_line, self._ctype_line,
+            self._from_line,
+            to_line,
+            subject_line,
+            date_line,
+            msgid_line,
+            self._list_id_line,
+            unsub_line,
+            self._post_line,
+            self._feedback_line,
+            self._mime_line,
+            self._ctype_line,
         ]
         if self.signer is not None:
             c = self._canon_fixed
-            canon = "".join((
-                c["from"], canon_header(to_line),
-                c.get("subject") or canon_header(subject_line),
-                canon_header(date_line), canon_header(msgid_line), c["list-id"],
-                canon_header(unsub_line), c["list-unsubscribe-post"], c["feedback-id"],
-                c["mime-version"], c["content-type"],
-            ))
+            canon = "".join(
+                (
+                    c["from"],
+                    canon_header(to_line),
+                    c.get("subject") or canon_header(subject_line),
+                    canon_header(date_line),
+                    canon_header(msgid_line),
+                    c["list-id"],
+                    canon_header(unsub_line),
+                    c["list-unsubscribe-post"],
+                    c["feedback-id"],
+                    c["mime-version"],
+                    c["content-type"],
+                )
+            )
             lines = self.signer.signatures(canon, body_hash(body)) + lines
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
         return Outgoing(self.envelope_sender(reader.delivery_id), reader.email, head + body)

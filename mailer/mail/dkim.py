@@ -17,8 +17,17 @@ from pathlib import Path
 # Signed in this order. The last four are named once more than they occur ("oversigning"),
 # so a header of those names added in transit breaks the signature instead of being trusted.
 SIGNED_HEADERS = (
-    "from", "to", "subject", "date", "message-id", "list-id", "list-unsubscribe",
-    "list-unsubscribe-post", "feedback-id", "mime-version", "content-type",
+    "from",
+    "to",
+    "subject",
+    "date",
+    "message-id",
+    "list-id",
+    "list-unsubscribe",
+    "list-unsubscribe-post",
+    "feedback-id",
+    "mime-version",
+    "content-type",
 )
 OVERSIGNED = ("from", "subject", "list-unsubscribe", "list-unsubscribe-post")
 

@@ -38,7 +38,8 @@ if tokens == nil or ts == nil then
   tokens, ts = burst, now
 end
 tokens = math.min(burst, tokens + (now - ts) * rate) - n
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens), 'ts', string.format('%.6f', now))
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'ts', string.format('%.6f', now))
 redis.call('EXPIRE', KEYS[1], 3600)
 if tokens >= 0 then
   return '0'
@@ -93,8 +94,14 @@ class _Bucket:
 class RedisBucket(_Bucket):
     """The production limiter; waits out a Redis restart for up to `patience` seconds."""
 
-    def __init__(self, redis_url: str, rate: float, key: str = "mailer:ratelimit:send",
-                 patience: float = 60.0, sleep=time.sleep):
+    def __init__(
+        self,
+        redis_url: str,
+        rate: float,
+        key: str = "mailer:ratelimit:send",
+        patience: float = 60.0,
+        sleep=time.sleep,
+    ):
         super().__init__(rate, sleep)
         import redis
 
@@ -132,7 +139,9 @@ class FileBucket(_Bucket):
             fcntl.flock(fd, fcntl.LOCK_EX)
             raw = os.pread(fd, self._STATE.size, 0)
             now = time.time()
-            tokens, ts = self._STATE.unpack(raw) if len(raw) == self._STATE.size else (self.burst, now)
+            tokens, ts = (
+                self._STATE.unpack(raw) if len(raw) == self._STATE.size else (self.burst, now)
+            )
             tokens = min(self.burst, tokens + max(0.0, now - ts) * self.rate) - n
             os.pwrite(fd, self._STATE.pack(tokens, now), 0)
         finally:

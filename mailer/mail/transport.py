@@ -20,7 +20,12 @@ from mailer.mail.notices import Outgoing
 from mailer.mail.smtp import NotAttempted, SmtpClient, Uncertain, classify, to_wire
 
 __all__ = [
-    "NotAttempted", "OutboxTransport", "SmtpTransport", "Transport", "Uncertain", "classify",
+    "NotAttempted",
+    "OutboxTransport",
+    "SmtpTransport",
+    "Transport",
+    "Uncertain",
+    "classify",
     "transport_from_settings",
 ]
 

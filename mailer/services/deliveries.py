@@ -62,6 +62,7 @@ CANCELLABLE = (I.DRAFT, I.SCHEDULED, I.SENDING, I.PAUSED)
 # An issue is finished only when none of its rows is in one of these states.
 OPEN = (D.PENDING, D.SENDING, D.FAILED_TEMPORARY)
 FREEZE_PAGE = 10_000
+MAY_HAVE_ARRIVED = "The worker stopped during the SMTP transaction; it may have been delivered."
 
 Render = Callable[..., "tuple[str, str, str] | None"]
 
@@ -92,7 +93,10 @@ def variant_key(reader_sections: str, issue_sections: str) -> str | None:
         return reader_sections
     if not reader_sections:
         return issue_sections
-    return sections_key(set(sections_list(reader_sections)) & set(sections_list(issue_sections))) or None
+    return (
+        sections_key(set(sections_list(reader_sections)) & set(sections_list(issue_sections)))
+        or None
+    )
 
 
 def _issue(session: Session, issue_id: int) -> Issue:
@@ -122,7 +126,12 @@ def _audience(issue: Issue):
 
 
 def start_send(
-    session: Session, issue_id: int, render: Render, rt=None, *, now: datetime | None = None,
+    session: Session,
+    issue_id: int,
+    render: Render,
+    rt=None,
+    *,
+    now: datetime | None = None,
     settings=None,
 ) -> StartResult:
     """Start sending: freeze the audience into pending deliveries, variants rendered once.
@@ -135,13 +144,21 @@ def start_send(
         rt = runtime()
     settings = settings or rt.settings
     now = now or utcnow()
-    _transition(session, issue_id, STARTABLE, I.SENDING, started_at=now, finished_at=None,
-                status_reason=None)
+    _transition(
+        session,
+        issue_id,
+        STARTABLE,
+        I.SENDING,
+        started_at=now,
+        finished_at=None,
+        status_reason=None,
+    )
     issue = _issue(session, issue_id)
 
     # The distinct section sets of the audience (a handful), with their sizes.
     by_sections = {
-        sections: n for sections, n in session.execute(
+        sections: n
+        for sections, n in session.execute(
             select(S.sections, func.count()).where(_audience(issue)).group_by(S.sections)
         )
     }
@@ -154,12 +171,26 @@ def start_send(
         if key not in variants:
             rendered = render(session, issue, key, rt)
             if rendered is None:
-                v = IssueVariant(issue_id=issue.id, sections=key, subject="", html="", text="",
-                                 empty=True, readers=0)
+                v = IssueVariant(
+                    issue_id=issue.id,
+                    sections=key,
+                    subject="",
+                    html="",
+                    text="",
+                    empty=True,
+                    readers=0,
+                )
             else:
                 subject, html, text = rendered
-                v = IssueVariant(issue_id=issue.id, sections=key, subject=subject, html=html,
-                                 text=text, empty=False, readers=0)
+                v = IssueVariant(
+                    issue_id=issue.id,
+                    sections=key,
+                    subject=subject,
+                    html=html,
+                    text=text,
+                    empty=False,
+                    readers=0,
+                )
             session.add(v)
             variants[key] = v
         reader_variant[reader_sections] = variants[key]
@@ -170,10 +201,14 @@ def start_send(
     skipped = sum(v.readers for v in variants.values() if v.empty)
     total = _freeze(session, issue, sendable, now) if sendable else 0
     if total == 0:
-        reason = "No reader matched the audience." if not skipped else (
-            f"Nothing to send: the {skipped} readers of this audience have no items.")
-        _transition(session, issue_id, (I.SENDING,), I.FINISHED, finished_at=now,
-                    status_reason=reason)
+        reason = (
+            "No reader matched the audience."
+            if not skipped
+            else (f"Nothing to send: the {skipped} readers of this audience have no items.")
+        )
+        _transition(
+            session, issue_id, (I.SENDING,), I.FINISHED, finished_at=now, status_reason=reason
+        )
         return StartResult(issue_id, 0, skipped, len(variants))
     batches = dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
     return StartResult(issue_id, total, skipped, len(variants), batches)
@@ -191,7 +226,11 @@ def _freeze(session: Session, issue: Issue, sendable: dict[str, int], now: datet
         )
         page = where & (S.id > last) & ((S.id <= upper) if upper is not None else true())
         rows = select(
-            literal(issue.id), S.id, variant_of, literal(D.PENDING.value), literal(0),
+            literal(issue.id),
+            S.id,
+            variant_of,
+            literal(D.PENDING.value),
+            literal(0),
             literal(now, UTCDateTime()),
         ).where(page)
         session.execute(insert(Delivery).from_select(columns, rows))
@@ -232,8 +271,9 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
-def dispatch(session: Session, issue_id: int, batches: int, size: int, *, after: int = 0,
-             now=None) -> list[Batch]:
+def dispatch(
+    session: Session, issue_id: int, batches: int, size: int, *, after: int = 0, now=None
+) -> list[Batch]:
     """Claim up to `batches` x `size` due pending rows (ids above `after`) for new tasks."""
     now = now or utcnow()
     ids = list(
@@ -280,10 +320,14 @@ def resume(session: Session, issue_id: int, settings, *, now=None) -> list[Batch
 
 def cancel(session: Session, issue_id: int) -> None:
     """Stop for good: rows not yet sent stay pending and are never sent."""
-    _transition(session, issue_id, CANCELLABLE, I.CANCELLED, status_reason="Cancelled by an operator.")
+    _transition(
+        session, issue_id, CANCELLABLE, I.CANCELLED, status_reason="Cancelled by an operator."
+    )
 
 
-def uncertain_rows(session: Session, issue_id: int, limit: int = 1000) -> list[tuple[int, str | None, str | None]]:
+def uncertain_rows(
+    session: Session, issue_id: int, limit: int = 1000
+) -> list[tuple[int, str | None, str | None]]:
     """(delivery id, email, last error) of the rows that may or may not have been delivered."""
     _issue(session, issue_id)
     rows = session.execute(
@@ -296,7 +340,9 @@ def uncertain_rows(session: Session, issue_id: int, limit: int = 1000) -> list[t
     return [(i, email, error) for i, email, error in rows]
 
 
-def resend_uncertain(session: Session, issue_id: int, settings, *, now=None) -> tuple[int, list[Batch]]:
+def resend_uncertain(
+    session: Session, issue_id: int, settings, *, now=None
+) -> tuple[int, list[Batch]]:
     """Send the uncertain rows again, on an operator's word (some readers may get two)."""
     now = now or utcnow()
     issue = _issue(session, issue_id)
@@ -307,8 +353,13 @@ def resend_uncertain(session: Session, issue_id: int, settings, *, now=None) -> 
     count = session.execute(
         update(Delivery)
         .where(Delivery.issue_id == issue_id, Delivery.status == D.UNCERTAIN)
-        .values(status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None,
-                last_error="re-sent by an operator after an uncertain attempt")
+        .values(
+            status=D.PENDING,
+            claimed_at=None,
+            claimed_by=None,
+            next_attempt_at=None,
+            last_error="re-sent by an operator after an uncertain attempt",
+        )
         .execution_options(synchronize_session=False)
     ).rowcount
     batches = []
@@ -338,22 +389,24 @@ def status(session: Session, issue_id: int, *, now=None) -> dict:
         if untried:
             withdrawn += n
     skipped = session.scalar(
-        select(func.coalesce(func.sum(IssueVariant.readers), 0))
-        .where(IssueVariant.issue_id == issue_id, IssueVariant.empty.is_(True))
+        select(func.coalesce(func.sum(IssueVariant.readers), 0)).where(
+            IssueVariant.issue_id == issue_id, IssueVariant.empty.is_(True)
+        )
     )
     span = RATE_WINDOW
     if issue.started_at is not None:
         span = max(1.0, min(RATE_WINDOW, (now - issue.started_at).total_seconds()))
     recent = session.scalar(
         select(func.count()).where(
-            Delivery.issue_id == issue_id, Delivery.status == D.SENT,
+            Delivery.issue_id == issue_id,
+            Delivery.status == D.SENT,
             Delivery.sent_at >= now - timedelta(seconds=span),
         )
     )
     rate = recent / span if issue.status == I.SENDING else 0.0
     remaining = counts["pending"] + counts["sending"] + counts["failed_temporary"]
     total = sum(counts.values())
-    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    iso = lambda d: d.isoformat() if d else None
     return {
         "issue": issue_id,
         "status": str(issue.status),
@@ -393,22 +446,30 @@ def sweep(session: Session, settings, *, now=None) -> SweepResult:
     out = SweepResult()
     stale = and_(Delivery.status == D.SENDING, Delivery.claimed_at < lease)
     # Handed out but never tried (a lost task, a dead worker): safe to hand out again.
-    lost = _grouped_update(session, stale & Delivery.claimed_by.like(QUEUED + "%"), dict(
-        status=D.PENDING, claimed_at=None, claimed_by=None,
-    ))
+    lost = _grouped_update(
+        session,
+        stale & Delivery.claimed_by.like(QUEUED + "%"),
+        {"status": D.PENDING, "claimed_at": None, "claimed_by": None},
+    )
     out.requeued = sum(lost.values())
     # Tried and never recorded: the server may have accepted it. Never re-sent by itself.
-    out.uncertain = sum(_grouped_update(session, stale & Delivery.claimed_by.like(TRIED + "%"), dict(
-        status=D.UNCERTAIN,
-        last_error="The worker stopped during the SMTP transaction; it may have been delivered.",
-    )).values())
+    out.uncertain = sum(
+        _grouped_update(
+            session,
+            stale & Delivery.claimed_by.like(TRIED + "%"),
+            {"status": D.UNCERTAIN, "last_error": MAY_HAVE_ARRIVED},
+        ).values()
+    )
 
     size = batch_size(settings)
     for issue_id in list(session.scalars(select(Issue.id).where(Issue.status == I.SENDING))):
         out.retried += session.execute(
             update(Delivery)
-            .where(Delivery.issue_id == issue_id, Delivery.status == D.FAILED_TEMPORARY,
-                   Delivery.next_attempt_at <= now)
+            .where(
+                Delivery.issue_id == issue_id,
+                Delivery.status == D.FAILED_TEMPORARY,
+                Delivery.next_attempt_at <= now,
+            )
             .values(status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None)
             .execution_options(synchronize_session=False)
         ).rowcount
@@ -431,11 +492,17 @@ def sweep(session: Session, settings, *, now=None) -> SweepResult:
 
 def _grouped_update(session: Session, condition, values: dict) -> dict[int, int]:
     """UPDATE the rows matching `condition`; how many per issue."""
-    rows = session.execute(
-        update(Delivery).where(condition).values(**values)
-        .returning(Delivery.issue_id)
-        .execution_options(synchronize_session=False)
-    ).scalars().all()
+    rows = (
+        session.execute(
+            update(Delivery)
+            .where(condition)
+            .values(**values)
+            .returning(Delivery.issue_id)
+            .execution_options(synchronize_session=False)
+        )
+        .scalars()
+        .all()
+    )
     counts: dict[int, int] = {}
     for issue_id in rows:
         counts[issue_id] = counts.get(issue_id, 0) + 1
@@ -454,20 +521,28 @@ def _pause_if_stalled(session: Session, issue_id: int, since: datetime, seconds:
     if issue.started_at is None or issue.started_at > since:
         return False
     last_sent = session.scalar(
-        select(func.max(Delivery.sent_at)).where(Delivery.issue_id == issue_id,
-                                                 Delivery.status == D.SENT)
+        select(func.max(Delivery.sent_at)).where(
+            Delivery.issue_id == issue_id, Delivery.status == D.SENT
+        )
     )
     if last_sent is not None and last_sent > since:
         return False
     error = session.scalar(
-        select(Delivery.last_error).where(
-            Delivery.issue_id == issue_id, Delivery.status.in_([D.PENDING, D.SENDING]),
+        select(Delivery.last_error)
+        .where(
+            Delivery.issue_id == issue_id,
+            Delivery.status.in_([D.PENDING, D.SENDING]),
             Delivery.last_error.like("unreachable: %"),
-        ).limit(1)
+        )
+        .limit(1)
     )
     if error is None:
         return False
     minutes = max(1, round(seconds / 60))
-    pause(session, issue_id, f"Paused automatically: nothing could be sent for {minutes} "
-                             f"minutes; {error.removeprefix('unreachable: ')}")
+    pause(
+        session,
+        issue_id,
+        f"Paused automatically: nothing could be sent for {minutes} "
+        f"minutes; {error.removeprefix('unreachable: ')}",
+    )
     return True

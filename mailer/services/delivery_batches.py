@@ -69,46 +69,62 @@ _OPEN = (
     .order_by(T.c.id)
 )
 _WITHDRAW = (
-    update(T).where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_queued"))
+    update(T)
+    .where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_queued"))
     .values(status=D.FAILED_PERMANENT, last_error=bindparam("b_err"), claimed_by=None)
 )
 _BEGIN = (
     update(T)
     .where(
-        T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"),
+        T.c.id.in_(_IDS),
+        T.c.claimed_by == bindparam("b_queued"),
         exists().where(I.c.id == bindparam("b_issue"), I.c.status == IssueStatus.SENDING),
     )
-    .values(claimed_by=bindparam("b_tried"), attempts=T.c.attempts + 1,
-            claimed_at=bindparam("b_now"))
+    .values(
+        claimed_by=bindparam("b_tried"), attempts=T.c.attempts + 1, claimed_at=bindparam("b_now")
+    )
     .returning(T.c.id)
 )
 _SENT = (
-    update(T).where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_tried"))
+    update(T)
+    .where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_tried"))
     .values(status=D.SENT, sent_at=bindparam("b_now"), last_error=None)
 )
 _OUTCOME = (
-    update(T).where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_tried"))
-    .values(status=bindparam("b_st"), last_error=bindparam("b_err"),
-            next_attempt_at=bindparam("b_next"), attempts=bindparam("b_att"),
-            claimed_by=bindparam("b_by"), claimed_at=bindparam("b_now"))
+    update(T)
+    .where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_tried"))
+    .values(
+        status=bindparam("b_st"),
+        last_error=bindparam("b_err"),
+        next_attempt_at=bindparam("b_next"),
+        attempts=bindparam("b_att"),
+        claimed_by=bindparam("b_by"),
+        claimed_at=bindparam("b_now"),
+    )
 )
 _RELEASE = (
-    update(T).where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
+    update(T)
+    .where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
     .values(status=D.PENDING, claimed_by=None, claimed_at=None)
 )
 _REQUEUE = (
-    update(T).where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
+    update(T)
+    .where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
     .values(claimed_by=bindparam("b_new"), claimed_at=bindparam("b_now"))
 )
 _BOUNCE = (
-    update(S).where(S.c.id.in_(_IDS), S.c.status == SubscriberStatus.ACTIVE)
+    update(S)
+    .where(S.c.id.in_(_IDS), S.c.status == SubscriberStatus.ACTIVE)
     .values(status=SubscriberStatus.BOUNCED, bounced_at=bindparam("b_now"))
     .returning(S.c.id)
 )
 _TRIED_COUNTS = (
     select(T.c.status, func.count())
-    .where(T.c.issue_id == bindparam("b_issue"), T.c.attempts > 0,
-           T.c.status.in_([D.SENT, D.FAILED_TEMPORARY, D.FAILED_PERMANENT]))
+    .where(
+        T.c.issue_id == bindparam("b_issue"),
+        T.c.attempts > 0,
+        T.c.status.in_([D.SENT, D.FAILED_TEMPORARY, D.FAILED_PERMANENT]),
+    )
     .group_by(T.c.status)
 )
 
@@ -220,11 +236,12 @@ class BatchRunner:
             group = claimed[start : start + size]
             messages = self._build(group)
             done = prepared
-            begun = self._tx(lambda c: self._write(c, done) or self._begin(c, group))
+            begun = self._tx(lambda c, d=done, g=group: self._write(c, d) or self._begin(c, g))
             prepared = None
             if not begun:
                 if self._tx(self._issue_status) != IssueStatus.SENDING:
-                    self._tx(lambda c: c.execute(_RELEASE, self._ids(claimed[start:])))
+                    left = claimed[start:]
+                    self._tx(lambda c, rows=left: c.execute(_RELEASE, self._ids(rows)))
                     self.report.stopped = "issue paused or cancelled"
                     break
                 continue  # the sweeper took these rows back: another task sends them
@@ -238,8 +255,8 @@ class BatchRunner:
                 retry = Batch(new_token(), [c.id for c in unsent + rest])
                 self._retry_token = QUEUED + retry.token
                 if rest:
-                    self._tx(lambda c: c.execute(_REQUEUE, {**self._ids(rest),
-                             "b_new": self._retry_token, "b_now": self.clock()}))
+                    moved = {**self._ids(rest), "b_new": self._retry_token, "b_now": self.clock()}
+                    self._tx(lambda c, params=moved: c.execute(_REQUEUE, params))
                 self.report.released += len(rest)
                 self.report.stopped = "server unreachable"
             prepared = self._prepare(outcomes)
@@ -270,18 +287,30 @@ class BatchRunner:
             _OPEN, {"b_ids": ids, "b_queued": self.queued}
         ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
-                gone.append({"b_id": did, "b_queued": self.queued,
-                             "b_err": f"not sent: the reader is {state or 'erased'}"})
+                gone.append(
+                    {
+                        "b_id": did,
+                        "b_queued": self.queued,
+                        "b_err": f"not sent: the reader is {state or 'erased'}",
+                    }
+                )
             else:
-                claimed.append(Claimed(did, sub_id, variant_id, attempts,
-                                       Reader(did, email, name, uid)))
+                claimed.append(
+                    Claimed(did, sub_id, variant_id, attempts, Reader(did, email, name, uid))
+                )
         if gone:
             # Readers who left after the send started are not mailed; attempts stay 0.
             conn.execute(_WITHDRAW, gone)
             self.report.withdrawn += len(gone)
         self.report.claimed += len(claimed)
-        handed = deliveries.dispatch(conn, self.issue_id, 1, deliveries.batch_size(self.settings),
-                                     after=max(ids, default=0), now=self.clock())
+        handed = deliveries.dispatch(
+            conn,
+            self.issue_id,
+            1,
+            deliveries.batch_size(self.settings),
+            after=max(ids, default=0),
+            now=self.clock(),
+        )
         return claimed, handed
 
     def _build(self, group: list[Claimed]) -> dict[int, object]:
@@ -289,10 +318,17 @@ class BatchRunner:
 
     def _begin(self, conn: Connection, group: list[Claimed]) -> set[int]:
         """Mark the group as tried, only while the issue is sending; the ids marked."""
-        return set(conn.scalars(_BEGIN, {
-            **self._ids(group), "b_issue": self.issue_id, "b_tried": self.tried,
-            "b_now": self.clock(),
-        }))
+        return set(
+            conn.scalars(
+                _BEGIN,
+                {
+                    **self._ids(group),
+                    "b_issue": self.issue_id,
+                    "b_tried": self.tried,
+                    "b_now": self.clock(),
+                },
+            )
+        )
 
     def _send(self, messages: list) -> list[Exception | None]:
         results: list[Exception | None] = []
@@ -317,8 +353,18 @@ class BatchRunner:
         sent, rows, bounced = [], [], []
 
         def row(c, state, err, attempts, nxt=None, by=None):
-            rows.append({"b_id": c.id, "b_tried": self.tried, "b_st": state, "b_err": err[:1000],
-                         "b_att": attempts, "b_next": nxt, "b_by": by or self.tried, "b_now": now})
+            rows.append(
+                {
+                    "b_id": c.id,
+                    "b_tried": self.tried,
+                    "b_st": state,
+                    "b_err": err[:1000],
+                    "b_att": attempts,
+                    "b_next": nxt,
+                    "b_by": by or self.tried,
+                    "b_now": now,
+                }
+            )
 
         for c, o in outcomes:
             if o is None:
@@ -363,10 +409,18 @@ class BatchRunner:
             errors = dict(prepared["bounced"])
             ids = list(conn.scalars(_BOUNCE, {"b_ids": list(errors), "b_now": now}))
             if ids:
-                conn.execute(insert(SubscriberEvent.__table__), [
-                    {"subscriber_id": i, "at": now, "kind": "bounced", "detail": errors[i][:1000]}
-                    for i in ids
-                ])
+                conn.execute(
+                    insert(SubscriberEvent.__table__),
+                    [
+                        {
+                            "subscriber_id": i,
+                            "at": now,
+                            "kind": "bounced",
+                            "detail": errors[i][:1000],
+                        }
+                        for i in ids
+                    ],
+                )
 
     def _after(self, conn: Connection) -> None:
         """Finish the issue if nothing is left; pause it if too much failed."""
@@ -380,8 +434,10 @@ class BatchRunner:
         bad = counts.get(D.FAILED_TEMPORARY, 0) + counts.get(D.FAILED_PERMANENT, 0)
         tried = bad + counts.get(D.SENT, 0)
         if bad >= self.settings.pause_errors and bad >= 0.2 * tried:
-            reason = (f"Paused automatically: {bad} of {tried} messages failed; "
-                      f"the last answer was: {r.errors[-1]}")
+            reason = (
+                f"Paused automatically: {bad} of {tried} messages failed; "
+                f"the last answer was: {r.errors[-1]}"
+            )
             with Session(bind=conn) as session:
                 try:
                     deliveries.pause(session, self.issue_id, reason)

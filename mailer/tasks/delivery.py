@@ -54,8 +54,14 @@ def _variants(rt):
             if cached is None or cached[0] != created:
                 v = s.get(IssueVariant, variant_id)
                 compiled = CompiledVariant(
-                    issue_id=v.issue_id, variant_id=v.id, subject=v.subject, html=v.html,
-                    text=v.text, settings=rt.settings, links=rt.links, tokens=rt.tokens,
+                    issue_id=v.issue_id,
+                    variant_id=v.id,
+                    subject=v.subject,
+                    html=v.html,
+                    text=v.text,
+                    settings=rt.settings,
+                    links=rt.links,
+                    tokens=rt.tokens,
                     signer=rt.dkim,
                 )
                 with _compiled_lock:

@@ -21,8 +21,12 @@ from mailer.models import (
 )
 
 
-def make_renderer(empty: tuple[str, ...] = (), calls: list | None = None, size: int = 30_000,
-                  subject: str = "Issue {id} for {label}"):
+def make_renderer(
+    empty: tuple[str, ...] = (),
+    calls: list | None = None,
+    size: int = 30_000,
+    subject: str = "Issue {id} for {label}",
+):
     """A render_variant stand-in: about `size` bytes of HTML carrying every placeholder.
 
     Variants whose sections include one of `empty` have no items (None), like a section
@@ -62,18 +66,30 @@ def make_renderer(empty: tuple[str, ...] = (), calls: list | None = None, size: 
     return render
 
 
-def add_readers(count: int, *, prefix: str | None = None, sections: str = "",
-                frequency: Frequency = Frequency.WEEKLY,
-                status: SubscriberStatus = SubscriberStatus.ACTIVE, names: bool = True) -> list[str]:
+def add_readers(
+    count: int,
+    *,
+    prefix: str | None = None,
+    sections: str = "",
+    frequency: Frequency = Frequency.WEEKLY,
+    status: SubscriberStatus = SubscriberStatus.ACTIVE,
+    names: bool = True,
+) -> list[str]:
     """Insert `count` readers in bulk; their addresses, in id order."""
     prefix = prefix or f"r{secrets.token_hex(3)}"
     now = utcnow()
     rows = [
         {
-            "uid": secrets.token_urlsafe(16), "email": f"{prefix}-{k}@example.com",
+            "uid": secrets.token_urlsafe(16),
+            "email": f"{prefix}-{k}@example.com",
             "name": (f"Zoë Reader {k}" if k % 7 == 0 else f"Reader {k}") if names else None,
-            "status": status, "frequency": frequency, "sections": sections, "source": "test",
-            "created_at": now, "updated_at": now, "confirmed_at": now,
+            "status": status,
+            "frequency": frequency,
+            "sections": sections,
+            "source": "test",
+            "created_at": now,
+            "updated_at": now,
+            "confirmed_at": now,
         }
         for k in range(count)
     ]
@@ -94,7 +110,8 @@ def new_issue(**kw) -> int:
 def counts(issue_id: int) -> dict[str, int]:
     with db.transaction() as s:
         rows = s.execute(
-            select(Delivery.status, func.count()).where(Delivery.issue_id == issue_id)
+            select(Delivery.status, func.count())
+            .where(Delivery.issue_id == issue_id)
             .group_by(Delivery.status)
         )
         out = {str(k): 0 for k in DeliveryStatus}
@@ -177,8 +194,11 @@ def own_broker(env: dict, tmp_path, **extra) -> dict:
     from mailer.config import load_settings
 
     settings = load_settings(env)
-    out = {**env, "MAILER_DATABASE_URL": settings.database_url,
-           "MAILER_INSTANCE_PATH": str(tmp_path / "own-broker")}
+    out = {
+        **env,
+        "MAILER_DATABASE_URL": settings.database_url,
+        "MAILER_INSTANCE_PATH": str(tmp_path / "own-broker"),
+    }
     if settings.redis_url:
         out["MAILER_REDIS_URL"] = urlunsplit(urlsplit(settings.redis_url)._replace(path="/1"))
     out.update(extra)

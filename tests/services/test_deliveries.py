@@ -50,15 +50,19 @@ class Engine:
 
     def runner(self) -> BatchRunner:
         return BatchRunner(
-            engine=db.engine, transport=self.transport, limiter=Unlimited(),
-            variant=_variants(self.rt), settings=self.settings,
+            engine=db.engine,
+            transport=self.transport,
+            limiter=Unlimited(),
+            variant=_variants(self.rt),
+            settings=self.settings,
             enqueue=lambda batch, delay: self.queue.append(batch),
         )
 
     def start(self, issue_id: int, render=None) -> deliveries.StartResult:
         with db.transaction() as s:
-            result = deliveries.start_send(s, issue_id, render or make_renderer(), self.rt,
-                                           settings=self.settings)
+            result = deliveries.start_send(
+                s, issue_id, render or make_renderer(), self.rt, settings=self.settings
+            )
         self.queue += result.batches
         self.issue_id = issue_id
         return result
@@ -114,8 +118,17 @@ def test_start_freezes_the_audience_one_rendering_per_variant(rt, smtp, make):
     assert sorted(calls) == ["", "news", "news,sport", "sport"]
     with db.transaction() as s:
         variants = {v.sections: (v.readers, v.empty) for v in s.scalars(select(IssueVariant))}
-        frozen = set(s.scalars(select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)))
-    assert variants == {"": (5, False), "news": (3, False), "sport": (2, True), "news,sport": (2, True)}
+        frozen = set(
+            s.scalars(
+                select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            )
+        )
+    assert variants == {
+        "": (5, False),
+        "news": (3, False),
+        "sport": (2, True),
+        "news,sport": (2, True),
+    }
     assert frozen == set(everything + news)
     assert issue_status(issue_id) == "sending"
 
@@ -137,14 +150,19 @@ def test_a_second_start_is_refused_even_at_the_same_moment(app, rt, smtp, make):
             barrier.wait()
             try:
                 with db.transaction() as s:
-                    outcomes.append(deliveries.start_send(s, issue_id, make_renderer(), rt).deliveries)
+                    outcomes.append(
+                        deliveries.start_send(s, issue_id, make_renderer(), rt).deliveries
+                    )
             except InvalidTransition as e:
                 outcomes.append(str(e))
 
     threads = [threading.Thread(target=click) for _ in range(2)]
     [t.start() for t in threads]
     [t.join(30) for t in threads]
-    assert sorted(outcomes, key=str) == [30, f"Issue {issue_id} must be draft, scheduled to become sending"]
+    assert sorted(outcomes, key=str) == [
+        30,
+        f"Issue {issue_id} must be draft, scheduled to become sending",
+    ]
     assert sum(counts(issue_id).values()) == 30
 
 
@@ -179,11 +197,18 @@ def test_failures_are_classified_retried_and_bounced(rt, smtp, make):
     assert (c["sent"], c["failed_temporary"], c["failed_permanent"]) == (37, 2, 1)
     assert issue_status(issue_id) == "sending"  # retries are owed
     with db.transaction() as s:
-        waits = s.execute(select(Delivery.next_attempt_at).where(Delivery.status == "failed_temporary")).scalars().all()
+        waits = (
+            s.execute(select(Delivery.next_attempt_at).where(Delivery.status == "failed_temporary"))
+            .scalars()
+            .all()
+        )
         reader = s.scalar(select(Subscriber).where(Subscriber.email == bad))
         assert reader.status == SubscriberStatus.BOUNCED
-        event = s.scalar(select(SubscriberEvent).where(SubscriberEvent.subscriber_id == reader.id,
-                                                       SubscriberEvent.kind == "bounced"))
+        event = s.scalar(
+            select(SubscriberEvent).where(
+                SubscriberEvent.subscriber_id == reader.id, SubscriberEvent.kind == "bounced"
+            )
+        )
         assert "550 5.1.1" in event.detail
     assert all(timedelta(seconds=50) < w - utcnow() <= timedelta(seconds=60) for w in waits)
 
@@ -243,9 +268,8 @@ def test_pause_stops_between_groups_resume_sends_the_rest_once(rt, smtp, make):
     report = runner.run(issue_id, batch.ids, batch.token)
     assert report.stopped == "issue paused or cancelled"
     assert counts(issue_id)["sent"] == 10 and counts(issue_id)["pending"] == 40
-    with pytest.raises(InvalidTransition):
-        with db.transaction() as s:
-            deliveries.pause(s, issue_id)
+    with pytest.raises(InvalidTransition), db.transaction() as s:
+        deliveries.pause(s, issue_id)
     with db.transaction() as s:
         engine.queue = deliveries.resume(s, issue_id, engine.settings)
     engine.drain()
@@ -309,8 +333,11 @@ def test_readers_who_leave_before_their_turn_get_nothing(rt, smtp, make):
     engine = make()
     engine.start(issue_id)
     with db.transaction() as s:
-        s.execute(update(Subscriber).where(Subscriber.email == emails[4])
-                  .values(status=SubscriberStatus.UNSUBSCRIBED))
+        s.execute(
+            update(Subscriber)
+            .where(Subscriber.email == emails[4])
+            .values(status=SubscriberStatus.UNSUBSCRIBED)
+        )
     engine.drain()
     assert emails[4] not in per_reader(smtp, [m.recipient for m in smtp.messages])
     with db.transaction() as s:

@@ -1,0 +1,105 @@
+"""Quoted-printable and header encodings: what the wire form promises, checked byte by byte."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import quopri
+import re
+
+import pytest
+from dkim.canonicalization import Relaxed
+
+from mailer.mail.encoding import (
+    encode_qp,
+    encode_value,
+    encoded_words,
+    fold,
+    format_address,
+    header_text,
+)
+
+SAMPLES = [
+    "Hello  world. \n.a line that starts with a dot\n" + "x" * 200 + " \n\ttab é ü 😀 end ",
+    "Grüße aus Köln\r\nZeile zwei\rZeile drei\n\n\n",
+    "=3D is not an escape here = really  ",
+    ". \n..\n.\n" + "a " * 120,
+    "",
+]
+
+
+def decode(wire: str) -> str:
+    return quopri.decodestring(wire.encode("ascii")).decode("utf-8").replace("\r\n", "\n")
+
+
+def normalized(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+@pytest.mark.parametrize("text", SAMPLES)
+def test_quoted_printable_round_trips_within_the_wire_rules(text):
+    wire = encode_qp(text)
+    assert decode(wire) == normalized(text)
+    assert wire.isascii()
+    for line in wire.split("\r\n"):
+        assert len(line) <= 76
+        assert not line.startswith("."), "a line would need SMTP dot-stuffing"
+        assert not line.endswith((" ", "\t")) and "\t" not in line and "  " not in line
+    body = wire.encode() + b"\r\n--boundary--\r\n"  # as in a message: a part never ends it
+    # DKIM's relaxed body canonicalization leaves it unchanged: bh= is SHA-256 of the bytes.
+    assert Relaxed.canonicalize_body(body) == body
+
+
+@pytest.mark.parametrize("column", [0, 1, 37, 74, 75, 76, 150])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Ada",
+        "Zoë Ünal",
+        ".dot",
+        " spaced  out ",
+        "x=y",
+        "http://localhost:5000/unsubscribe/" + "a" * 90 + ".b",
+        "",
+        "a.b" * 40,
+    ],
+)
+def test_a_value_fits_wherever_the_placeholder_lands(column, value):
+    before, after = "p" * column + " ", " and the rest of the line\nnext line"
+    wire = encode_qp(before, ends_part=False) + encode_value(value) + encode_qp(after)
+    assert decode(wire) == before + value + after
+    assert all(len(line) <= 76 and not line.startswith(".") for line in wire.split("\r\n"))
+    body = wire.encode() + b"\r\n--boundary--\r\n"
+    assert Relaxed.canonicalize_body(body) == body
+
+
+def test_headers_encode_fold_and_parse_back():
+    subject = "Grüße aus Köln — die Nachrichten des Tages " * 3
+    line = header_text("Subject", subject)
+    assert line.isascii() and all(len(x) <= 78 for x in line.split("\r\n"))
+    msg = email.message_from_bytes(line.encode() + b"\r\n\r\n", policy=email.policy.strict)
+    assert msg["Subject"] == subject
+    plain = "A long but plain subject line " * 5
+    folded = fold("Subject", plain.strip())
+    assert folded.replace("\r\n", "") == "Subject: " + plain.strip()
+    assert all(len(x) <= 78 for x in folded.split("\r\n"))
+    assert re.fullmatch(r"(=\?utf-8\?b\?[A-Za-z0-9+/=]+\?=(\r\n )?)+", encoded_words("ü" * 50))
+    # CR and LF from a setting or a name never start a new header.
+    assert "\n" not in header_text("Subject", "one\r\nBcc: x@y.z")
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("Ada Lovelace", "Ada Lovelace"),
+        ('Dr. "Bob" Smith', 'Dr. "Bob" Smith'),
+        ("Zoë <Ünal>", "Zoë <Ünal>"),
+        ("", ""),
+        (None, ""),
+    ],
+)
+def test_addresses_survive_a_strict_parser(name, expected):
+    header = format_address(name, "reader@example.com")
+    msg = email.message_from_bytes(f"To: {header}\r\n\r\n".encode(), policy=email.policy.strict)
+    (address,) = msg["To"].addresses
+    assert (address.display_name, address.addr_spec) == (expected, "reader@example.com")
