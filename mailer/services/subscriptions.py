@@ -418,29 +418,40 @@ def import_rows(
         parsed[email] = (name, freq, secs)
     if not parsed:
         return report
+    # Three queries per chunk, not per row: who exists, who is suppressed, then one flush.
     present = set(session.scalars(select(Subscriber.email).where(Subscriber.email.in_(parsed))))
+    hashes = {email: hasher(email) for email in parsed if email not in present}
+    suppressed = set(
+        session.scalars(
+            select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes.values()))
+        )
+    )
+    new = []
     for email, (name, freq, secs) in parsed.items():
         if email in present:
             report.existing += 1
-            continue
-        if is_suppressed(session, hasher(email)):
+        elif hashes[email] in suppressed:
             report.suppressed += 1
-            continue
-        sub = Subscriber(
-            email=email,
-            name=name,
-            frequency=freq,
-            sections=secs,
-            status=SubscriberStatus.ACTIVE,
-            source=consent.source[:200],
-            created_at=now,
-            confirmed_at=now,
-        )
-        session.add(sub)
-        session.flush()
+        else:
+            new.append(
+                Subscriber(
+                    email=email,
+                    name=name,
+                    frequency=freq,
+                    sections=secs,
+                    status=SubscriberStatus.ACTIVE,
+                    source=consent.source[:200],
+                    created_at=now,
+                    confirmed_at=now,
+                )
+            )
+    session.add_all(new)
+    session.flush()
+    for sub in new:
         _consent(session, sub.id, "import", consent, now)
         _event(session, sub.id, "imported", source[:200], now)
-        report.added += 1
+    session.flush()
+    report.added += len(new)
     return report
 
 
