@@ -38,7 +38,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, func, insert, literal, or_, select, text, true, update
+from sqlalchemy import (
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    text,
+    true,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from mailer.db import UTCDateTime, utcnow
@@ -271,35 +283,54 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
-def dispatch(
-    session: Session, issue_id: int, batches: int, size: int, *, after: int = 0, now=None
-) -> list[Batch]:
-    """Claim up to `batches` x `size` due pending rows (ids above `after`) for new tasks."""
-    now = now or utcnow()
-    ids = list(
-        session.scalars(
-            select(Delivery.id)
-            .where(
-                Delivery.issue_id == issue_id,
-                Delivery.status == D.PENDING,
-                Delivery.id > after,
-                or_(Delivery.next_attempt_at.is_(None), Delivery.next_attempt_at <= now),
-            )
-            .order_by(Delivery.id)
-            .limit(batches * size)
-            .with_for_update(skip_locked=True)
-        )
+_T = Delivery.__table__
+# One statement per batch: the next `size` due pending rows above `after` become this
+# batch's, in id order. SKIP LOCKED lets two dispatchers (two chains, the sweeper) take
+# different rows at once instead of waiting on each other (PostgreSQL; SQLite serializes).
+_NEXT = (
+    select(_T.c.id)
+    .where(
+        _T.c.issue_id == bindparam("b_issue"),
+        _T.c.status == D.PENDING,
+        _T.c.id > bindparam("b_after"),
+        or_(_T.c.next_attempt_at.is_(None), _T.c.next_attempt_at <= bindparam("b_now")),
     )
+    .order_by(_T.c.id)
+    .limit(bindparam("b_size"))
+    .with_for_update(skip_locked=True)
+    .scalar_subquery()
+)
+_HAND_OUT = (
+    update(_T)
+    .where(_T.c.id.in_(_NEXT))
+    .values(status=D.SENDING, claimed_by=bindparam("b_by"), claimed_at=bindparam("b_now"))
+    .returning(_T.c.id)
+)
+
+
+def dispatch(
+    session, issue_id: int, batches: int, size: int, *, after: int = 0, now=None
+) -> list[Batch]:
+    """Claim up to `batches` x `size` due pending rows (ids above `after`) for new tasks.
+
+    `session` may be a Session or a Connection (the batch runner's).
+    """
+    now = now or utcnow()
     out = []
-    for k in range(0, len(ids), size):
-        batch = Batch(new_token(), ids[k : k + size])
-        session.execute(
-            update(Delivery)
-            .where(Delivery.id.in_(batch.ids), Delivery.status == D.PENDING)
-            .values(status=D.SENDING, claimed_by=QUEUED + batch.token, claimed_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        out.append(batch)
+    for _ in range(batches):
+        token = new_token()
+        params = {
+            "b_issue": issue_id,
+            "b_after": after,
+            "b_now": now,
+            "b_size": size,
+            "b_by": QUEUED + token,
+        }
+        ids = sorted(session.execute(_HAND_OUT, params).scalars())
+        if not ids:
+            break
+        out.append(Batch(token, ids))
+        after = ids[-1]
     return out
 
 

@@ -65,7 +65,13 @@ _ISSUE_STATUS = select(I.c.status).where(I.c.id == bindparam("b_issue"))
 _OPEN = (
     select(T.c.id, T.c.variant_id, T.c.attempts, S.c.id, S.c.email, S.c.name, S.c.uid, S.c.status)
     .select_from(T.outerjoin(S, S.c.id == T.c.subscriber_id))
-    .where(T.c.id.in_(_IDS), T.c.status == D.SENDING, T.c.claimed_by == bindparam("b_queued"))
+    # The batch is whatever dispatch() claimed for the token: the issue's rows in flight
+    # (one index range) filtered by claimed_by, rather than a list of hundreds of ids.
+    .where(
+        T.c.issue_id == bindparam("b_issue"),
+        T.c.status == D.SENDING,
+        T.c.claimed_by == bindparam("b_queued"),
+    )
     .order_by(T.c.id)
 )
 _WITHDRAW = (
@@ -284,7 +290,7 @@ class BatchRunner:
             return None, []
         claimed, gone = [], []
         for did, variant_id, attempts, sub_id, email, name, uid, state in conn.execute(
-            _OPEN, {"b_ids": ids, "b_queued": self.queued}
+            _OPEN, {"b_issue": self.issue_id, "b_queued": self.queued}
         ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
                 gone.append(
