@@ -173,7 +173,7 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
         with progress(length=started.deliveries, label="Sending") as bar:
             shown, moved, swept = 0, time.monotonic(), time.monotonic()
             while True:
-                time.sleep(0.5)
+                time.sleep(1.0)
                 for w in running:
                     w.sample()
                 with db.transaction() as s:

@@ -48,7 +48,7 @@ def _summary(st: dict) -> str:
     )
 
 
-def _wait(ctx: Context, issue_id: int, interval: float = 0.5) -> dict:
+def _wait(ctx: Context, issue_id: int, interval: float = 1.0) -> dict:
     st = _status(ctx, issue_id)
     with progress(length=max(1, st["total"]), label=f"Sending issue {issue_id}") as bar:
         shown = 0

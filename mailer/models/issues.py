@@ -123,6 +123,12 @@ class Delivery(Base):
         UniqueConstraint("issue_id", "subscriber_id"),
         Index("ix_deliveries_issue_status", "issue_id", "status"),
         Index("ix_deliveries_status_next", "status", "next_attempt_at"),
+        # The current sending rate (status, the console's progress) counts an issue's recent
+        # messages: without this, every progress poll would read every sent row.
+        Index(
+            "ix_deliveries_sent_at", "issue_id", "sent_at",
+            postgresql_where=text("status = 'sent'"), sqlite_where=text("status = 'sent'"),
+        ),
         # The delivery engine hands out an issue's pending rows in id order; a partial index
         # keeps that lookup small however many rows are already sent.
         Index(

@@ -293,6 +293,7 @@ def upgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.create_index('ix_deliveries_dispatch', ['issue_id', 'id'], unique=False, postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
         batch_op.create_index('ix_deliveries_issue_status', ['issue_id', 'status'], unique=False)
+        batch_op.create_index('ix_deliveries_sent_at', ['issue_id', 'sent_at'], unique=False, postgresql_where=sa.text("status = 'sent'"), sqlite_where=sa.text("status = 'sent'"))
         batch_op.create_index('ix_deliveries_status_next', ['status', 'next_attempt_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_deliveries_subscriber_id'), ['subscriber_id'], unique=False)
 
@@ -323,6 +324,7 @@ def downgrade() -> None:
     with op.batch_alter_table('deliveries', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_deliveries_subscriber_id'))
         batch_op.drop_index('ix_deliveries_status_next')
+        batch_op.drop_index('ix_deliveries_sent_at', postgresql_where=sa.text("status = 'sent'"), sqlite_where=sa.text("status = 'sent'"))
         batch_op.drop_index('ix_deliveries_issue_status')
         batch_op.drop_index('ix_deliveries_dispatch', postgresql_where=sa.text("status = 'pending'"), sqlite_where=sa.text("status = 'pending'"))
 
