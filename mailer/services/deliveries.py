@@ -274,6 +274,9 @@ class Batch:
 
     token: str
     ids: list[int]
+    # A batch hands out the next one when it starts, keeping the window full; a retry of
+    # rows the server never saw does not, or every retry round would widen the window.
+    chain: bool = True
 
 
 QUEUED, TRIED = "q:", "t:"

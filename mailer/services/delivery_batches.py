@@ -219,7 +219,8 @@ class BatchRunner:
 
     # --- the run ------------------------------------------------------------------------
 
-    def run(self, issue_id: int, ids: list[int], token: str) -> BatchReport:
+    def run(self, issue_id: int, ids: list[int], token: str, chain: bool = True) -> BatchReport:
+        self.chain = chain
         try:
             return self._run(issue_id, ids, token)
         finally:
@@ -258,7 +259,7 @@ class BatchRunner:
                 # The server (or the rate limiter) is unreachable: these rows and the rest
                 # of the batch go to a new task that starts after a pause.
                 rest = claimed[start + size :]
-                retry = Batch(new_token(), [c.id for c in unsent + rest])
+                retry = Batch(new_token(), [c.id for c in unsent + rest], chain=False)
                 self._retry_token = QUEUED + retry.token
                 if rest:
                     moved = {**self._ids(rest), "b_new": self._retry_token, "b_now": self.clock()}
@@ -309,6 +310,8 @@ class BatchRunner:
             conn.execute(_WITHDRAW, gone)
             self.report.withdrawn += len(gone)
         self.report.claimed += len(claimed)
+        if not self.chain or not (claimed or gone):
+            return claimed, []  # a retry, or a copy of a task that already ran
         handed = deliveries.dispatch(
             conn,
             self.issue_id,

@@ -79,12 +79,12 @@ def enqueue_batches(issue_id: int, batches: list[Batch], countdown: float | None
     sent = 0
     for batch in batches:
         options = {"countdown": countdown} if countdown else {}
-        sent += enqueue(send_batch, issue_id, batch.ids, batch.token, **options)
+        sent += enqueue(send_batch, issue_id, batch.ids, batch.token, batch.chain, **options)
     return sent
 
 
 @shared_task(name="mailer.send_batch", acks_late=True, reject_on_worker_lost=True)
-def send_batch(issue_id: int, ids: list[int], token: str) -> dict:
+def send_batch(issue_id: int, ids: list[int], token: str, chain: bool = True) -> dict:
     """Try, send and record the deliveries handed to this task (services.delivery_batches)."""
     rt = runtime()
     runner = BatchRunner(
@@ -95,7 +95,7 @@ def send_batch(issue_id: int, ids: list[int], token: str) -> dict:
         settings=rt.settings,
         enqueue=lambda batch, delay: enqueue_batches(issue_id, [batch], delay),
     )
-    report = runner.run(issue_id, ids, token)
+    report = runner.run(issue_id, ids, token, chain)
     if report.stopped:
         log.info("issue %s batch stopped: %s", issue_id, report.stopped)
     return report.as_dict()

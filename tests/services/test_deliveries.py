@@ -70,7 +70,8 @@ class Engine:
     def drain(self, limit: int = 1000) -> None:
         while self.queue and limit:
             batch = self.queue.pop(0)
-            self.reports.append(self.runner().run(self.issue_id, batch.ids, batch.token))
+            runner = self.runner()
+            self.reports.append(runner.run(self.issue_id, batch.ids, batch.token, batch.chain))
             limit -= 1
 
     def sweep(self, later: float = 0.0) -> deliveries.SweepResult:
@@ -302,6 +303,7 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     # A worker takes the batch, begins its first group, then dies without a word.
     dead = engine.runner()
     dead.issue_id, dead.queued, dead.tried = issue_id, "q:" + batch.token, "t:" + batch.token + ":x"
+    dead.chain = True
     with db.engine.begin() as conn:
         claimed, _ = dead._open(conn, batch.ids)
         dead._begin(conn, claimed[:10])
@@ -368,3 +370,68 @@ def test_an_audience_without_readers_finishes_at_once(rt, smtp, make):
     issue_id = new_issue()
     result = make().start(issue_id)
     assert result.deliveries == 0 and issue_status(issue_id) == "finished"
+
+
+def test_the_tick_runs_the_delivery_sweeper(rt, make):
+    import time_machine
+
+    from mailer.tasks.base import tick
+
+    add_readers(12)
+    issue_id = new_issue()
+    engine = make(send_batch=5, send_window=2)
+    engine.start(issue_id)  # handed out to two tasks that never run (a lost broker)
+    assert counts(issue_id)["sending"] == 10
+    assert tick()["sweep_deliveries"] == {}  # within the lease: nothing to do
+    later = utcnow() + timedelta(seconds=rt.settings.send_lease_seconds + 1)
+    with time_machine.travel(later, tick=False):
+        swept = tick()["sweep_deliveries"]
+    # The lost rows and the two never handed out go to one new batch (the tick's settings
+    # allow 500 rows a batch).
+    assert swept == {"requeued": 10, "batches": 1}
+    assert counts(issue_id)["sending"] == 12 and counts(issue_id)["pending"] == 0
+
+
+def test_an_unreachable_server_hands_the_batch_to_a_later_retry(rt, smtp, make):
+    from mailer.config import SmtpSettings
+    from mailer.mail.smtp import SmtpClient
+    from tests.support import free_port
+
+    emails = add_readers(30)
+    issue_id = new_issue()
+    engine = make(send_batch=30, send_group=10, send_lease_seconds=60)
+    engine.start(issue_id)
+    down = SmtpTransport(SmtpSettings("127.0.0.1", free_port(), timeout=1))
+    down.client = SmtpClient(down.cfg, reconnect_delays=(0.05,))
+    runner = engine.runner()
+    runner.transport = down
+    batch = engine.queue.pop(0)
+    report = runner.run(issue_id, batch.ids, batch.token)
+    assert report.stopped == "server unreachable" and report.sent == 0
+    (retry,) = engine.queue  # one retry batch, which will not extend the chain
+    assert sorted(retry.ids) == sorted(batch.ids) and retry.chain is False
+    c = counts(issue_id)
+    assert c["sending"] == 30 and c["failed_temporary"] == 0  # no try was counted
+    with db.transaction() as s:
+        attempts = set(s.scalars(select(Delivery.attempts)))
+        errors = set(s.scalars(select(Delivery.last_error).where(Delivery.last_error.is_not(None))))
+    assert attempts == {0} and all(e.startswith("unreachable: cannot reach") for e in errors)
+
+    # Still down a whole lease later: the issue pauses and says why.
+    assert engine.sweep(later=30).paused == 0
+    engine.queue.clear()
+    with db.transaction() as s:
+        s.execute(update(Delivery).values(claimed_at=utcnow() - timedelta(seconds=61)))
+        s.execute(update(Issue).values(started_at=utcnow() - timedelta(seconds=120)))
+    result = engine.sweep()
+    assert result.requeued == 30 and result.paused == 1
+    with db.transaction() as s:
+        issue = s.get(Issue, issue_id)
+        assert issue.status == "paused" and "cannot reach SMTP server" in issue.status_reason
+
+    # The server is back: resume sends everyone once.
+    with db.transaction() as s:
+        engine.queue = deliveries.resume(s, issue_id, engine.settings)
+    engine.drain()
+    assert issue_status(issue_id) == "finished"
+    assert set(per_reader(smtp, emails).values()) == {1}
