@@ -6,8 +6,10 @@ after the commit, enqueues the batches it was handed: mailer.tasks.delivery.enqu
 - start_send(session, issue_id, render, rt=None) -> StartResult: draft/scheduled → sending;
   renders each variant once (render = services.digests.render_variant or a stand-in) and
   inserts one pending delivery per reader of the audience;
-- pause(session, issue_id), resume(session, issue_id) -> batches, cancel(session, issue_id);
-- resend_uncertain(session, issue_id) -> (count, batches): an operator's deliberate re-send;
+- pause(session, issue_id), resume(session, issue_id, settings) -> batches,
+  cancel(session, issue_id);
+- uncertain_rows(session, issue_id), resend_uncertain(session, issue_id, settings) ->
+  (count, batches): what may or may not have arrived, and an operator's deliberate re-send;
 - status(session, issue_id) -> dict: counts per delivery state, rate, ETA;
 - sweep(session, settings) -> SweepResult: the tick's housekeeping (below).
 
@@ -92,7 +94,6 @@ class StartResult:
 class SweepResult:
     requeued: int = 0
     uncertain: int = 0
-    redispatched: int = 0
     retried: int = 0
     finished: int = 0
     paused: int = 0
