@@ -6,7 +6,7 @@ from flask import Blueprint, abort, g, jsonify, request
 
 from mailer.errors import ValidationError
 from mailer.services import subscriptions as subs
-from mailer.web.extensions import limiter, settings
+from mailer.web.extensions import settings
 from mailer.web.signup import consent_from_request, handle_signup, rate_limited
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
