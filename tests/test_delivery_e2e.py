@@ -127,3 +127,31 @@ def test_api_sends_and_steers_an_issue(app, client, smtp, worker):
     assert counts(other)["pending"] == 0 and len(smtp.messages) == 30
     with app.app_context(), db.transaction() as s:
         assert {str(v) for v in s.scalars(select(Subscriber.status))} == {SubscriberStatus.ACTIVE}
+
+
+def test_dkim_record_prints_what_to_publish(app, env, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tests.conftest import MailerRunner, make_app
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "dkim.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    signed = make_app(
+        env,
+        MAILER_DKIM_KEY_FILE=str(path),
+        MAILER_DKIM_SELECTOR="news2026",
+        MAILER_DKIM_DOMAIN="daily.example",
+    )
+    out = MailerRunner(signed).invoke(["dkim-record"])
+    assert out.exit_code == 0
+    assert out.stdout.startswith('news2026._domainkey.daily.example. IN TXT "v=DKIM1; k=rsa; p=')
+    none = MailerRunner(app).invoke(["dkim-record"])
+    assert none.exit_code == 1 and "no DKIM key is configured" in none.stderr

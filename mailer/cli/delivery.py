@@ -7,7 +7,7 @@ import time
 
 import click
 
-from mailer.cli import Context, fail, pass_ctx, progress
+from mailer.cli import Context, cli, fail, pass_ctx, progress
 from mailer.cli.digest import digest
 from mailer.db import db
 from mailer.errors import InvalidTransition
@@ -218,3 +218,19 @@ def resend_uncertain(ctx: Context, issue_id: int, yes: bool):
         count, batches = deliveries.resend_uncertain(s, issue_id, ctx.settings)
     _enqueue(ctx, issue_id, batches)
     click.echo(f"Re-sending {count} uncertain deliveries of issue {issue_id}.")
+
+
+@cli.command("dkim-record")
+@pass_ctx
+def dkim_record(ctx: Context):
+    """Print the DNS TXT records that publish the configured DKIM keys."""
+    from mailer.mail.dkim import DkimError, signer_from_settings
+
+    try:
+        signer = signer_from_settings(ctx.settings)
+    except DkimError as e:
+        fail(str(e))
+    if signer is None:
+        fail("no DKIM key is configured (MAILER_DKIM_KEY_FILE, MAILER_DKIM_ED25519_KEY_FILE)")
+    for key in signer.keys:
+        click.echo(f'{key.selector}._domainkey.{key.domain}. IN TXT "{key.dns_txt()}"')
