@@ -148,9 +148,9 @@ def test_mistakes_exit_1_with_one_line_and_change_nothing(runner, smtp):
     issue_id = _id(runner.invoke(["digest", "create", "--popular", "0"]))
     cases = [
         (["digest", "preview", "999999"], "There is no issue 999999"),
-        (["digest", "preview", str(issue_id), "--sections", "weather"], "Unknown section: weather"),
+        (["digest", "preview", str(issue_id), "--sections", "weather"], "Unknown section 'weather'"),
         (["digest", "preview", str(issue_id), "--sections", "sport"], "would get no articles"),
-        (["digest", "create", "--sections", "weather"], "Unknown section: weather"),
+        (["digest", "create", "--sections", "weather"], "Unknown section 'weather'"),
         (["digest", "create", "--intro", "{{ ''.__class__ }}"], "intro is not allowed"),
         (["digest", "create", "--subject", "{{ oops"], "subject has a template error"),
         (["digest", "test-send", str(issue_id), "--to", "not an address"], "does not look like"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from functools import lru_cache
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -11,9 +12,15 @@ from mailer.config import PROJECT_DIR
 EMAIL_TEMPLATES = PROJECT_DIR / "templates" / "email"
 
 
+def _wrap(value: str, width: int = 68, indent: str = "") -> str:
+    """Text parts: wrap prose, never break a word or a URL."""
+    lines = textwrap.wrap(value, width=width, break_long_words=False, break_on_hyphens=False)
+    return ("\n" + indent).join(lines)
+
+
 @lru_cache(maxsize=1)
 def email_env() -> Environment:
-    return Environment(
+    env = Environment(
         loader=FileSystemLoader(str(EMAIL_TEMPLATES)),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
@@ -21,6 +28,8 @@ def email_env() -> Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
+    env.filters["wrap"] = _wrap
+    return env
 
 
 def render_pair(name: str, **context) -> tuple[str, str]:

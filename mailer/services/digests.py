@@ -69,6 +69,7 @@ __all__ = [
     "get_issue",
     "list_issues",
     "render_variant",
+    "preview",
     "render_preview",
     "describe",
     "summary",
@@ -399,14 +400,19 @@ def describe(session: Session, issue: Issue, rt) -> dict:
 TEMPLATE_VARIABLES = EDITOR_VARIABLES + ("name",)
 
 
+def preview(session: Session, issue: Issue, sections: str, rt) -> tuple[str, str, str]:
+    """render_preview, or NotFound when readers of `sections` would get no articles."""
+    rendered = render_preview(session, issue, sections, rt)
+    if rendered is None:
+        raise NotFound("Readers of these sections would get no articles in this issue.")
+    return rendered
+
+
 def test_messages(
     session: Session, rt, issue: Issue, addresses: Iterable[str], sections: str = "", test=True
 ):
     """The preview as ready-to-send messages, one per address (subject marked as a test)."""
-    rendered = render_preview(session, issue, sections, rt)
-    if rendered is None:
-        raise NotFound("Readers of these sections would get no articles in this issue.")
-    subject, html, text = rendered
+    subject, html, text = preview(session, issue, sections, rt)
     settings = rt.settings
     sender = settings.from_address
     out = []

@@ -20,10 +20,9 @@ from mailer.models import (
     IssueItem,
     IssueStatus,
     ItemSection,
-    sections_key,
-    sections_list,
 )
 from mailer.services.render import editor_text
+from mailer.services.subscriptions import parse_sections
 
 EDITABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED)
 SUBJECT_MAX = 300
@@ -53,13 +52,8 @@ def check_frequency(raw) -> Frequency:
 
 
 def check_sections(raw, settings) -> str:
-    known = {slug for slug, _ in settings.sections}
-    chosen = sections_list(raw) if isinstance(raw, str) else list(raw or ())
-    unknown = sorted(set(chosen) - known)
-    if unknown:
-        raise ValidationError("sections", f"Unknown section: {', '.join(unknown)[:100]}.")
-    key = sections_key(chosen)
-    return "" if known and set(chosen) == known else key
+    """An issue's audience sections, by the same rule as readers' choices."""
+    return parse_sections(raw, settings.section_labels)
 
 
 _SAMPLE_VALUES = {

@@ -10,7 +10,6 @@ article fields are data, always escaped, never compiled as templates.
 from __future__ import annotations
 
 import re
-import textwrap
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -19,11 +18,8 @@ from urllib.parse import urlsplit
 import css_inline
 import nh3
 from jinja2 import (
-    Environment,
-    FileSystemLoader,
     StrictUndefined,
     TemplateSyntaxError,
-    select_autoescape,
 )
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
 from markdown_it import MarkdownIt
@@ -33,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from mailer.errors import ValidationError
 from mailer.mail import placeholders as ph
-from mailer.mail.templates import EMAIL_TEMPLATES
+from mailer.mail.templates import email_env
 from mailer.models import Issue, IssueItem, ItemSection, sections_list
 
 SECTION_LABELS = {ItemSection.LATEST: "Latest", ItemSection.POPULAR: "Most popular"}
@@ -222,25 +218,6 @@ def build_variant(session: Session, issue: Issue, sections: str, settings, link)
 # --- rendering ----------------------------------------------------------------------------
 
 
-def _wrap(value: str, width: int = 68, indent: str = "") -> str:
-    lines = textwrap.wrap(value, width=width, break_long_words=False, break_on_hyphens=False)
-    return ("\n" + indent).join(lines)
-
-
-@lru_cache(maxsize=1)
-def digest_env() -> Environment:
-    env = Environment(
-        loader=FileSystemLoader(str(EMAIL_TEMPLATES)),
-        autoescape=select_autoescape(["html"]),
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["wrap"] = _wrap
-    return env
-
-
 @lru_cache(maxsize=1)
 def _inliner() -> css_inline.CSSInliner:
     return css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
@@ -333,7 +310,7 @@ def render_variant(
         "sender_address": sender.addr_spec,
         "postal_address": settings.postal_address,
     }
-    env = digest_env()
+    env = email_env()
     html = _inliner().inline(env.get_template("digest.html").render(context))
     text = env.get_template("digest.txt").render(context)
     return fields_.subject, html, text

@@ -22,10 +22,9 @@ from mailer.models import (
     IssueStatus,
     Schedule,
     ScheduleRun,
-    sections_key,
 )
 from mailer.services import cron, digests
-from mailer.services.subscriptions import check_text
+from mailer.services.subscriptions import check_text, parse_sections
 
 ISSUED, SKIPPED, MISSED = "issued", "skipped", "missed"
 # After an outage with many missed periods, only the newest ones get a row each.
@@ -67,19 +66,8 @@ def check_grace(value) -> float | None:
 
 
 def check_sections(value, known: dict[str, str]) -> str:
-    """A canonical sections key from a list or a comma-separated string; '' = every section."""
-    if value is None:
-        return ""
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ValidationError("sections", "sections must be a list of section names.")
-    key = sections_key(items)
-    unknown = [s for s in key.split(",") if s and known and s not in known]
-    if unknown:
-        raise ValidationError(
-            "sections", f"Unknown section {unknown[0]!r}; known: {', '.join(sorted(known))}.")
-    # Every section ticked is the same audience as none: the one key digests use for it.
-    return "" if known and set(key.split(",")) == set(known) else key
+    """A schedule's audience sections, by the same rule as readers' choices."""
+    return parse_sections(value, known)
 
 
 def create_schedule(

@@ -24,6 +24,7 @@ from mailer.models import (
     SubscriberStatus,
     Suppression,
     sections_key,
+    sections_list,
 )
 
 NAME_MAX = 100
@@ -102,14 +103,25 @@ def parse_frequency(raw: str | None) -> Frequency:
         raise ValidationError("frequency", "Frequency must be weekly or daily.") from None
 
 
-def parse_sections(raw: Iterable[str] | None, known: Iterable[str]) -> str:
-    chosen = [s.strip() for s in raw or () if s and s.strip()]
-    unknown = sorted(set(chosen) - set(known))
+def parse_sections(raw, known: Iterable[str]) -> str:
+    """A canonical sections key from a list or a comma-separated string; '' = every section.
+
+    The one rule for readers, issues and schedules: unknown names are refused, and every
+    section ticked means the same as none (no filter).
+    """
+    if raw is None:
+        return ""
+    items = raw.split(",") if isinstance(raw, str) else raw
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValidationError("sections", "Sections must be a list of section names.")
+    known = set(known)
+    key = sections_key(items)
+    chosen = set(sections_list(key))
+    unknown = sorted(chosen - known)
     if unknown:
-        raise ValidationError("sections", f"Unknown section: {', '.join(unknown)[:100]}.")
-    key = sections_key(chosen)
-    # Every section chosen is the same as no filter at all.
-    return "" if set(chosen) == set(known) else key
+        offered = f"known: {', '.join(sorted(known))}" if known else "no sections are set up"
+        raise ValidationError("sections", f"Unknown section {unknown[0][:50]!r}; {offered}.")
+    return "" if chosen == known else key
 
 
 def _event(session: Session, subscriber_id: int, kind: str, detail: str | None = None, now=None):

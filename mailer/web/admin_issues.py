@@ -260,10 +260,7 @@ def _preview(issue_id: int):
     rt = runtime()
     issue = digests.get_issue(db.session, issue_id)
     sections = digests.check_sections(request.args.get("sections", ""), rt.settings)
-    rendered = digests.render_preview(db.session, issue, sections, rt)
-    if rendered is None:
-        raise NotFound("Readers of these sections would get no articles in this issue.")
-    return rendered
+    return digests.preview(db.session, issue, sections, rt)
 
 
 @bp.get("/<int:issue_id>/preview.html")

@@ -183,10 +183,7 @@ def preview(issue_id: int):
     rt = runtime()
     issue = digests.get_issue(db.session, issue_id)
     sections = digests.check_sections(request.args.get("sections", ""), rt.settings)
-    rendered = digests.render_preview(db.session, issue, sections, rt)
-    if rendered is None:
-        raise NotFound("Readers of these sections would get no articles in this issue.")
-    subject, html, text = rendered
+    subject, html, text = digests.preview(db.session, issue, sections, rt)
     fmt = request.args.get("format", "json")
     if fmt == "html":
         # A preview is shown to the editor as is; it must not run anything on our origin.

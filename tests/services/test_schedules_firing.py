@@ -242,5 +242,5 @@ def test_a_schedule_that_no_longer_fits_the_configuration_is_skipped_with_the_re
     tick_through(app, utc(2027, 5, 3, 5, 0, 10), utc(2027, 5, 3, 5, 1))
     (run,) = runs(sid)
     assert run.status == "skipped" and run.issue_id is None
-    assert run.reason == "Not composed: Unknown section: weather."
+    assert run.reason == "Not composed: Unknown section 'weather'; known: business, culture, news, sport."
     assert issues() == []

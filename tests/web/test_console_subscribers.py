@@ -153,7 +153,7 @@ def test_csv_import_on_the_worker_with_progress_and_consent_source(app, client, 
     page = text_of(client.get(status_url))
     assert "Invalid rows" in page
     assert "6 That does not look like an email address" in page
-    assert "7 Unknown section: weather" in page
+    assert "7 Unknown section 'weather'" in page
     two = reader("new2@example.com")
     assert (two.status, two.frequency, two.sections) == (SubscriberStatus.ACTIVE, "daily",
                                                          "news,sport")
