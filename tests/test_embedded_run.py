@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -95,3 +98,49 @@ def test_fresh_install_subscribe_read_outbox_confirm_unsubscribe(embedded, brows
     assert proc.wait(30) == 0 or proc.returncode in (-signal.SIGINT, 130)
     assert time.monotonic() - started < 30
     assert (tmp_path / "instance" / "mailer.sqlite").exists()
+
+
+def cli(base_env: dict, *args, timeout=120) -> subprocess.CompletedProcess:
+    """`mailer ...` in a second terminal: its own process, the same instance folder."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailer.cli", *args], env=base_env, cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_commands_in_a_second_terminal_reach_the_running_worker(embedded):
+    base, proc, tmp_path = embedded
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env["MAILER_INSTANCE_PATH"] = str(tmp_path / "instance")
+    now = datetime.now(UTC)
+    items = "".join(
+        f"<item><title>Story {i}</title><link>https://news.example/story-{i}</link>"
+        f"<guid>https://news.example/story-{i}</guid>"
+        f"<pubDate>{format_datetime(now - timedelta(hours=i + 1))}</pubDate>"
+        f"<description>What happened in story {i}.</description></item>"
+        for i in range(3)
+    )
+    feed = tmp_path / "feed.xml"
+    feed.write_text(f'<?xml version="1.0"?><rss version="2.0"><channel><title>News</title>'
+                    f"<link>https://news.example/</link>{items}</channel></rss>")
+    readers = tmp_path / "readers.csv"
+    readers.write_text("email\n" + "".join(f"reader{i}@example.com\n" for i in range(5)))
+
+    assert cli(env, "articles", "sync", str(feed)).returncode == 0
+    assert cli(env, "subscribers", "import", str(readers), "--source", "test").returncode == 0
+    created = cli(env, "digest", "create", "--subject", "This week")
+    assert created.returncode == 0, created.stderr
+    issue_id = created.stdout.strip().splitlines()[-1]
+
+    # `send --wait` only enqueues and watches: the running `mailer run` worker does the work.
+    sent = cli(env, "digest", "send", issue_id, "--wait")
+    assert sent.returncode == 0, sent.stderr
+    status = json.loads(cli(env, "digest", "status", issue_id, "--json").stdout)
+    assert status["status"] == "finished" and status["counts"]["sent"] == 5
+
+    outbox = tmp_path / "instance" / "outbox"
+    digests = [p for p in outbox.glob("*.eml") if "Subject: This week" in p.read_text()]
+    assert len(digests) == 5
+    assert {p.read_text().split("X-Envelope-To: ")[1].split()[0] for p in digests} == {
+        f"reader{i}@example.com" for i in range(5)
+    }
