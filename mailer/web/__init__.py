@@ -97,16 +97,21 @@ def init_web(app: Flask) -> None:
 
     app.register_blueprint(api_delivery.bp)
     csrf.exempt(api_delivery.bp)
-    from mailer.web import (admin_issues, admin_sending, admin_settings, admin_subscribers,
-                            admin_users)
+    from mailer.web import (
+        admin_issues,
+        admin_sending,
+        admin_settings,
+        admin_subscribers,
+        admin_users,
+    )
 
     for console in (admin_issues, admin_sending, admin_subscribers, admin_users, admin_settings):
         app.register_blueprint(console.bp)
 
     @app.context_processor
     def _globals():
-        from mailer.web.auth import current_user
         from mailer.web.admin import admin_nav
+        from mailer.web.auth import current_user
 
         return {
             "list_name": lambda: settings.list_name,

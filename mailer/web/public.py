@@ -14,7 +14,6 @@ from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue, send_email_change, send_welcome
 from mailer.tokens import BadToken
-
 from mailer.web.signup import (
     consent_from_request,
     consent_wording,
