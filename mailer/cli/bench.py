@@ -239,17 +239,7 @@ def _sample_size(issue_id: int, rt) -> int:
         from sqlalchemy import select
 
         v = s.scalar(select(IssueVariant).where(IssueVariant.issue_id == issue_id))
-        cv = CompiledVariant(
-            issue_id=issue_id,
-            variant_id=v.id,
-            subject=v.subject,
-            html=v.html,
-            text=v.text,
-            settings=rt.settings,
-            links=rt.links,
-            tokens=rt.tokens,
-            signer=rt.dkim,
-        )
+        cv = CompiledVariant.of(v, rt)
     return len(cv.build(Reader(1, "reader1@bench.example", "Reader 1", "x" * 22)).data)
 
 

@@ -53,17 +53,7 @@ def _variants(rt):
             cached = _compiled.get(key)
             if cached is None or cached[0] != created:
                 v = s.get(IssueVariant, variant_id)
-                compiled = CompiledVariant(
-                    issue_id=v.issue_id,
-                    variant_id=v.id,
-                    subject=v.subject,
-                    html=v.html,
-                    text=v.text,
-                    settings=rt.settings,
-                    links=rt.links,
-                    tokens=rt.tokens,
-                    signer=rt.dkim,
-                )
+                compiled = CompiledVariant.of(v, rt)
                 with _compiled_lock:
                     if len(_compiled) >= 64:
                         _compiled.clear()
