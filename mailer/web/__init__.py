@@ -97,6 +97,10 @@ def init_web(app: Flask) -> None:
 
     app.register_blueprint(api_delivery.bp)
     csrf.exempt(api_delivery.bp)
+    from mailer.web import openapi
+
+    app.register_blueprint(openapi.bp)
+    csrf.exempt(openapi.bp)
     from mailer.web import (
         admin_issues,
         admin_sending,
