@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, g, jsonify, render_template, request
+from flask import Flask, abort, g, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -19,6 +19,10 @@ CSP = (
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self'; "
     "frame-src 'self'"
 )
+
+# The largest id a (64-bit) id column holds.
+MAX_ID = 2**63 - 1
+
 
 MESSAGES = {
     400: "The request could not be understood.",
@@ -67,6 +71,14 @@ def init_web(app: Flask) -> None:
         if not request.path.startswith("/admin"):
             request.max_content_length = settings.max_body_bytes
             request.max_form_memory_size = settings.max_body_bytes
+
+    @app.url_value_preprocessor
+    def _ids_in_range(endpoint, values):
+        # An id beyond the id columns' range cannot exist: a 404 like any unknown address,
+        # rather than an overflow in the database driver (a 500). (A bounded converter would
+        # make Werkzeug answer 405 where the same path takes other methods.)
+        if values and any(isinstance(v, int) and v > MAX_ID for v in values.values()):
+            abort(404)
 
     csrf.init_app(app)
     limiter.init_app(app)

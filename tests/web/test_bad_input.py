@@ -10,9 +10,11 @@ from sqlalchemy import func, select
 
 from mailer import tokens as t
 from mailer.db import db
-from mailer.models import ConsentRecord, Subscriber
+from mailer.models import ConsentRecord, Role, Subscriber
 from mailer.runtime import runtime
+from mailer.services import users
 from tests.web.helpers import form_fields, signup
+from tests.web.test_console_support import login
 
 MALFORMED = [
     "",
@@ -212,3 +214,24 @@ def test_no_mail_leaves_for_bad_input(client, smtp, worker, make_email):
     smtp.wait_for(good)
     assert [m.recipient for m in smtp.messages] == [good]
     assert json.loads(json.dumps(rows())) == [1, 1]
+
+
+
+def test_ids_beyond_the_id_columns_are_404_not_500(client, make_email):
+    """Found by the OpenAPI conformance run: the database driver overflowed on such ids."""
+    user = users.create_user(db.session, make_email("api"), "a long enough password", Role.ADMIN)
+    api = {"Authorization": f"Bearer {users.create_api_token(db.session, user, 'tests')}"}
+    db.session.commit()
+    assert client.get(f"/api/v1/issues/{2**63 - 1}", headers=api).json["message"] == (
+        f"There is no issue {2**63 - 1}.")  # the largest id still reaches the service
+    for huge in (2**63, 2**64 + 1, 10**40):
+        for method, url in [("GET", f"/api/v1/issues/{huge}"),
+                            ("POST", f"/api/v1/issues/{huge}/send"),
+                            ("PATCH", f"/api/v1/issues/1/items/{huge}"),
+                            ("GET", f"/api/v1/schedules/{huge}/next"),
+                            ("DELETE", f"/api/v1/schedules/{huge}")]:
+            resp = client.open(url, method=method, headers=api, json={"pinned": True})
+            assert resp.status_code == 404 and resp.is_json, (method, url, resp.status_code)
+    login(client, Role.ADMIN, make_email("admin"))
+    assert client.get(f"/admin/issues/{2**64}").status_code == 404
+    assert client.get(f"/admin/schedules/{2**64}").status_code == 404
