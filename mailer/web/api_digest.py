@@ -11,6 +11,7 @@ from mailer.runtime import runtime
 from mailer.services import digests
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
+from mailer.web import MAX_ID
 from mailer.web.api import request_data
 from mailer.web.auth import bearer_user
 
@@ -143,6 +144,9 @@ def add_item(issue_id: int):
     article_id = _int(data, "article_id")
     if article_id is None:
         raise ValidationError("article_id", "article_id is required.")
+    if not 0 < article_id <= MAX_ID:
+        # No article has such an id, and the database driver cannot even look it up.
+        raise NotFound(f"There is no article {article_id}.")
     digests.pin(db.session, issue_id, article_id, _section(data.get("section")))
     db.session.commit()
     return jsonify(_describe(digests.get_issue(db.session, issue_id))), 201

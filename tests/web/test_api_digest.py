@@ -161,6 +161,21 @@ def test_editing_items_and_text_then_refused_once_sent(client):
     assert client.get(base, headers=editor).json["subject"] == "New subject"
 
 
+
+def test_article_ids_beyond_the_id_columns_are_404_and_add_nothing(client):
+    # Found by the OpenAPI conformance run: the database driver overflowed on such ids.
+    _stories("One")
+    editor = _token(Role.EDITOR, "editor@daily.example")
+    issue = client.post("/api/v1/issues", json={"popular": 0}, headers=editor).json
+    for article_id in (2**63, -(2**63) - 1, 10**30):
+        resp = client.post(
+            f"/api/v1/issues/{issue['id']}/items", json={"article_id": article_id}, headers=editor
+        )
+        assert resp.status_code == 404, resp.json
+        assert resp.json["message"] == f"There is no article {article_id}."
+    shown = client.get(f"/api/v1/issues/{issue['id']}", headers=editor).json
+    assert [i["title"] for i in shown["items"]] == ["One"]
+
 def test_preview_in_json_html_and_text(client):
     _stories("Previewed story")
     editor = _token(Role.EDITOR, "editor@daily.example")
