@@ -131,8 +131,13 @@ def _str(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _list(value) -> list:
+    # A site (or a CMS push) may send anything here; what is not a list holds nothing usable.
+    return value if isinstance(value, list) else []
+
+
 def _author(embedded: dict) -> str | None:
-    for author in embedded.get("author") or ():
+    for author in _list(embedded.get("author")):
         if isinstance(author, dict) and isinstance(author.get("name"), str):
             return html.unescape(author["name"]).strip() or None
     return None
@@ -141,7 +146,7 @@ def _author(embedded: dict) -> str | None:
 def _terms(embedded: dict) -> list[str]:
     """Categories, then tags: RSS mixes both into <category> too."""
     names = []
-    for group in embedded.get("wp:term") or ():
+    for group in _list(embedded.get("wp:term")):
         for term in group if isinstance(group, list) else ():
             if isinstance(term, dict) and term.get("taxonomy") in ("category", "post_tag"):
                 if isinstance(term.get("name"), str):
@@ -150,7 +155,7 @@ def _terms(embedded: dict) -> list[str]:
 
 
 def _featured(embedded: dict) -> str | None:
-    for media in embedded.get("wp:featuredmedia") or ():
+    for media in _list(embedded.get("wp:featuredmedia")):
         if isinstance(media, dict) and isinstance(media.get("source_url"), str):
             if media.get("media_type", "image") == "image":
                 return media["source_url"]

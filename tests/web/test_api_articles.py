@@ -115,6 +115,9 @@ def test_a_push_takes_lists_wordpress_posts_and_feeds(client, token):
     (json.dumps([]).encode(), "application/json", 400, "the body holds no articles"),
     (json.dumps({"url": "ftp://x.example/a"}).encode(), "application/json", 400,
      "item 1: no usable link"),
+    # Year 1 at +14:00 is before the first instant a datetime holds (was a 500).
+    (json.dumps({"url": "https://x.example/", "published": "0001-01-01T00:00:00+14:00"}).encode(),
+     "application/json", 400, "item 1: published is not an ISO 8601 date"),
     (b"<rss version='2.0'><channel><item><title>cut", "application/rss+xml", 400, "cut off"),
     (b"<html>hello</html>", "text/html", 415, "Send articles as JSON, or an RSS or Atom document."),
 ])
@@ -127,6 +130,15 @@ def test_a_bad_push_is_a_readable_4xx_and_writes_nothing(client, token, body, co
     assert article_count() == 0
 
 
+def test_wordpress_embedded_parts_that_are_not_lists_are_ignored(client, token):
+    # Found by probing the OpenAPI document's WordPressPost schema: these were 500s.
+    post = {"link": "https://www.daily.example/odd-post/", "title": {"rendered": "Odd post"},
+            "_embedded": {"author": 5, "wp:term": 3, "wp:featuredmedia": True}}
+    resp = push(client, token, post)
+    assert resp.status_code == 201, resp.get_json()
+    article = by_url("https://www.daily.example/odd-post/")
+    assert (article.title, article.author, article.categories, article.image_url) == (
+        "Odd post", None, [], None)
 def test_a_push_needs_a_token_and_a_sane_size(client, token):
     assert client.post("/api/v1/articles", json=ARTICLE).status_code == 401
     bad = client.post("/api/v1/articles", json=ARTICLE, headers={"Authorization": "Bearer nope"})
