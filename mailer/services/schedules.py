@@ -44,7 +44,7 @@ def _number(field: str, value, default: int) -> int:
         raise ValidationError(field, f"{field} must be a whole number.")
     try:
         n = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: 1e400 in JSON is infinity
         raise ValidationError(field, f"{field} must be a whole number.") from None
     if isinstance(value, float) and value != n or not low <= n <= high:
         raise ValidationError(field, f"{field} must be between {low} and {high}.")
@@ -178,7 +178,10 @@ def spec_of(schedule: Schedule) -> tuple[cron.CronSpec, ZoneInfo]:
 def next_runs(schedule: Schedule, after: datetime, count: int = 5) -> list[datetime]:
     """The next firing times after `after`, as aware datetimes in the schedule's zone."""
     spec, tz = spec_of(schedule)
-    return [t.astimezone(tz) for t in cron.next_firings(spec, tz, after, count)]
+    try:
+        return [t.astimezone(tz) for t in cron.next_firings(spec, tz, after, count)]
+    except OverflowError:  # an `after` near year 1 or 9999: the calendar's edge
+        raise ValidationError("after", "after is too far in the past or future.") from None
 
 
 def local_label(when: datetime, tz: ZoneInfo) -> str:

@@ -88,6 +88,7 @@ def test_tokens_and_roles(client, app, make_email):
         ({"sections": "news"}, None, None),
         ({"latest_n": -1}, "latest_n", "between 0 and 100"),
         ({"latest_n": "ten"}, "latest_n", "whole number"),
+        ({"latest_n": float("inf")}, "latest_n", "whole number"),  # 1e400 in JSON (was a 500)
         ({"latest_n": 0, "popular_m": 0}, "latest_n", "needs latest or popular"),
         ({"grace_hours": 1000}, "grace_hours", "at most 168"),
         ({"name": ""}, "name", "Give the schedule a name"),
@@ -116,7 +117,9 @@ def test_other_bad_requests(client, ops):
     sid = client.post("/api/v1/schedules", json=WEEKLY, headers=ops).json["id"]
     dup = client.post("/api/v1/schedules", json=WEEKLY, headers=ops)
     assert dup.status_code == 409 and "exists already" in dup.json["message"]
-    for query in ["count=0", "count=abc", "after=tomorrow"]:
+    # The calendar's edges were 500s: no firing time can be computed there.
+    for query in ["count=0", "count=abc", "after=tomorrow", "after=0001-01-01T00:00",
+                  "after=9999-12-31T23:59"]:
         bad = client.get(f"/api/v1/schedules/{sid}/next?{query}", headers=ops)
         assert bad.status_code == 400 and bad.json["error"] == "invalid"
     assert client.get("/api/v1/schedules/12345/next", headers=ops).status_code == 404
