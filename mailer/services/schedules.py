@@ -184,6 +184,16 @@ def next_runs(schedule: Schedule, after: datetime, count: int = 5) -> list[datet
         raise ValidationError("after", "after is too far in the past or future.") from None
 
 
+def iso(when: datetime) -> str:
+    """ISO 8601 with the zone's offset, or in UTC where that offset has seconds (local mean
+    time before a zone adopted standard time, e.g. Berlin before 1893): RFC 3339 and most
+    parsers take only whole minutes."""
+    offset = when.utcoffset()
+    if offset is not None and offset.total_seconds() % 60:
+        when = when.astimezone(UTC)
+    return when.isoformat()
+
+
 def local_label(when: datetime, tz: ZoneInfo) -> str:
     return when.astimezone(tz).strftime("%a %Y-%m-%d %H:%M %Z")
 
@@ -342,7 +352,7 @@ def as_dict(
         "grace_hours": schedule.grace_hours,
         "active": schedule.active,
         "status": "active" if schedule.active else "paused",
-        "next_runs": [t.isoformat() for t in nexts],
+        "next_runs": [iso(t) for t in nexts],
         "last_run": run_dict(last, tz) if last else None,
         "created_at": schedule.created_at.isoformat(),
     }
@@ -352,7 +362,7 @@ def run_dict(run: ScheduleRun, tz: ZoneInfo) -> dict:
     return {
         "id": run.id,
         "period_start": run.period_start.isoformat(),
-        "period_local": run.period_start.astimezone(tz).isoformat(),
+        "period_local": iso(run.period_start.astimezone(tz)),
         "status": run.status,
         "reason": run.reason,
         "issue_id": run.issue_id,

@@ -125,7 +125,7 @@ def next_runs(schedule_id: int):
         after = after if after.tzinfo else after.replace(tzinfo=tz)
     times = schedules.next_runs(schedule, after, count)
     return jsonify({"id": schedule.id, "timezone": tz.key,
-                    "next_runs": [t.isoformat() for t in times]})
+                    "next_runs": [schedules.iso(t) for t in times]})
 
 
 @bp.get("/<int:schedule_id>/runs")

@@ -126,6 +126,16 @@ def test_other_bad_requests(client, ops):
     assert client.get(f"/api/v1/schedules/{sid}/runs", headers=ops).json == {"total": 0, "runs": []}
 
 
+
+def test_times_before_standard_time_are_rfc3339(client, ops):
+    # Found by the OpenAPI conformance run: Berlin's local mean time before 1893 (+00:53:28)
+    # came out as an offset with seconds, which RFC 3339 (and most parsers) cannot read.
+    sid = client.post("/api/v1/schedules", json=WEEKLY, headers=ops).json["id"]
+    old = client.get(f"/api/v1/schedules/{sid}/next?count=1&after=1890-01-01T00:00", headers=ops)
+    assert old.json["next_runs"] == ["1890-01-06T06:06:32+00:00"]  # Monday 07:00 LMT, in UTC
+    new = client.get(f"/api/v1/schedules/{sid}/next?count=1&after=2027-03-20T00:00", headers=ops)
+    assert new.json["next_runs"] == ["2027-03-22T07:00:00+01:00"]
+
 def test_run_now_and_runs(client, ops):
     with time_machine.travel(datetime(2027, 6, 1, 9, 15, 20, tzinfo=UTC), tick=False):
         sid = client.post("/api/v1/schedules", json=WEEKLY, headers=ops).json["id"]
