@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from urllib.parse import quote, unquote_plus, urljoin, urlsplit, urlunsplit
 
@@ -157,8 +157,22 @@ class SyncReport:
         return d
 
 
+def _without_nul(item: Item) -> Item:
+    """The item without NUL characters: PostgreSQL text cannot hold them (a 500 on push)."""
+    def clean(value):
+        return value.replace("\x00", "") if isinstance(value, str) else value
+
+    return replace(
+        item, link=clean(item.link), guid=clean(item.guid), title=clean(item.title),
+        summary_html=clean(item.summary_html), content_html=clean(item.content_html),
+        author=clean(item.author), image_url=clean(item.image_url),
+        categories=[clean(c) for c in item.categories],
+    )
+
+
 def prepare(item: Item) -> dict:
     """Column values for an item; ValueError says why the item cannot be used."""
+    item = _without_nul(item)
     url = canonical_url(item.link)
     if url is None:
         raise ValueError(f"no usable link ({item.link!r})" if item.link else "no link")

@@ -139,6 +139,22 @@ def test_wordpress_embedded_parts_that_are_not_lists_are_ignored(client, token):
     article = by_url("https://www.daily.example/odd-post/")
     assert (article.title, article.author, article.categories, article.image_url) == (
         "Odd post", None, [], None)
+
+
+def test_nul_characters_are_dropped_from_pushed_articles(client, token):
+    # Found by the OpenAPI conformance run: PostgreSQL text cannot hold NUL (a 500 there).
+    resp = push(client, token, {
+        "url": "https://www.daily.example/n\u0000ul", "title": "Tram\u0000 line", "guid": "g\u00001",
+        "author": "Ana\u0000", "categories": ["Ci\u0000ty"], "summary": "Runs\u0000 often.",
+        "content": "<p>Runs\u0000 often.</p>", "image_url": "/media/tr\u0000am.jpg"})
+    assert resp.status_code == 201, resp.get_json()
+    article = by_url("https://www.daily.example/nul")
+    assert (article.title, article.guid, article.author, article.categories, article.summary,
+            article.image_url) == ("Tram line", "g1", "Ana", ["City"], "Runs often.",
+                                   "https://www.daily.example/media/tram.jpg")
+    assert "\x00" not in article.content
+
+
 def test_a_push_needs_a_token_and_a_sane_size(client, token):
     assert client.post("/api/v1/articles", json=ARTICLE).status_code == 401
     bad = client.post("/api/v1/articles", json=ARTICLE, headers={"Authorization": "Bearer nope"})
