@@ -26,12 +26,30 @@ MAX_ID = 2**63 - 1
 
 MESSAGES = {
     400: "The request could not be understood.",
+    401: "This needs a valid API token (Authorization: Bearer <token>).",
     403: "You are not allowed to do that.",
     404: "There is nothing at this address.",
     405: "That method is not allowed here.",
     413: "The request is too large.",
     415: "This endpoint takes form data or JSON.",
     429: "Too many requests. Please wait a little and try again.",
+}
+
+
+# Stable codes for the JSON `error` field, so API clients can branch on them; `message` is
+# the readable explanation.
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "too_large",
+    415: "unsupported_media_type",
+    429: "too_many_requests",
+    500: "server_error",
+    503: "unavailable",
 }
 
 
@@ -43,7 +61,8 @@ def wants_json() -> bool:
 
 def error_response(status: int, message: str, field: str | None = None, headers=None):
     if wants_json():
-        body = {"error": MESSAGES.get(status, "error").rstrip("."), "message": message}
+        code = "invalid" if field else CODES.get(status, "error")
+        body = {"error": code, "message": message}
         if field:
             body["field"] = field
         resp = jsonify(body)
@@ -173,6 +192,8 @@ def init_web(app: Flask) -> None:
         if status == 429:
             message = MESSAGES[429]
         headers = dict(e.get_headers()) if status in (405, 429) else {}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="mailer"'  # RFC 6750
         headers.pop("Content-Type", None)
         return error_response(status, message, headers=headers)
 

@@ -51,7 +51,12 @@ def schemas() -> dict:
             "required": ["error", "message"],
             "additionalProperties": False,
             "properties": {
-                "error": {"type": "string", "description": "A short label of the kind of error."},
+                "error": {
+                    "type": "string",
+                    "description": "A stable code: invalid (with `field`), bad_request, "
+                    "unauthorized, forbidden, not_found, method_not_allowed, conflict, "
+                    "too_large, unsupported_media_type, too_many_requests, unavailable.",
+                },
                 "message": {"type": "string", "description": "What went wrong, for people."},
                 "field": {"type": "string", "description": "The input field at fault."},
             },

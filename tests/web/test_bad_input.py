@@ -235,3 +235,19 @@ def test_ids_beyond_the_id_columns_are_404_not_500(client, make_email):
     login(client, Role.ADMIN, make_email("admin"))
     assert client.get(f"/admin/issues/{2**64}").status_code == 404
     assert client.get(f"/admin/schedules/{2**64}").status_code == 404
+
+
+def test_api_errors_carry_stable_codes(client):
+    assert client.get("/api/v1/issues").json["error"] == "unauthorized"
+    assert client.post("/api/v1/subscribe", json={"email": "x"}).json["error"] == "invalid"
+    assert client.post("/api/v1/subscribe", data="x", content_type="text/plain").json["error"] == (
+        "unsupported_media_type"
+    )
+    assert client.get("/api/v1/nothing-here").json["error"] == "not_found"
+
+
+def test_missing_token_is_401_with_a_bearer_challenge(client):
+    resp = client.get("/api/v1/issues", headers={"Authorization": "Bearer not-a-token"})
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="mailer"'
+    assert "Authorization: Bearer" in resp.json["message"]
