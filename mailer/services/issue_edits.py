@@ -195,11 +195,16 @@ def pin(
     return item
 
 
-def unpin(session: Session, issue_id: int, article_id: int) -> IssueItem:
-    issue = editable(session, issue_id)
-    item = _item_for_article(session, issue, article_id)
+def _existing_item(session: Session, issue_id: int, article_id: int) -> IssueItem:
+    """The editable issue's item for an article, or NotFound."""
+    item = _item_for_article(session, editable(session, issue_id), article_id)
     if item is None:
         raise NotFound(f"Issue {issue_id} has no item for article {article_id}.")
+    return item
+
+
+def unpin(session: Session, issue_id: int, article_id: int) -> IssueItem:
+    item = _existing_item(session, issue_id, article_id)
     item.pinned = False
     session.flush()
     return item
@@ -218,10 +223,7 @@ def exclude(session: Session, issue_id: int, article_id: int) -> IssueItem:
 
 def include(session: Session, issue_id: int, article_id: int) -> IssueItem:
     """Undo an exclusion."""
-    issue = editable(session, issue_id)
-    item = _item_for_article(session, issue, article_id)
-    if item is None:
-        raise NotFound(f"Issue {issue_id} has no item for article {article_id}.")
+    item = _existing_item(session, issue_id, article_id)
     item.excluded = False
     session.flush()
     return item
