@@ -246,11 +246,39 @@ def confirm(
     return sub, True
 
 
-def mark_confirmation_sent(session: Session, subscriber_id: int, now=None) -> None:
+# A confirmation mail is owed when none was sent since the reader last asked for one.
+_CONFIRMATION_OWED = (Subscriber.confirm_sent_at.is_(None)) | (
+    Subscriber.confirm_sent_at < Subscriber.confirm_requested_at
+)
+
+
+def claim_confirmation(session: Session, subscriber_id: int, requested: datetime | None) -> bool:
+    """Take the confirmation mail owed for the request made at `requested`; False if taken.
+
+    A conditional UPDATE: of two copies of the sending task (or a task and the sweeper's),
+    only one passes. The claim stores the request time it serves, not this host's clock,
+    so clock skew between hosts cannot re-open it.
+    """
+    return session.execute(
+        update(Subscriber)
+        .where(
+            Subscriber.id == subscriber_id,
+            Subscriber.confirm_requested_at == requested,
+            _CONFIRMATION_OWED,
+        )
+        .values(confirm_sent_at=requested)
+        .execution_options(synchronize_session=False)
+    ).rowcount == 1
+
+
+def release_confirmation(
+    session: Session, subscriber_id: int, requested: datetime | None, previous: datetime | None
+) -> None:
+    """Give a claim back (the mail was not sent), so a retry can take it."""
     session.execute(
         update(Subscriber)
-        .where(Subscriber.id == subscriber_id)
-        .values(confirm_sent_at=now or utcnow())
+        .where(Subscriber.id == subscriber_id, Subscriber.confirm_sent_at == requested)
+        .values(confirm_sent_at=previous)
         .execution_options(synchronize_session=False)
     )
 
@@ -267,8 +295,7 @@ def confirmations_owed(
                 Subscriber.confirm_requested_at.is_not(None),
                 Subscriber.confirm_requested_at < older_than,
                 Subscriber.confirm_requested_at > newer_than,
-                (Subscriber.confirm_sent_at.is_(None))
-                | (Subscriber.confirm_sent_at < Subscriber.confirm_requested_at),
+                _CONFIRMATION_OWED,
             )
             .order_by(Subscriber.id)
             .limit(limit)

@@ -6,7 +6,6 @@ import logging
 from datetime import timedelta
 
 from celery import shared_task
-from sqlalchemy import update
 
 from mailer.db import db, utcnow
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
@@ -26,20 +25,7 @@ def send_confirmation(subscriber_id: int) -> str:
         if sub is None or sub.status not in subscriptions.CONFIRMABLE:
             return "not pending"
         previous, requested = sub.confirm_sent_at, sub.confirm_requested_at
-        # Claim the owed mail with a conditional UPDATE: of two copies of this task (or a
-        # task and the sweeper's), only one passes. The claim stores the request time it
-        # serves, not this host's clock, so clock skew between hosts cannot re-open it.
-        claimed = s.execute(
-            update(Subscriber)
-            .where(
-                Subscriber.id == subscriber_id,
-                Subscriber.confirm_requested_at == requested,
-                (Subscriber.confirm_sent_at.is_(None))
-                | (Subscriber.confirm_sent_at < Subscriber.confirm_requested_at),
-            )
-            .values(confirm_sent_at=requested)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        claimed = subscriptions.claim_confirmation(s, subscriber_id, requested)
         email, uid = sub.email, sub.uid
     if not claimed:
         return "already sent"
@@ -48,12 +34,7 @@ def send_confirmation(subscriber_id: int) -> str:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except TemporaryFailure:
         with db.transaction() as s:  # give the claim back so a retry can take it
-            s.execute(
-                update(Subscriber)
-                .where(Subscriber.id == subscriber_id, Subscriber.confirm_sent_at == requested)
-                .values(confirm_sent_at=previous)
-                .execution_options(synchronize_session=False)
-            )
+            subscriptions.release_confirmation(s, subscriber_id, requested, previous)
         raise
     except PermanentFailure as e:
         log.info("confirmation to subscriber %s refused: %s", subscriber_id, e)
