@@ -8,7 +8,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import Article, Role, Subscriber, SubscriberStatus
 from mailer.services import digests, users
 from tests.mail.delivery_support import add_readers, counts, issue_status, make_renderer, new_issue

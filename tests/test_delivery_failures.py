@@ -6,7 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import Delivery, Subscriber, SubscriberStatus
 from mailer.services import deliveries
 from mailer.tasks.delivery import enqueue_batches

@@ -135,7 +135,8 @@ def bench(
 
 
 def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) -> dict:
-    from mailer.db import db, utcnow
+    from mailer.clock import utcnow
+    from mailer.db import db
     from mailer.models import Issue
     from mailer.services import deliveries
     from mailer.tasks.delivery import enqueue_batches

@@ -8,7 +8,8 @@ import sys
 import click
 
 from mailer.cli import Context, cli, fail, pass_ctx
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.models import IssueStatus

@@ -8,7 +8,8 @@ from datetime import datetime
 import click
 
 from mailer.cli import Context, cli, fail, pass_ctx
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError
 from mailer.services import cron, schedules
 

@@ -55,7 +55,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
-from mailer.db import UTCDateTime, utcnow
+from mailer.clock import utcnow
+from mailer.db import UTCDateTime
 from mailer.errors import InvalidTransition, NotFound
 from mailer.models import (
     Delivery,

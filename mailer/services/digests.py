@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import NotFound, ValidationError
 from mailer.mail.message import build_message
 from mailer.mail.notices import Outgoing, list_id

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import InvalidTransition, NotFound, ValidationError
 from mailer.models import (
     Article,

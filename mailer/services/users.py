@@ -11,7 +11,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import Conflict, ValidationError
 from mailer.models import ApiToken, Role, User
 from mailer.services.subscriptions import normalize_email

@@ -6,7 +6,8 @@ import logging
 
 from celery import shared_task
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import InvalidTransition
 from mailer.models import SubscriberImport
 from mailer.runtime import runtime

@@ -16,7 +16,8 @@ import httpx
 from celery import shared_task
 from sqlalchemy.exc import IntegrityError
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.mail.message import build_message

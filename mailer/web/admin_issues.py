@@ -7,7 +7,8 @@ import re
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, NotFound, ValidationError
 from mailer.models import Issue, IssueItem, IssueStatus, ItemSection, Role
 from mailer.runtime import runtime

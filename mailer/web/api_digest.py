@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError, NotFound, ValidationError
 from mailer.models import IssueItem, IssueStatus, ItemSection, Role
 from mailer.runtime import runtime

@@ -6,7 +6,8 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import Conflict, ValidationError
 from mailer.models import Role
 from mailer.services import cron, schedules

@@ -8,7 +8,8 @@ import time
 
 from sqlalchemy import func, insert, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.mail import placeholders as ph
 from mailer.models import (
     Delivery,

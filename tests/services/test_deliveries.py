@@ -13,8 +13,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from mailer.clock import utcnow
 from mailer.config import parse_smtp_url
-from mailer.db import db, utcnow
+from mailer.db import db
 from mailer.errors import InvalidTransition, NotFound
 from mailer.mail.ratelimit import Unlimited
 from mailer.mail.transport import SmtpTransport

@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from mailer import tokens
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.mail import placeholders as ph
 from mailer.models import (
     Delivery,

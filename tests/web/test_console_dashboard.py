@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import time_machine
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import (
     Delivery,
     DeliveryStatus,

@@ -11,7 +11,8 @@ from datetime import timedelta
 import time_machine
 from sqlalchemy import func, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import (
     ConsentRecord,
     Role,
