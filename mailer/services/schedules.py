@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from mailer import cron
 from mailer.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from mailer.models import (
     Frequency,
@@ -23,7 +24,7 @@ from mailer.models import (
     Schedule,
     ScheduleRun,
 )
-from mailer.services import cron, digests
+from mailer.services import digests
 from mailer.services.subscriptions import check_text, parse_sections
 
 ISSUED, SKIPPED, MISSED = "issued", "skipped", "missed"
