@@ -9,9 +9,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from mailer.config import Settings
-
-SEND_QUEUE = "send"
-DEFAULT_QUEUE = "celery"
+from mailer.tasks.queues import DEFAULT_QUEUE, SEND_QUEUE
 
 
 def celery_config(settings: Settings) -> dict:
