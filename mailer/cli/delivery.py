@@ -68,11 +68,11 @@ def _wait(ctx: Context, issue_id: int, interval: float = 1.0) -> dict:
 @pass_ctx
 def send(ctx: Context, issue_id: int, wait: bool):
     """Send an issue to its audience now (the audience is frozen at this moment)."""
-    from mailer.services import deliveries, digests
+    from mailer.services import deliveries, render
 
     try:
         with ctx.app.app_context(), db.transaction() as s:
-            result = deliveries.start_send(s, issue_id, digests.render_variant, ctx.runtime)
+            result = deliveries.start_send(s, issue_id, render.render_variant, ctx.runtime)
     except InvalidTransition:
         state = _status(ctx, issue_id)["status"]
         hint = {

@@ -4,7 +4,7 @@ Called by the CLI, the API, the console and the scheduler (each owns its transac
 after the commit, enqueues the batches it was handed: mailer.tasks.delivery.enqueue_batches):
 
 - start_send(session, issue_id, render, rt=None) -> StartResult: draft/scheduled → sending;
-  renders each variant once (render = services.digests.render_variant or a stand-in) and
+  renders each variant once (render = services.render.render_variant or a stand-in) and
   inserts one pending delivery per reader of the audience;
 - pause(session, issue_id), resume(session, issue_id, settings) -> batches,
   cancel(session, issue_id);

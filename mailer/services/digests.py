@@ -1,4 +1,4 @@
-"""Digest issues: composition (Latest, Most popular), reading, and the rendering contract.
+"""Digest issues: composition (Latest, Most popular), reading, previews and test messages.
 
 Latest = articles published since the audience's last sent issue (the first issue looks back
 seven days), newest first, up to N. Most popular = the top M of the rolling ranking, minus
@@ -27,54 +27,16 @@ from mailer.models import (
     ItemSection,
     sections_list,
 )
-
-# Editing lives in its own module; callers use it through this one.
-from mailer.services.issue_edits import (  # noqa: F401
-    EDITABLE,
-    NotEditable,
+from mailer.services.issue_edits import (
     check_frequency,
     check_intro,
     check_preheader,
     check_sections,
     check_subject,
     editable,
-    exclude,
-    get_issue,
-    include,
-    move,
-    pin,
-    set_text,
-    unpin,
     usable,
 )
-from mailer.services.render import (
-    EDITOR_VARIABLES,
-    article_sections,
-    render_preview,
-    render_variant,
-)
-
-__all__ = [
-    "EDITABLE",
-    "SENT",
-    "DEFAULT_SUBJECT",
-    "create_issue",
-    "recompose",
-    "pin",
-    "unpin",
-    "exclude",
-    "include",
-    "move",
-    "set_text",
-    "get_issue",
-    "list_issues",
-    "render_variant",
-    "preview",
-    "render_preview",
-    "describe",
-    "summary",
-    "TEMPLATE_VARIABLES",
-]
+from mailer.services.render import EDITOR_VARIABLES, article_sections, render_preview
 
 # Issues whose readers got (or are getting) them: what "already sent" means for repeats.
 SENT = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.FINISHED)

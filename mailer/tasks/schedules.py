@@ -24,7 +24,7 @@ from mailer.mail.message import build_message
 from mailer.mail.templates import render_pair
 from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
-from mailer.services import deliveries, digests, schedules
+from mailer.services import deliveries, digests, render, schedules
 from mailer.services import schedule_reports as reports
 from mailer.tasks.base import enqueue, register_tick_step
 from mailer.tasks.delivery import enqueue_batches
@@ -65,7 +65,7 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
             if issue.status == IssueStatus.DRAFT:
                 # Same transaction: an issue exists for the period only with its audience
                 # frozen, so a crash here leaves nothing half-started for the next tick.
-                started = deliveries.start_send(s, issue.id, digests.render_variant, rt)
+                started = deliveries.start_send(s, issue.id, render.render_variant, rt)
     except IntegrityError:
         log.info("schedule %s period %s was fired by another scheduler", schedule_id, period)
         return None

@@ -9,7 +9,7 @@ from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, ValidationError
 from mailer.models import IssueStatus
 from mailer.runtime import runtime
-from mailer.services import deliveries, digests, reports, send_times
+from mailer.services import deliveries, issue_edits, render, reports, send_times
 from mailer.web import auth
 from mailer.web.admin import page_count, paging
 from mailer.web.admin_issues import EDITOR_ROLES, READER_ROLES, issue_home
@@ -47,11 +47,11 @@ def confirm(issue_id: int):
 
 def _confirm_page(issue_id: int, error: str | None = None, status: int = 200, form=None):
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status not in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status not in issue_edits.EDITABLE:
         flash(_already(issue))
         return redirect(issue_home(issue))
-    preview = digests.render_preview(db.session, issue, "", rt)
+    preview = render.render_preview(db.session, issue, "", rt)
     return render_template(
         "admin/send_confirm.html", issue=issue, preview=preview, error=error, form=form or {},
         audience=reports.audience(db.session, issue, rt.settings),
@@ -66,19 +66,19 @@ def send(issue_id: int):
     from mailer.tasks.delivery import enqueue_batches
 
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_edits.EDITABLE:
         audience = reports.audience(db.session, issue, rt.settings)
         if audience["readers"] == 0:
             return _confirm_page(issue_id, "Nobody would get this issue: there are no active "
                                  "readers with articles in it.", 400)
     try:
         # The conditional UPDATE inside start_send lets exactly one request through.
-        result = deliveries.start_send(db.session, issue_id, digests.render_variant, rt)
+        result = deliveries.start_send(db.session, issue_id, render.render_variant, rt)
         db.session.commit()
     except InvalidTransition:
         db.session.rollback()
-        issue = digests.get_issue(db.session, issue_id)
+        issue = issue_edits.get_issue(db.session, issue_id)
         flash(_already(issue))
         return redirect(issue_home(issue))
     if result.batches:
@@ -91,7 +91,7 @@ def send(issue_id: int):
 @auth.login_required(*EDITOR_ROLES)
 def schedule(issue_id: int):
     form = request.form
-    issue = digests.get_issue(db.session, issue_id)
+    issue = issue_edits.get_issue(db.session, issue_id)
     try:
         if reports.audience(db.session, issue, runtime().settings)["readers"] == 0:
             raise ValidationError("send_at", "Nobody would get this issue: there are no active "
@@ -120,8 +120,8 @@ def unschedule(issue_id: int):
         flash("The send time is cleared: the issue is a draft again.")
     except InvalidTransition:
         db.session.rollback()
-        flash(_already(digests.get_issue(db.session, issue_id)), "error")
-    return redirect(issue_home(digests.get_issue(db.session, issue_id)))
+        flash(_already(issue_edits.get_issue(db.session, issue_id)), "error")
+    return redirect(issue_home(issue_edits.get_issue(db.session, issue_id)))
 
 
 def _progress(issue_id: int) -> dict:
@@ -160,8 +160,8 @@ def _duration(seconds: int) -> str:
 @bp.get("/<int:issue_id>/sending")
 @auth.login_required(*READER_ROLES)
 def sending(issue_id: int):
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE or issue.status == I.SKIPPED:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_edits.EDITABLE or issue.status == I.SKIPPED:
         return redirect(issue_home(issue))
     return render_template(
         "admin/sending.html", issue=issue, progress=_progress(issue_id), labels=STATE_LABELS,
@@ -203,7 +203,7 @@ def control(issue_id: int, action: str):
         flash({"pause": "Paused: messages already on their way finish, no new ones start.",
                "resume": "Resumed: sending goes on where it stopped.",
                "cancel": "Cancelled: readers not yet mailed will not get this issue."}[action])
-    issue = digests.get_issue(db.session, issue_id)
+    issue = issue_edits.get_issue(db.session, issue_id)
     if issue.status == I.CANCELLED and issue.started_at is None:
         return redirect(url_for("admin_issues.index"))
     return redirect(url_for("admin_sending.sending", issue_id=issue_id)
@@ -231,8 +231,8 @@ def resend_uncertain(issue_id: int):
 @bp.get("/<int:issue_id>/report")
 @auth.login_required(*READER_ROLES)
 def report(issue_id: int):
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_edits.EDITABLE:
         return redirect(issue_home(issue))
     progress = _progress(issue_id)
     counts = reports.issue_counts(db.session, [issue_id])[issue_id]

@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify
 from mailer.db import db
 from mailer.models import Role
 from mailer.runtime import runtime
-from mailer.services import deliveries
+from mailer.services import deliveries, render
 from mailer.web.auth import bearer_user
 
 bp = Blueprint("api_delivery", __name__, url_prefix="/api/v1/issues")
@@ -35,9 +35,8 @@ def _enqueue(issue_id: int, batches) -> None:
 @bp.post("/<int:issue_id>/send")
 def send(issue_id: int):
     bearer_user(Role.EDITOR)
-    from mailer.services import digests
 
-    result = deliveries.start_send(db.session, issue_id, digests.render_variant, runtime())
+    result = deliveries.start_send(db.session, issue_id, render.render_variant, runtime())
     db.session.commit()
     _enqueue(issue_id, result.batches)
     return _status(issue_id, 202, variants=result.variants)

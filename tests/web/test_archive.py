@@ -20,7 +20,7 @@ from mailer.models import (
     Subscriber,
     SubscriberStatus,
 )
-from mailer.services import deliveries, digests
+from mailer.services import deliveries, digests, render
 from mailer.tasks.delivery import enqueue_batches
 from mailer.tokens import BadToken
 from mailer.web import CSP
@@ -205,7 +205,7 @@ def test_an_issue_sent_by_the_delivery_engine_is_in_the_archive(app, worker, smt
     issue = digests.create_issue(db.session, rt, now=now, popular_m=0, intro="Hi {{ name }}!")
     issue_id = issue.id
     db.session.commit()
-    started = deliveries.start_send(db.session, issue_id, digests.render_variant, rt)
+    started = deliveries.start_send(db.session, issue_id, render.render_variant, rt)
     db.session.commit()
     assert started.deliveries == 2
     enqueue_batches(issue_id, started.batches)

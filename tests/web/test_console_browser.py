@@ -25,7 +25,7 @@ from mailer.models import (
     Role,
     SubscriberImport,
 )
-from mailer.services import deliveries, digests
+from mailer.services import deliveries, digests, render
 from tests.conftest import ARTIFACTS
 from tests.services.test_digests_support import BROWSER_UA
 from tests.support import wait_until
@@ -240,7 +240,7 @@ def seed_console(rt) -> dict:
     ingest_feeds("dcrainmaker.xml", "wirecutter.xml")
     sent = digests.create_issue(db.session, rt, now=now - timedelta(days=2), popular_m=0,
                                 subject="Weekly: {{ top_story }}")
-    deliveries.start_send(db.session, sent.id, digests.render_variant, rt)
+    deliveries.start_send(db.session, sent.id, render.render_variant, rt)
     rows = list(db.session.scalars(select(Delivery).where(Delivery.issue_id == sent.id)))
     for row in rows:
         row.status, row.attempts = DeliveryStatus.SENT, 1
