@@ -3,7 +3,7 @@
 Called by the CLI, the API, the console and the scheduler (each owns its transaction and,
 after the commit, enqueues the batches it was handed: mailer.tasks.delivery.enqueue_batches):
 
-- start_send(session, issue_id, render, rt=None) -> StartResult: draft/scheduled → sending;
+- start_send(session, issue_id, render, rt) -> StartResult: draft/scheduled → sending;
   renders each variant once (render = services.render.render_variant or a stand-in) and
   inserts one pending delivery per reader of the audience;
 - pause(session, issue_id), resume(session, issue_id, settings) -> batches,
@@ -143,7 +143,7 @@ def start_send(
     session: Session,
     issue_id: int,
     render: Render,
-    rt=None,
+    rt,
     *,
     now: datetime | None = None,
     settings=None,
@@ -152,10 +152,6 @@ def start_send(
 
     Two clicks or two editors at once start one send: the second gets InvalidTransition.
     """
-    if rt is None:
-        from mailer.runtime import runtime
-
-        rt = runtime()
     settings = settings or rt.settings
     now = now or utcnow()
     _transition(
