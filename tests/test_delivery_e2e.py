@@ -74,11 +74,13 @@ def test_cli_pause_resume_cancel_and_errors(app, runner, smtp):
     add_readers(5)
     with app.app_context():
         issue_id = new_issue()
-        from mailer.services import deliveries
+        from mailer.services import after_commit, deliveries
 
         with db.transaction() as s:
-            deliveries.start_send(s, issue_id, make_renderer(), app.extensions["mailer"])
-    # No worker here: the issue stays sending while we steer it.
+            settings = app.extensions["mailer.settings"]
+            deliveries.start_send(s, issue_id, settings=settings, render=make_renderer())
+            # No worker gets the batches: the issue stays sending while we steer it.
+            after_commit.take(s)
     assert runner.invoke(["digest", "pause", str(issue_id)]).exit_code == 0
     assert issue_status(issue_id) == "paused"
     second = runner.invoke(["digest", "pause", str(issue_id)])

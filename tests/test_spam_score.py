@@ -45,7 +45,7 @@ def test_the_default_digest_scores_at_most_one(app, env, tmp_path):
     assert len(issue.items) >= 8  # a realistic issue: Latest and Most popular, with images
 
     for sections in ("", "sport"):
-        rendered = render.render_variant(db.session, issue, sections, rt)
+        rendered = render.render_variant(db.session, issue, sections, rt.settings)
         message = build(rt, *personalize(*rendered, rt, delivery_id=7), to="ada@example.com")
         score, report = spam_score(message, tmp_path)
         assert score <= 1.0, report[report.find("Content analysis details") :]

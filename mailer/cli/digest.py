@@ -163,7 +163,7 @@ def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
             sys.stdout.buffer.write(out.data)
             sys.stdout.flush()
             return
-        rendered = render.render_preview(s, issue, key, rt)
+        rendered = render.render_preview(s, issue, key, rt.settings)
     if rendered is None:
         fail("readers of these sections would get no articles in this issue")
     _subject, html, text = rendered

@@ -27,6 +27,7 @@ from mailer.models import (
     ItemSection,
     sections_list,
 )
+from mailer.services import issue_states as states
 from mailer.services.issue_edits import (
     check_frequency,
     check_intro,
@@ -241,8 +242,8 @@ def create_issue(
     session.flush()  # the (schedule, period) key is checked here, before any composing work
     new = _compose(session, rt, issue)
     if new < issue.min_items:
-        issue.status = IssueStatus.SKIPPED
-        issue.status_reason = _skip_reason(new, issue.min_items, issue.window_start)
+        reason = _skip_reason(new, issue.min_items, issue.window_start)
+        states.transition(session, issue.id, states.SKIP, status_reason=reason, updated_at=now)
     session.flush()
     return issue
 
@@ -364,7 +365,7 @@ TEMPLATE_VARIABLES = EDITOR_VARIABLES + ("name",)
 
 def preview(session: Session, issue: Issue, sections: str, rt) -> tuple[str, str, str]:
     """render_preview, or NotFound when readers of `sections` would get no articles."""
-    rendered = render_preview(session, issue, sections, rt)
+    rendered = render_preview(session, issue, sections, rt.settings)
     if rendered is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
     return rendered

@@ -18,13 +18,12 @@ from mailer.models import (
     Frequency,
     Issue,
     IssueItem,
-    IssueStatus,
     ItemSection,
 )
+from mailer.services.issue_states import EDITABLE
 from mailer.services.render import editor_text
 from mailer.services.subscriptions import parse_sections
 
-EDITABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED)
 SUBJECT_MAX = 300
 INTRO_MAX = 20_000
 

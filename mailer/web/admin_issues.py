@@ -12,7 +12,7 @@ from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, NotFound, ValidationError
 from mailer.models import Issue, IssueItem, IssueStatus, ItemSection, Role
 from mailer.runtime import runtime
-from mailer.services import digests, issue_edits, render, reports
+from mailer.services import digests, issue_edits, issue_states, render, reports
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
 from mailer.web import auth
@@ -29,7 +29,7 @@ READER_ROLES = (Role.EDITOR, Role.OPS)
 
 
 def issue_home(issue: Issue) -> str:
-    if issue.status in issue_edits.EDITABLE:
+    if issue.status in issue_states.EDITABLE:
         return url_for("admin_issues.compose", issue_id=issue.id)
     if issue.status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         return url_for("admin_sending.sending", issue_id=issue.id)
@@ -119,7 +119,7 @@ def _items(issue: Issue):
 def compose(issue_id: int):
     """The composer for drafts; any other issue's link leads to its progress or report."""
     issue = issue_edits.get_issue(db.session, issue_id)
-    if issue.status in issue_edits.EDITABLE and not auth.allowed(auth.current_user(), EDITOR_ROLES):
+    if issue.status in issue_states.EDITABLE and not auth.allowed(auth.current_user(), EDITOR_ROLES):
         abort(403, "Only editors can open a draft issue.")
     return _compose_page(issue_id)
 
@@ -128,12 +128,12 @@ def _compose_page(issue_id: int, error: ValidationError | None = None, typed=Non
                   status: int = 200):
     rt = runtime()
     issue = issue_edits.get_issue(db.session, issue_id)
-    if issue.status not in issue_edits.EDITABLE:
+    if issue.status not in issue_states.EDITABLE:
         return redirect(issue_home(issue))
     view = request.args.get("preview", "desktop")
     if view not in ("desktop", "mobile", "text"):
         view = "desktop"
-    preview = render.render_preview(db.session, issue, "", rt)
+    preview = render.render_preview(db.session, issue, "", rt.settings)
     shown, dropped = _items(issue)
     q = request.args.get("q", "")
     text = typed or {"subject": issue.subject, "preheader": issue.preheader,

@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify
 from mailer.db import db
 from mailer.models import Role
 from mailer.runtime import runtime
-from mailer.services import deliveries, render
+from mailer.services import deliveries
 from mailer.web.auth import bearer_user
 
 bp = Blueprint("api_delivery", __name__, url_prefix="/api/v1/issues")
@@ -26,19 +26,14 @@ def _status(issue_id: int, code: int = 200, **extra):
     return jsonify(body), code
 
 
-def _enqueue(issue_id: int, batches) -> None:
-    from mailer.tasks.delivery import enqueue_batches
-
-    enqueue_batches(issue_id, batches)  # a broker outage is left to the sweeper
-
-
 @bp.post("/<int:issue_id>/send")
 def send(issue_id: int):
     bearer_user(Role.EDITOR)
 
-    result = deliveries.start_send(db.session, issue_id, render.render_variant, runtime())
+    # The commit hands the first batches to the workers; a broker outage is left to the
+    # sweeper.
+    result = deliveries.start_send(db.session, issue_id, settings=runtime().settings)
     db.session.commit()
-    _enqueue(issue_id, result.batches)
     return _status(issue_id, 202, variants=result.variants)
 
 
@@ -53,9 +48,8 @@ def pause(issue_id: int):
 @bp.post("/<int:issue_id>/resume")
 def resume(issue_id: int):
     bearer_user(Role.EDITOR, Role.OPS)
-    batches = deliveries.resume(db.session, issue_id, runtime().settings)
+    deliveries.resume(db.session, issue_id, runtime().settings)
     db.session.commit()
-    _enqueue(issue_id, batches)
     return _status(issue_id, 202)
 
 

@@ -220,7 +220,7 @@ def test_send(issue_id: int):
     addresses = sorted({normalize_email(a) for a in raw})
     sections = issue_edits.check_sections(_sections_arg(data.get("sections")), rt.settings)
     issue = issue_edits.get_issue(db.session, issue_id)
-    if render.render_preview(db.session, issue, sections, rt) is None:
+    if render.render_preview(db.session, issue, sections, rt.settings) is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
     from mailer.tasks.digest import send_test
 

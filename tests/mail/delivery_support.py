@@ -34,7 +34,7 @@ def make_renderer(
     without new articles. Every call is noted in `calls`.
     """
 
-    def render(session, issue, sections, rt):
+    def render(session, issue, sections, settings):
         if calls is not None:
             calls.append(sections)
         if any(s in sections.split(",") for s in empty):

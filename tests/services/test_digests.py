@@ -171,7 +171,7 @@ def test_pinned_items_stay_and_excluded_ones_stay_out_when_recomposing(app):
         db.session.commit()
     assert items(issue, ItemSection.LATEST) == ["Alpha", "Charlie"]
     assert items(issue, ItemSection.POPULAR) == ["Old but gold"]
-    _subject, _html, text = render.render_preview(db.session, issue, "", rt)
+    _subject, _html, text = render.render_preview(db.session, issue, "", rt.settings)
     assert "Bravo" not in text and "Charlie" in text and "Old but gold" in text
 
     # An exclusion can be undone, and done again.
