@@ -73,8 +73,17 @@ def transition(
     if when is not None:
         condition &= when
     done = session.execute(
-        update(Issue).where(condition).values(status=change.target, **values)
+        update(Issue)
+        .where(condition)
+        .values(status=change.target, **values)
+        .execution_options(synchronize_session=False)
     ).rowcount
+    if done and not isinstance(session, Connection):
+        # The issue as this session loaded it is stale now: read it again when it is used.
+        # (SQLAlchemy's own synchronization skips columns a just-inserted object never set.)
+        loaded = session.identity_map.get(Session.identity_key(Issue, issue_id))
+        if loaded is not None:
+            session.expire(loaded, ["status", *values])
     if done or when is not None:
         return bool(done)
     if session.scalar(select(Issue.id).where(Issue.id == issue_id)) is None:
