@@ -314,7 +314,7 @@ def test_the_snippet_counts_a_reader_in_chromium(app, browser, live_server, arti
 
 
 def test_page_addresses_are_cached_briefly_so_most_beacons_skip_sql(app):
-    from mailer.web.api_articles import AddressCache
+    from mailer.web.api.articles import AddressCache
 
     cache = AddressCache(ttl=60, miss_ttl=0.2)
     url = "https://www.daily.example/2024/05/late/"

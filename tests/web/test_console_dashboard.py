@@ -22,7 +22,7 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.services import reports, schedules
-from mailer.web.charts import bar_chart, line_chart, nice_max
+from mailer.web.admin.charts import bar_chart, line_chart, nice_max
 from tests.conftest import make_app
 from tests.web.test_console_support import add_readers, login, text_of
 

@@ -16,7 +16,7 @@ from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Frequency, Role, Schedule, Subscriber, SubscriberStatus
 from mailer.services import digests, users
-from mailer.web import openapi
+from mailer.web.api import openapi
 from tests.services.test_digests_support import add_article
 
 DOCUMENT = "/api/v1/openapi.json"

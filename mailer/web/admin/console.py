@@ -12,7 +12,8 @@ from mailer.runtime import runtime
 from mailer.services import reports, users
 from mailer.services import subscriptions as subs
 from mailer.tasks.queues import broker_backlog
-from mailer.web import auth, charts
+from mailer.web import auth
+from mailer.web.admin import charts
 from mailer.web.extensions import client_ip, limiter
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")

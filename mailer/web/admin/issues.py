@@ -16,7 +16,7 @@ from mailer.services import digests, issue_edits, issue_states, render, reports
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
 from mailer.web import auth
-from mailer.web.admin import page_count, paging
+from mailer.web.admin.console import page_count, paging
 
 bp = Blueprint("admin_issues", __name__, url_prefix="/admin/issues")
 

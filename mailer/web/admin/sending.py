@@ -11,9 +11,9 @@ from mailer.models import IssueStatus
 from mailer.runtime import runtime
 from mailer.services import deliveries, issue_edits, issue_states, render, reports, send_times
 from mailer.web import auth
-from mailer.web.admin import page_count, paging
-from mailer.web.admin_issues import EDITOR_ROLES, READER_ROLES, issue_home
-from mailer.web.charts import bar_chart
+from mailer.web.admin.charts import bar_chart
+from mailer.web.admin.console import page_count, paging
+from mailer.web.admin.issues import EDITOR_ROLES, READER_ROLES, issue_home
 
 bp = Blueprint("admin_sending", __name__, url_prefix="/admin/issues")
 

@@ -27,7 +27,7 @@ from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue
 from mailer.web import auth
-from mailer.web.admin import page_count, paging
+from mailer.web.admin.console import page_count, paging
 
 bp = Blueprint("admin_subscribers", __name__, url_prefix="/admin/subscribers")
 

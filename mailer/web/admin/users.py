@@ -10,7 +10,7 @@ from mailer.errors import Conflict, MailerError, ValidationError
 from mailer.models import Role
 from mailer.services import users
 from mailer.web import auth
-from mailer.web.admin import page_count, paging
+from mailer.web.admin.console import page_count, paging
 
 bp = Blueprint("admin_users", __name__, url_prefix="/admin")
 

@@ -18,15 +18,15 @@ from mailer.feeds.push import parse_pushed
 from mailer.models import Role
 from mailer.runtime import runtime
 from mailer.services import articles, popularity
-from mailer.web.api import FORM_TYPES, _cors
+from mailer.web.api.requests import FORM_TYPES, cors
 from mailer.web.auth import bearer_user
 from mailer.web.extensions import client_ip, settings
 
 log = logging.getLogger(__name__)
 
-bp = Blueprint("api_articles", __name__, url_prefix="/api/v1")
+bp = Blueprint("articles", __name__)
 # The same CORS answer as the signup API: the site's own pages may call these endpoints.
-bp.before_request(_cors)
+bp.before_request(cors)
 
 FEED_TYPES = ("application/rss+xml", "application/atom+xml", "application/xml", "text/xml")
 
@@ -42,17 +42,13 @@ def _json_body():
         raise ValidationError("body", "The body is not valid JSON.") from None
 
 
-@bp.before_request
-def _push_bodies():
-    # A pushed article carries its whole content: allow what a feed may weigh.
-    if request.endpoint == "api_articles.push":
-        request.max_content_length = settings().feed_max_bytes
-
-
 @bp.post("/articles")
 def push():
     """Create or update articles: JSON (one, a list, {"articles": [...]}, WordPress posts) or
     an RSS/Atom document. Answers the ids and what was new, updated and skipped."""
+    # A pushed article carries its whole content: allow what a feed may weigh (nothing has
+    # read the body yet).
+    request.max_content_length = settings().feed_max_bytes
     user = bearer_user(Role.EDITOR, Role.OPS)
     mimetype = request.mimetype
     try:

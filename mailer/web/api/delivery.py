@@ -17,7 +17,7 @@ from mailer.runtime import runtime
 from mailer.services import deliveries
 from mailer.web.auth import bearer_user
 
-bp = Blueprint("api_delivery", __name__, url_prefix="/api/v1/issues")
+bp = Blueprint("delivery", __name__, url_prefix="/issues")
 
 
 def _status(issue_id: int, code: int = 200, **extra):

@@ -12,11 +12,11 @@ from mailer.runtime import runtime
 from mailer.services import digests, issue_edits, render
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
-from mailer.web import MAX_ID
-from mailer.web.api import request_data
+from mailer.web.api.requests import request_data
 from mailer.web.auth import bearer_user
+from mailer.web.errors import MAX_ID
 
-bp = Blueprint("api_digest", __name__, url_prefix="/api/v1")
+bp = Blueprint("issues", __name__)
 
 MAX_TEST_RECIPIENTS = 10
 

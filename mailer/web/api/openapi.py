@@ -15,10 +15,10 @@ from functools import cache
 from flask import Blueprint, jsonify
 
 from mailer.models import IssueStatus
+from mailer.web.api.openapi_schemas import ref, schemas
 from mailer.web.extensions import settings
-from mailer.web.openapi_schemas import ref, schemas
 
-bp = Blueprint("api_openapi", __name__, url_prefix="/api/v1")
+bp = Blueprint("openapi", __name__)
 
 FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 FEEDS = ("application/rss+xml", "application/atom+xml", "application/xml", "text/xml")

@@ -1,6 +1,6 @@
 """The schemas of the API's OpenAPI document: request bodies, answers, the error shape.
 
-Limits come from the constants the code enforces (see mailer/web/openapi.py for why).
+Limits come from the constants the code enforces (see mailer/web/api/openapi.py for why).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from mailer.services.articles import URL_MAX
 from mailer.services.issue_edits import INTRO_MAX, SUBJECT_MAX
 from mailer.services.schedules import LIMITS, MAX_GRACE_HOURS
 from mailer.services.subscriptions import EMAIL_MAX, NAME_MAX
-from mailer.web.api_digest import MAX_TEST_RECIPIENTS
+from mailer.web.api.issues import MAX_TEST_RECIPIENTS
 from mailer.web.signup import HONEYPOT, WORDING_MAX
 
-# The signup API's own limit on its `source` field (mailer/web/api.py).
+# The signup API's own limit on its `source` field (mailer/web/api/signup.py).
 SOURCE_MAX = 100
 
 

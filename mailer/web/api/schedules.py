@@ -12,11 +12,11 @@ from mailer.db import db
 from mailer.errors import Conflict, ValidationError
 from mailer.models import Role
 from mailer.services import schedules
-from mailer.web.api import request_data
+from mailer.web.api.requests import request_data
 from mailer.web.auth import bearer_user
 from mailer.web.extensions import settings
 
-bp = Blueprint("api_schedules", __name__, url_prefix="/api/v1/schedules")
+bp = Blueprint("schedules", __name__, url_prefix="/schedules")
 
 FIELDS = {"name", "cron", "timezone", "frequency", "sections", "latest_n", "popular_m",
           "min_items", "subject", "grace_hours"}
