@@ -16,9 +16,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
-from tests.support import (
+from tests.helpers.app import ARTIFACTS, MailerRunner, clean_database, make_app
+from tests.helpers.servers import (
     ROOT,
     PgDatabase,
     RedisServer,
@@ -26,8 +26,6 @@ from tests.support import (
     WorkerProcess,
     free_port,
 )
-
-ARTIFACTS = ROOT / "test-artifacts"
 
 
 def pytest_addoption(parser):
@@ -123,25 +121,6 @@ def base_env(db_kind, tmp_path_factory, smtp, redis_server, pg_database, live_po
     return env
 
 
-def make_app(env: dict, **overrides):
-    from mailer import create_app
-    from mailer.config import load_settings
-
-    return create_app(load_settings({**env, **overrides}))
-
-
-def clean_database(engine) -> None:
-    from mailer.db import Base
-
-    tables = [t.name for t in Base.metadata.sorted_tables]
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
-        else:
-            for name in reversed(tables):
-                conn.execute(text(f"DELETE FROM {name}"))
-
-
 @pytest.fixture
 def env(base_env) -> dict:
     return dict(base_env)
@@ -170,24 +149,6 @@ def app(base_env, smtp, redis_server):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-class MailerRunner:
-    """Runs `mailer ...` in-process against the test's app (click's CliRunner)."""
-
-    def __init__(self, app):
-        from mailer.cli import Context
-
-        self.context = Context()
-        self.context._app = app
-
-    def invoke(self, args, input=None):
-        from click.testing import CliRunner
-
-        import mailer.cli.commands  # noqa: F401 - registers the subcommands
-        from mailer.cli import cli
-
-        return CliRunner().invoke(cli, args, obj=self.context, input=input, catch_exceptions=False)
 
 
 @pytest.fixture

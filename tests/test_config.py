@@ -17,7 +17,7 @@ from mailer.config import (
     parse_smtp_url,
     with_settings_tables,
 )
-from tests.support import ROOT
+from tests.helpers.servers import ROOT
 
 
 def test_embedded_defaults(tmp_path):

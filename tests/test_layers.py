@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT
+from tests.helpers.servers import ROOT
 
 PACKAGE = ROOT / "mailer"
 

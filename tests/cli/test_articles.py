@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import ArticleStat, Feed, VisitorSeen
-from tests.conftest import MailerRunner, make_app
-from tests.services.test_feeds_support import (
+from tests.helpers.app import MailerRunner, make_app
+from tests.helpers.feeds import (
     BROWSER_UA,
     FEEDS,
     FeedServer,
@@ -24,7 +24,7 @@ from tests.services.test_feeds_support import (
     article_count,
     by_url,
 )
-from tests.support import ROOT, WorkerProcess, wait_until
+from tests.helpers.servers import ROOT, WorkerProcess, wait_until
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Article, Role, Subscriber, SubscriberStatus
 from mailer.services import digests, users
-from tests.mail.delivery_support import add_readers, counts, issue_status, make_renderer, new_issue
-from tests.support import wait_until
+from tests.helpers.delivery import add_readers, counts, issue_status, make_renderer, new_issue
+from tests.helpers.servers import wait_until
 
 
 def compose(app) -> int:
@@ -136,7 +136,7 @@ def test_dkim_record_prints_what_to_publish(app, env, tmp_path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from tests.conftest import MailerRunner, make_app
+    from tests.helpers.app import MailerRunner, make_app
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path / "dkim.pem"

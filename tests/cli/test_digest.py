@@ -13,7 +13,8 @@ from sqlalchemy import select
 from mailer.db import db
 from mailer.mail import placeholders as ph
 from mailer.models import Issue, IssueStatus
-from tests.services.test_digests_support import BROWSER_UA, FEEDS, add_article, mark_sent
+from tests.helpers.digests import BROWSER_UA, add_article, mark_sent
+from tests.helpers.feeds import FEEDS
 
 MONDAY = datetime(2017, 11, 9, 12, 0, tzinfo=UTC)
 INSTAGRAM = "Instagram hits 400 million users"

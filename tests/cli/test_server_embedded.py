@@ -14,7 +14,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, wait_until
+from tests.helpers.servers import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.browser
 

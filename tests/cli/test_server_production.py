@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from tests.support import ROOT, free_port, wait_until
+from tests.helpers.servers import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.redis
 

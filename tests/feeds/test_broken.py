@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from tests.services.test_feeds_support import FEEDS, all_articles, article_count, by_url, rss
+from tests.helpers.feeds import FEEDS, all_articles, article_count, by_url, rss
 
 GOOD = """
 <item><title>Tram line opens</title><link>https://daily.example/tram</link>

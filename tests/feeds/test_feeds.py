@@ -9,7 +9,7 @@ import pytest
 from mailer.db import db
 from mailer.feeds import parse_document
 from mailer.services import articles
-from tests.services.test_feeds_support import FEEDS, all_articles, by_url, rss
+from tests.helpers.feeds import FEEDS, all_articles, by_url, rss
 
 
 def sync(runner, name: str):

@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from mailer.db import db
 from mailer.models import Feed
-from tests.conftest import MailerRunner, make_app
-from tests.services.test_feeds_support import (
+from tests.helpers.app import MailerRunner, make_app
+from tests.helpers.feeds import (
     FEEDS,
     WORDPRESS_POSTS,
     FeedServer,

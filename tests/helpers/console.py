@@ -1,4 +1,4 @@
-"""Helpers shared by the console tests (no tests here): users, readers, the fixture feeds,
+"""Helpers shared by the console tests: users, readers, the fixture feeds,
 and a console whose worker sends slowly enough to watch, pause and resume."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from mailer.db import db
 from mailer.feeds import parse_document
 from mailer.models import Article, Role, Subscriber, SubscriberStatus
 from mailer.services import articles, users
-from tests.conftest import make_app
-from tests.services.test_digests_support import FEEDS
-from tests.support import WorkerProcess, free_port
-from tests.web.helpers import form_fields, post_form
+from tests.helpers.app import make_app
+from tests.helpers.feeds import FEEDS
+from tests.helpers.servers import WorkerProcess, free_port
+from tests.helpers.web import form_fields, post_form
 
 PASSWORD = "a long enough password"
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the digest tests (no tests here): articles, sent issues, built messages."""
+"""Helpers shared by the digest tests: articles, sent issues, built messages."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from mailer.mail import placeholders as ph
 from mailer.mail.message import build_message
 from mailer.mail.notices import list_id
 from mailer.models import Article, Issue, IssueStatus
-from tests.conftest import make_app
-from tests.support import ROOT
+from tests.helpers.app import make_app
 
-FEEDS = ROOT / "tests" / "fixtures" / "feeds"
 # dcrainmaker.xml's categories mapped onto the test sections (news, business, sport, culture).
 SECTION_MAP = "Blog=news,Sales=business,Product Reviews=sport,Power Meters=sport,Garmin=sport"
 BROWSER_UA = (

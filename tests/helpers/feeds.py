@@ -1,4 +1,4 @@
-"""Helpers shared by the feed and article tests (no tests here): a local feed server, feeds."""
+"""Helpers shared by the feed and article tests: a local feed server, feeds."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from mailer.db import db
 from mailer.models import Article
-from tests.support import ROOT
+from tests.helpers.servers import ROOT
 
 FEEDS = ROOT / "tests" / "fixtures" / "feeds"
 WORDPRESS_POSTS = ROOT / "tests" / "fixtures" / "wordpress" / "posts.json"

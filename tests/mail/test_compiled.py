@@ -18,7 +18,7 @@ from mailer.mail import placeholders as ph
 from mailer.mail.compiled import NEUTRAL_NAME, CompiledVariant, Reader
 from mailer.mail.dkim import DkimError, DkimSigner, load_key
 from mailer.tokens import Tokens
-from tests.mail.delivery_support import make_renderer
+from tests.helpers.delivery import make_renderer
 
 
 class _Issue:

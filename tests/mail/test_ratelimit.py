@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mailer.mail.ratelimit import FileBucket, LimiterUnavailable, RedisBucket
-from tests.support import ROOT, RedisServer
+from tests.helpers.servers import ROOT, RedisServer
 
 
 def hammer(bucket, threads: int, per_thread: int) -> list[float]:

@@ -22,7 +22,7 @@ from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.mail.notices import Outgoing
 from mailer.mail.smtp import NotAttempted, SmtpClient, Uncertain
 from mailer.mail.transport import SmtpTransport
-from tests.support import free_port
+from tests.helpers.servers import free_port
 
 
 class Handler:

@@ -13,7 +13,7 @@ from mailer.db import db
 from mailer.models import Delivery, Issue
 from mailer.services import after_commit, deliveries
 from mailer.tasks.base import hand_over
-from tests.mail.delivery_support import add_readers, counts, make_renderer, new_issue
+from tests.helpers.delivery import add_readers, counts, make_renderer, new_issue
 
 
 @pytest.fixture
@@ -111,8 +111,8 @@ def test_what_the_broker_refuses_is_counted_and_the_commit_stands(handed, caplog
 
 @pytest.mark.redis
 def test_batches_the_broker_did_not_take_are_handed_out_by_the_sweeper(env, tmp_path):
-    from tests.conftest import make_app
-    from tests.support import free_port
+    from tests.helpers.app import make_app
+    from tests.helpers.servers import free_port
 
     dead = make_app(env, MAILER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     settings = dead.extensions["mailer.settings"]

@@ -30,7 +30,7 @@ from mailer.models import (
 from mailer.services import after_commit, deliveries
 from mailer.services.delivery_batches import BatchRunner
 from mailer.tasks.delivery import _variants
-from tests.mail.delivery_support import add_readers, counts, issue_status, make_renderer, new_issue
+from tests.helpers.delivery import add_readers, counts, issue_status, make_renderer, new_issue
 
 
 @pytest.fixture
@@ -410,7 +410,7 @@ def test_the_tick_runs_the_delivery_sweeper(rt, make):
 def test_an_unreachable_server_hands_the_batch_to_a_later_retry(rt, smtp, make):
     from mailer.config import SmtpSettings
     from mailer.mail.smtp import SmtpClient
-    from tests.support import free_port
+    from tests.helpers.servers import free_port
 
     emails = add_readers(30)
     issue_id = new_issue()

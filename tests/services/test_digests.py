@@ -14,13 +14,8 @@ from mailer.errors import Conflict, NotFound
 from mailer.feeds import parse_document
 from mailer.models import Article, Frequency, Issue, IssueItem, IssueStatus, ItemSection, Schedule
 from mailer.services import articles, digests, issue_edits, render
-from tests.services.test_digests_support import (
-    BROWSER_UA,
-    FEEDS,
-    add_article,
-    digest_app,
-    mark_sent,
-)
+from tests.helpers.digests import BROWSER_UA, add_article, digest_app, mark_sent
+from tests.helpers.feeds import FEEDS
 
 
 def at(day: int, hour: int = 12, month: int = 11) -> datetime:

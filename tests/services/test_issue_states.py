@@ -9,7 +9,7 @@ from mailer.db import db
 from mailer.errors import InvalidTransition, NotFound
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus
 from mailer.services import issue_states as states
-from tests.mail.delivery_support import add_readers, new_issue
+from tests.helpers.delivery import add_readers, new_issue
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from mailer.services import articles, popularity
 from mailer.services.popularity import RedisPopularity, SqlPopularity
 from mailer.tasks.articles import rollup_window
 from mailer.tokens import Tokens
-from tests.conftest import make_app
-from tests.services.test_feeds_support import BROWSER_UA, FEEDS
+from tests.helpers.app import make_app
+from tests.helpers.feeds import BROWSER_UA, FEEDS
 
 DAY1 = datetime(2024, 5, 6, 9, 0, tzinfo=UTC)
 

@@ -15,7 +15,7 @@ from mailer.errors import ValidationError
 from mailer.mail import placeholders as ph
 from mailer.models import IssueItem
 from mailer.services import digests, issue_edits, render
-from tests.services.test_digests_support import add_article, build, digest_app, personalize
+from tests.helpers.digests import add_article, build, digest_app, personalize
 
 NOW = datetime(2026, 11, 16, 7, 0, tzinfo=UTC)
 

@@ -119,7 +119,7 @@ def test_a_run_beyond_grace_is_missed_and_not_sent(app):
 
 
 def test_grace_is_configurable_globally_and_per_schedule(app, env):
-    from tests.conftest import make_app
+    from tests.helpers.app import make_app
 
     short = add_schedule(app, utc(2027, 5, 1), name="Short", cron_text="mon 07:00",
                          grace_hours=1)
@@ -171,7 +171,7 @@ def test_audience_is_copied_onto_the_issue(app):
 
 
 def test_two_schedulers_at_the_same_instant_make_one_issue_per_period(app, env):
-    from tests.conftest import make_app
+    from tests.helpers.app import make_app
 
     # Three audiences (so no issue takes another's articles), one new article for each.
     app = make_app(env, MAILER_SECTION_MAP=",".join(f"{v}={k}" for k, v in SECTIONS.items()))

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import threading
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import time_machine
@@ -16,37 +13,10 @@ from mailer.models import ScheduleRun
 from mailer.services import schedules
 from mailer.services.schedule_reports import REPORT_WINDOW
 from mailer.tasks.schedules import fire_schedules, send_schedule_report, sweep_reports
-from tests.conftest import make_app
-from tests.support import free_port
+from tests.helpers.app import make_app
+from tests.helpers.servers import Webhook
 
 OPS = "ops@daily.example"
-
-
-class Webhook:
-    """A local HTTP endpoint that records JSON posts and answers with `status`."""
-
-    def __init__(self):
-        self.posts: list[dict] = []
-        self.status = 204
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                hook.posts.append({"type": self.headers["Content-Type"], "json": json.loads(body)})
-                self.send_response(hook.status)
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/mailer"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 from mailer.db import db
 from mailer.feeds import parse_document
 from mailer.services import articles, digests, render
-from tests.services.test_digests_support import FEEDS, build, digest_app, personalize
+from tests.helpers.digests import build, digest_app, personalize
+from tests.helpers.feeds import FEEDS
 
 NOW = datetime(2017, 11, 9, 12, 0, tzinfo=UTC)
 

@@ -21,15 +21,15 @@ from mailer.mail import placeholders as ph
 from mailer.mail.dkim import load_key
 from mailer.models import Delivery, Subscriber, SubscriberStatus
 from mailer.services import deliveries
-from tests.conftest import make_app
-from tests.mail.delivery_support import (
+from tests.helpers.app import make_app
+from tests.helpers.delivery import (
     add_readers,
     make_renderer,
     new_issue,
     own_broker,
     wait_finished,
 )
-from tests.support import WorkerProcess
+from tests.helpers.servers import WorkerProcess
 
 HEADERS = (
     "From",

@@ -8,8 +8,8 @@ import email.policy
 from mailer.db import db
 from mailer.mail.outbox import list_outbox
 from mailer.services import deliveries
-from tests.conftest import make_app
-from tests.mail.delivery_support import (
+from tests.helpers.app import make_app
+from tests.helpers.delivery import (
     add_readers,
     make_renderer,
     new_issue,
@@ -17,7 +17,7 @@ from tests.mail.delivery_support import (
     per_recipient,
     wait_finished,
 )
-from tests.support import WorkerProcess
+from tests.helpers.servers import WorkerProcess
 
 THREADS = ["--pool", "threads", "--concurrency", "4"]
 

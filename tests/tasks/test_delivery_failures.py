@@ -10,7 +10,7 @@ from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Delivery, Subscriber, SubscriberStatus
 from mailer.services import deliveries
-from tests.mail.delivery_support import (
+from tests.helpers.delivery import (
     add_readers,
     counts,
     delivery_states,
@@ -19,7 +19,7 @@ from tests.mail.delivery_support import (
     new_issue,
     per_recipient,
 )
-from tests.support import wait_until
+from tests.helpers.servers import wait_until
 
 
 def sweep_later(app, seconds: float) -> deliveries.SweepResult:

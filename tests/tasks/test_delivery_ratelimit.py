@@ -8,15 +8,15 @@ from sqlalchemy import select
 from mailer.db import db
 from mailer.models import Delivery
 from mailer.services import deliveries
-from tests.conftest import make_app
-from tests.mail.delivery_support import (
+from tests.helpers.app import make_app
+from tests.helpers.delivery import (
     add_readers,
     make_renderer,
     new_issue,
     own_broker,
     wait_finished,
 )
-from tests.support import WorkerProcess
+from tests.helpers.servers import WorkerProcess
 
 RATE = 100
 

@@ -12,8 +12,8 @@ import pytest
 
 from mailer.db import db
 from mailer.services import deliveries
-from tests.conftest import make_app
-from tests.mail.delivery_support import (
+from tests.helpers.app import make_app
+from tests.helpers.delivery import (
     Sweeper,
     add_readers,
     delivery_states,
@@ -23,7 +23,7 @@ from tests.mail.delivery_support import (
     per_recipient,
     wait_finished,
 )
-from tests.support import WorkerProcess, wait_until
+from tests.helpers.servers import WorkerProcess, wait_until
 
 GROUP = 20
 

@@ -26,9 +26,8 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.tasks.schedules import fire_schedules, sweep_reports
-from tests.conftest import MailerRunner, make_app
-from tests.services.test_schedules_report import Webhook
-from tests.support import ROOT, WorkerProcess, wait_until
+from tests.helpers.app import MailerRunner, make_app
+from tests.helpers.servers import ROOT, Webhook, WorkerProcess, wait_until
 
 OPS = "ops@daily.example"
 

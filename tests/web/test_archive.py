@@ -24,8 +24,8 @@ from mailer.services import deliveries, digests
 from mailer.tokens import BadToken
 from mailer.web import CSP
 from mailer.web import archive as archive_view
-from tests.services.test_digests_support import BROWSER_UA, add_article, mark_sent
-from tests.support import wait_until
+from tests.helpers.digests import BROWSER_UA, add_article, mark_sent
+from tests.helpers.servers import wait_until
 
 _hours = iter(range(10_000))
 _START = utcnow() - timedelta(days=30)

@@ -13,8 +13,8 @@ from mailer.db import db
 from mailer.models import ConsentRecord, Role, Subscriber
 from mailer.runtime import runtime
 from mailer.services import users
-from tests.web.helpers import form_fields, signup
-from tests.web.test_console_support import login
+from tests.helpers.console import login
+from tests.helpers.web import form_fields, signup
 
 MALFORMED = [
     "",

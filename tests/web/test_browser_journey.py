@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from mailer.db import db
 from mailer.models import Subscriber, SubscriberStatus
-from tests.web.helpers import link_with
+from tests.helpers.web import link_with
 
 pytestmark = pytest.mark.browser
 

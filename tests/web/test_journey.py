@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from mailer.db import db
 from mailer.models import ConsentRecord, Subscriber, SubscriberStatus
-from tests.web.helpers import link_with, local, post_form, signup
+from tests.helpers.web import link_with, local, post_form, signup
 
 
 def subscriber(email: str) -> Subscriber | None:

@@ -17,7 +17,7 @@ from mailer.models import (
 )
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
-from tests.web.helpers import form_fields, link_with, local, post_form
+from tests.helpers.web import form_fields, link_with, local, post_form
 
 
 def active_reader(client, email: str, **fields) -> Subscriber:

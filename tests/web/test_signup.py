@@ -12,8 +12,8 @@ from sqlalchemy import func, select, update
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import ConsentRecord, Subscriber, SubscriberStatus
-from tests.conftest import make_app
-from tests.web.helpers import form_fields, signup
+from tests.helpers.app import make_app
+from tests.helpers.web import form_fields, signup
 
 
 def scrub(html: str) -> str:

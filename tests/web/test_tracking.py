@@ -20,7 +20,7 @@ from mailer.models import (
 )
 from mailer.services import digests
 from mailer.tokens import Tokens
-from tests.services.test_digests_support import BROWSER_UA, add_article, digest_app, mark_sent
+from tests.helpers.digests import BROWSER_UA, add_article, digest_app, mark_sent
 
 CURL_UA = "curl/8.5.0"
 

@@ -7,8 +7,8 @@ from sqlalchemy import func, select
 
 from mailer.db import db
 from mailer.models import Issue, Role, User
-from tests.web.helpers import post_form
-from tests.web.test_console_support import PASSWORD, add_user, login, post, text_of, token
+from tests.helpers.console import PASSWORD, add_user, login, post, text_of, token
+from tests.helpers.web import post_form
 
 CONSOLE_PAGES = ["/admin/", "/admin/issues", "/admin/subscribers", "/admin/users",
                  "/admin/settings", "/admin/account", "/admin/subscribers/import",

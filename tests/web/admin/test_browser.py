@@ -26,16 +26,16 @@ from mailer.models import (
     SubscriberImport,
 )
 from mailer.services import after_commit, deliveries, digests
-from tests.conftest import ARTIFACTS
-from tests.services.test_digests_support import BROWSER_UA
-from tests.support import wait_until
-from tests.web.test_console_support import (  # noqa: F401 - a fixture, used by its name
+from tests.helpers.app import ARTIFACTS
+from tests.helpers.console import (  # noqa: F401 - a fixture, used by its name
     PASSWORD,
     add_readers,
     add_user,
     ingest_feeds,
     slow_console_fixture,
 )
+from tests.helpers.digests import BROWSER_UA
+from tests.helpers.servers import wait_until
 
 pytestmark = pytest.mark.browser
 

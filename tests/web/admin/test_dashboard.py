@@ -23,8 +23,8 @@ from mailer.models import (
 )
 from mailer.services import reports, schedules
 from mailer.web.admin.charts import bar_chart, line_chart, nice_max
-from tests.conftest import make_app
-from tests.web.test_console_support import add_readers, login, text_of
+from tests.helpers.app import make_app
+from tests.helpers.console import add_readers, login, text_of
 
 NOW = datetime(2027, 3, 31, 12, 0, tzinfo=UTC)
 

@@ -29,8 +29,8 @@ from mailer.models import (
 )
 from mailer.services import after_commit, deliveries, digests
 from mailer.tasks.console import start_due_issues
-from tests.services.test_digests_support import BROWSER_UA, add_article
-from tests.web.test_console_support import add_readers, login, post, text_of, token
+from tests.helpers.console import add_readers, login, post, text_of, token
+from tests.helpers.digests import BROWSER_UA, add_article
 
 HOUR = timedelta(hours=1)
 

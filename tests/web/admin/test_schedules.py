@@ -12,7 +12,7 @@ from mailer.db import db
 from mailer.models import Role, Schedule, ScheduleRun
 from mailer.services import users
 from mailer.tasks.schedules import fire_schedules
-from tests.web.helpers import form_fields, post_form
+from tests.helpers.web import form_fields, post_form
 
 
 def login(client, role: Role, email: str) -> None:

@@ -24,10 +24,10 @@ from mailer.models import (
 from mailer.services import after_commit, deliveries, digests
 from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
-from tests.services.test_digests_support import add_article
-from tests.support import wait_until
-from tests.web.helpers import signup
-from tests.web.test_console_support import add_readers, login, post, text_of, token
+from tests.helpers.console import add_readers, login, post, text_of, token
+from tests.helpers.digests import add_article
+from tests.helpers.servers import wait_until
+from tests.helpers.web import signup
 
 
 def reader(email: str) -> Subscriber | None:

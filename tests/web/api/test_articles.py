@@ -13,8 +13,8 @@ from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Article, Role
 from mailer.services import users
-from tests.conftest import make_app
-from tests.services.test_feeds_support import (
+from tests.helpers.app import make_app
+from tests.helpers.feeds import (
     BROWSER_UA,
     FEEDS,
     FeedServer,
@@ -22,7 +22,7 @@ from tests.services.test_feeds_support import (
     article_count,
     by_url,
 )
-from tests.support import wait_until
+from tests.helpers.servers import wait_until
 
 SITE = "https://www.daily.example"  # in the session's MAILER_CORS_ORIGINS
 

@@ -10,7 +10,7 @@ from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Issue, Role
 from mailer.services import users
-from tests.services.test_digests_support import add_article, mark_sent
+from tests.helpers.digests import add_article, mark_sent
 
 
 def _token(role: Role, email: str) -> dict:

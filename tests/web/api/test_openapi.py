@@ -17,7 +17,7 @@ from mailer.db import db
 from mailer.models import Frequency, Role, Schedule, Subscriber, SubscriberStatus
 from mailer.services import digests, users
 from mailer.web.api import openapi
-from tests.services.test_digests_support import add_article
+from tests.helpers.digests import add_article
 
 DOCUMENT = "/api/v1/openapi.json"
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
