@@ -77,12 +77,10 @@ from mailer.services import after_commit
 from mailer.services import issue_states as states
 from mailer.services.render import render_variant
 
-D, I, S = DeliveryStatus, IssueStatus, Subscriber
-
 # The task that runs one Batch (mailer.tasks.delivery.send_batch).
 SEND_BATCH = "mailer.send_batch"
 # An issue is finished only when none of its rows is in one of these states.
-OPEN = (D.PENDING, D.SENDING, D.FAILED_TEMPORARY)
+OPEN = (DeliveryStatus.PENDING, DeliveryStatus.SENDING, DeliveryStatus.FAILED_TEMPORARY)
 FREEZE_PAGE = 10_000
 MAY_HAVE_ARRIVED = "The worker stopped during the SMTP transaction; it may have been delivered."
 
@@ -133,7 +131,9 @@ def _issue(session: Session, issue_id: int) -> Issue:
 
 
 def _audience(issue: Issue):
-    return (S.status == SubscriberStatus.ACTIVE) & (S.frequency == issue.audience_frequency)
+    return (Subscriber.status == SubscriberStatus.ACTIVE) & (
+        Subscriber.frequency == issue.audience_frequency
+    )
 
 
 def start_send(
@@ -159,7 +159,9 @@ def start_send(
     by_sections = {
         sections: n
         for sections, n in session.execute(
-            select(S.sections, func.count()).where(_audience(issue)).group_by(S.sections)
+            select(Subscriber.sections, func.count())
+            .where(_audience(issue))
+            .group_by(Subscriber.sections)
         )
     }
     variants: dict[str, IssueVariant] = {}
@@ -214,20 +216,25 @@ def start_send(
 
 def _freeze(session: Session, issue: Issue, sendable: dict[str, int], now: datetime) -> int:
     """INSERT ... SELECT one page of readers at a time, by id: nothing held in memory."""
-    variant_of = case(sendable, value=S.sections)
-    where = _audience(issue) & S.sections.in_(list(sendable))
+    variant_of = case(sendable, value=Subscriber.sections)
+    where = _audience(issue) & Subscriber.sections.in_(list(sendable))
     columns = ["issue_id", "subscriber_id", "variant_id", "status", "attempts", "created_at"]
     last = 0
     while True:
         upper = session.scalar(
-            select(S.id).where(where, S.id > last).order_by(S.id).offset(FREEZE_PAGE - 1).limit(1)
+            select(Subscriber.id)
+            .where(where, Subscriber.id > last)
+            .order_by(Subscriber.id)
+            .offset(FREEZE_PAGE - 1)
+            .limit(1)
         )
-        page = where & (S.id > last) & ((S.id <= upper) if upper is not None else true())
+        below = (Subscriber.id <= upper) if upper is not None else true()
+        page = where & (Subscriber.id > last) & below
         rows = select(
             literal(issue.id),
-            S.id,
+            Subscriber.id,
             variant_of,
-            literal(D.PENDING.value),
+            literal(DeliveryStatus.PENDING.value),
             literal(0),
             literal(now, UTCDateTime()),
         ).where(page)
@@ -272,28 +279,33 @@ def new_token() -> str:
     return secrets.token_hex(8)
 
 
-_T = Delivery.__table__
+DELIVERIES = Delivery.__table__
 # One statement per batch: the next `size` due pending rows above `after` become this
 # batch's, in id order. SKIP LOCKED lets two dispatchers (two chains, the sweeper) take
 # different rows at once instead of waiting on each other (PostgreSQL; SQLite serializes).
 _NEXT = (
-    select(_T.c.id)
+    select(DELIVERIES.c.id)
     .where(
-        _T.c.issue_id == bindparam("b_issue"),
-        _T.c.status == D.PENDING,
-        _T.c.id > bindparam("b_after"),
-        or_(_T.c.next_attempt_at.is_(None), _T.c.next_attempt_at <= bindparam("b_now")),
+        DELIVERIES.c.issue_id == bindparam("b_issue"),
+        DELIVERIES.c.status == DeliveryStatus.PENDING,
+        DELIVERIES.c.id > bindparam("b_after"),
+        or_(
+            DELIVERIES.c.next_attempt_at.is_(None),
+            DELIVERIES.c.next_attempt_at <= bindparam("b_now"),
+        ),
     )
-    .order_by(_T.c.id)
+    .order_by(DELIVERIES.c.id)
     .limit(bindparam("b_size"))
     .with_for_update(skip_locked=True)
     .scalar_subquery()
 )
 _HAND_OUT = (
-    update(_T)
-    .where(_T.c.id.in_(_NEXT))
-    .values(status=D.SENDING, claimed_by=bindparam("b_by"), claimed_at=bindparam("b_now"))
-    .returning(_T.c.id)
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id.in_(_NEXT))
+    .values(
+        status=DeliveryStatus.SENDING, claimed_by=bindparam("b_by"), claimed_at=bindparam("b_now")
+    )
+    .returning(DELIVERIES.c.id)
 )
 
 
@@ -360,9 +372,9 @@ def uncertain_rows(
     """(delivery id, email, last error) of the rows that may or may not have been delivered."""
     _issue(session, issue_id)
     rows = session.execute(
-        select(Delivery.id, S.email, Delivery.last_error)
-        .outerjoin(S, S.id == Delivery.subscriber_id)
-        .where(Delivery.issue_id == issue_id, Delivery.status == D.UNCERTAIN)
+        select(Delivery.id, Subscriber.email, Delivery.last_error)
+        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.UNCERTAIN)
         .order_by(Delivery.id)
         .limit(limit)
     )
@@ -373,15 +385,16 @@ def resend_uncertain(session: Session, issue_id: int, settings: Settings, *, now
     """Send the uncertain rows again, on an operator's word (some readers may get two);
     how many. A paused issue sends them when it is resumed."""
     issue = _issue(session, issue_id)
-    if issue.status == I.FINISHED:
+    if issue.status == IssueStatus.FINISHED:
         states.transition(session, issue_id, states.REOPEN, finished_at=None)
-    elif issue.status not in (I.SENDING, I.PAUSED):
-        raise InvalidTransition(f"Issue {issue_id}", (I.SENDING, I.PAUSED, I.FINISHED), I.SENDING)
+    elif issue.status not in (IssueStatus.SENDING, IssueStatus.PAUSED):
+        may_resend = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.FINISHED)
+        raise InvalidTransition(f"Issue {issue_id}", may_resend, IssueStatus.SENDING)
     count = session.execute(
         update(Delivery)
-        .where(Delivery.issue_id == issue_id, Delivery.status == D.UNCERTAIN)
+        .where(Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.UNCERTAIN)
         .values(
-            status=D.PENDING,
+            status=DeliveryStatus.PENDING,
             claimed_at=None,
             claimed_by=None,
             next_attempt_at=None,
@@ -389,7 +402,7 @@ def resend_uncertain(session: Session, issue_id: int, settings: Settings, *, now
         )
         .execution_options(synchronize_session=False)
     ).rowcount
-    if issue.status != I.PAUSED:
+    if issue.status != IssueStatus.PAUSED:
         hand_out(session, issue_id, settings, now=now)
     return count
 
@@ -403,9 +416,9 @@ def status(session: Session, issue_id: int, *, now=None) -> dict:
     """Counts per delivery state, readers skipped, the current rate and an estimate of the end."""
     now = now or utcnow()
     issue = _issue(session, issue_id)
-    counts = {str(s): 0 for s in D}
+    counts = {str(s): 0 for s in DeliveryStatus}
     withdrawn = 0
-    never_tried = (Delivery.status == D.FAILED_PERMANENT) & (Delivery.attempts == 0)
+    never_tried = (Delivery.status == DeliveryStatus.FAILED_PERMANENT) & (Delivery.attempts == 0)
     for state, untried, n in session.execute(
         select(Delivery.status, never_tried, func.count())
         .where(Delivery.issue_id == issue_id)
@@ -425,11 +438,11 @@ def status(session: Session, issue_id: int, *, now=None) -> dict:
     recent = session.scalar(
         select(func.count()).where(
             Delivery.issue_id == issue_id,
-            Delivery.status == D.SENT,
+            Delivery.status == DeliveryStatus.SENT,
             Delivery.sent_at >= now - timedelta(seconds=span),
         )
     )
-    rate = recent / span if issue.status == I.SENDING else 0.0
+    rate = recent / span if issue.status == IssueStatus.SENDING else 0.0
     remaining = counts["pending"] + counts["sending"] + counts["failed_temporary"]
     total = sum(counts.values())
     iso = lambda d: d.isoformat() if d else None
@@ -466,12 +479,12 @@ def sweep(session: Session, settings: Settings, *, now=None) -> SweepResult:
     now = now or utcnow()
     lease = now - timedelta(seconds=settings.send_lease_seconds)
     out = SweepResult()
-    stale = and_(Delivery.status == D.SENDING, Delivery.claimed_at < lease)
+    stale = and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < lease)
     # Handed out but never tried (a lost task, a dead worker): safe to hand out again.
     lost = _grouped_update(
         session,
         stale & Delivery.claimed_by.like(QUEUED + "%"),
-        {"status": D.PENDING, "claimed_at": None, "claimed_by": None},
+        {"status": DeliveryStatus.PENDING, "claimed_at": None, "claimed_by": None},
     )
     out.requeued = sum(lost.values())
     # Tried and never recorded: the server may have accepted it. Never re-sent by itself.
@@ -479,20 +492,26 @@ def sweep(session: Session, settings: Settings, *, now=None) -> SweepResult:
         _grouped_update(
             session,
             stale & Delivery.claimed_by.like(TRIED + "%"),
-            {"status": D.UNCERTAIN, "last_error": MAY_HAVE_ARRIVED},
+            {"status": DeliveryStatus.UNCERTAIN, "last_error": MAY_HAVE_ARRIVED},
         ).values()
     )
 
     size = batch_size(settings)
-    for issue_id in list(session.scalars(select(Issue.id).where(Issue.status == I.SENDING))):
+    sending = select(Issue.id).where(Issue.status == IssueStatus.SENDING)
+    for issue_id in list(session.scalars(sending)):
         out.retried += session.execute(
             update(Delivery)
             .where(
                 Delivery.issue_id == issue_id,
-                Delivery.status == D.FAILED_TEMPORARY,
+                Delivery.status == DeliveryStatus.FAILED_TEMPORARY,
                 Delivery.next_attempt_at <= now,
             )
-            .values(status=D.PENDING, claimed_at=None, claimed_by=None, next_attempt_at=None)
+            .values(
+                status=DeliveryStatus.PENDING,
+                claimed_at=None,
+                claimed_by=None,
+                next_attempt_at=None,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         if finish_if_done(session, issue_id, now=now):
@@ -535,7 +554,9 @@ def _grouped_update(session: Session, condition, values: dict) -> dict[int, int]
 
 def _in_flight(session: Session, issue_id: int) -> bool:
     """Whether some task holds rows of the issue (queued or sending them)."""
-    busy = select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status == D.SENDING)
+    busy = select(Delivery.id).where(
+        Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENDING
+    )
     return bool(session.scalar(select(busy.exists())))
 
 
@@ -546,7 +567,7 @@ def _pause_if_stalled(session: Session, issue_id: int, since: datetime, seconds:
         return False
     last_sent = session.scalar(
         select(func.max(Delivery.sent_at)).where(
-            Delivery.issue_id == issue_id, Delivery.status == D.SENT
+            Delivery.issue_id == issue_id, Delivery.status == DeliveryStatus.SENT
         )
     )
     if last_sent is not None and last_sent > since:
@@ -555,7 +576,7 @@ def _pause_if_stalled(session: Session, issue_id: int, since: datetime, seconds:
         select(Delivery.last_error)
         .where(
             Delivery.issue_id == issue_id,
-            Delivery.status.in_([D.PENDING, D.SENDING]),
+            Delivery.status.in_([DeliveryStatus.PENDING, DeliveryStatus.SENDING]),
             Delivery.last_error.like("unreachable: %"),
         )
         .limit(1)

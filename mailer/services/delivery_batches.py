@@ -25,7 +25,8 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
 
 from sqlalchemy import bindparam, exists, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -33,11 +34,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.errors import InvalidTransition
 from mailer.mail.compiled import CompiledVariant, Reader
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
-from mailer.mail.ratelimit import LimiterUnavailable
+from mailer.mail.ratelimit import Limiter, LimiterUnavailable
 from mailer.mail.smtp import NotAttempted, Uncertain
+from mailer.mail.transport import Transport
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -51,8 +54,7 @@ from mailer.services import deliveries
 from mailer.services.deliveries import QUEUED, TRIED, Batch, new_token
 
 log = logging.getLogger(__name__)
-D = DeliveryStatus
-T, I, S = Delivery.__table__, Issue.__table__, Subscriber.__table__
+DELIVERIES, ISSUES, SUBSCRIBERS = Delivery.__table__, Issue.__table__, Subscriber.__table__
 UNREACHABLE = "unreachable: "
 RELEASE_DELAY = 10.0  # seconds before rows the server never saw are tried again
 
@@ -61,44 +63,61 @@ RELEASE_DELAY = 10.0  # seconds before rows the server never saw are tried again
 # its tried marker = tried by it. Conditions on the indexed status column would tempt the
 # planner into scanning every row in flight instead of using the primary key.
 _IDS = bindparam("b_ids", expanding=True)
-_ISSUE_STATUS = select(I.c.status).where(I.c.id == bindparam("b_issue"))
+_ISSUE_STATUS = select(ISSUES.c.status).where(ISSUES.c.id == bindparam("b_issue"))
 _OPEN = (
-    select(T.c.id, T.c.variant_id, T.c.attempts, S.c.id, S.c.email, S.c.name, S.c.uid, S.c.status)
-    .select_from(T.outerjoin(S, S.c.id == T.c.subscriber_id))
+    select(
+        DELIVERIES.c.id,
+        DELIVERIES.c.variant_id,
+        DELIVERIES.c.attempts,
+        SUBSCRIBERS.c.id,
+        SUBSCRIBERS.c.email,
+        SUBSCRIBERS.c.name,
+        SUBSCRIBERS.c.uid,
+        SUBSCRIBERS.c.status,
+    )
+    .select_from(
+        DELIVERIES.outerjoin(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+    )
     # The batch is whatever dispatch() claimed for the token: the issue's rows in flight
     # (one index range) filtered by claimed_by, rather than a list of hundreds of ids.
     .where(
-        T.c.issue_id == bindparam("b_issue"),
-        T.c.status == D.SENDING,
-        T.c.claimed_by == bindparam("b_queued"),
+        DELIVERIES.c.issue_id == bindparam("b_issue"),
+        DELIVERIES.c.status == DeliveryStatus.SENDING,
+        DELIVERIES.c.claimed_by == bindparam("b_queued"),
     )
-    .order_by(T.c.id)
+    .order_by(DELIVERIES.c.id)
 )
 _WITHDRAW = (
-    update(T)
-    .where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_queued"))
-    .values(status=D.FAILED_PERMANENT, last_error=bindparam("b_err"), claimed_by=None)
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.claimed_by == bindparam("b_queued"))
+    .values(
+        status=DeliveryStatus.FAILED_PERMANENT, last_error=bindparam("b_err"), claimed_by=None
+    )
 )
 _BEGIN = (
-    update(T)
+    update(DELIVERIES)
     .where(
-        T.c.id.in_(_IDS),
-        T.c.claimed_by == bindparam("b_queued"),
-        exists().where(I.c.id == bindparam("b_issue"), I.c.status == IssueStatus.SENDING),
+        DELIVERIES.c.id.in_(_IDS),
+        DELIVERIES.c.claimed_by == bindparam("b_queued"),
+        exists().where(
+            ISSUES.c.id == bindparam("b_issue"), ISSUES.c.status == IssueStatus.SENDING
+        ),
     )
     .values(
-        claimed_by=bindparam("b_tried"), attempts=T.c.attempts + 1, claimed_at=bindparam("b_now")
+        claimed_by=bindparam("b_tried"),
+        attempts=DELIVERIES.c.attempts + 1,
+        claimed_at=bindparam("b_now"),
     )
-    .returning(T.c.id)
+    .returning(DELIVERIES.c.id)
 )
 _SENT = (
-    update(T)
-    .where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_tried"))
-    .values(status=D.SENT, sent_at=bindparam("b_now"), last_error=None)
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_tried"))
+    .values(status=DeliveryStatus.SENT, sent_at=bindparam("b_now"), last_error=None)
 )
 _OUTCOME = (
-    update(T)
-    .where(T.c.id == bindparam("b_id"), T.c.claimed_by == bindparam("b_tried"))
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.claimed_by == bindparam("b_tried"))
     .values(
         status=bindparam("b_st"),
         last_error=bindparam("b_err"),
@@ -109,29 +128,31 @@ _OUTCOME = (
     )
 )
 _RELEASE = (
-    update(T)
-    .where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
-    .values(status=D.PENDING, claimed_by=None, claimed_at=None)
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
+    .values(status=DeliveryStatus.PENDING, claimed_by=None, claimed_at=None)
 )
 _REQUEUE = (
-    update(T)
-    .where(T.c.id.in_(_IDS), T.c.claimed_by == bindparam("b_queued"))
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
     .values(claimed_by=bindparam("b_new"), claimed_at=bindparam("b_now"))
 )
 _BOUNCE = (
-    update(S)
-    .where(S.c.id.in_(_IDS), S.c.status == SubscriberStatus.ACTIVE)
+    update(SUBSCRIBERS)
+    .where(SUBSCRIBERS.c.id.in_(_IDS), SUBSCRIBERS.c.status == SubscriberStatus.ACTIVE)
     .values(status=SubscriberStatus.BOUNCED, bounced_at=bindparam("b_now"))
-    .returning(S.c.id)
+    .returning(SUBSCRIBERS.c.id)
 )
 _TRIED_COUNTS = (
-    select(T.c.status, func.count())
+    select(DELIVERIES.c.status, func.count())
     .where(
-        T.c.issue_id == bindparam("b_issue"),
-        T.c.attempts > 0,
-        T.c.status.in_([D.SENT, D.FAILED_TEMPORARY, D.FAILED_PERMANENT]),
+        DELIVERIES.c.issue_id == bindparam("b_issue"),
+        DELIVERIES.c.attempts > 0,
+        DELIVERIES.c.status.in_(
+            [DeliveryStatus.SENT, DeliveryStatus.FAILED_TEMPORARY, DeliveryStatus.FAILED_PERMANENT]
+        ),
     )
-    .group_by(T.c.status)
+    .group_by(DELIVERIES.c.status)
 )
 
 
@@ -140,7 +161,7 @@ def run_name() -> str:
     return f"{socket.gethostname()[:60]}:{os.getpid()}"
 
 
-def backoff(settings, attempts: int) -> float:
+def backoff(settings: Settings, attempts: int) -> float:
     """Seconds before try number attempts+1: base, 4x base, 16x base, ..."""
     return settings.retry_base_seconds * 4 ** max(0, attempts - 1)
 
@@ -171,17 +192,37 @@ class BatchReport:
         return {k: v for k, v in d.items() if v}
 
 
+@dataclass
+class Run:
+    """What one run of a batch holds, set once when it starts (BatchRunner.run)."""
+
+    issue_id: int
+    queued: str  # claimed_by of the rows handed to it, not tried yet: "q:<token>"
+    tried: str  # claimed_by of the rows it has begun to send: "t:<token>:<host>:<pid>"
+    chain: bool  # whether it hands out the next batch of the issue when it starts
+    report: BatchReport = field(default_factory=BatchReport)
+    retry: Batch | None = None  # rows the server never saw, for a task that starts later
+
+    @classmethod
+    def of(cls, issue_id: int, token: str, chain: bool) -> Run:
+        return cls(issue_id, QUEUED + token, f"{TRIED}{token}:{run_name()}"[:100], chain)
+
+
 class BatchRunner:
+    """Runs one batch (run()): the worker's task makes one per batch, with its process's
+    SMTP transport, rate limiter and compiled variants, and `enqueue` for the batches it
+    hands out itself after its own commits (the chain's next, a retry after a pause)."""
+
     def __init__(
         self,
         *,
         engine: Engine,
-        transport,
-        limiter,
+        transport: Transport,
+        limiter: Limiter,
         variant: Callable[[int], CompiledVariant],
-        settings,
+        settings: Settings,
         enqueue: Callable[[Batch, float | None], object],
-        clock: Callable = utcnow,
+        clock: Callable[[], datetime] = utcnow,
     ):
         self.engine = engine
         self.transport = transport
@@ -190,9 +231,7 @@ class BatchRunner:
         self.settings = settings
         self.enqueue = enqueue
         self.clock = clock
-        self.report = BatchReport()
         self._conn: Connection | None = None
-        self._retry_token: str | None = None
 
     # --- transactions -------------------------------------------------------------------
 
@@ -220,84 +259,89 @@ class BatchRunner:
     # --- the run ------------------------------------------------------------------------
 
     def run(self, issue_id: int, ids: list[int], token: str, chain: bool = True) -> BatchReport:
-        self.chain = chain
+        self.current = Run.of(issue_id, token, chain)
         try:
-            return self._run(issue_id, ids, token)
+            self._send_groups(ids)
         finally:
             self._close()
+        return self.current.report
 
-    def _run(self, issue_id: int, ids: list[int], token: str) -> BatchReport:
-        self.issue_id = issue_id
-        self.queued = QUEUED + token
-        self.tried = f"{TRIED}{token}:{run_name()}"[:100]
-        claimed, handed = self._tx(lambda c: self._open(c, ids))
+    def _send_groups(self, ids: list[int]) -> None:
+        run, size = self.current, self.settings.send_group
+        claimed, handed = self._tx(partial(self._open, ids=ids))
         for batch in handed:  # keep the window full while this batch sends
             self.enqueue(batch, None)
         if claimed is None:
-            self.report.stopped = "issue not sending"
-            return self.report
-        size = self.settings.send_group
+            run.report.stopped = "issue not sending"
+            return
         prepared = None
-        retry: Batch | None = None
         for start in range(0, len(claimed), size):
             group = claimed[start : start + size]
             messages = self._build(group)
-            done = prepared
-            begun = self._tx(lambda c, d=done, g=group: self._write(c, d) or self._begin(c, g))
+            begun = self._tx(partial(self._record_and_begin, prepared=prepared, group=group))
             prepared = None
             if not begun:
                 if self._tx(self._issue_status) != IssueStatus.SENDING:
-                    left = claimed[start:]
-                    self._tx(lambda c, rows=left: c.execute(_RELEASE, self._ids(rows)))
-                    self.report.stopped = "issue paused or cancelled"
+                    self._tx(partial(self._release, rows=claimed[start:]))
+                    run.report.stopped = "issue paused or cancelled"
                     break
                 continue  # the sweeper took these rows back: another task sends them
             batch = [c for c in group if c.id in begun]
             outcomes = list(zip(batch, self._send([messages[c.id] for c in batch]), strict=True))
             unsent = [c for c, o in outcomes if isinstance(o, NotAttempted)]
             if unsent:
-                # The server (or the rate limiter) is unreachable: these rows and the rest
-                # of the batch go to a new task that starts after a pause.
-                rest = claimed[start + size :]
-                retry = Batch(new_token(), [c.id for c in unsent + rest], chain=False)
-                self._retry_token = QUEUED + retry.token
-                if rest:
-                    moved = {**self._ids(rest), "b_new": self._retry_token, "b_now": self.clock()}
-                    self._tx(lambda c, params=moved: c.execute(_REQUEUE, params))
-                self.report.released += len(rest)
-                self.report.stopped = "server unreachable"
+                self._hand_to_retry(unsent, rest=claimed[start + size :])
             prepared = self._prepare(outcomes)
-            if retry:
+            if run.retry:
                 break
-        done = prepared
-        self._tx(lambda c: self._write(c, done))
+        self._tx(partial(self._write, prepared=prepared))
         # A transaction of its own, after the outcomes are committed: two last batches that
         # checked inside their own transactions would each see the other's rows in flight.
         self._tx(self._after)
-        if retry:
-            self.enqueue(retry, RELEASE_DELAY)
-        return self.report
+        if run.retry:
+            self.enqueue(run.retry, RELEASE_DELAY)
+
+    def _record_and_begin(self, conn: Connection, prepared: dict | None, group) -> set[int]:
+        """One transaction per group: the previous group's outcomes, this group tried."""
+        self._write(conn, prepared)
+        return self._begin(conn, group)
+
+    def _release(self, conn: Connection, rows: list[Claimed]) -> None:
+        """The issue was paused or cancelled: rows not tried go back to pending."""
+        conn.execute(_RELEASE, self._ids(rows))
+
+    def _hand_to_retry(self, unsent: list[Claimed], rest: list[Claimed]) -> None:
+        """The server (or the rate limiter) is unreachable: the rows it never saw and the
+        rest of the batch go to a new task that starts after a pause."""
+        run = self.current
+        run.retry = Batch(new_token(), [c.id for c in unsent + rest], chain=False)
+        if rest:
+            moved = {**self._ids(rest), "b_new": QUEUED + run.retry.token, "b_now": self.clock()}
+            self._tx(lambda conn: conn.execute(_REQUEUE, moved))
+        run.report.released += len(rest)
+        run.report.stopped = "server unreachable"
 
     def _ids(self, rows: list[Claimed]) -> dict:
-        return {"b_ids": [c.id for c in rows], "b_queued": self.queued}
+        return {"b_ids": [c.id for c in rows], "b_queued": self.current.queued}
 
     def _issue_status(self, conn: Connection):
-        return conn.scalar(_ISSUE_STATUS, {"b_issue": self.issue_id})
+        return conn.scalar(_ISSUE_STATUS, {"b_issue": self.current.issue_id})
 
     def _open(self, conn: Connection, ids: list[int]):
         """The rows queued for this task with their readers; the next batch of the chain."""
+        run = self.current
         if self._issue_status(conn) != IssueStatus.SENDING:
-            conn.execute(_RELEASE, {"b_ids": ids, "b_queued": self.queued})
+            conn.execute(_RELEASE, {"b_ids": ids, "b_queued": run.queued})
             return None, []
         claimed, gone = [], []
         for did, variant_id, attempts, sub_id, email, name, uid, state in conn.execute(
-            _OPEN, {"b_issue": self.issue_id, "b_queued": self.queued}
+            _OPEN, {"b_issue": run.issue_id, "b_queued": run.queued}
         ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
                 gone.append(
                     {
                         "b_id": did,
-                        "b_queued": self.queued,
+                        "b_queued": run.queued,
                         "b_err": f"not sent: the reader is {state or 'erased'}",
                     }
                 )
@@ -308,13 +352,13 @@ class BatchRunner:
         if gone:
             # Readers who left after the send started are not mailed; attempts stay 0.
             conn.execute(_WITHDRAW, gone)
-            self.report.withdrawn += len(gone)
-        self.report.claimed += len(claimed)
-        if not self.chain or not (claimed or gone):
+            run.report.withdrawn += len(gone)
+        run.report.claimed += len(claimed)
+        if not run.chain or not (claimed or gone):
             return claimed, []  # a retry, or a copy of a task that already ran
         handed = deliveries.dispatch(
             conn,
-            self.issue_id,
+            run.issue_id,
             1,
             deliveries.batch_size(self.settings),
             after=max(ids, default=0),
@@ -332,8 +376,8 @@ class BatchRunner:
                 _BEGIN,
                 {
                     **self._ids(group),
-                    "b_issue": self.issue_id,
-                    "b_tried": self.tried,
+                    "b_issue": self.current.issue_id,
+                    "b_tried": self.current.tried,
                     "b_now": self.clock(),
                 },
             )
@@ -358,19 +402,20 @@ class BatchRunner:
     def _prepare(self, outcomes: list[tuple[Claimed, Exception | None]]) -> dict:
         """Turn outcomes into the rows to write (and count them), outside any transaction."""
         now = self.clock()
-        r = self.report
+        run = self.current
+        r = run.report
         sent, rows, bounced = [], [], []
 
         def row(c, state, err, attempts, nxt=None, by=None):
             rows.append(
                 {
                     "b_id": c.id,
-                    "b_tried": self.tried,
+                    "b_tried": run.tried,
                     "b_st": state,
                     "b_err": err[:1000],
                     "b_att": attempts,
                     "b_next": nxt,
-                    "b_by": by or self.tried,
+                    "b_by": by or run.tried,
                     "b_now": now,
                 }
             )
@@ -382,23 +427,25 @@ class BatchRunner:
             err = str(o)
             r.errors.append(err)
             if isinstance(o, NotAttempted):  # to the retry task, this try not counted
-                row(c, D.SENDING, UNREACHABLE + err, c.attempts, by=self._retry_token)
+                row(c, DeliveryStatus.SENDING, UNREACHABLE + err, c.attempts,
+                    by=QUEUED + run.retry.token)
                 r.released += 1
             elif isinstance(o, Uncertain):
-                row(c, D.UNCERTAIN, err, c.attempts + 1)
+                row(c, DeliveryStatus.UNCERTAIN, err, c.attempts + 1)
                 r.uncertain += 1
             elif isinstance(o, PermanentFailure):
-                row(c, D.FAILED_PERMANENT, err, c.attempts + 1)
+                row(c, DeliveryStatus.FAILED_PERMANENT, err, c.attempts + 1)
                 bounced.append((c.subscriber_id, err))
                 r.permanent += 1
             elif isinstance(o, TemporaryFailure):
                 tries = c.attempts + 1
                 if tries >= self.settings.retry_tries:
-                    row(c, D.FAILED_PERMANENT, f"gave up after {tries} tries: {err}", tries)
+                    gave_up = f"gave up after {tries} tries: {err}"
+                    row(c, DeliveryStatus.FAILED_PERMANENT, gave_up, tries)
                     r.permanent += 1
                 else:
                     wait = timedelta(seconds=backoff(self.settings, tries))
-                    row(c, D.FAILED_TEMPORARY, err, tries, nxt=now + wait)
+                    row(c, DeliveryStatus.FAILED_TEMPORARY, err, tries, nxt=now + wait)
                     r.temporary += 1
         r.sent += len(sent)
         return {"sent": sent, "rows": rows, "bounced": bounced, "now": now}
@@ -410,7 +457,8 @@ class BatchRunner:
             return
         now = prepared["now"]
         if prepared["sent"]:
-            conn.execute(_SENT, {"b_ids": prepared["sent"], "b_tried": self.tried, "b_now": now})
+            tried = {"b_ids": prepared["sent"], "b_tried": self.current.tried, "b_now": now}
+            conn.execute(_SENT, tried)
         if prepared["rows"]:
             conn.execute(_OUTCOME, prepared["rows"])
         if prepared["bounced"]:
@@ -433,15 +481,16 @@ class BatchRunner:
 
     def _after(self, conn: Connection) -> None:
         """Finish the issue if nothing is left; pause it if too much failed."""
-        if deliveries.finish_if_done(conn, self.issue_id, now=self.clock()):
+        issue_id, r = self.current.issue_id, self.current.report
+        if deliveries.finish_if_done(conn, issue_id, now=self.clock()):
             return
-        r = self.report
         failed = r.temporary + r.permanent
         if failed < 10 or failed < (r.sent + failed) / 2:
             return
-        counts = {state: n for state, n in conn.execute(_TRIED_COUNTS, {"b_issue": self.issue_id})}
-        bad = counts.get(D.FAILED_TEMPORARY, 0) + counts.get(D.FAILED_PERMANENT, 0)
-        tried = bad + counts.get(D.SENT, 0)
+        counts = dict(conn.execute(_TRIED_COUNTS, {"b_issue": issue_id}).all())
+        bad = sum(counts.get(s, 0) for s in (DeliveryStatus.FAILED_TEMPORARY,
+                                             DeliveryStatus.FAILED_PERMANENT))
+        tried = bad + counts.get(DeliveryStatus.SENT, 0)
         if bad >= self.settings.pause_errors and bad >= 0.2 * tried:
             reason = (
                 f"Paused automatically: {bad} of {tried} messages failed; "
@@ -449,7 +498,7 @@ class BatchRunner:
             )
             with Session(bind=conn) as session:
                 try:
-                    deliveries.pause(session, self.issue_id, reason)
+                    deliveries.pause(session, issue_id, reason)
                     session.flush()
                     r.stopped = "paused automatically"
                 except InvalidTransition:

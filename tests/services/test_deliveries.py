@@ -28,7 +28,7 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.services import after_commit, deliveries
-from mailer.services.delivery_batches import BatchRunner
+from mailer.services.delivery_batches import BatchRunner, Run
 from mailer.tasks.delivery import _variants
 from tests.helpers.delivery import add_readers, counts, issue_status, make_renderer, new_issue
 
@@ -317,8 +317,7 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     batch = engine.queue.pop(0)
     # A worker takes the batch, begins its first group, then dies without a word.
     dead = engine.runner()
-    dead.issue_id, dead.queued, dead.tried = issue_id, "q:" + batch.token, "t:" + batch.token + ":x"
-    dead.chain = True
+    dead.current = Run(issue_id, "q:" + batch.token, "t:" + batch.token + ":x", chain=True)
     with db.engine.begin() as conn:
         claimed, _ = dead._open(conn, batch.ids)
         dead._begin(conn, claimed[:10])
