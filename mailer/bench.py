@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import make_url
 
+from mailer.config import Settings
 from mailer.mail import placeholders as ph
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def bench_render(size: int):
     """A render_variant stand-in: a digest-like message of about `size` bytes on the wire."""
 
-    def render(session, issue, sections, settings):
+    def render(session, issue, sections, settings: Settings):
         items, n = [], 0
         # HTML grows by about a tenth in quoted-printable; the text part is a fifth of it.
         html_target = int(size * 0.69)

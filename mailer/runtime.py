@@ -1,4 +1,9 @@
-"""Per-process objects every layer shares: settings, tokens, links, notices, the transport."""
+"""Per-process objects the web, the workers and the CLI share: settings, tokens, links,
+notices, the transport, the rate limiter, the DKIM signer and the popularity store.
+
+Built once by create_app() (app.extensions["mailer"]); runtime() finds it from a request or
+a task. Services never see it whole: callers hand them the parts they need.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,12 @@ import os
 
 from mailer.config import Settings
 from mailer.links import Links
+from mailer.mail.compiled import CompiledVariant
+from mailer.mail.dkim import DkimSigner, signer_from_settings
 from mailer.mail.notices import Notices
+from mailer.mail.ratelimit import Limiter, limiter_from_settings
 from mailer.mail.transport import Transport, transport_from_settings
+from mailer.services.popularity import Popularity, store_from_settings
 from mailer.tokens import Tokens
 
 
@@ -30,35 +39,44 @@ class Runtime:
         return self._transport
 
     @property
-    def popularity(self):
+    def popularity(self) -> Popularity:
         """The popularity store, built on first use: Redis in production, SQL when embedded."""
         if self._popularity is None:
-            from mailer.services.popularity import store_from_settings
-
             self._popularity = store_from_settings(self.settings)
         return self._popularity
 
     @property
-    def limiter(self):
+    def limiter(self) -> Limiter:
         """MAILER_RATE_LIMIT's shared bucket (Redis, or a file when embedded), per process."""
         if getattr(self, "_limiter", None) is None or self._limiter_pid != os.getpid():
-            from mailer.mail.ratelimit import limiter_from_settings
-
             self._limiter = limiter_from_settings(self.settings)
             self._limiter_pid = os.getpid()
         return self._limiter
 
     @property
-    def dkim(self):
+    def dkim(self) -> DkimSigner | None:
         """The DKIM signer for MAILER_DKIM_*, or None; keys are read once per process."""
         if not hasattr(self, "_dkim"):
-            from mailer.mail.dkim import signer_from_settings
-
             self._dkim = signer_from_settings(self.settings)
         return self._dkim
 
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash("suppression", email)
+
+    def compile(self, variant) -> CompiledVariant:
+        """A stored issue variant (issue_id, id, subject, html, text) compiled for sending
+        from this process: its settings, links, tokens and DKIM signer."""
+        return CompiledVariant(
+            issue_id=variant.issue_id,
+            variant_id=variant.id,
+            subject=variant.subject,
+            html=variant.html,
+            text=variant.text,
+            settings=self.settings,
+            links=self.links,
+            tokens=self.tokens,
+            signer=self.dkim,
+        )
 
 
 def runtime() -> Runtime:

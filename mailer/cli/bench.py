@@ -8,10 +8,14 @@ import shutil
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from mailer.cli import cli, fail, progress
+
+if TYPE_CHECKING:
+    from mailer.runtime import Runtime
 
 
 @cli.command()
@@ -228,16 +232,16 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
     }
 
 
-def _sample_size(issue_id: int, rt) -> int:
+def _sample_size(issue_id: int, rt: Runtime) -> int:
     from mailer.db import db
-    from mailer.mail.compiled import CompiledVariant, Reader
+    from mailer.mail.compiled import Reader
     from mailer.models import IssueVariant
 
     with db.transaction() as s:
         from sqlalchemy import select
 
         v = s.scalar(select(IssueVariant).where(IssueVariant.issue_id == issue_id))
-        cv = CompiledVariant.of(v, rt)
+        cv = rt.compile(v)
     return len(cv.build(Reader(1, "reader1@bench.example", "Reader 1", "x" * 22)).data)
 
 

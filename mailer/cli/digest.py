@@ -85,7 +85,8 @@ def create(
     with ctx.app.app_context(), db.transaction() as s:
         issue = digests.create_issue(
             s,
-            rt,
+            rt.settings,
+            rt.popularity,
             now=utcnow(),
             subject=subject,
             preheader=preheader,
@@ -96,7 +97,7 @@ def create(
             popular_m=popular_m,
             min_items=min_items,
         )
-        data = digests.describe(s, issue, rt)
+        data = digests.describe(s, issue, rt.settings)
     if as_json:
         click.echo(json.dumps(data))
         return
@@ -129,7 +130,7 @@ def show(ctx: Context, issue_id: int, as_json: bool):
     from mailer.services import digests, issue_edits
 
     with ctx.app.app_context(), db.transaction() as s:
-        data = digests.describe(s, issue_edits.get_issue(s, issue_id), ctx.runtime)
+        data = digests.describe(s, issue_edits.get_issue(s, issue_id), ctx.settings)
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -159,7 +160,9 @@ def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
         issue = issue_edits.get_issue(s, issue_id)
         key = _sections(ctx, sections)
         if fmt == "eml":
-            (out,) = digests.test_messages(s, rt, issue, ["reader@example.com"], key, test=False)
+            (out,) = digests.test_messages(
+                s, rt.settings, issue, ["reader@example.com"], key, test=False
+            )
             sys.stdout.buffer.write(out.data)
             sys.stdout.flush()
             return
@@ -199,8 +202,9 @@ def test_send(ctx: Context, issue_id: int, addresses, sections: str):
         except MailerError as e:
             fail(str(e))
         with db.transaction() as s:
+            issue = issue_edits.get_issue(s, issue_id)
             messages = digests.test_messages(
-                s, rt, issue_edits.get_issue(s, issue_id), targets, _sections(ctx, sections)
+                s, rt.settings, issue, targets, _sections(ctx, sections)
             )
         failed = 0
         try:

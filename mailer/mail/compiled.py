@@ -81,22 +81,6 @@ def _compile_part(content: str, html: bool) -> list[bytes | tuple[str, bool]]:
 class CompiledVariant:
     """One variant of one issue, ready to be personalized for each of its readers."""
 
-    @classmethod
-    def of(cls, variant, rt) -> CompiledVariant:
-        """Compile a stored issue variant (anything with issue_id, id, subject, html, text)
-        with a process's runtime (settings, links, tokens, DKIM signer)."""
-        return cls(
-            issue_id=variant.issue_id,
-            variant_id=variant.id,
-            subject=variant.subject,
-            html=variant.html,
-            text=variant.text,
-            settings=rt.settings,
-            links=rt.links,
-            tokens=rt.tokens,
-            signer=rt.dkim,
-        )
-
     def __init__(
         self,
         *,

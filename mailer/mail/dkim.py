@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailer.config import Settings
+
 # Signed in this order. The last four are named once more than they occur ("oversigning"),
 # so a header of those names added in transit breaks the signature instead of being trusted.
 SIGNED_HEADERS = (
@@ -141,7 +143,7 @@ class DkimSigner:
         return ("\r\n".join(sigs) + "\r\n").encode("ascii") + message
 
 
-def signer_from_settings(settings) -> DkimSigner | None:
+def signer_from_settings(settings: Settings) -> DkimSigner | None:
     """The signer for MAILER_DKIM_* (and the optional second, Ed25519, key), or None."""
     keys = []
     if settings.dkim_key_file:

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from mailer.config import Settings
+
 BURST_SECONDS = 0.05
 CHUNK_SECONDS = 0.02
 
@@ -149,7 +151,7 @@ class FileBucket(_Bucket):
         return 0.0 if tokens >= 0 else -tokens / self.rate
 
 
-def limiter_from_settings(settings) -> Limiter:
+def limiter_from_settings(settings: Settings) -> Limiter:
     if not settings.rate_limit:
         return Unlimited()
     if settings.redis_url:

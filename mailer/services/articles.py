@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.feeds import Fetched, FetchState, Item, Parsed, Skipped
 from mailer.feeds.html import html_to_text
 from mailer.models import Article, Feed
@@ -119,7 +120,7 @@ def summary_text(summary_html: str, content_html: str) -> str:
     return shorten(text, SUMMARY_MAX)
 
 
-def sections_for(categories: Iterable[str], settings) -> set[str]:
+def sections_for(categories: Iterable[str], settings: Settings) -> set[str]:
     """Section slugs for feed categories via settings.section_map (case-insensitive)."""
     mapping: dict[str, set[str]] = {}
     for category, slug in settings.section_map:
@@ -333,7 +334,7 @@ def id_for_url(session: Session, url: str) -> int | None:
     return next((found[c] for c in candidates if c in found), None)
 
 
-def as_dict(article: Article, settings) -> dict:
+def as_dict(article: Article, settings: Settings) -> dict:
     """The public view of an article (CLI --json and the API); content left out."""
     iso = lambda d: d.isoformat() if d else None  # noqa: E731
     return {

@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session
 from mailer import tokens as t
 from mailer.errors import NotFound
 from mailer.models import Click, Delivery, IssueItem
-from mailer.tokens import BadToken
+from mailer.services import popularity
+from mailer.tokens import BadToken, Tokens
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,14 @@ class Target:
         return self.item.url
 
 
-def resolve(session: Session, rt, token: str, item_id: int) -> Target:
+def resolve(session: Session, tokens: Tokens, token: str, item_id: int) -> Target:
     """The item a tracked link points at, only if it belongs to the delivery's issue.
 
     The redirect target is always the URL stored on the issue item, never anything taken
     from the request: a forged token, another issue's item or a non-web URL is a 404.
     """
     try:
-        delivery_id = int(rt.tokens.unsign(t.CLICK, token))
+        delivery_id = int(tokens.unsign(t.CLICK, token))
     except (BadToken, ValueError):
         raise NotFound("This link is not valid.") from None
     delivery = session.get(Delivery, delivery_id)
@@ -45,18 +46,23 @@ def resolve(session: Session, rt, token: str, item_id: int) -> Target:
 
 
 def record(
-    session: Session, rt, target: Target, *, ip: str, user_agent: str, at: datetime
+    session: Session,
+    tokens: Tokens,
+    store: popularity.Popularity,
+    target: Target,
+    *,
+    ip: str,
+    user_agent: str,
+    at: datetime,
 ) -> Click:
     """Store the click; it counts for popularity unless a bot or a mail scanner made it."""
-    from mailer.services import popularity
-
     counted = False
     if not popularity.is_bot(user_agent):
-        visitor = popularity.visitor_id(rt.tokens, ip, user_agent, at.date())
+        visitor = popularity.visitor_id(tokens, ip, user_agent, at.date())
         # Scanners open every link within seconds of delivery: the delivery's sent_at lets
         # the popularity service tell them from readers.
         counted = bool(
-            rt.popularity.record_click(
+            store.record_click(
                 session, target.item.article_id, visitor, at, target.delivery.sent_at
             )
         )
@@ -72,12 +78,12 @@ def record(
     return click
 
 
-def record_open(session: Session, rt, token: str, *, user_agent: str, at: datetime) -> bool:
+def record_open(
+    session: Session, tokens: Tokens, token: str, *, user_agent: str, at: datetime
+) -> bool:
     """Note a delivery's first open (the pixel, only when enabled); bots are ignored."""
-    from mailer.services import popularity
-
     try:
-        delivery_id = int(rt.tokens.unsign(t.CLICK, token))
+        delivery_id = int(tokens.unsign(t.CLICK, token))
     except (BadToken, ValueError):
         return False
     if popularity.is_bot(user_agent):

@@ -15,7 +15,9 @@ from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.errors import NotFound, ValidationError
+from mailer.links import archive_url
 from mailer.mail.message import build_message
 from mailer.mail.notices import Outgoing, list_id
 from mailer.models import (
@@ -37,6 +39,7 @@ from mailer.services.issue_edits import (
     editable,
     usable,
 )
+from mailer.services.popularity import Popularity
 from mailer.services.render import EDITOR_VARIABLES, article_sections, render_preview
 
 # Issues whose readers got (or are getting) them: what "already sent" means for repeats.
@@ -81,11 +84,13 @@ def already_sent(session: Session, frequency: Frequency, sections: str) -> set[i
 # --- composition --------------------------------------------------------------------------
 
 
-def _in_sections(article: Article, wanted: set[str], settings) -> bool:
+def _in_sections(article: Article, wanted: set[str], settings: Settings) -> bool:
     return not wanted or bool(article_sections(article, settings) & wanted)
 
 
-def _latest(session, issue: Issue, skip: set[int], limit: int, settings) -> list[Article]:
+def _latest(
+    session: Session, issue: Issue, skip: set[int], limit: int, settings: Settings
+) -> list[Article]:
     if limit <= 0:
         return []
     wanted = set(sections_list(issue.audience_sections))
@@ -116,14 +121,20 @@ def _latest(session, issue: Issue, skip: set[int], limit: int, settings) -> list
         after = (page[-1].published_at, page[-1].id)
 
 
-def _popular(session, rt, issue: Issue, skip: set[int], limit: int) -> list[Article]:
+def _popular(
+    session: Session,
+    settings: Settings,
+    popularity: Popularity,
+    issue: Issue,
+    skip: set[int],
+    limit: int,
+) -> list[Article]:
     if limit <= 0:
         return []
-    settings = rt.settings
     wanted = set(sections_list(issue.audience_sections))
     ask = limit * 4 + 20
     while True:
-        ranking = rt.popularity.ranking(
+        ranking = popularity.ranking(
             session, days=settings.popularity_days, now=issue.window_end, limit=ask
         )
         ids = [article_id for article_id, _score in ranking if article_id not in skip]
@@ -157,9 +168,10 @@ def _add_items(
         )
 
 
-def _compose(session: Session, rt, issue: Issue) -> int:
+def _compose(
+    session: Session, settings: Settings, popularity: Popularity, issue: Issue
+) -> int:
     """Fill the issue's unpinned items by the rules; returns the number of Latest items."""
-    settings = rt.settings
     kept = list(session.scalars(select(IssueItem).where(IssueItem.issue_id == issue.id)))
     skip = already_sent(session, issue.audience_frequency, issue.audience_sections)
     skip |= {i.article_id for i in kept}
@@ -174,7 +186,8 @@ def _compose(session: Session, rt, issue: Issue) -> int:
     )
     _add_items(session, issue, ItemSection.LATEST, latest, len(pinned[ItemSection.LATEST]))
     skip |= {a.id for a in latest}
-    popular = _popular(session, rt, issue, skip, issue.popular_m - len(pinned[ItemSection.POPULAR]))
+    wanted = issue.popular_m - len(pinned[ItemSection.POPULAR])
+    popular = _popular(session, settings, popularity, issue, skip, wanted)
     _add_items(session, issue, ItemSection.POPULAR, popular, len(pinned[ItemSection.POPULAR]))
     session.flush()
     return len(latest) + len(pinned[ItemSection.LATEST])
@@ -197,7 +210,8 @@ def _skip_reason(found: int, needed: int, since: datetime) -> str:
 
 def create_issue(
     session: Session,
-    rt,
+    settings: Settings,
+    popularity: Popularity,
     *,
     now: datetime,
     subject: str | None = None,
@@ -215,7 +229,6 @@ def create_issue(
     """Compose a new issue: a draft, or `skipped` (reason in status_reason) when fewer than
     min_items new articles exist. Flushes, so a duplicate (schedule, period) raises
     IntegrityError here."""
-    settings = rt.settings
     audience_sections = check_sections(audience_sections, settings)
     issue = Issue(
         subject=check_subject(DEFAULT_SUBJECT if subject is None else subject),
@@ -240,7 +253,7 @@ def create_issue(
     )
     session.add(issue)
     session.flush()  # the (schedule, period) key is checked here, before any composing work
-    new = _compose(session, rt, issue)
+    new = _compose(session, settings, popularity, issue)
     if new < issue.min_items:
         reason = _skip_reason(new, issue.min_items, issue.window_start)
         states.transition(session, issue.id, states.SKIP, status_reason=reason, updated_at=now)
@@ -248,7 +261,14 @@ def create_issue(
     return issue
 
 
-def recompose(session: Session, rt, issue_id: int, *, now: datetime | None = None) -> Issue:
+def recompose(
+    session: Session,
+    settings: Settings,
+    popularity: Popularity,
+    issue_id: int,
+    *,
+    now: datetime | None = None,
+) -> Issue:
     """Propose the items again (new articles, a fresh ranking): pinned items stay, excluded
     ones stay out, the rest is chosen anew."""
     issue = editable(session, issue_id)
@@ -268,7 +288,7 @@ def recompose(session: Session, rt, issue_id: int, *, now: datetime | None = Non
         .execution_options(synchronize_session=False)
     )
     session.expire(issue, ["items"])
-    _compose(session, rt, issue)
+    _compose(session, settings, popularity, issue)
     session.flush()
     return issue
 
@@ -310,7 +330,7 @@ def summary(session: Session, issue: Issue) -> dict:
     }
 
 
-def describe(session: Session, issue: Issue, rt) -> dict:
+def describe(session: Session, issue: Issue, settings: Settings) -> dict:
     """The issue as plain data (the API and `--json`), items in reading order."""
     items = list(
         session.scalars(
@@ -341,7 +361,7 @@ def describe(session: Session, issue: Issue, rt) -> dict:
         "created_at": iso(issue.created_at),
         "started_at": iso(issue.started_at),
         "finished_at": iso(issue.finished_at),
-        "archive_url": rt.links.archive(issue.id) if issue.status in SENT else None,
+        "archive_url": archive_url(settings, issue.id) if issue.status in SENT else None,
         "items": [
             {
                 "id": i.id,
@@ -363,20 +383,26 @@ def describe(session: Session, issue: Issue, rt) -> dict:
 TEMPLATE_VARIABLES = EDITOR_VARIABLES + ("name",)
 
 
-def preview(session: Session, issue: Issue, sections: str, rt) -> tuple[str, str, str]:
+def preview(
+    session: Session, issue: Issue, sections: str, settings: Settings
+) -> tuple[str, str, str]:
     """render_preview, or NotFound when readers of `sections` would get no articles."""
-    rendered = render_preview(session, issue, sections, rt.settings)
+    rendered = render_preview(session, issue, sections, settings)
     if rendered is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
     return rendered
 
 
 def test_messages(
-    session: Session, rt, issue: Issue, addresses: Iterable[str], sections: str = "", test=True
-):
+    session: Session,
+    settings: Settings,
+    issue: Issue,
+    addresses: Iterable[str],
+    sections: str = "",
+    test: bool = True,
+) -> list[Outgoing]:
     """The preview as ready-to-send messages, one per address (subject marked as a test)."""
-    subject, html, text = preview(session, issue, sections, rt)
-    settings = rt.settings
+    subject, html, text = preview(session, issue, sections, settings)
     sender = settings.from_address
     out = []
     for address in addresses:

@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.errors import InvalidTransition, NotFound, ValidationError
 from mailer.models import (
     Article,
@@ -50,7 +51,7 @@ def check_frequency(raw) -> Frequency:
         raise ValidationError("frequency", "The frequency must be weekly or daily.") from None
 
 
-def check_sections(raw, settings) -> str:
+def check_sections(raw, settings: Settings) -> str:
     """An issue's audience sections, by the same rule as readers' choices."""
     return parse_sections(raw, settings.section_labels)
 

@@ -20,6 +20,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.models import Article, ArticleStat, VisitorSeen
 from mailer.services.articles import dialect_insert
 
@@ -93,7 +94,7 @@ def utc_day(at: datetime) -> date:
     return at.astimezone(UTC).date()
 
 
-def day_weights(settings, days: int) -> list[float]:
+def day_weights(settings: Settings, days: int) -> list[float]:
     """Weight of each day of the window, today first: MAILER_POPULARITY_WEIGHTS (the last
     given weight repeats), or by default a linear decay from 1 (today) to 1/days."""
     given = list(settings.popularity_weights)
@@ -107,8 +108,10 @@ def _is_scanner(at: datetime, delivered_at: datetime | None, seconds: int) -> bo
     return delivered_at is not None and (at - delivered_at).total_seconds() < seconds
 
 
-class _Store:
-    def __init__(self, settings):
+class Popularity:
+    """What both stores do: count views and clicks, rank, roll up (the stores differ below)."""
+
+    def __init__(self, settings: Settings):
         self.settings = settings
 
     def record_click(self, session: Session, article_id: int, visitor: str, at: datetime,
@@ -161,7 +164,7 @@ def _existing(session: Session, ids: list[int]) -> list[int]:
     return found
 
 
-class SqlPopularity(_Store):
+class SqlPopularity(Popularity):
     """The embedded mode's store: every counted view is a row in SQL at once."""
 
     def _count(self, session: Session, article_id: int, visitor: str, at: datetime,
@@ -205,7 +208,7 @@ class SqlPopularity(_Store):
         )
 
 
-class RedisPopularity(_Store):
+class RedisPopularity(Popularity):
     """Production store: one Lua call per view (de-duplicate, count, expire) on Redis."""
 
     # KEYS: the day's seen-set, the day's counter, the day's readers per network and article.
@@ -225,7 +228,7 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-    def __init__(self, settings, client):
+    def __init__(self, settings: Settings, client):
         super().__init__(settings)
         self.redis = client
         self._script = client.register_script(self._COUNT)
@@ -289,7 +292,7 @@ return 1
         return len(ids)
 
 
-def store_from_settings(settings):
+def store_from_settings(settings: Settings) -> Popularity:
     """Redis when MAILER_REDIS_URL is set, SQL in the embedded mode."""
     if settings.redis_url:
         import redis

@@ -188,7 +188,7 @@ def item_view(item: IssueItem, link: str) -> ItemView:
     )
 
 
-def article_sections(article, settings) -> set[str]:
+def article_sections(article, settings: Settings) -> set[str]:
     from mailer.services.articles import sections_for
 
     return set(sections_for(article.categories or [], settings))
@@ -205,7 +205,9 @@ def visible_items(session: Session, issue: Issue) -> list[IssueItem]:
     )
 
 
-def build_variant(session: Session, issue: Issue, sections: str, settings, link) -> Variant:
+def build_variant(
+    session: Session, issue: Issue, sections: str, settings: Settings, link
+) -> Variant:
     """The items readers of `sections` ('' = every section) get, as views."""
     wanted = set(sections_list(sections))
     variant = Variant(issue)
@@ -230,7 +232,7 @@ def issue_date(issue: Issue) -> str:
     return f"{when.day} {when:%B %Y}"
 
 
-def editor_values(issue: Issue, variant: Variant, settings) -> dict:
+def editor_values(issue: Issue, variant: Variant, settings: Settings) -> dict:
     items = variant.items
     return {
         "list_name": settings.list_name,
@@ -253,7 +255,7 @@ class Rendered:
     intro_text: str
 
 
-def render_editor_fields(issue: Issue, variant: Variant, settings, name: str) -> Rendered:
+def render_editor_fields(issue: Issue, variant: Variant, settings: Settings, name: str) -> Rendered:
     values = editor_values(issue, variant, settings)
     subject = one_line(editor_text("subject", issue.subject or "", values), 300)
     subject = subject or settings.list_name

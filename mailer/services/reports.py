@@ -10,6 +10,7 @@ from sqlalchemy import Integer, and_, case, cast, distinct, func, select
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.models import (
     Article,
     Click,
@@ -261,7 +262,9 @@ class Warning:
     issue_id: int | None = None
 
 
-def warnings(session: Session, settings, recent: list[dict] | None = None) -> list[Warning]:
+def warnings(
+    session: Session, settings: Settings, recent: list[dict] | None = None
+) -> list[Warning]:
     """What an operator should fix or look at, most important first."""
     out: list[Warning] = []
     if not settings.postal_address:
@@ -303,7 +306,7 @@ def warnings(session: Session, settings, recent: list[dict] | None = None) -> li
 # --- one issue ------------------------------------------------------------------------------
 
 
-def audience(session: Session, issue: Issue, settings) -> dict:
+def audience(session: Session, issue: Issue, settings: Settings) -> dict:
     """Who would get the issue if it were sent now: readers, and readers left out because
     none of the issue's articles is in their sections (the delivery engine's own rules)."""
     readers = no_items = 0

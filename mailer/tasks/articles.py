@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from celery import shared_task
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.db import db
 from mailer.feeds import FeedError, Fetched, FetchState, Http, Source, source_for
 from mailer.runtime import runtime
@@ -18,7 +19,7 @@ from mailer.services.articles import SyncReport
 log = logging.getLogger(__name__)
 
 
-def http_client(settings) -> Http:
+def http_client(settings: Settings) -> Http:
     return Http(timeout=settings.feed_timeout, max_bytes=settings.feed_max_bytes,
                 user_agent=f"mailer feed reader (+{settings.base_url})")
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 from celery import shared_task
 from sqlalchemy import select
 
 from mailer.db import db
 from mailer.mail.compiled import CompiledVariant
-from mailer.mail.transport import transport_from_settings
+from mailer.mail.transport import Transport, transport_from_settings
 from mailer.models import IssueVariant
-from mailer.runtime import runtime
+from mailer.runtime import Runtime, runtime
 from mailer.services import deliveries
 from mailer.services.deliveries import Batch
 from mailer.services.delivery_batches import BatchRunner
@@ -34,14 +35,14 @@ _compiled: dict[tuple[int, int], tuple[object, CompiledVariant]] = {}
 _compiled_lock = threading.Lock()
 
 
-def _transport(rt):
+def _transport(rt: Runtime) -> Transport:
     if getattr(_local, "pid", None) != os.getpid() or getattr(_local, "rt", None) is not rt:
         _local.transport = transport_from_settings(rt.settings)
         _local.pid, _local.rt = os.getpid(), rt
     return _local.transport
 
 
-def _variants(rt):
+def _variants(rt: Runtime) -> Callable[[int], CompiledVariant]:
     """variant id -> CompiledVariant, compiled once per process (checked once per batch)."""
     seen: dict[int, CompiledVariant] = {}
 
@@ -54,7 +55,7 @@ def _variants(rt):
             cached = _compiled.get(key)
             if cached is None or cached[0] != created:
                 v = s.get(IssueVariant, variant_id)
-                compiled = CompiledVariant.of(v, rt)
+                compiled = rt.compile(v)
                 with _compiled_lock:
                     if len(_compiled) >= 64:
                         _compiled.clear()

@@ -17,6 +17,7 @@ from celery import shared_task
 from sqlalchemy.exc import IntegrityError
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
@@ -49,7 +50,7 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
                 return None
             run = schedules.claim_period(s, schedule, period, reason)
             issue = digests.create_issue(
-                s, rt, now=now,
+                s, rt.settings, rt.popularity, now=now,
                 subject=schedule.subject or None,
                 audience_frequency=schedule.audience_frequency,
                 audience_sections=schedule.audience_sections,
@@ -130,7 +131,7 @@ def sweep_reports(now: datetime | None = None) -> int:
     return len(owed)
 
 
-def _mail(settings, report: dict) -> None:
+def _mail(settings: Settings, report: dict) -> None:
     rt = runtime()
     text, html = render_pair("schedule_report", report=report, list_name=settings.list_name,
                              postal_address=settings.postal_address)

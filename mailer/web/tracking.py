@@ -29,14 +29,15 @@ PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRA
 @bp.route("/t/<token>/<int:item_id>", methods=["GET", "HEAD"])
 def click(token: str, item_id: int):
     rt = runtime()
-    target = clicks.resolve(db.session, rt, token, item_id)
+    target = clicks.resolve(db.session, rt.tokens, token, item_id)
     url = target.url
     # HEAD is a link checker asking whether the link works, not a reader: never counted.
     if request.method == "GET":
         try:
             clicks.record(
                 db.session,
-                rt,
+                rt.tokens,
+                rt.popularity,
                 target,
                 ip=client_ip(),
                 user_agent=request.headers.get("User-Agent", ""),
@@ -60,7 +61,7 @@ def open_pixel(token: str):
     if request.method == "GET":
         try:
             ua = request.headers.get("User-Agent", "")
-            clicks.record_open(db.session, rt, token, user_agent=ua, at=utcnow())
+            clicks.record_open(db.session, rt.tokens, token, user_agent=ua, at=utcnow())
             db.session.commit()
         except SQLAlchemyError:
             db.session.rollback()

@@ -32,7 +32,7 @@ def compose(app) -> int:
                 )
             )
         s.flush()
-        issue = digests.create_issue(s, rt, now=now, subject="The bridge: {{ top_story }}")
+        issue = digests.create_issue(s, rt.settings, rt.popularity, now=now, subject="The bridge: {{ top_story }}")
         assert str(issue.status) == "draft"
         return issue.id
 

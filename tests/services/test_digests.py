@@ -49,7 +49,7 @@ def items(issue: Issue, section: ItemSection | None = None) -> list[str]:
 
 def create(rt, now: datetime, **kw) -> Issue:
     with time_machine.travel(now, tick=False):
-        issue = digests.create_issue(db.session, rt, now=now, **kw)
+        issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now, **kw)
         db.session.commit()
     return issue
 
@@ -162,7 +162,7 @@ def test_pinned_items_stay_and_excluded_ones_stay_out_when_recomposing(app):
     add_article(db.session, "Charlie", at(5, 15))
     db.session.commit()
     with time_machine.travel(at(5, 16), tick=False):
-        digests.recompose(db.session, rt, issue.id, now=at(5, 16))
+        digests.recompose(db.session, rt.settings, rt.popularity, issue.id, now=at(5, 16))
         db.session.commit()
     assert items(issue, ItemSection.LATEST) == ["Alpha", "Charlie"]
     assert items(issue, ItemSection.POPULAR) == ["Old but gold"]
@@ -222,7 +222,7 @@ def test_only_draft_and_scheduled_issues_can_be_edited(app):
         lambda: issue_edits.pin(db.session, issue.id, article.id),
         lambda: issue_edits.exclude(db.session, issue.id, article.id),
         lambda: issue_edits.move(db.session, issue.id, item_id, 0),
-        lambda: digests.recompose(db.session, rt, issue.id),
+        lambda: digests.recompose(db.session, rt.settings, rt.popularity, issue.id),
     ]
     for edit in edits:
         with pytest.raises(Conflict, match="only draft or scheduled issues can be edited"):
@@ -244,7 +244,8 @@ def test_one_issue_per_schedule_and_period(app):
     assert (first.schedule_id, first.period_start) == (schedule.id, at(6, 6))
     with pytest.raises(IntegrityError):
         digests.create_issue(
-            db.session, rt, now=at(6, 6), schedule_id=schedule.id, period_start=at(6, 6)
+            db.session, rt.settings, rt.popularity, now=at(6, 6), schedule_id=schedule.id,
+            period_start=at(6, 6),
         )
     db.session.rollback()
     assert db.session.scalar(select(func.count()).select_from(Issue)) == 1

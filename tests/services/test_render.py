@@ -22,7 +22,7 @@ NOW = datetime(2026, 11, 16, 7, 0, tzinfo=UTC)
 
 def _issue(rt, **kw):
     kw.setdefault("popular_m", 0)
-    issue = digests.create_issue(db.session, rt, now=NOW, **kw)
+    issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=NOW, **kw)
     db.session.commit()
     return issue
 
@@ -190,7 +190,7 @@ def test_the_sandbox_refuses_editor_text_that_reaches_further(app, field, source
     kept = issue_edits.get_issue(db.session, issue.id)
     assert (kept.intro, kept.subject) == ("Plain intro", digests.DEFAULT_SUBJECT)
     with pytest.raises(ValidationError):
-        digests.create_issue(db.session, rt, now=NOW, **{field: source})
+        digests.create_issue(db.session, rt.settings, rt.popularity, now=NOW, **{field: source})
     db.session.rollback()
 
 
@@ -233,7 +233,7 @@ def test_every_rendered_message_parses_strictly_with_short_lines(app, env):
         msg = _strict(build(rt, subject, html, text))
         assert ph.PREFIX not in msg.get_body(("html",)).get_content()
         assert msg["Subject"] == subject
-    (test,) = digests.test_messages(db.session, rt, issue, ["editor@daily.example"])
+    (test,) = digests.test_messages(db.session, rt.settings, issue, ["editor@daily.example"])
     assert _strict(test.data)["Subject"].startswith("[Test] The Daily Test: ")
 
 

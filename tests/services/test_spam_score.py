@@ -41,7 +41,7 @@ def test_the_default_digest_scores_at_most_one(app, env, tmp_path):
         for v in range(n + 2):
             rt.popularity.record_view(db.session, article.id, f"visitor-{n}-{v}", NOW)
     db.session.commit()
-    issue = digests.create_issue(db.session, rt, now=NOW)
+    issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=NOW)
     db.session.commit()
     assert len(issue.items) >= 8  # a realistic issue: Latest and Most popular, with images
 

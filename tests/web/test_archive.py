@@ -37,7 +37,7 @@ def _issue(rt, titles, *, status=IssueStatus.FINISHED, intro=""):
     now = _START + timedelta(hours=next(_hours))
     for n, title in enumerate(titles):
         add_article(db.session, title, now - timedelta(minutes=n + 1))
-    issue = digests.create_issue(db.session, rt, now=now, popular_m=0, intro=intro)
+    issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now, popular_m=0, intro=intro)
     if status == IssueStatus.FINISHED:
         mark_sent(db.session, issue, now + timedelta(minutes=5))
     elif status == IssueStatus.SENDING:
@@ -201,7 +201,7 @@ def test_an_issue_sent_by_the_delivery_engine_is_in_the_archive(app, worker, smt
             Subscriber(email=readers[1], status=SubscriberStatus.ACTIVE),
         ]
     )
-    issue = digests.create_issue(db.session, rt, now=now, popular_m=0, intro="Hi {{ name }}!")
+    issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now, popular_m=0, intro="Hi {{ name }}!")
     issue_id = issue.id
     db.session.commit()
     started = deliveries.start_send(db.session, issue_id, settings=rt.settings)

@@ -36,7 +36,7 @@ def _sent_issue(
     now = utcnow()
     for n, title in enumerate(titles):
         add_article(db.session, title, now - timedelta(hours=n + 1))
-    issue = digests.create_issue(db.session, rt, now=now, popular_m=0, audience_frequency=frequency)
+    issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now, popular_m=0, audience_frequency=frequency)
     mark_sent(db.session, issue, now - sent_ago)
     reader = Subscriber(email=make_email(), status=SubscriberStatus.ACTIVE)
     db.session.add(reader)

@@ -92,7 +92,7 @@ def create():
     form = request.form
     settings = rt.settings
     issue = digests.create_issue(
-        db.session, rt, now=utcnow(),
+        db.session, rt.settings, rt.popularity, now=utcnow(),
         audience_frequency=issue_edits.check_frequency(form.get("frequency") or "weekly"),
         audience_sections=form.getlist("sections"),
         latest_n=_count(form, "latest", settings.digest_latest),
@@ -250,7 +250,8 @@ def add_article(issue_id: int, article_id: int):
 @auth.login_required(*EDITOR_ROLES)
 def recompose(issue_id: int):
     try:
-        digests.recompose(db.session, runtime(), issue_id, now=utcnow())
+        rt = runtime()
+        digests.recompose(db.session, rt.settings, rt.popularity, issue_id, now=utcnow())
         db.session.commit()
     except InvalidTransition as e:
         return _refused(issue_id, e)
@@ -262,7 +263,7 @@ def _preview(issue_id: int):
     rt = runtime()
     issue = issue_edits.get_issue(db.session, issue_id)
     sections = issue_edits.check_sections(request.args.get("sections", ""), rt.settings)
-    return digests.preview(db.session, issue, sections, rt)
+    return digests.preview(db.session, issue, sections, rt.settings)
 
 
 @bp.get("/<int:issue_id>/preview.html")

@@ -61,16 +61,18 @@ def _section(value) -> ItemSection | None:
 
 
 def _describe(issue) -> dict:
-    return digests.describe(db.session, issue, runtime())
+    return digests.describe(db.session, issue, runtime().settings)
 
 
 @bp.post("/issues")
 def create():
     user = bearer_user(Role.EDITOR)
     data = request_data()
+    rt = runtime()
     issue = digests.create_issue(
         db.session,
-        runtime(),
+        rt.settings,
+        rt.popularity,
         now=utcnow(),
         subject=data.get("subject"),
         preheader=data.get("preheader") or "",
@@ -132,7 +134,8 @@ def edit(issue_id: int):
 @bp.post("/issues/<int:issue_id>/recompose")
 def recompose(issue_id: int):
     bearer_user(Role.EDITOR)
-    issue = digests.recompose(db.session, runtime(), issue_id, now=utcnow())
+    rt = runtime()
+    issue = digests.recompose(db.session, rt.settings, rt.popularity, issue_id, now=utcnow())
     db.session.commit()
     return jsonify(_describe(issue))
 
@@ -188,7 +191,7 @@ def preview(issue_id: int):
     rt = runtime()
     issue = issue_edits.get_issue(db.session, issue_id)
     sections = issue_edits.check_sections(request.args.get("sections", ""), rt.settings)
-    subject, html, text = digests.preview(db.session, issue, sections, rt)
+    subject, html, text = digests.preview(db.session, issue, sections, rt.settings)
     fmt = request.args.get("format", "json")
     if fmt == "html":
         # A preview is shown to the editor as is; it must not run anything on our origin.

@@ -238,7 +238,7 @@ def seed_console(rt) -> dict:
     add_readers(4, prefix="recent", at=now - timedelta(days=3), sections="sport")
     add_readers(2, prefix="gone", status="unsubscribed", at=now - timedelta(days=9))
     ingest_feeds("dcrainmaker.xml", "wirecutter.xml")
-    sent = digests.create_issue(db.session, rt, now=now - timedelta(days=2), popular_m=0,
+    sent = digests.create_issue(db.session, rt.settings, rt.popularity, now=now - timedelta(days=2), popular_m=0,
                                 subject="Weekly: {{ top_story }}")
     deliveries.start_send(db.session, sent.id, settings=rt.settings)
     after_commit.take(db.session)  # no worker sends it: the rows are set as sent below
@@ -250,7 +250,7 @@ def seed_console(rt) -> dict:
     db.session.add_all([Click(issue_id=sent.id, item_id=first_item, delivery_id=r.id)
                         for r in rows[:4]])
     sent.status, sent.finished_at = IssueStatus.FINISHED, now - timedelta(days=2)
-    draft = digests.create_issue(db.session, rt, now=now, min_items=0,
+    draft = digests.create_issue(db.session, rt.settings, rt.popularity, now=now, min_items=0,
                                  intro="Good morning, {{ name }}!")
     db.session.add(SubscriberImport(filename="book-fair.csv", source="Book fair 2025",
                                     status="finished", total=120, done=120, added=117,

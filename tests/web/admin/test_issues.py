@@ -310,7 +310,7 @@ def test_the_report_counts_deliveries_clicks_and_bounces(app, client):
     a, _ = stories("Read me", "Skip me")
     add_readers(4)
     rt = app.extensions["mailer"]
-    made = digests.create_issue(db.session, rt, now=utcnow(), subject="Weekly report test")
+    made = digests.create_issue(db.session, rt.settings, rt.popularity, now=utcnow(), subject="Weekly report test")
     deliveries.start_send(db.session, made.id, settings=rt.settings)
     after_commit.take(db.session)  # no worker sends it: the rows are set as sent below
     rows = list(db.session.scalars(select(Delivery).order_by(Delivery.id)))
@@ -349,7 +349,7 @@ def test_the_report_counts_deliveries_clicks_and_bounces(app, client):
 def test_issues_list_filters_and_pages(app, client):
     rt = app.extensions["mailer"]
     for _ in range(27):
-        digests.create_issue(db.session, rt, now=utcnow())  # nothing new: skipped
+        digests.create_issue(db.session, rt.settings, rt.popularity, now=utcnow())  # nothing new: skipped
     db.session.commit()
     login(client, Role.OPS, "ops@daily.example")
     page = text_of(client.get("/admin/issues"))

@@ -91,7 +91,7 @@ def test_a_readers_page_shows_consent_deliveries_and_history(app, client):
     subs.confirm(db.session, sub.uid, email)
     add_article(db.session, "A story", utcnow() - timedelta(hours=1))
     rt = app.extensions["mailer"]
-    issue = digests.create_issue(db.session, rt, now=utcnow(), subject="Weekly news")
+    issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=utcnow(), subject="Weekly news")
     deliveries.start_send(db.session, issue.id, settings=rt.settings)
     after_commit.take(db.session)  # the reader's history is what matters here, not the mail
     db.session.commit()

@@ -91,7 +91,7 @@ def _seed(app) -> tuple[str, dict]:
                             audience_frequency=Frequency.WEEKLY, audience_sections="",
                             subject="", latest_n=5, popular_m=2, min_items=1, active=True)
         db.session.add(schedule)
-        issue = digests.create_issue(db.session, runtime(), now=now, popular_m=0)
+        issue = digests.create_issue(db.session, runtime().settings, runtime().popularity, now=now, popular_m=0)
         admin = users.create_user(db.session, "admin@daily.example", "a long enough password",
                                   Role.ADMIN)
         token = users.create_api_token(db.session, admin, "openapi tests")
