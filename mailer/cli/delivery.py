@@ -28,7 +28,7 @@ def _status(ctx: Context, issue_id: int) -> dict:
 
 
 def _warn_if_not_handed_over(session) -> None:
-    """The commit hands the batches to the workers: say so if the broker took none."""
+    """The commit handed the batches to the workers: say so if the broker refused some."""
     from mailer.services import after_commit
 
     if after_commit.not_taken(session):
