@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def bench_render(size: int):
     """A render_variant stand-in: a digest-like message of about `size` bytes on the wire."""
 
-    def render(session, issue, sections, rt):
+    def render(session, issue, sections, settings):
         items, n = [], 0
         # HTML grows by about a tenth in quoted-printable; the text part is a fifth of it.
         html_target = int(size * 0.69)

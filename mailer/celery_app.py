@@ -9,9 +9,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from mailer.config import Settings
-
-SEND_QUEUE = "send"
-DEFAULT_QUEUE = "celery"
+from mailer.tasks.queues import DEFAULT_QUEUE, SEND_QUEUE
 
 
 def celery_config(settings: Settings) -> dict:
@@ -83,6 +81,7 @@ def celery_init_app(app) -> Celery:
     celery.config_from_object(celery_config(settings))
     celery.set_default()
     app.extensions["celery"] = celery
-    import mailer.tasks  # noqa: F401 - registers the shared tasks on this app
+    import mailer.tasks  # registers the shared tasks on this app
 
+    mailer.tasks.base.install_hand_over()
     return celery

@@ -1,14 +1,23 @@
-"""Settings read from MAILER_* environment variables and validated once at start."""
+"""Settings read from MAILER_* environment variables and validated once at start.
+
+One table, VARIABLES, says everything about each variable: the Settings attribute it sets,
+its default, its kind (how its text is read and checked, with the error message naming the
+variable), what it does, and where the README lists it. load_settings(), the Settings class,
+the console's settings page and the README's configuration tables all come from it, so a
+new setting is one entry here (and `scripts/settings-table` to rewrite the README's tables).
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field, fields, make_dataclass, replace
 from email.headerregistry import Address
 from email.utils import parseaddr
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
@@ -32,67 +41,404 @@ class SmtpSettings:
     timeout: float = 30.0
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every knob of the mailer; built by :func:`load_settings`, never mutated."""
+# --- kinds: how a variable's text becomes a value, and how a value is shown to people -----
 
-    instance_path: Path = DEFAULT_INSTANCE
-    database_url: str = ""
-    redis_url: str | None = None
-    smtp_url: str | None = None
-    base_url: str = "http://localhost:5000"
-    secret_key: str = ""
-    from_addr: str = "The Newsletter <newsletter@localhost>"
-    feeds: tuple[str, ...] = ()
-    rate_limit: float | None = None
-    dkim_key_file: str | None = None
-    dkim_selector: str | None = None
-    dkim_domain: str | None = None
-    proxy_hops: int = 0
-    postal_address: str | None = None
-    cors_origins: tuple[str, ...] = ()
-    tracking: bool = True
-    open_pixel: bool = False
-    bounce_domain: str | None = None
-    unsubscribe_mailto: str | None = None
-    welcome_email: bool = True
-    confirm_ttl_hours: int = 168
-    resend_cooldown_seconds: int = 600
-    form_min_seconds: float = 2.0
-    signup_limit_ip: str = "20 per minute;100 per hour"
-    signup_limit_address: str = "5 per hour"
-    max_body_bytes: int = 64 * 1024
-    sections: tuple[tuple[str, str], ...] = ()
-    section_map: tuple[tuple[str, str], ...] = ()
-    popularity_days: int = 7
-    popularity_weights: tuple[float, ...] = ()
-    scanner_seconds: int = 30
-    feed_sync_minutes: int = 10
-    tick_seconds: float = 30.0
-    feed_timeout: float = 20.0
-    feed_max_bytes: int = 10 * 1024 * 1024
-    schedule_grace_hours: float = 6.0
-    ops_email: str | None = None
-    report_webhook: str | None = None
-    list_id: str | None = None
-    # Delivery engine (issue sends): see mailer/services/deliveries.py.
-    dkim_ed25519_key_file: str | None = None  # a second signature beside the RSA one
-    dkim_ed25519_selector: str | None = None
-    send_batch: int = 500  # deliveries per Celery task
-    send_window: int = 8  # batches of one issue queued or running at a time
-    send_group: int = 25  # messages claimed per step: what a crash can leave uncertain
-    send_lease_seconds: float = 600.0  # after this, a stuck claim is swept
-    retry_base_seconds: float = 300.0  # first retry after a temporary failure; then x4
-    retry_tries: int = 5  # tries before a temporary failure becomes permanent
-    pause_errors: int = 100  # failed messages (and 20% of those tried) that pause an issue
-    # Digest composition defaults: N latest, M most popular, skip below K new items.
-    digest_latest: int = 10
-    digest_popular: int = 5
-    digest_min_items: int = 1
-    # Set by load_settings: True when MAILER_REDIS_URL is unset (SQLite, embedded broker).
-    embedded: bool = True
-    # Anything the tests or an embedding program want to pass to Flask's config.
-    extra: dict = field(default_factory=dict)
+
+def _plain(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Kind:
+    type: str  # the Settings attribute's type, as written in an annotation
+    read: Callable[[str, str], object]  # (variable name, its text) -> value, or ConfigError
+    show: Callable[[object], str] = _plain  # value -> text for the console and the README
+
+
+def _on_off(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be on or off, not {value!r}")
+
+
+def _number(name: str, value: str, kind=float, minimum: float | None = 0):
+    try:
+        n = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {value!r}") from None
+    if minimum is not None and n < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value!r}")
+    return n
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in value.split(",") if p.strip())
+
+
+def _pairs(name: str, value: str, sep: str = "=") -> tuple[tuple[str, str], ...]:
+    out = []
+    for part in _list(value):
+        key, s, val = part.partition(sep)
+        if not s or not key.strip() or not val.strip():
+            raise ConfigError(f"{name} entries look like key{sep}value, not {part!r}")
+        out.append((key.strip(), val.strip()))
+    return tuple(out)
+
+
+def _check_url(name: str, value: str, schemes: set[str]) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ConfigError(f"{name} is not a valid URL: {value!r}") from None
+    if parts.scheme not in schemes or not parts.netloc:
+        allowed = " or ".join(sorted(schemes))
+        raise ConfigError(f"{name} must be a {allowed} URL, not {value!r}")
+    return value
+
+
+def hide_password(url: str | None) -> str:
+    """A URL as the console shows it: any password replaced by dots."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":•••@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def number(kind: type = float, minimum: float = 0) -> Kind:
+    return Kind(kind.__name__, lambda name, raw: _number(name, raw, kind, minimum))
+
+
+def url(*schemes: str) -> Kind:
+    return Kind("str", lambda name, raw: _check_url(name, raw, set(schemes)), hide_password)
+
+
+TEXT = Kind("str", lambda name, raw: raw)
+ON_OFF = Kind("bool", _on_off, lambda v: "on" if v else "off")
+LIST = Kind("tuple[str, ...]", lambda name, raw: _list(raw), ", ".join)
+PAIRS = Kind("tuple[tuple[str, str], ...]", _pairs,
+             lambda v: ", ".join(f"{k}={label}" for k, label in v))
+
+
+def parse_smtp_url(url: str) -> SmtpSettings:
+    """Parse ``smtp://[user:pass@]host:port[?tls=starttls|ssl]``."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"MAILER_SMTP_URL is not a valid URL: {url!r}") from None
+    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
+        raise ConfigError(f"MAILER_SMTP_URL must look like smtp://host:port, not {url!r}")
+    query = parse_qs(parts.query)
+    tls = query.get("tls", ["ssl" if parts.scheme == "smtps" else "none"])[0]
+    if tls not in {"none", "starttls", "ssl"}:
+        raise ConfigError(f"MAILER_SMTP_URL tls must be starttls or ssl, not {tls!r}")
+    timeout = _number("MAILER_SMTP_URL timeout", query.get("timeout", ["30"])[0])
+    return SmtpSettings(
+        host=parts.hostname,
+        port=port or (465 if tls == "ssl" else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        tls=tls,
+        timeout=timeout,
+    )
+
+
+def _read_smtp_url(name: str, raw: str) -> str:
+    parse_smtp_url(raw)  # checked now, parsed again where it is used (Settings.smtp)
+    return raw
+
+
+def _show_smtp(url: str | None) -> str:
+    if not url:
+        return ""
+    smtp = parse_smtp_url(url)
+    user = f", user {smtp.username}" if smtp.username else ""
+    return f"{smtp.host}:{smtp.port} (TLS: {smtp.tls}{user})"
+
+
+def _read_database_url(name: str, raw: str) -> str:
+    try:
+        make_url(raw)
+    except ArgumentError:
+        raise ConfigError(f"{name} is not a SQLAlchemy URL: {raw!r}") from None
+    if raw.startswith("postgresql://"):
+        # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
+        return "postgresql+psycopg://" + raw[len("postgresql://") :]
+    return raw
+
+
+def _read_from(name: str, raw: str) -> str:
+    _display, addr = parseaddr(raw)
+    if "@" not in addr or any(c in raw for c in "\r\n"):
+        raise ConfigError(f"{name} must look like 'Name <address>', not {raw!r}")
+    return raw
+
+
+def _read_secret(name: str, raw: str) -> str:
+    if len(raw) < 16:
+        raise ConfigError(f"{name} must be at least 16 characters long")
+    return raw
+
+
+def _read_rate(name: str, raw: str) -> float | None:
+    return _number(name, raw) or None  # 0 = unlimited
+
+
+INSTANCE = Kind("Path", lambda name, raw: Path(raw).resolve())
+BASE_URL = Kind("str", lambda name, raw: _check_url(name, raw, {"http", "https"}).rstrip("/"))
+DATABASE = Kind("str", _read_database_url, hide_password)
+SMTP = Kind("str", _read_smtp_url, _show_smtp)
+SENDER = Kind("str", _read_from)
+SECRET = Kind("str", _read_secret, lambda v: "set" if v else "")
+RATE = Kind("float", _read_rate, lambda v: f"{v:g} per second" if v else "")
+ORIGINS = Kind("tuple[str, ...]", lambda name, raw: tuple(o.rstrip("/") for o in _list(raw)),
+               ", ".join)
+WEIGHTS = Kind("tuple[float, ...]", lambda name, raw: tuple(_number(name, w) for w in _list(raw)),
+               lambda v: ",".join(f"{w:g}" for w in v))
+
+
+# --- defaults that depend on other settings, and checks across settings ------------------
+
+
+def _database_default(values: dict) -> str:
+    if values["redis_url"]:
+        raise ConfigError("MAILER_DATABASE_URL is required when MAILER_REDIS_URL is set")
+    return f"sqlite:///{values['instance_path'] / 'mailer.sqlite'}"
+
+
+def _secret_default(values: dict) -> str:
+    """Generate the embedded mode's signing key once and keep it in the instance folder."""
+    if values["redis_url"]:
+        raise ConfigError("MAILER_SECRET_KEY is required outside embedded mode")
+    instance = values["instance_path"]
+    path = instance / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    instance.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+def _check_section_map(values: dict) -> None:
+    known = {slug for slug, _label in values["sections"]}
+    for category, slug in values["section_map"]:
+        if slug not in known:
+            raise ConfigError(f"MAILER_SECTION_MAP maps {category!r} to unknown section {slug!r}")
+
+
+def _key_file_exists(name: str, path: str) -> None:
+    if not Path(path).is_file():
+        raise ConfigError(f"{name} {path!r} does not exist")
+
+
+def _check_dkim(values: dict) -> None:
+    if not values["dkim_key_file"]:
+        return
+    if not (values["dkim_selector"] and values["dkim_domain"]):
+        raise ConfigError("MAILER_DKIM_KEY_FILE needs MAILER_DKIM_SELECTOR and MAILER_DKIM_DOMAIN")
+    _key_file_exists("MAILER_DKIM_KEY_FILE", values["dkim_key_file"])
+
+
+def _check_dkim_ed25519(values: dict) -> None:
+    if not values["dkim_ed25519_key_file"]:
+        return
+    if not (values["dkim_domain"] and (values["dkim_ed25519_selector"] or values["dkim_selector"])):
+        raise ConfigError(
+            "MAILER_DKIM_ED25519_KEY_FILE needs MAILER_DKIM_DOMAIN and MAILER_DKIM_ED25519_SELECTOR"
+        )
+    _key_file_exists("MAILER_DKIM_ED25519_KEY_FILE", values["dkim_ed25519_key_file"])
+
+
+# --- the table ----------------------------------------------------------------------------
+
+# The topics variables are grouped by: a table in the README's section of that topic, and a
+# table on the console's settings page.
+GENERAL, ARTICLES, SENDING, DIGESTS, SCHEDULES = (
+    "general", "articles", "sending", "digests", "schedules"
+)
+GROUPS = {
+    GENERAL: "General",
+    ARTICLES: "Articles and popularity",
+    SENDING: "Sending",
+    DIGESTS: "Digest issues",
+    SCHEDULES: "Scheduled digests",
+}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One MAILER_* environment variable."""
+
+    name: str
+    attr: str  # the Settings attribute it sets
+    # The value when the variable is unset, or a function of the settings read so far (in
+    # table order) that returns it or raises ConfigError.
+    default: object
+    kind: Kind
+    help: str  # what it does, for the console and the README (`code` in backquotes)
+    _: KW_ONLY
+    group: str = GENERAL
+    check: Callable[[dict], None] | None = None  # sees every setting; ConfigError if amiss
+    default_text: str | None = None  # the README's default, where the value would not say it
+
+    def shown(self, settings: Settings) -> str:
+        """The value in effect as the console shows it (no passwords, no secret key)."""
+        return self.kind.show(getattr(settings, self.attr))
+
+    @property
+    def documented_default(self) -> str:
+        """The default as the README gives it: text in backquotes, nothing as "none"."""
+        if self.default_text is not None:
+            return self.default_text
+        if self.default is None or self.default == ():
+            return "none"
+        shown = self.kind.show(self.default)
+        return f"`{shown}`" if isinstance(self.default, str) else shown
+
+
+VARIABLES: tuple[Variable, ...] = (
+    Variable("MAILER_INSTANCE_PATH", "instance_path", DEFAULT_INSTANCE, INSTANCE,
+             "folder for local state: the SQLite files (database, embedded broker), the outbox, a "
+             "generated secret", default_text="`instance/` beside the package"),
+    Variable("MAILER_REDIS_URL", "redis_url", None, url("redis", "rediss", "unix"),
+             "Redis for broker, schedules, limits, popularity",
+             default_text="unset = embedded mode: no server needed"),
+    Variable("MAILER_DATABASE_URL", "database_url", _database_default, DATABASE,
+             "SQLAlchemy URL; `postgresql://` uses psycopg 3",
+             default_text="SQLite file in the instance folder"),
+    Variable("MAILER_SMTP_URL", "smtp_url", None, SMTP,
+             "`smtp://[user:pass@]host:port[?tls=starttls|ssl]` (`smtps://` = SSL)",
+             default_text="unset = local outbox, viewable in the console"),
+    Variable("MAILER_BASE_URL", "base_url", "http://localhost:5000", BASE_URL,
+             "public URL used in links",
+             default_text="`http://localhost:5000` (`mailer run` uses its own port)"),
+    Variable("MAILER_SECRET_KEY", "secret_key", _secret_default, SECRET,
+             "signing key for links and sessions; required outside embedded mode",
+             default_text="generated once into the instance folder"),
+    Variable("MAILER_FROM", "from_addr", "The Newsletter <newsletter@localhost>", SENDER,
+             "From header, e.g. `The Daily <news@example.com>`; its name is the list's name"),
+    Variable("MAILER_POSTAL_ADDRESS", "postal_address", None, TEXT,
+             "sender's postal address for the footer",
+             default_text="none (warned at start in production)"),
+    Variable("MAILER_FEEDS", "feeds", (), LIST,
+             "the site's RSS/Atom or WordPress REST URLs, comma-separated"),
+    Variable("MAILER_RATE_LIMIT", "rate_limit", None, RATE,
+             "messages per second, all workers together", default_text="unlimited"),
+    Variable("MAILER_DKIM_KEY_FILE", "dkim_key_file", None, TEXT,
+             "DKIM signing: the RSA private key (PEM)", check=_check_dkim, default_text="off"),
+    Variable("MAILER_DKIM_SELECTOR", "dkim_selector", None, TEXT, "DKIM selector of that key",
+             default_text="off"),
+    Variable("MAILER_DKIM_DOMAIN", "dkim_domain", None, TEXT, "DKIM signing domain",
+             default_text="off"),
+    Variable("MAILER_PROXY_HOPS", "proxy_hops", 0, number(int),
+             "reverse proxies in front of the web process whose `X-Forwarded-*` headers are "
+             "trusted"),
+    Variable("MAILER_CORS_ORIGINS", "cors_origins", (), ORIGINS,
+             "origins (e.g. `https://www.example.com`) whose pages may call the signup API and the "
+             "page-view beacon"),
+    Variable("MAILER_SECTIONS", "sections", (), PAIRS,
+             "sections readers can choose, `slug=Label,...`",
+             default_text="none (no choice offered)"),
+    Variable("MAILER_SECTION_MAP", "section_map", (), PAIRS,
+             "feed categories to sections, `Category=slug,...`; unmapped categories are ignored",
+             check=_check_section_map),
+    Variable("MAILER_WELCOME_EMAIL", "welcome_email", True, ON_OFF,
+             "send a welcome mail after confirmation (`on`/`off`)"),
+    Variable("MAILER_CONFIRM_TTL_HOURS", "confirm_ttl_hours", 168, number(int),
+             "how long confirmation and change-of-address links stay valid"),
+    Variable("MAILER_RESEND_COOLDOWN", "resend_cooldown_seconds", 600, number(int),
+             "seconds before a repeated signup of a pending address sends another confirmation"),
+    Variable("MAILER_FORM_MIN_SECONDS", "form_min_seconds", 2.0, number(float),
+             "a signup form posted sooner after it was shown is refused as a bot"),
+    Variable("MAILER_SIGNUP_LIMIT_IP", "signup_limit_ip", "20 per minute;100 per hour", TEXT,
+             "signup and resend rate limit per IP address (form and API together)"),
+    Variable("MAILER_SIGNUP_LIMIT_ADDRESS", "signup_limit_address", "5 per hour", TEXT,
+             "signup and resend rate limit per address"),
+    Variable("MAILER_MAX_BODY_BYTES", "max_body_bytes", 64 * 1024, number(int),
+             "largest request body on public pages and the API"),
+    Variable("MAILER_UNSUBSCRIBE_MAILTO", "unsubscribe_mailto", None, TEXT,
+             "address added as a `mailto:` to `List-Unsubscribe`"),
+    Variable("MAILER_LIST_ID", "list_id", None, TEXT, "the `List-Id` identifier",
+             default_text="`newsletter.<sender domain>`"),
+    Variable("MAILER_TRACKING", "tracking", True, ON_OFF,
+             "tracked article links through `/t/...` (`on`/`off`)"),
+    Variable("MAILER_OPEN_PIXEL", "open_pixel", False, ON_OFF,
+             "an open-tracking pixel (`on`/`off`)"),
+    Variable("MAILER_BOUNCE_DOMAIN", "bounce_domain", None, TEXT,
+             "VERP envelope sender `bounces+TOKEN@` this domain"),
+    Variable("MAILER_OPS_EMAIL", "ops_email", None, TEXT,
+             "where scheduled-send summaries go by mail (comma-separated for several)"),
+    Variable("MAILER_REPORT_WEBHOOK", "report_webhook", None, url("http", "https"),
+             "where scheduled-send summaries are POSTed as JSON"),
+    # Articles and popularity.
+    Variable("MAILER_FEED_SYNC_MINUTES", "feed_sync_minutes", 10, number(int),
+             "how often the scheduler syncs `MAILER_FEEDS`", group=ARTICLES),
+    Variable("MAILER_FEED_TIMEOUT", "feed_timeout", 20.0, number(float),
+             "seconds a feed may take, also for the whole download", group=ARTICLES),
+    Variable("MAILER_FEED_MAX_BYTES", "feed_max_bytes", 10 * 1024 * 1024, number(int),
+             "largest feed (and largest pushed article body) read", group=ARTICLES,
+             default_text="10485760 (10 MB)"),
+    Variable("MAILER_SCANNER_SECONDS", "scanner_seconds", 30, number(int),
+             "clicks this soon after delivery are mail scanners, not readers", group=ARTICLES),
+    Variable("MAILER_POPULARITY_DAYS", "popularity_days", 7, number(int),
+             "days the popularity ranking looks back", group=ARTICLES),
+    Variable("MAILER_POPULARITY_WEIGHTS", "popularity_weights", (), WEIGHTS,
+             "weight of each day, today first (e.g. `1,0.8,0.6,0.4`; the last weight repeats)",
+             group=ARTICLES, default_text="linear from 1 today down to 1/7"),
+    # Sending.
+    Variable("MAILER_DKIM_ED25519_KEY_FILE", "dkim_ed25519_key_file", None, TEXT,
+             "a second, Ed25519 signature: its private key (PEM)", group=SENDING,
+             check=_check_dkim_ed25519, default_text="off"),
+    Variable("MAILER_DKIM_ED25519_SELECTOR", "dkim_ed25519_selector", None, TEXT,
+             "the Ed25519 key's selector", group=SENDING, default_text="`MAILER_DKIM_SELECTOR`"),
+    Variable("MAILER_SEND_BATCH", "send_batch", 500, number(int, minimum=1),
+             "rows per task", group=SENDING),
+    Variable("MAILER_SEND_WINDOW", "send_window", 8, number(int, minimum=1),
+             "tasks of one issue queued or running at a time", group=SENDING),
+    Variable("MAILER_SEND_GROUP", "send_group", 25, number(int, minimum=1),
+             "rows recorded per step: what a crash can leave uncertain", group=SENDING),
+    Variable("MAILER_SEND_LEASE", "send_lease_seconds", 600.0, number(float),
+             "seconds before stuck rows are swept", group=SENDING),
+    Variable("MAILER_RETRY_BASE", "retry_base_seconds", 300.0, number(float),
+             "first retry delay in seconds after a temporary failure (then ×4)", group=SENDING),
+    Variable("MAILER_RETRY_TRIES", "retry_tries", 5, number(int, minimum=1),
+             "tries before a temporary failure is final", group=SENDING),
+    Variable("MAILER_PAUSE_ERRORS", "pause_errors", 100, number(int),
+             "failures (and at least 20 % of tries) that pause an issue", group=SENDING),
+    Variable("MAILER_TICK_SECONDS", "tick_seconds", 30.0, number(float),
+             "how often the scheduler's housekeeping tick runs", group=SENDING),
+    # Digest issues and schedules.
+    Variable("MAILER_DIGEST_LATEST", "digest_latest", 10, number(int),
+             "N, latest articles per issue", group=DIGESTS),
+    Variable("MAILER_DIGEST_POPULAR", "digest_popular", 5, number(int),
+             "M, most popular articles per issue", group=DIGESTS),
+    Variable("MAILER_DIGEST_MIN_ITEMS", "digest_min_items", 1, number(int),
+             "K, skip an issue with fewer new articles", group=DIGESTS),
+    Variable("MAILER_SCHEDULE_GRACE_HOURS", "schedule_grace_hours", 6.0, number(float),
+             "a scheduled period less late than this is made up once; a later one is missed",
+             group=SCHEDULES),
+)
+
+
+# --- the settings ---------------------------------------------------------------------------
+
+
+class _Derived:
+    """What Settings work out from their variables."""
 
     @property
     def broker_url(self) -> str:
@@ -131,236 +477,70 @@ class Settings:
         return self.base_url.startswith("https://")
 
 
-def _bool(name: str, value: str) -> bool:
-    v = value.strip().lower()
-    if v in {"1", "true", "yes", "on"}:
-        return True
-    if v in {"0", "false", "no", "off"}:
-        return False
-    raise ConfigError(f"{name} must be on or off, not {value!r}")
+def _annotation(v: Variable) -> str:
+    return f"{v.kind.type} | None" if v.default is None else v.kind.type
 
 
-def _number(name: str, value: str, kind=float, minimum: float | None = 0):
-    try:
-        n = kind(value)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {value!r}") from None
-    if minimum is not None and n < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {value!r}")
-    return n
-
-
-def _list(value: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in value.split(",") if p.strip())
-
-
-def _pairs(name: str, value: str, sep: str) -> tuple[tuple[str, str], ...]:
-    out = []
-    for part in _list(value):
-        key, s, val = part.partition(sep)
-        if not s or not key.strip() or not val.strip():
-            raise ConfigError(f"{name} entries look like key{sep}value, not {part!r}")
-        out.append((key.strip(), val.strip()))
-    return tuple(out)
-
-
-def parse_smtp_url(url: str) -> SmtpSettings:
-    """Parse ``smtp://[user:pass@]host:port[?tls=starttls|ssl]``."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"MAILER_SMTP_URL is not a valid URL: {url!r}") from None
-    if parts.scheme not in {"smtp", "smtps"} or not parts.hostname:
-        raise ConfigError(f"MAILER_SMTP_URL must look like smtp://host:port, not {url!r}")
-    query = parse_qs(parts.query)
-    tls = query.get("tls", ["ssl" if parts.scheme == "smtps" else "none"])[0]
-    if tls not in {"none", "starttls", "ssl"}:
-        raise ConfigError(f"MAILER_SMTP_URL tls must be starttls or ssl, not {tls!r}")
-    timeout = _number("MAILER_SMTP_URL timeout", query.get("timeout", ["30"])[0])
-    return SmtpSettings(
-        host=parts.hostname,
-        port=port or (465 if tls == "ssl" else 25),
-        username=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        tls=tls,
-        timeout=timeout,
-    )
-
-
-def _check_url(name: str, value: str, schemes: set[str]) -> str:
-    try:
-        parts = urlsplit(value)
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ConfigError(f"{name} is not a valid URL: {value!r}") from None
-    if parts.scheme not in schemes or not parts.netloc:
-        allowed = " or ".join(sorted(schemes))
-        raise ConfigError(f"{name} must be a {allowed} URL, not {value!r}")
-    return value
-
-
-def _secret_from_instance(instance: Path) -> str:
-    """Generate the embedded mode's signing key once and keep it in the instance folder."""
-    path = instance / "secret_key"
-    if path.exists():
-        return path.read_text().strip()
-    instance.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key)
-    return key
-
-
-_SIMPLE = {
-    # env name: (field, parser)
-    "MAILER_SMTP_URL": ("smtp_url", str),
-    "MAILER_FROM": ("from_addr", str),
-    "MAILER_POSTAL_ADDRESS": ("postal_address", str),
-    "MAILER_DKIM_KEY_FILE": ("dkim_key_file", str),
-    "MAILER_DKIM_SELECTOR": ("dkim_selector", str),
-    "MAILER_DKIM_DOMAIN": ("dkim_domain", str),
-    "MAILER_BOUNCE_DOMAIN": ("bounce_domain", str),
-    "MAILER_UNSUBSCRIBE_MAILTO": ("unsubscribe_mailto", str),
-    "MAILER_SIGNUP_LIMIT_IP": ("signup_limit_ip", str),
-    "MAILER_SIGNUP_LIMIT_ADDRESS": ("signup_limit_address", str),
-    "MAILER_OPS_EMAIL": ("ops_email", str),
-    "MAILER_REPORT_WEBHOOK": ("report_webhook", str),
-    "MAILER_LIST_ID": ("list_id", str),
-    "MAILER_DKIM_ED25519_KEY_FILE": ("dkim_ed25519_key_file", str),
-    "MAILER_DKIM_ED25519_SELECTOR": ("dkim_ed25519_selector", str),
-}
+# Every knob of the mailer, one attribute per variable; built by load_settings, never mutated.
+Settings = make_dataclass(
+    "Settings",
+    [
+        (v.attr, _annotation(v), field(default="" if callable(v.default) else v.default))
+        for v in VARIABLES
+    ]
+    + [
+        # True when MAILER_REDIS_URL is unset (SQLite, embedded broker).
+        ("embedded", "bool", field(default=True)),
+        # Anything the tests or an embedding program want to pass to Flask's config.
+        ("extra", "dict", field(default_factory=dict)),
+    ],
+    bases=(_Derived,),
+    frozen=True,
+)
+Settings.__module__ = __name__
+Settings.__doc__ = "Every knob of the mailer (config.VARIABLES); built by load_settings()."
 
 
 def load_settings(environ: dict[str, str] | None = None, **overrides) -> Settings:
     """Build and validate settings; raises ConfigError with a one-line message."""
     env = dict(os.environ if environ is None else environ)
-    get = lambda k: (env.get(k) or "").strip()  # noqa: E731
-    kw: dict = {}
-
-    instance = Path(get("MAILER_INSTANCE_PATH") or overrides.pop("instance_path", DEFAULT_INSTANCE))
-    kw["instance_path"] = instance.resolve()
-
-    redis_url = get("MAILER_REDIS_URL") or None
-    if redis_url:
-        _check_url("MAILER_REDIS_URL", redis_url, {"redis", "rediss", "unix"})
-    kw["redis_url"] = redis_url
-    kw["embedded"] = redis_url is None
-
-    db_url = get("MAILER_DATABASE_URL")
-    if db_url:
-        try:
-            make_url(db_url)
-        except ArgumentError:
-            raise ConfigError(f"MAILER_DATABASE_URL is not a SQLAlchemy URL: {db_url!r}") from None
-        if db_url.startswith("postgresql://"):
-            # psycopg 3 is the driver we ship; plain postgresql:// would ask for psycopg2.
-            db_url = "postgresql+psycopg://" + db_url[len("postgresql://") :]
-    elif redis_url:
-        raise ConfigError("MAILER_DATABASE_URL is required when MAILER_REDIS_URL is set")
-    else:
-        db_url = f"sqlite:///{kw['instance_path'] / 'mailer.sqlite'}"
-    kw["database_url"] = db_url
-
-    base = get("MAILER_BASE_URL")
-    if base:
-        kw["base_url"] = _check_url("MAILER_BASE_URL", base, {"http", "https"}).rstrip("/")
-
-    secret = get("MAILER_SECRET_KEY")
-    if secret and len(secret) < 16:
-        raise ConfigError("MAILER_SECRET_KEY must be at least 16 characters long")
-    if not secret and not kw["embedded"]:
-        raise ConfigError("MAILER_SECRET_KEY is required outside embedded mode")
-    kw["secret_key"] = secret or _secret_from_instance(kw["instance_path"])
-
-    for name, (attr, parse) in _SIMPLE.items():
-        if get(name):
-            kw[attr] = parse(get(name))
-
-    if "smtp_url" in kw:
-        parse_smtp_url(kw["smtp_url"])
-    if "from_addr" in kw:
-        name, addr = parseaddr(kw["from_addr"])
-        if "@" not in addr or any(c in kw["from_addr"] for c in "\r\n"):
-            raise ConfigError(f"MAILER_FROM must look like 'Name <address>', not {kw['from_addr']!r}")
-    if "report_webhook" in kw:
-        _check_url("MAILER_REPORT_WEBHOOK", kw["report_webhook"], {"http", "https"})
-
-    if get("MAILER_FEEDS"):
-        kw["feeds"] = _list(get("MAILER_FEEDS"))
-    if get("MAILER_CORS_ORIGINS"):
-        kw["cors_origins"] = tuple(o.rstrip("/") for o in _list(get("MAILER_CORS_ORIGINS")))
-    if get("MAILER_RATE_LIMIT"):
-        rate = _number("MAILER_RATE_LIMIT", get("MAILER_RATE_LIMIT"))
-        kw["rate_limit"] = rate or None
-    if get("MAILER_PROXY_HOPS"):
-        kw["proxy_hops"] = _number("MAILER_PROXY_HOPS", get("MAILER_PROXY_HOPS"), int)
-    for name, attr, kind in [
-        ("MAILER_CONFIRM_TTL_HOURS", "confirm_ttl_hours", int),
-        ("MAILER_RESEND_COOLDOWN", "resend_cooldown_seconds", int),
-        ("MAILER_FORM_MIN_SECONDS", "form_min_seconds", float),
-        ("MAILER_MAX_BODY_BYTES", "max_body_bytes", int),
-        ("MAILER_POPULARITY_DAYS", "popularity_days", int),
-        ("MAILER_SCANNER_SECONDS", "scanner_seconds", int),
-        ("MAILER_FEED_SYNC_MINUTES", "feed_sync_minutes", int),
-        ("MAILER_TICK_SECONDS", "tick_seconds", float),
-        ("MAILER_FEED_TIMEOUT", "feed_timeout", float),
-        ("MAILER_FEED_MAX_BYTES", "feed_max_bytes", int),
-        ("MAILER_SCHEDULE_GRACE_HOURS", "schedule_grace_hours", float),
-        ("MAILER_SEND_BATCH", "send_batch", int),
-        ("MAILER_SEND_WINDOW", "send_window", int),
-        ("MAILER_SEND_GROUP", "send_group", int),
-        ("MAILER_SEND_LEASE", "send_lease_seconds", float),
-        ("MAILER_RETRY_BASE", "retry_base_seconds", float),
-        ("MAILER_RETRY_TRIES", "retry_tries", int),
-        ("MAILER_PAUSE_ERRORS", "pause_errors", int),
-        ("MAILER_DIGEST_LATEST", "digest_latest", int),
-        ("MAILER_DIGEST_POPULAR", "digest_popular", int),
-        ("MAILER_DIGEST_MIN_ITEMS", "digest_min_items", int),
-    ]:
-        if get(name):
-            kw[attr] = _number(name, get(name), kind)
-    if get("MAILER_POPULARITY_WEIGHTS"):
-        kw["popularity_weights"] = tuple(
-            _number("MAILER_POPULARITY_WEIGHTS", w) for w in _list(get("MAILER_POPULARITY_WEIGHTS"))
-        )
-    for name, attr in [
-        ("MAILER_TRACKING", "tracking"),
-        ("MAILER_OPEN_PIXEL", "open_pixel"),
-        ("MAILER_WELCOME_EMAIL", "welcome_email"),
-    ]:
-        if get(name):
-            kw[attr] = _bool(name, get(name))
-    if get("MAILER_SECTIONS"):
-        kw["sections"] = _pairs("MAILER_SECTIONS", get("MAILER_SECTIONS"), "=")
-    if get("MAILER_SECTION_MAP"):
-        kw["section_map"] = _pairs("MAILER_SECTION_MAP", get("MAILER_SECTION_MAP"), "=")
-        known = {slug for slug, _ in kw.get("sections", ())}
-        for category, slug in kw["section_map"]:
-            if slug not in known:
-                raise ConfigError(f"MAILER_SECTION_MAP maps {category!r} to unknown section {slug!r}")
-    if kw.get("dkim_key_file") and not (kw.get("dkim_selector") and kw.get("dkim_domain")):
-        raise ConfigError("MAILER_DKIM_KEY_FILE needs MAILER_DKIM_SELECTOR and MAILER_DKIM_DOMAIN")
-    if kw.get("dkim_key_file") and not Path(kw["dkim_key_file"]).is_file():
-        raise ConfigError(f"MAILER_DKIM_KEY_FILE {kw['dkim_key_file']!r} does not exist")
-    if kw.get("dkim_ed25519_key_file") and not (
-        kw.get("dkim_domain") and (kw.get("dkim_ed25519_selector") or kw.get("dkim_selector"))
-    ):
-        raise ConfigError(
-            "MAILER_DKIM_ED25519_KEY_FILE needs MAILER_DKIM_DOMAIN and MAILER_DKIM_ED25519_SELECTOR"
-        )
-    if kw.get("dkim_ed25519_key_file") and not Path(kw["dkim_ed25519_key_file"]).is_file():
-        raise ConfigError(
-            f"MAILER_DKIM_ED25519_KEY_FILE {kw['dkim_ed25519_key_file']!r} does not exist"
-        )
-    for name, attr in [("MAILER_SEND_BATCH", "send_batch"), ("MAILER_SEND_WINDOW", "send_window"),
-                       ("MAILER_SEND_GROUP", "send_group"), ("MAILER_RETRY_TRIES", "retry_tries")]:
-        if attr in kw and kw[attr] < 1:
-            raise ConfigError(f"{name} must be at least 1")
-
-    known_fields = {f.name for f in fields(Settings)}
-    unknown = set(overrides) - known_fields
+    if "instance_path" in overrides and not (env.get("MAILER_INSTANCE_PATH") or "").strip():
+        env["MAILER_INSTANCE_PATH"] = str(overrides.pop("instance_path"))
+    unknown = set(overrides) - {f.name for f in fields(Settings)}
     if unknown:
         raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
-    return replace(Settings(), **{**kw, **overrides})
+
+    values: dict = {}
+    for v in VARIABLES:  # in table order: a default may depend on the settings above it
+        raw = (env.get(v.name) or "").strip()
+        if raw:
+            values[v.attr] = v.kind.read(v.name, raw)
+        else:
+            values[v.attr] = v.default(values) if callable(v.default) else v.default
+    for v in VARIABLES:
+        if v.check:
+            v.check(values)
+    values["embedded"] = values["redis_url"] is None
+    return replace(Settings(**values), **overrides)
+
+
+# --- documentation --------------------------------------------------------------------------
+
+
+def markdown_table(group: str) -> str:
+    """The README's table of one group's variables."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    for v in VARIABLES:
+        if v.group == group:
+            cells = (f"`{v.name}`", v.help, v.documented_default)
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+_README_BLOCK = re.compile(r"(<!-- settings: (\w+) -->\n).*?(<!-- end settings -->)", re.S)
+
+
+def with_settings_tables(readme: str) -> str:
+    """The README with each `<!-- settings: GROUP -->` block rewritten from VARIABLES."""
+    return _README_BLOCK.sub(lambda m: m.group(1) + markdown_table(m.group(2)) + m.group(3),
+                             readme)

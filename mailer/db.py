@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC
 
 from sqlalchemy import BigInteger, DateTime, Enum, Integer, MetaData, create_engine, event
 from sqlalchemy.engine import Engine
@@ -60,11 +60,6 @@ def enum_column(enum_cls: type[enum.Enum]) -> Enum:
         validate_strings=True,
         name=enum_cls.__name__.lower(),
     )
-
-
-def utcnow() -> datetime:
-    """The one clock of the mailer (tests move it with time-machine)."""
-    return datetime.now(UTC)
 
 
 def make_engine(url: str, **kw) -> Engine:

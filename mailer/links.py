@@ -7,6 +7,11 @@ from mailer.config import Settings
 from mailer.tokens import Tokens
 
 
+def archive_url(settings: Settings, issue_id: int | None = None) -> str:
+    """The public archive, or one issue in it (no token: the archive is public)."""
+    return f"{settings.base_url}/archive" + (f"/{issue_id}" if issue_id is not None else "")
+
+
 class Links:
     def __init__(self, settings: Settings, tokens: Tokens):
         self.base = settings.base_url
@@ -34,7 +39,7 @@ class Links:
         return f"{self.base}/subscribe"
 
     def archive(self, issue_id: int | None = None) -> str:
-        return f"{self.base}/archive" + (f"/{issue_id}" if issue_id is not None else "")
+        return archive_url(self.settings, issue_id)
 
     def list_unsubscribe_headers(self, uid: str) -> dict[str, str]:
         """RFC 2369 / RFC 8058 headers: the HTTPS link first, a mailto when configured."""

@@ -12,7 +12,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import ArticleStat, Feed, VisitorSeen
 from tests.conftest import MailerRunner, make_app
 from tests.services.test_feeds_support import (

@@ -9,7 +9,14 @@ import sys
 
 import pytest
 
-from mailer.config import ConfigError, load_settings, parse_smtp_url
+from mailer.config import (
+    GROUPS,
+    VARIABLES,
+    ConfigError,
+    load_settings,
+    parse_smtp_url,
+    with_settings_tables,
+)
 from tests.support import ROOT
 
 
@@ -74,6 +81,27 @@ def test_section_map_must_name_known_sections(tmp_path):
         load_settings({**env, "MAILER_SECTION_MAP": "Football=sport"})
     s = load_settings({**env, "MAILER_SECTION_MAP": "Politics=news"})
     assert s.section_map == (("Politics", "news"),)
+
+
+def test_the_readme_tables_come_from_the_table_of_variables():
+    readme = (ROOT / "README.md").read_text()
+    assert with_settings_tables(readme) == readme, "run scripts/settings-table"
+    for group in GROUPS:
+        assert readme.count(f"<!-- settings: {group} -->") == 1, group
+    for v in VARIABLES:
+        assert readme.count(f"\n| `{v.name}` |") == 1, v.name
+
+
+def test_numbers_and_switches_are_read_into_their_attributes(tmp_path):
+    for v in VARIABLES:
+        if v.kind.type in ("int", "float"):
+            raw, expected = "3", 3
+        elif v.kind.type == "bool":
+            raw, expected = ("off", False) if v.default else ("on", True)
+        else:
+            continue
+        settings = load_settings({"MAILER_INSTANCE_PATH": str(tmp_path), v.name: raw})
+        assert getattr(settings, v.attr) == expected, v.name
 
 
 def test_smtp_url_forms():

@@ -90,11 +90,8 @@ def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, cl
         with sender.app_context():
             issue_id = new_issue()
             render = make_renderer(subject="Grüße aus Köln: die Brücke, Ausgabe {id}")
-            with db.transaction() as s:
-                result = deliveries.start_send(s, issue_id, render, rt)
-            from mailer.tasks.delivery import enqueue_batches
-
-            enqueue_batches(issue_id, result.batches)
+            with db.transaction() as s:  # the commit hands the batches to the worker
+                deliveries.start_send(s, issue_id, settings=rt.settings, render=render)
             assert wait_finished(issue_id, 60) == "finished", worker.log()
     finally:
         worker.stop()

@@ -44,13 +44,11 @@ def test_sigkill_during_a_send_loses_and_doubles_nobody(app, env, smtp, tmp_path
     emails = add_readers(3000, names=False)
     with steering.app_context():
         issue_id = new_issue()
-        with db.transaction() as s:
-            result = deliveries.start_send(
-                s, issue_id, make_renderer(size=6000), steering.extensions["mailer"]
+        with db.transaction() as s:  # the commit hands the batches to the workers
+            deliveries.start_send(
+                s, issue_id, settings=steering.extensions["mailer.settings"],
+                render=make_renderer(size=6000),
             )
-        from mailer.tasks.delivery import enqueue_batches
-
-        enqueue_batches(issue_id, result.batches)
 
     kills = 0
     with Sweeper(steering):

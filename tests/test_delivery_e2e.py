@@ -8,7 +8,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import Article, Role, Subscriber, SubscriberStatus
 from mailer.services import digests, users
 from tests.mail.delivery_support import add_readers, counts, issue_status, make_renderer, new_issue
@@ -73,11 +74,13 @@ def test_cli_pause_resume_cancel_and_errors(app, runner, smtp):
     add_readers(5)
     with app.app_context():
         issue_id = new_issue()
-        from mailer.services import deliveries
+        from mailer.services import after_commit, deliveries
 
         with db.transaction() as s:
-            deliveries.start_send(s, issue_id, make_renderer(), app.extensions["mailer"])
-    # No worker here: the issue stays sending while we steer it.
+            settings = app.extensions["mailer.settings"]
+            deliveries.start_send(s, issue_id, settings=settings, render=make_renderer())
+            # No worker gets the batches: the issue stays sending while we steer it.
+            after_commit.take(s)
     assert runner.invoke(["digest", "pause", str(issue_id)]).exit_code == 0
     assert issue_status(issue_id) == "paused"
     second = runner.invoke(["digest", "pause", str(issue_id)])

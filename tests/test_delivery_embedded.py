@@ -27,13 +27,11 @@ def send(env, readers: int) -> tuple[list[str], int]:
     emails = add_readers(readers)
     with steering.app_context():
         issue_id = new_issue()
-        with db.transaction() as s:
-            result = deliveries.start_send(
-                s, issue_id, make_renderer(size=8000), steering.extensions["mailer"]
+        with db.transaction() as s:  # the commit hands the batches to the workers
+            deliveries.start_send(
+                s, issue_id, settings=steering.extensions["mailer.settings"],
+                render=make_renderer(size=8000),
             )
-        from mailer.tasks.delivery import enqueue_batches
-
-        enqueue_batches(issue_id, result.batches)
     return emails, issue_id
 
 

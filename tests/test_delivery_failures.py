@@ -6,10 +6,10 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import Delivery, Subscriber, SubscriberStatus
 from mailer.services import deliveries
-from mailer.tasks.delivery import enqueue_batches
 from tests.mail.delivery_support import (
     add_readers,
     counts,
@@ -23,14 +23,11 @@ from tests.support import wait_until
 
 
 def sweep_later(app, seconds: float) -> deliveries.SweepResult:
-    """The tick's sweeper, as it will run `seconds` from now."""
+    """The tick's sweeper, as it will run `seconds` from now (its commit hands out batches)."""
     with db.transaction() as s:
-        result = deliveries.sweep(
+        return deliveries.sweep(
             s, app.extensions["mailer.settings"], now=utcnow() + timedelta(seconds=seconds)
         )
-    for issue_id, batches in result.batches.items():
-        enqueue_batches(issue_id, batches)
-    return result
 
 
 def test_temporary_refusals_are_delivered_later_once_permanent_ones_bounce(app, smtp, worker):
@@ -43,11 +40,11 @@ def test_temporary_refusals_are_delivered_later_once_permanent_ones_bounce(app, 
         smtp.rules[e] = "550 5.1.1 user unknown"
     with app.app_context():
         issue_id = new_issue()
-        with db.transaction() as s:
-            result = deliveries.start_send(
-                s, issue_id, make_renderer(size=4000), app.extensions["mailer"]
+        with db.transaction() as s:  # the commit hands the batches to the worker
+            deliveries.start_send(
+                s, issue_id, settings=app.extensions["mailer.settings"],
+                render=make_renderer(size=4000),
             )
-        enqueue_batches(issue_id, result.batches)
         wait_until(lambda: counts(issue_id)["sent"] == 185, 60, what="the first pass")
         wait_until(lambda: counts(issue_id)["failed_temporary"] == 10, 10, what="the retries")
         assert issue_status(issue_id) == "sending"  # ten readers are still owed their copy

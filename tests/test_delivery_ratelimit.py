@@ -38,13 +38,11 @@ def test_two_workers_stay_within_ten_percent_of_the_limit(app, env, smtp, tmp_pa
             w.start()
         with steering.app_context():
             issue_id = new_issue()
-            with db.transaction() as s:
-                result = deliveries.start_send(
-                    s, issue_id, make_renderer(size=3000), steering.extensions["mailer"]
+            with db.transaction() as s:  # the commit hands the batches to the workers
+                deliveries.start_send(
+                    s, issue_id, settings=steering.extensions["mailer.settings"],
+                    render=make_renderer(size=3000),
                 )
-            from mailer.tasks.delivery import enqueue_batches
-
-            enqueue_batches(issue_id, result.batches)
             assert wait_finished(issue_id, 60) == "finished"
     finally:
         for w in workers:

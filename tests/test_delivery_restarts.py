@@ -44,13 +44,11 @@ def send_through(env, tmp_path, smtp, readers: int, disrupt) -> tuple[dict, dict
     try:
         with steering.app_context():
             issue_id = new_issue()
-            with db.transaction() as s:
-                result = deliveries.start_send(
-                    s, issue_id, make_renderer(size=5000), steering.extensions["mailer"]
+            with db.transaction() as s:  # the commit hands the batches to the workers
+                deliveries.start_send(
+                    s, issue_id, settings=steering.extensions["mailer.settings"],
+                    render=make_renderer(size=5000),
                 )
-            from mailer.tasks.delivery import enqueue_batches
-
-            enqueue_batches(issue_id, result.batches)
         with Sweeper(steering):
             wait_until(lambda: len(smtp.messages) >= 300, 60, 0.01, what="300 messages")
             disrupt()

@@ -13,7 +13,9 @@ from datetime import timedelta
 import time_machine
 from sqlalchemy import select
 
-from mailer.db import db, utcnow
+from mailer import cron
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import (
     Article,
     Frequency,
@@ -23,7 +25,6 @@ from mailer.models import (
     Subscriber,
     SubscriberStatus,
 )
-from mailer.services import cron
 from mailer.tasks.schedules import fire_schedules, sweep_reports
 from tests.conftest import MailerRunner, make_app
 from tests.services.test_schedules_report import Webhook

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from mailer.db import db
 from mailer.feeds import parse_document
-from mailer.services import articles, digests
+from mailer.services import articles, digests, render
 from tests.services.test_digests_support import FEEDS, build, digest_app, personalize
 
 NOW = datetime(2017, 11, 9, 12, 0, tzinfo=UTC)
@@ -45,7 +45,7 @@ def test_the_default_digest_scores_at_most_one(app, env, tmp_path):
     assert len(issue.items) >= 8  # a realistic issue: Latest and Most popular, with images
 
     for sections in ("", "sport"):
-        rendered = digests.render_variant(db.session, issue, sections, rt)
+        rendered = render.render_variant(db.session, issue, sections, rt.settings)
         message = build(rt, *personalize(*rendered, rt, delivery_id=7), to="ada@example.com")
         score, report = spam_score(message, tmp_path)
         assert score <= 1.0, report[report.find("Content analysis details") :]

@@ -11,7 +11,8 @@ import click
 from sqlalchemy import select
 
 from mailer.cli import Context, cli, fail, pass_ctx, progress
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.feeds import FeedError, parse_document, source_for
 from mailer.models import Article
 from mailer.services import articles as svc

@@ -27,16 +27,16 @@ def _status(ctx: Context, issue_id: int) -> dict:
         return deliveries.status(s, issue_id)
 
 
-def _enqueue(ctx: Context, issue_id: int, batches) -> None:
-    from mailer.tasks.delivery import enqueue_batches
+def _warn_if_not_handed_over(session) -> None:
+    """The commit hands the batches to the workers: say so if the broker took none."""
+    from mailer.services import after_commit
 
-    with ctx.app.app_context():
-        if batches and not enqueue_batches(issue_id, batches):
-            click.echo(
-                "mailer: the broker is unreachable; the sweeper will hand the batches "
-                "to the workers once it is back",
-                err=True,
-            )
+    if after_commit.not_taken(session):
+        click.echo(
+            "mailer: the broker is unreachable; the sweeper will hand the batches "
+            "to the workers once it is back",
+            err=True,
+        )
 
 
 def _summary(st: dict) -> str:
@@ -68,11 +68,11 @@ def _wait(ctx: Context, issue_id: int, interval: float = 1.0) -> dict:
 @pass_ctx
 def send(ctx: Context, issue_id: int, wait: bool):
     """Send an issue to its audience now (the audience is frozen at this moment)."""
-    from mailer.services import deliveries, digests
+    from mailer.services import deliveries
 
     try:
         with ctx.app.app_context(), db.transaction() as s:
-            result = deliveries.start_send(s, issue_id, digests.render_variant, ctx.runtime)
+            result = deliveries.start_send(s, issue_id, settings=ctx.settings)
     except InvalidTransition:
         state = _status(ctx, issue_id)["status"]
         hint = {
@@ -80,7 +80,7 @@ def send(ctx: Context, issue_id: int, wait: bool):
             "paused": f"; continue it with `mailer digest resume {issue_id}`",
         }
         fail(f"issue {issue_id} is {state}, it cannot be sent again{hint.get(state, '')}")
-    _enqueue(ctx, issue_id, result.batches)
+    _warn_if_not_handed_over(s)
     skipped = (
         f" ({result.skipped_no_items} readers skipped: no items for their sections)"
         if result.skipped_no_items
@@ -150,8 +150,8 @@ def resume(ctx: Context, issue_id: int):
     from mailer.services import deliveries
 
     with ctx.app.app_context(), db.transaction() as s:
-        batches = deliveries.resume(s, issue_id, ctx.settings)
-    _enqueue(ctx, issue_id, batches)
+        deliveries.resume(s, issue_id, ctx.settings)
+    _warn_if_not_handed_over(s)
     click.echo(f"Issue {issue_id} is sending again.")
 
 
@@ -215,8 +215,8 @@ def resend_uncertain(ctx: Context, issue_id: int, yes: bool):
             err=True,
         )
     with ctx.app.app_context(), db.transaction() as s:
-        count, batches = deliveries.resend_uncertain(s, issue_id, ctx.settings)
-    _enqueue(ctx, issue_id, batches)
+        count = deliveries.resend_uncertain(s, issue_id, ctx.settings)
+    _warn_if_not_handed_over(s)
     click.echo(f"Re-sending {count} uncertain deliveries of issue {issue_id}.")
 
 

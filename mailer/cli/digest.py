@@ -8,7 +8,8 @@ import sys
 import click
 
 from mailer.cli import Context, cli, fail, pass_ctx
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.models import IssueStatus
@@ -20,9 +21,9 @@ def digest():
 
 
 def _sections(ctx: Context, raw: str) -> str:
-    from mailer.services import digests
+    from mailer.services import issue_edits
 
-    return digests.check_sections(raw, ctx.settings)
+    return issue_edits.check_sections(raw, ctx.settings)
 
 
 @digest.command("create")
@@ -76,7 +77,7 @@ def create(
     as_json,
 ):
     """Compose a new issue from the latest and most popular articles; prints its id."""
-    from mailer.services import digests
+    from mailer.services import digests, issue_edits
 
     if intro == "-":
         intro = sys.stdin.read()
@@ -89,7 +90,7 @@ def create(
             subject=subject,
             preheader=preheader,
             intro=intro,
-            audience_frequency=digests.check_frequency(frequency),
+            audience_frequency=issue_edits.check_frequency(frequency),
             audience_sections=_sections(ctx, sections),
             latest_n=latest_n,
             popular_m=popular_m,
@@ -125,10 +126,10 @@ def _print_issue(data: dict) -> None:
 @pass_ctx
 def show(ctx: Context, issue_id: int, as_json: bool):
     """Show an issue: status, audience and items in reading order."""
-    from mailer.services import digests
+    from mailer.services import digests, issue_edits
 
     with ctx.app.app_context(), db.transaction() as s:
-        data = digests.describe(s, digests.get_issue(s, issue_id), ctx.runtime)
+        data = digests.describe(s, issue_edits.get_issue(s, issue_id), ctx.runtime)
     if as_json:
         click.echo(json.dumps(data))
     else:
@@ -151,18 +152,18 @@ def show(ctx: Context, issue_id: int, as_json: bool):
 @pass_ctx
 def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
     """What a reader would get, with sample values for the reader's name and links."""
-    from mailer.services import digests
+    from mailer.services import digests, issue_edits, render
 
     rt = ctx.runtime
     with ctx.app.app_context(), db.transaction() as s:
-        issue = digests.get_issue(s, issue_id)
+        issue = issue_edits.get_issue(s, issue_id)
         key = _sections(ctx, sections)
         if fmt == "eml":
             (out,) = digests.test_messages(s, rt, issue, ["reader@example.com"], key, test=False)
             sys.stdout.buffer.write(out.data)
             sys.stdout.flush()
             return
-        rendered = digests.render_preview(s, issue, key, rt)
+        rendered = render.render_preview(s, issue, key, rt.settings)
     if rendered is None:
         fail("readers of these sections would get no articles in this issue")
     _subject, html, text = rendered
@@ -188,7 +189,7 @@ def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
 @pass_ctx
 def test_send(ctx: Context, issue_id: int, addresses, sections: str):
     """Send the preview of an issue to a few addresses now (the subject says [Test])."""
-    from mailer.services import digests
+    from mailer.services import digests, issue_edits
     from mailer.services.subscriptions import normalize_email
 
     rt = ctx.runtime
@@ -199,7 +200,7 @@ def test_send(ctx: Context, issue_id: int, addresses, sections: str):
             fail(str(e))
         with db.transaction() as s:
             messages = digests.test_messages(
-                s, rt, digests.get_issue(s, issue_id), targets, _sections(ctx, sections)
+                s, rt, issue_edits.get_issue(s, issue_id), targets, _sections(ctx, sections)
             )
         failed = 0
         try:

@@ -7,10 +7,12 @@ from datetime import datetime
 
 import click
 
+from mailer import cron
 from mailer.cli import Context, cli, fail, pass_ctx
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError
-from mailer.services import cron, schedules
+from mailer.services import schedules
 
 
 @cli.group()

@@ -7,7 +7,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 
 # SMTP policy: CRLF line endings, lines folded under 78 characters, and header values
 # containing CR or LF are refused rather than sent.

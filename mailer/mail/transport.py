@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from mailer.clock import utcnow
 from mailer.config import Settings, SmtpSettings
-from mailer.db import utcnow
 from mailer.mail.notices import Outgoing
 from mailer.mail.smtp import NotAttempted, SmtpClient, Uncertain, classify, to_wire
 

@@ -7,7 +7,8 @@ from datetime import date, datetime
 from sqlalchemy import JSON, Date, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mailer.db import Base, BigId, UTCDateTime, utcnow
+from mailer.clock import utcnow
+from mailer.db import Base, BigId, UTCDateTime
 
 
 class Article(Base):

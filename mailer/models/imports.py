@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import JSON, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mailer.db import Base, BigId, UTCDateTime, utcnow
+from mailer.clock import utcnow
+from mailer.db import Base, BigId, UTCDateTime
 
 
 class SubscriberImport(Base):

@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from mailer.db import Base, BigId, UTCDateTime, enum_column, utcnow
+from mailer.clock import utcnow
+from mailer.db import Base, BigId, UTCDateTime, enum_column
 from mailer.models.subscribers import Frequency
 
 

@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mailer.db import Base, BigId, UTCDateTime, enum_column, utcnow
+from mailer.clock import utcnow
+from mailer.db import Base, BigId, UTCDateTime, enum_column
 from mailer.models.subscribers import Frequency
 
 

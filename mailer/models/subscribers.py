@@ -9,7 +9,8 @@ from datetime import datetime
 from sqlalchemy import ForeignKey, Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from mailer.db import Base, BigId, UTCDateTime, enum_column, utcnow
+from mailer.clock import utcnow
+from mailer.db import Base, BigId, UTCDateTime, enum_column
 
 
 class SubscriberStatus(enum.StrEnum):

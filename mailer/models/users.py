@@ -8,7 +8,8 @@ from datetime import datetime
 from sqlalchemy import Boolean, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from mailer.db import Base, BigId, UTCDateTime, enum_column, utcnow
+from mailer.clock import utcnow
+from mailer.db import Base, BigId, UTCDateTime, enum_column
 
 
 class Role(enum.StrEnum):

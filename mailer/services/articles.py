@@ -14,7 +14,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.feeds import Fetched, FetchState, Item, Parsed, Skipped
 from mailer.feeds.html import html_to_text
 from mailer.models import Article, Feed

@@ -1,17 +1,19 @@
 """Sending an issue: the frozen audience, hand-out to workers, control, status and the sweeper.
 
-Called by the CLI, the API, the console and the scheduler (each owns its transaction and,
-after the commit, enqueues the batches it was handed: mailer.tasks.delivery.enqueue_batches):
+Called by the CLI, the API, the console and the scheduler, each owning its transaction:
 
-- start_send(session, issue_id, render, rt=None) -> StartResult: draft/scheduled → sending;
-  renders each variant once (render = services.digests.render_variant or a stand-in) and
+- start_send(session, issue_id, settings=...) -> StartResult: draft/scheduled → sending;
+  renders each variant once (render = services.render.render_variant or a stand-in) and
   inserts one pending delivery per reader of the audience;
-- pause(session, issue_id), resume(session, issue_id, settings) -> batches,
-  cancel(session, issue_id);
-- uncertain_rows(session, issue_id), resend_uncertain(session, issue_id, settings) ->
-  (count, batches): what may or may not have arrived, and an operator's deliberate re-send;
+- pause(session, issue_id), resume(session, issue_id, settings), cancel(session, issue_id);
+- uncertain_rows(session, issue_id), resend_uncertain(session, issue_id, settings) -> count:
+  what may or may not have arrived, and an operator's deliberate re-send;
 - status(session, issue_id) -> dict: counts per delivery state, rate, ETA;
 - sweep(session, settings) -> SweepResult: the tick's housekeeping (below).
+
+Whatever hands out batches (start, resume, re-send, sweep) records them on the session
+(services.after_commit): the workers get them once the caller's transaction commits, and
+never if it rolls back.
 
 What the delivery columns mean (the exactly-once protocol, with services.delivery_batches):
 
@@ -53,9 +55,12 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
-from mailer.db import UTCDateTime, utcnow
+from mailer.clock import utcnow
+from mailer.config import Settings
+from mailer.db import UTCDateTime
 from mailer.errors import InvalidTransition, NotFound
 from mailer.models import (
     Delivery,
@@ -68,17 +73,22 @@ from mailer.models import (
     sections_key,
     sections_list,
 )
+from mailer.services import after_commit
+from mailer.services import issue_states as states
+from mailer.services.render import render_variant
 
 D, I, S = DeliveryStatus, IssueStatus, Subscriber
 
-STARTABLE = (I.DRAFT, I.SCHEDULED)
-CANCELLABLE = (I.DRAFT, I.SCHEDULED, I.SENDING, I.PAUSED)
+# The task that runs one Batch (mailer.tasks.delivery.send_batch).
+SEND_BATCH = "mailer.send_batch"
 # An issue is finished only when none of its rows is in one of these states.
 OPEN = (D.PENDING, D.SENDING, D.FAILED_TEMPORARY)
 FREEZE_PAGE = 10_000
 MAY_HAVE_ARRIVED = "The worker stopped during the SMTP transaction; it may have been delivered."
 
-Render = Callable[..., "tuple[str, str, str] | None"]
+# render(session, issue, sections, settings): one variant's (subject, html, text), or None
+# when readers of those sections get no items.
+Render = Callable[[Session, Issue, str, Settings], "tuple[str, str, str] | None"]
 
 
 @dataclass
@@ -87,7 +97,7 @@ class StartResult:
     deliveries: int
     skipped_no_items: int
     variants: int
-    batches: list[Batch] = field(default_factory=list)  # enqueue after the commit
+    batches: list[Batch] = field(default_factory=list)  # handed to workers at the commit
 
 
 @dataclass
@@ -97,7 +107,7 @@ class SweepResult:
     retried: int = 0
     finished: int = 0
     paused: int = 0
-    batches: dict[int, list[Batch]] = field(default_factory=dict)  # issue -> batches
+    batches: dict[int, list[Batch]] = field(default_factory=dict)  # issue -> batches handed out
 
 
 def variant_key(reader_sections: str, issue_sections: str) -> str | None:
@@ -119,18 +129,6 @@ def _issue(session: Session, issue_id: int) -> Issue:
     return issue
 
 
-def _transition(session: Session, issue_id: int, from_states, to_state, **values) -> None:
-    """The conditional UPDATE every issue state change goes through."""
-    result = session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status.in_(from_states))
-        .values(status=to_state, updated_at=utcnow(), **values)
-    )
-    if result.rowcount == 0:
-        _issue(session, issue_id)  # NotFound first
-        raise InvalidTransition(f"Issue {issue_id}", from_states, to_state)
-
-
 # --- start ------------------------------------------------------------------------------
 
 
@@ -141,30 +139,19 @@ def _audience(issue: Issue):
 def start_send(
     session: Session,
     issue_id: int,
-    render: Render,
-    rt=None,
     *,
+    settings: Settings,
+    render: Render = render_variant,
     now: datetime | None = None,
-    settings=None,
 ) -> StartResult:
-    """Start sending: freeze the audience into pending deliveries, variants rendered once.
+    """Start sending: freeze the audience into pending deliveries, variants rendered once,
+    and hand the first batches to the workers when the caller commits.
 
     Two clicks or two editors at once start one send: the second gets InvalidTransition.
     """
-    if rt is None:
-        from mailer.runtime import runtime
-
-        rt = runtime()
-    settings = settings or rt.settings
     now = now or utcnow()
-    _transition(
-        session,
-        issue_id,
-        STARTABLE,
-        I.SENDING,
-        started_at=now,
-        finished_at=None,
-        status_reason=None,
+    states.transition(
+        session, issue_id, states.START, started_at=now, finished_at=None, status_reason=None
     )
     issue = _issue(session, issue_id)
 
@@ -182,7 +169,7 @@ def start_send(
         if key is None:
             continue  # shares no section with this issue: not in its audience
         if key not in variants:
-            rendered = render(session, issue, key, rt)
+            rendered = render(session, issue, key, settings)
             if rendered is None:
                 v = IssueVariant(
                     issue_id=issue.id,
@@ -219,11 +206,9 @@ def start_send(
             if not skipped
             else (f"Nothing to send: the {skipped} readers of this audience have no items.")
         )
-        _transition(
-            session, issue_id, (I.SENDING,), I.FINISHED, finished_at=now, status_reason=reason
-        )
+        states.transition(session, issue_id, states.FINISH, finished_at=now, status_reason=reason)
         return StartResult(issue_id, 0, skipped, len(variants))
-    batches = dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
+    batches = hand_out(session, issue_id, settings, now=now)
     return StartResult(issue_id, total, skipped, len(variants), batches)
 
 
@@ -261,7 +246,7 @@ def _freeze(session: Session, issue: Issue, sendable: dict[str, int], now: datet
 # --- hand-out ---------------------------------------------------------------------------
 
 
-def batch_size(settings) -> int:
+def batch_size(settings: Settings) -> int:
     """Rows per task; smaller under a low rate limit, so a batch finishes within its lease."""
     size = settings.send_batch
     if settings.rate_limit:
@@ -338,26 +323,35 @@ def dispatch(
     return out
 
 
+def hand_out(
+    session: Session, issue_id: int, settings: Settings, *, count: int | None = None, now=None
+) -> list[Batch]:
+    """Claim up to `count` batches (a window by default) and give each to a worker after the
+    commit (send_batch: the issue, the ids, the token, whether to chain)."""
+    count = settings.send_window if count is None else count
+    batches = dispatch(session, issue_id, count, batch_size(settings), now=now)
+    for b in batches:
+        after_commit.enqueue(session, SEND_BATCH, issue_id, b.ids, b.token, b.chain)
+    return batches
+
+
 # --- control ----------------------------------------------------------------------------
 
 
 def pause(session: Session, issue_id: int, reason: str = "Paused by an operator.") -> None:
     """sending → paused: running batches stop after the messages already on the wire."""
-    _transition(session, issue_id, (I.SENDING,), I.PAUSED, status_reason=reason[:1000])
+    states.transition(session, issue_id, states.PAUSE, status_reason=reason[:1000])
 
 
-def resume(session: Session, issue_id: int, settings, *, now=None) -> list[Batch]:
-    """paused → sending; returns the batches to enqueue after the commit."""
-    now = now or utcnow()
-    _transition(session, issue_id, (I.PAUSED,), I.SENDING, status_reason=None)
-    return dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
+def resume(session: Session, issue_id: int, settings: Settings, *, now=None) -> list[Batch]:
+    """paused → sending; the batches handed out again go to the workers at the commit."""
+    states.transition(session, issue_id, states.RESUME, status_reason=None)
+    return hand_out(session, issue_id, settings, now=now)
 
 
 def cancel(session: Session, issue_id: int) -> None:
     """Stop for good: rows not yet sent stay pending and are never sent."""
-    _transition(
-        session, issue_id, CANCELLABLE, I.CANCELLED, status_reason="Cancelled by an operator."
-    )
+    states.transition(session, issue_id, states.CANCEL, status_reason="Cancelled by an operator.")
 
 
 def uncertain_rows(
@@ -375,14 +369,12 @@ def uncertain_rows(
     return [(i, email, error) for i, email, error in rows]
 
 
-def resend_uncertain(
-    session: Session, issue_id: int, settings, *, now=None
-) -> tuple[int, list[Batch]]:
-    """Send the uncertain rows again, on an operator's word (some readers may get two)."""
-    now = now or utcnow()
+def resend_uncertain(session: Session, issue_id: int, settings: Settings, *, now=None) -> int:
+    """Send the uncertain rows again, on an operator's word (some readers may get two);
+    how many. A paused issue sends them when it is resumed."""
     issue = _issue(session, issue_id)
     if issue.status == I.FINISHED:
-        _transition(session, issue_id, (I.FINISHED,), I.SENDING, finished_at=None)
+        states.transition(session, issue_id, states.REOPEN, finished_at=None)
     elif issue.status not in (I.SENDING, I.PAUSED):
         raise InvalidTransition(f"Issue {issue_id}", (I.SENDING, I.PAUSED, I.FINISHED), I.SENDING)
     count = session.execute(
@@ -397,10 +389,9 @@ def resend_uncertain(
         )
         .execution_options(synchronize_session=False)
     ).rowcount
-    batches = []
     if issue.status != I.PAUSED:
-        batches = dispatch(session, issue_id, settings.send_window, batch_size(settings), now=now)
-    return count, batches
+        hand_out(session, issue_id, settings, now=now)
+    return count
 
 
 # --- status -----------------------------------------------------------------------------
@@ -462,19 +453,15 @@ def status(session: Session, issue_id: int, *, now=None) -> dict:
 # --- sweeper ----------------------------------------------------------------------------
 
 
-def finish_if_done(session: Session, issue_id: int, *, now=None) -> bool:
+def finish_if_done(session: Session | Connection, issue_id: int, *, now=None) -> bool:
     """sending → finished, but only once no row is pending, sending or failed_temporary."""
     still_open = select(Delivery.id).where(Delivery.issue_id == issue_id, Delivery.status.in_(OPEN))
-    done = session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status == I.SENDING, ~still_open.exists())
-        .values(status=I.FINISHED, finished_at=now or utcnow(), updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    return bool(done)
+    return states.transition(
+        session, issue_id, states.FINISH, when=~still_open.exists(), finished_at=now or utcnow()
+    )
 
 
-def sweep(session: Session, settings, *, now=None) -> SweepResult:
+def sweep(session: Session, settings: Settings, *, now=None) -> SweepResult:
     """The tick's housekeeping for every issue (see the module docstring)."""
     now = now or utcnow()
     lease = now - timedelta(seconds=settings.send_lease_seconds)
@@ -519,7 +506,9 @@ def sweep(session: Session, settings, *, now=None) -> SweepResult:
         if not _in_flight(session, issue_id):
             want = settings.send_window
         if want:
-            batches = dispatch(session, issue_id, min(want, settings.send_window), size, now=now)
+            batches = hand_out(
+                session, issue_id, settings, count=min(want, settings.send_window), now=now
+            )
             if batches:
                 out.batches[issue_id] = batches
     return out

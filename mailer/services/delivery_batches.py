@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import InvalidTransition
 from mailer.mail.compiled import CompiledVariant, Reader
 from mailer.mail.errors import PermanentFailure, TemporaryFailure

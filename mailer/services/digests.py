@@ -1,4 +1,4 @@
-"""Digest issues: composition (Latest, Most popular), reading, and the rendering contract.
+"""Digest issues: composition (Latest, Most popular), reading, previews and test messages.
 
 Latest = articles published since the audience's last sent issue (the first issue looks back
 seven days), newest first, up to N. Most popular = the top M of the rolling ranking, minus
@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select, tuple_
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import NotFound, ValidationError
 from mailer.mail.message import build_message
 from mailer.mail.notices import Outgoing, list_id
@@ -27,54 +27,17 @@ from mailer.models import (
     ItemSection,
     sections_list,
 )
-
-# Editing lives in its own module; callers use it through this one.
-from mailer.services.issue_edits import (  # noqa: F401
-    EDITABLE,
-    NotEditable,
+from mailer.services import issue_states as states
+from mailer.services.issue_edits import (
     check_frequency,
     check_intro,
     check_preheader,
     check_sections,
     check_subject,
     editable,
-    exclude,
-    get_issue,
-    include,
-    move,
-    pin,
-    set_text,
-    unpin,
     usable,
 )
-from mailer.services.render import (
-    EDITOR_VARIABLES,
-    article_sections,
-    render_preview,
-    render_variant,
-)
-
-__all__ = [
-    "EDITABLE",
-    "SENT",
-    "DEFAULT_SUBJECT",
-    "create_issue",
-    "recompose",
-    "pin",
-    "unpin",
-    "exclude",
-    "include",
-    "move",
-    "set_text",
-    "get_issue",
-    "list_issues",
-    "render_variant",
-    "preview",
-    "render_preview",
-    "describe",
-    "summary",
-    "TEMPLATE_VARIABLES",
-]
+from mailer.services.render import EDITOR_VARIABLES, article_sections, render_preview
 
 # Issues whose readers got (or are getting) them: what "already sent" means for repeats.
 SENT = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.FINISHED)
@@ -279,8 +242,8 @@ def create_issue(
     session.flush()  # the (schedule, period) key is checked here, before any composing work
     new = _compose(session, rt, issue)
     if new < issue.min_items:
-        issue.status = IssueStatus.SKIPPED
-        issue.status_reason = _skip_reason(new, issue.min_items, issue.window_start)
+        reason = _skip_reason(new, issue.min_items, issue.window_start)
+        states.transition(session, issue.id, states.SKIP, status_reason=reason, updated_at=now)
     session.flush()
     return issue
 
@@ -402,7 +365,7 @@ TEMPLATE_VARIABLES = EDITOR_VARIABLES + ("name",)
 
 def preview(session: Session, issue: Issue, sections: str, rt) -> tuple[str, str, str]:
     """render_preview, or NotFound when readers of `sections` would get no articles."""
-    rendered = render_preview(session, issue, sections, rt)
+    rendered = render_preview(session, issue, sections, rt.settings)
     if rendered is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
     return rendered

@@ -11,20 +11,19 @@ from urllib.parse import urlsplit
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import InvalidTransition, NotFound, ValidationError
 from mailer.models import (
     Article,
     Frequency,
     Issue,
     IssueItem,
-    IssueStatus,
     ItemSection,
 )
+from mailer.services.issue_states import EDITABLE
 from mailer.services.render import editor_text
 from mailer.services.subscriptions import parse_sections
 
-EDITABLE = (IssueStatus.DRAFT, IssueStatus.SCHEDULED)
 SUBJECT_MAX = 300
 INTRO_MAX = 20_000
 

@@ -19,7 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.models import Article, ArticleStat, VisitorSeen
 from mailer.services.articles import dialect_insert
 

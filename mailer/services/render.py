@@ -27,7 +27,9 @@ from markupsafe import Markup, escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mailer.config import Settings
 from mailer.errors import ValidationError
+from mailer.links import archive_url
 from mailer.mail import placeholders as ph
 from mailer.mail.templates import email_env
 from mailer.models import Issue, IssueItem, ItemSection, sections_list
@@ -277,11 +279,10 @@ def _sections(variant: Variant) -> list[dict]:
 
 
 def render_variant(
-    session: Session, issue: Issue, sections: str, rt
+    session: Session, issue: Issue, sections: str, settings: Settings
 ) -> tuple[str, str, str] | None:
     """(subject, html, text) for the readers of one section set, per-reader placeholders left
     in; None when that section set gets no items."""
-    settings = rt.settings
 
     def link(item: IssueItem) -> str:
         return f"{ph.CLICK_BASE}/{item.id}" if settings.tracking else item.url
@@ -300,7 +301,7 @@ def render_variant(
         "list_name": settings.list_name,
         "date": issue_date(issue),
         "site_url": settings.base_url,
-        "archive_url": rt.links.archive(issue.id),
+        "archive_url": archive_url(settings, issue.id),
         "name": ph.NAME,
         "email": ph.EMAIL,
         "unsubscribe_url": ph.UNSUBSCRIBE_URL,
@@ -316,11 +317,13 @@ def render_variant(
     return fields_.subject, html, text
 
 
-def fill_sample(session: Session, issue: Issue, subject: str, html: str, text: str, rt):
+def fill_sample(
+    session: Session, issue: Issue, subject: str, html: str, text: str, settings: Settings
+) -> tuple[str, str, str]:
     """Replace the placeholders with harmless values: a sample reader, plain article links,
     and the public archive where the reader's own pages would be."""
     urls = {i.id: i.url for i in visible_items(session, issue)}
-    archive = rt.links.archive()
+    archive = archive_url(settings)
 
     def plain(value: str, quote) -> str:
         value = _CLICK.sub(lambda m: quote(urls.get(int(m.group(1)), archive)), value)
@@ -338,18 +341,17 @@ def fill_sample(session: Session, issue: Issue, subject: str, html: str, text: s
 
 
 def render_preview(
-    session: Session, issue: Issue, sections: str, rt
+    session: Session, issue: Issue, sections: str, settings: Settings
 ) -> tuple[str, str, str] | None:
     """What a reader of `sections` would get, with sample values instead of personal ones."""
-    rendered = render_variant(session, issue, sections, rt)
+    rendered = render_variant(session, issue, sections, settings)
     if rendered is None:
         return None
-    return fill_sample(session, issue, *rendered, rt)
+    return fill_sample(session, issue, *rendered, settings)
 
 
-def public_view(session: Session, issue: Issue, rt) -> dict:
+def public_view(session: Session, issue: Issue, settings: Settings) -> dict:
     """The issue for the public archive: every item, plain links, no reader in sight."""
-    settings = rt.settings
     variant = build_variant(session, issue, "", settings, lambda item: item.url)
     fields_ = render_editor_fields(issue, variant, settings, SAMPLE_NAME)
     return {

@@ -3,14 +3,13 @@ queue, warnings, an issue's audience before it is sent and its report after."""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import Integer, and_, case, cast, distinct, func, select
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.models import (
     Article,
     Click,
@@ -232,38 +231,6 @@ def queue_state(session: Session) -> dict:
         "uncertain": uncertain or 0,
         "imports": imports or 0,
     }
-
-
-def broker_backlog(settings) -> dict[str, int] | None:
-    """Tasks waiting in the broker per queue, or None when the broker cannot be asked."""
-    names = ("celery", "send")
-    try:
-        if settings.redis_url:
-            import redis
-
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=1,
-                                          socket_connect_timeout=1)
-            try:
-                return {name: int(client.llen(name)) for name in names}
-            finally:
-                client.close()
-        path = settings.instance_path / "broker.sqlite"
-        if not path.exists():
-            return {name: 0 for name in names}
-        # Kombu's SQL transport: one row per message, `visible` until a worker takes it.
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
-        try:
-            rows = conn.execute(
-                "SELECT q.name, count(*) FROM kombu_message m JOIN kombu_queue q "
-                "ON q.id = m.queue_id WHERE m.visible GROUP BY q.name"
-            ).fetchall()
-        finally:
-            conn.close()
-        counts = {name: 0 for name in names}
-        counts.update({name: n for name, n in rows if name in counts})
-        return counts
-    except Exception:  # noqa: BLE001 - the dashboard shows "unknown" rather than failing
-        return None
 
 
 def next_runs(session: Session, now: datetime | None = None, limit: int = 5) -> list[dict]:

@@ -7,8 +7,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
+from mailer import cron
 from mailer.models import Issue, IssueStatus, Schedule, ScheduleRun
-from mailer.services import cron, deliveries
+from mailer.services import deliveries
 from mailer.services.schedules import ISSUED, SKIPPED, local_label
 
 # How long an unreported run is still worth a report (a send of a few hours, retries).

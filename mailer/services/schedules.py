@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
+from mailer import cron
 from mailer.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from mailer.models import (
     Frequency,
@@ -23,7 +24,7 @@ from mailer.models import (
     Schedule,
     ScheduleRun,
 )
-from mailer.services import cron, digests
+from mailer.services import issue_edits
 from mailer.services.subscriptions import check_text, parse_sections
 
 ISSUED, SKIPPED, MISSED = "issued", "skipped", "missed"
@@ -108,7 +109,7 @@ def create_schedule(
     if subject is not None and not isinstance(subject, str):
         raise ValidationError("subject", "subject must be a string.")
     # The subject is a template; checking it now spares a failure at firing time.
-    subject = digests.check_subject(subject) if subject and subject.strip() else ""
+    subject = issue_edits.check_subject(subject) if subject and subject.strip() else ""
     schedule = Schedule(
         name=name,
         cron=spec.text,

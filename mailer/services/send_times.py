@@ -12,11 +12,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
-from mailer.errors import InvalidTransition, NotFound, ValidationError
+from mailer.clock import utcnow
+from mailer.errors import ValidationError
 from mailer.models import Issue, IssueStatus
+from mailer.services import issue_states as states
 
-I = IssueStatus  # noqa: E741
 MAX_AHEAD = timedelta(days=366)
 
 
@@ -45,32 +45,14 @@ def schedule(session: Session, issue_id: int, at: datetime, now: datetime | None
                                          "or send now.")
     if at > now + MAX_AHEAD:
         raise ValidationError("send_at", "Choose a time within the next year.")
-    done = session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status.in_((I.DRAFT, I.SCHEDULED)))
-        .values(status=I.SCHEDULED, send_at=at, updated_at=now, status_reason=None)
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not done:
-        _missing_or(session, issue_id, (I.DRAFT, I.SCHEDULED), I.SCHEDULED)
+    states.transition(
+        session, issue_id, states.SCHEDULE, send_at=at, updated_at=now, status_reason=None
+    )
 
 
 def unschedule(session: Session, issue_id: int) -> None:
     """scheduled → draft: the issue waits for an editor again."""
-    done = session.execute(
-        update(Issue)
-        .where(Issue.id == issue_id, Issue.status == I.SCHEDULED)
-        .values(status=I.DRAFT, send_at=None, updated_at=utcnow())
-        .execution_options(synchronize_session=False)
-    ).rowcount
-    if not done:
-        _missing_or(session, issue_id, (I.SCHEDULED,), I.DRAFT)
-
-
-def _missing_or(session: Session, issue_id: int, from_states, to_state) -> None:
-    if session.get(Issue, issue_id) is None:
-        raise NotFound(f"There is no issue {issue_id}.")
-    raise InvalidTransition(f"Issue {issue_id}", from_states, to_state)
+    states.transition(session, issue_id, states.UNSCHEDULE, send_at=None)
 
 
 def due(session: Session, now: datetime | None = None, limit: int = 20) -> list[int]:
@@ -78,7 +60,7 @@ def due(session: Session, now: datetime | None = None, limit: int = 20) -> list[
     now = now or utcnow()
     return list(session.scalars(
         select(Issue.id)
-        .where(Issue.status == I.SCHEDULED, Issue.send_at <= now)
+        .where(Issue.status == IssueStatus.SCHEDULED, Issue.send_at <= now)
         .order_by(Issue.send_at, Issue.id)
         .limit(limit)
     ))
@@ -93,7 +75,7 @@ def claim_due(session: Session, issue_id: int, now: datetime | None = None) -> b
     now = now or utcnow()
     return bool(session.execute(
         update(Issue)
-        .where(Issue.id == issue_id, Issue.status == I.SCHEDULED, Issue.send_at <= now)
+        .where(Issue.id == issue_id, Issue.status == IssueStatus.SCHEDULED, Issue.send_at <= now)
         .values(updated_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount)

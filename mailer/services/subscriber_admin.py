@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
-from mailer.db import utcnow
+from mailer.clock import utcnow
 from mailer.errors import NotFound, ValidationError
 from mailer.models import (
     Delivery,

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 
 from celery import shared_task
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.feeds import FeedError, Fetched, FetchState, Http, Source, source_for
 from mailer.runtime import runtime
 from mailer.services import articles

@@ -1,14 +1,15 @@
-"""What every task module shares: the after-commit enqueue, retry policy, the periodic tick."""
+"""What every task module shares: the hand-over to the broker, retry policy, the periodic tick."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
 
-from celery import shared_task
+from celery import current_app, shared_task
 from kombu.exceptions import OperationalError
 
 from mailer.mail.errors import TemporaryFailure
+from mailer.services import after_commit
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,16 @@ def enqueue(task, *args, **options) -> bool:
     except OperationalError as e:
         log.warning("broker unavailable, %s%s left to the sweeper: %s", task.name, args, e)
         return False
+
+
+def hand_over(intent: after_commit.Intent) -> bool:
+    """What services asked for after their commit (services.after_commit), to the broker."""
+    return enqueue(current_app.tasks[intent.task], *intent.args, **intent.options)
+
+
+def install_hand_over() -> None:
+    """Called once the tasks are registered (celery_init_app): commits hand over intents."""
+    after_commit.install(hand_over)
 
 
 # The periodic housekeeping steps run by `mailer.tick` (every 30 s from the beat), each in

@@ -6,11 +6,12 @@ import logging
 
 from celery import shared_task
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import InvalidTransition
 from mailer.models import SubscriberImport
 from mailer.runtime import runtime
-from mailer.services import deliveries, digests, send_times
+from mailer.services import deliveries, send_times
 from mailer.services import subscriber_admin as admin
 from mailer.tasks.base import enqueue, register_tick_step
 
@@ -56,17 +57,13 @@ def start_due_issues() -> dict:
             with db.transaction() as s:
                 if not send_times.claim_due(s, issue_id, now):
                     continue  # unscheduled or started meanwhile
-                result = deliveries.start_send(s, issue_id, digests.render_variant, rt, now=now)
+                deliveries.start_send(s, issue_id, settings=rt.settings, now=now)
         except InvalidTransition:
             continue
         except Exception:  # noqa: BLE001 - one broken issue must not hold up the others
             log.exception("scheduled issue %s could not start", issue_id)
             continue
         started += 1
-        if result.batches:
-            from mailer.tasks.delivery import enqueue_batches
-
-            enqueue_batches(issue_id, result.batches)
     return {"started": started} if started else {}
 
 

@@ -1,8 +1,9 @@
 """Sending issues: batch tasks on the `send` queue, and the delivery sweeper in the tick.
 
-Callers that start, resume or re-send an issue enqueue the batches they were handed with
-enqueue_batches() after their commit; a batch that could not be enqueued (broker down) is
-picked up by the sweeper once its hand-out lease expires.
+Starting, resuming or re-sending an issue records its batches on the caller's session
+(services.after_commit); the commit hands them to send_batch. A running batch hands out the
+next one of its chain, or a retry, itself (BatchRunner's enqueue). A batch that could not be
+enqueued (broker down) is picked up by the sweeper once its hand-out lease expires.
 """
 
 from __future__ import annotations
@@ -64,16 +65,13 @@ def _variants(rt):
     return get
 
 
-def enqueue_batches(issue_id: int, batches: list[Batch], countdown: float | None = None) -> int:
-    """Hand batches to the broker (after the commit that claimed them); how many went."""
-    sent = 0
-    for batch in batches:
-        options = {"countdown": countdown} if countdown else {}
-        sent += enqueue(send_batch, issue_id, batch.ids, batch.token, batch.chain, **options)
-    return sent
+def _enqueue_batch(issue_id: int, batch: Batch, countdown: float | None) -> bool:
+    """A batch the runner handed out (after its own commit): the chain's next, or a retry."""
+    options = {"countdown": countdown} if countdown else {}
+    return enqueue(send_batch, issue_id, batch.ids, batch.token, batch.chain, **options)
 
 
-@shared_task(name="mailer.send_batch", acks_late=True, reject_on_worker_lost=True)
+@shared_task(name=deliveries.SEND_BATCH, acks_late=True, reject_on_worker_lost=True)
 def send_batch(issue_id: int, ids: list[int], token: str, chain: bool = True) -> dict:
     """Try, send and record the deliveries handed to this task (services.delivery_batches)."""
     rt = runtime()
@@ -83,7 +81,7 @@ def send_batch(issue_id: int, ids: list[int], token: str, chain: bool = True) ->
         limiter=rt.limiter,
         variant=_variants(rt),
         settings=rt.settings,
-        enqueue=lambda batch, delay: enqueue_batches(issue_id, [batch], delay),
+        enqueue=lambda batch, delay: _enqueue_batch(issue_id, batch, delay),
     )
     report = runner.run(issue_id, ids, token, chain)
     if report.stopped:
@@ -95,9 +93,7 @@ def sweep_deliveries() -> dict:
     """The tick step: stuck claims, lost batches, due retries, finished issues."""
     rt = runtime()
     with db.transaction() as s:
-        result = deliveries.sweep(s, rt.settings)
-    for issue_id, batches in result.batches.items():
-        enqueue_batches(issue_id, batches)
+        result = deliveries.sweep(s, rt.settings)  # the batches go to workers at the commit
     out = {k: v for k, v in result.__dict__.items() if k != "batches" and v}
     if result.batches:
         out["batches"] = sum(len(b) for b in result.batches.values())

@@ -7,7 +7,8 @@ from datetime import timedelta
 
 from celery import shared_task
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.models import Subscriber, SubscriberStatus
 from mailer.runtime import runtime

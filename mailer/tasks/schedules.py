@@ -16,7 +16,8 @@ import httpx
 from celery import shared_task
 from sqlalchemy.exc import IntegrityError
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.mail.message import build_message
@@ -26,7 +27,6 @@ from mailer.runtime import runtime
 from mailer.services import deliveries, digests, schedules
 from mailer.services import schedule_reports as reports
 from mailer.tasks.base import enqueue, register_tick_step
-from mailer.tasks.delivery import enqueue_batches
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,8 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
                 manual: bool = False):
     """Claim one period, compose its issue and start sending it; the run, or None if the
     period was taken by another scheduler (or the schedule was paused or removed meanwhile).
-    Owns its transaction; enqueues after commit."""
+    Owns its transaction; its commit hands the first batches to the workers."""
     rt = runtime()
-    started = None
     try:
         with db.transaction() as s:
             schedule = s.get(Schedule, schedule_id)
@@ -64,13 +63,10 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
             if issue.status == IssueStatus.DRAFT:
                 # Same transaction: an issue exists for the period only with its audience
                 # frozen, so a crash here leaves nothing half-started for the next tick.
-                started = deliveries.start_send(s, issue.id, digests.render_variant, rt)
+                deliveries.start_send(s, issue.id, settings=rt.settings)
     except IntegrityError:
         log.info("schedule %s period %s was fired by another scheduler", schedule_id, period)
         return None
-    if started is not None and started.batches:
-        # After the commit; batches the broker does not take, the delivery sweeper hands out.
-        enqueue_batches(started.issue_id, started.batches)
     log.info("schedule %s fired for %s: %s (issue %s)", schedule_id, period, run.status,
              run.issue_id)
     return run

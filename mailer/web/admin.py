@@ -11,6 +11,7 @@ from mailer.models import Role
 from mailer.runtime import runtime
 from mailer.services import reports, users
 from mailer.services import subscriptions as subs
+from mailer.tasks.queues import broker_backlog
 from mailer.web import auth, charts
 from mailer.web.extensions import client_ip, limiter
 
@@ -146,7 +147,7 @@ def index():
         history=history,
         recent=recent,
         queue=reports.queue_state(db.session),
-        backlog=reports.broker_backlog(settings),
+        backlog=broker_backlog(settings),
         upcoming=reports.next_runs(db.session),
         warnings=reports.warnings(db.session, settings, recent),
     )

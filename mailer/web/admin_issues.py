@@ -7,11 +7,12 @@ import re
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, NotFound, ValidationError
 from mailer.models import Issue, IssueItem, IssueStatus, ItemSection, Role
 from mailer.runtime import runtime
-from mailer.services import digests, reports
+from mailer.services import digests, issue_edits, issue_states, render, reports
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
 from mailer.web import auth
@@ -28,7 +29,7 @@ READER_ROLES = (Role.EDITOR, Role.OPS)
 
 
 def issue_home(issue: Issue) -> str:
-    if issue.status in digests.EDITABLE:
+    if issue.status in issue_states.EDITABLE:
         return url_for("admin_issues.compose", issue_id=issue.id)
     if issue.status in (IssueStatus.SENDING, IssueStatus.PAUSED):
         return url_for("admin_sending.sending", issue_id=issue.id)
@@ -92,7 +93,7 @@ def create():
     settings = rt.settings
     issue = digests.create_issue(
         db.session, rt, now=utcnow(),
-        audience_frequency=digests.check_frequency(form.get("frequency") or "weekly"),
+        audience_frequency=issue_edits.check_frequency(form.get("frequency") or "weekly"),
         audience_sections=form.getlist("sections"),
         latest_n=_count(form, "latest", settings.digest_latest),
         popular_m=_count(form, "popular", settings.digest_popular),
@@ -117,8 +118,8 @@ def _items(issue: Issue):
 @auth.login_required(*READER_ROLES)
 def compose(issue_id: int):
     """The composer for drafts; any other issue's link leads to its progress or report."""
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE and not auth.allowed(auth.current_user(), EDITOR_ROLES):
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_states.EDITABLE and not auth.allowed(auth.current_user(), EDITOR_ROLES):
         abort(403, "Only editors can open a draft issue.")
     return _compose_page(issue_id)
 
@@ -126,13 +127,13 @@ def compose(issue_id: int):
 def _compose_page(issue_id: int, error: ValidationError | None = None, typed=None,
                   status: int = 200):
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status not in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status not in issue_states.EDITABLE:
         return redirect(issue_home(issue))
     view = request.args.get("preview", "desktop")
     if view not in ("desktop", "mobile", "text"):
         view = "desktop"
-    preview = digests.render_preview(db.session, issue, "", rt)
+    preview = render.render_preview(db.session, issue, "", rt.settings)
     shown, dropped = _items(issue)
     q = request.args.get("q", "")
     text = typed or {"subject": issue.subject, "preheader": issue.preheader,
@@ -156,7 +157,7 @@ def _refused(issue_id: int, e: MailerError, anchor: str = ""):
     wrong (the composer again, with the reason, and a 4xx)."""
     db.session.rollback()
     if isinstance(e, InvalidTransition):
-        issue = digests.get_issue(db.session, issue_id)
+        issue = issue_edits.get_issue(db.session, issue_id)
         flash(f"Issue {issue_id} is {issue.status} and can no longer be edited.", "error")
         return redirect(issue_home(issue))
     error = e if isinstance(e, ValidationError) else ValidationError(anchor.lstrip("#"), str(e))
@@ -168,8 +169,8 @@ def _refused(issue_id: int, e: MailerError, anchor: str = ""):
 def save_text(issue_id: int):
     form = request.form
     try:
-        digests.set_text(db.session, issue_id, subject=form.get("subject", ""),
-                         preheader=form.get("preheader", ""), intro=form.get("intro", ""))
+        issue_edits.set_text(db.session, issue_id, subject=form.get("subject", ""),
+                             preheader=form.get("preheader", ""), intro=form.get("intro", ""))
         db.session.commit()
     except ValidationError as e:
         # Keep what was typed: the form is shown again with the reason, nothing saved.
@@ -195,13 +196,14 @@ def item(issue_id: int, item_id: int, action: str):
     article_id = row.article_id
     try:
         if action in ("pin", "unpin", "exclude", "include"):
-            getattr(digests, action)(db.session, issue_id, article_id)
+            getattr(issue_edits, action)(db.session, issue_id, article_id)
         elif action in ("up", "down"):
             position = max(0, row.position + (-1 if action == "up" else 1))
-            digests.move(db.session, issue_id, item_id, position)
+            issue_edits.move(db.session, issue_id, item_id, position)
         else:
-            digests.move(db.session, issue_id, item_id, _position(request.form.get("position")),
-                         _section(request.form.get("section")))
+            issue_edits.move(db.session, issue_id, item_id,
+                             _position(request.form.get("position")),
+                             _section(request.form.get("section")))
         db.session.commit()
     except (ValidationError, InvalidTransition, NotFound) as e:
         if request.accept_mimetypes.best == "application/json":
@@ -236,7 +238,7 @@ def _section(raw) -> ItemSection | None:
 def add_article(issue_id: int, article_id: int):
     """Add an article the proposal left out; it is pinned, so proposing again keeps it."""
     try:
-        digests.pin(db.session, issue_id, article_id, _section(request.form.get("section")))
+        issue_edits.pin(db.session, issue_id, article_id, _section(request.form.get("section")))
         db.session.commit()
     except (ValidationError, InvalidTransition, NotFound) as e:
         return _refused(issue_id, e, "#add")
@@ -258,8 +260,8 @@ def recompose(issue_id: int):
 
 def _preview(issue_id: int):
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    sections = digests.check_sections(request.args.get("sections", ""), rt.settings)
+    issue = issue_edits.get_issue(db.session, issue_id)
+    sections = issue_edits.check_sections(request.args.get("sections", ""), rt.settings)
     return digests.preview(db.session, issue, sections, rt)
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.routing import BuildError
 
-from mailer.db import db, utcnow
+from mailer import cron
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import Conflict, MailerError, ValidationError
 from mailer.models import Role
-from mailer.services import cron, schedules
+from mailer.services import schedules
 from mailer.web import auth
 from mailer.web.extensions import settings
 

@@ -9,7 +9,7 @@ from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, ValidationError
 from mailer.models import IssueStatus
 from mailer.runtime import runtime
-from mailer.services import deliveries, digests, reports, send_times
+from mailer.services import deliveries, issue_edits, issue_states, render, reports, send_times
 from mailer.web import auth
 from mailer.web.admin import page_count, paging
 from mailer.web.admin_issues import EDITOR_ROLES, READER_ROLES, issue_home
@@ -47,11 +47,11 @@ def confirm(issue_id: int):
 
 def _confirm_page(issue_id: int, error: str | None = None, status: int = 200, form=None):
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status not in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status not in issue_states.EDITABLE:
         flash(_already(issue))
         return redirect(issue_home(issue))
-    preview = digests.render_preview(db.session, issue, "", rt)
+    preview = render.render_preview(db.session, issue, "", rt.settings)
     return render_template(
         "admin/send_confirm.html", issue=issue, preview=preview, error=error, form=form or {},
         audience=reports.audience(db.session, issue, rt.settings),
@@ -63,26 +63,22 @@ def _confirm_page(issue_id: int, error: str | None = None, status: int = 200, fo
 @auth.login_required(*EDITOR_ROLES)
 def send(issue_id: int):
     """Start sending now. Idempotent: a double click or a second editor starts nothing more."""
-    from mailer.tasks.delivery import enqueue_batches
-
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_states.EDITABLE:
         audience = reports.audience(db.session, issue, rt.settings)
         if audience["readers"] == 0:
             return _confirm_page(issue_id, "Nobody would get this issue: there are no active "
                                  "readers with articles in it.", 400)
     try:
         # The conditional UPDATE inside start_send lets exactly one request through.
-        result = deliveries.start_send(db.session, issue_id, digests.render_variant, rt)
+        result = deliveries.start_send(db.session, issue_id, settings=rt.settings)
         db.session.commit()
     except InvalidTransition:
         db.session.rollback()
-        issue = digests.get_issue(db.session, issue_id)
+        issue = issue_edits.get_issue(db.session, issue_id)
         flash(_already(issue))
         return redirect(issue_home(issue))
-    if result.batches:
-        enqueue_batches(issue_id, result.batches)
     flash(f"Sending to {result.deliveries} readers started.")
     return redirect(url_for("admin_sending.sending", issue_id=issue_id))
 
@@ -91,7 +87,7 @@ def send(issue_id: int):
 @auth.login_required(*EDITOR_ROLES)
 def schedule(issue_id: int):
     form = request.form
-    issue = digests.get_issue(db.session, issue_id)
+    issue = issue_edits.get_issue(db.session, issue_id)
     try:
         if reports.audience(db.session, issue, runtime().settings)["readers"] == 0:
             raise ValidationError("send_at", "Nobody would get this issue: there are no active "
@@ -120,8 +116,8 @@ def unschedule(issue_id: int):
         flash("The send time is cleared: the issue is a draft again.")
     except InvalidTransition:
         db.session.rollback()
-        flash(_already(digests.get_issue(db.session, issue_id)), "error")
-    return redirect(issue_home(digests.get_issue(db.session, issue_id)))
+        flash(_already(issue_edits.get_issue(db.session, issue_id)), "error")
+    return redirect(issue_home(issue_edits.get_issue(db.session, issue_id)))
 
 
 def _progress(issue_id: int) -> dict:
@@ -160,8 +156,8 @@ def _duration(seconds: int) -> str:
 @bp.get("/<int:issue_id>/sending")
 @auth.login_required(*READER_ROLES)
 def sending(issue_id: int):
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE or issue.status == I.SKIPPED:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_states.EDITABLE or issue.status == I.SKIPPED:
         return redirect(issue_home(issue))
     return render_template(
         "admin/sending.html", issue=issue, progress=_progress(issue_id), labels=STATE_LABELS,
@@ -181,16 +177,12 @@ def status(issue_id: int):
 @bp.post("/<int:issue_id>/<any(pause, resume, cancel):action>")
 @auth.login_required(*READER_ROLES)
 def control(issue_id: int, action: str):
-    from mailer.tasks.delivery import enqueue_batches
-
-    rt = runtime()
     who = auth.current_user().email
-    batches = []
     try:
         if action == "pause":
             deliveries.pause(db.session, issue_id, f"Paused by {who}.")
         elif action == "resume":
-            batches = deliveries.resume(db.session, issue_id, rt.settings)
+            deliveries.resume(db.session, issue_id, runtime().settings)
         else:
             deliveries.cancel(db.session, issue_id)
         db.session.commit()
@@ -198,12 +190,10 @@ def control(issue_id: int, action: str):
         db.session.rollback()
         flash(f"That did not work: {e}", "error")
     else:
-        if batches:
-            enqueue_batches(issue_id, batches)
         flash({"pause": "Paused: messages already on their way finish, no new ones start.",
                "resume": "Resumed: sending goes on where it stopped.",
                "cancel": "Cancelled: readers not yet mailed will not get this issue."}[action])
-    issue = digests.get_issue(db.session, issue_id)
+    issue = issue_edits.get_issue(db.session, issue_id)
     if issue.status == I.CANCELLED and issue.started_at is None:
         return redirect(url_for("admin_issues.index"))
     return redirect(url_for("admin_sending.sending", issue_id=issue_id)
@@ -213,17 +203,13 @@ def control(issue_id: int, action: str):
 @bp.post("/<int:issue_id>/resend-uncertain")
 @auth.login_required(*READER_ROLES)
 def resend_uncertain(issue_id: int):
-    from mailer.tasks.delivery import enqueue_batches
-
     try:
-        count, batches = deliveries.resend_uncertain(db.session, issue_id, runtime().settings)
+        count = deliveries.resend_uncertain(db.session, issue_id, runtime().settings)
         db.session.commit()
     except MailerError as e:
         db.session.rollback()
         flash(f"That did not work: {e}", "error")
         return redirect(url_for("admin_sending.report", issue_id=issue_id))
-    if batches:
-        enqueue_batches(issue_id, batches)
     flash(f"{count} uncertain message(s) are being sent again.")
     return redirect(url_for("admin_sending.sending", issue_id=issue_id))
 
@@ -231,8 +217,8 @@ def resend_uncertain(issue_id: int):
 @bp.get("/<int:issue_id>/report")
 @auth.login_required(*READER_ROLES)
 def report(issue_id: int):
-    issue = digests.get_issue(db.session, issue_id)
-    if issue.status in digests.EDITABLE:
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if issue.status in issue_states.EDITABLE:
         return redirect(issue_home(issue))
     progress = _progress(issue_id)
     counts = reports.issue_counts(db.session, [issue_id])[issue_id]

@@ -18,7 +18,8 @@ from flask import (
     url_for,
 )
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import ValidationError
 from mailer.models import Role, SubscriberStatus
 from mailer.runtime import runtime

@@ -8,7 +8,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from mailer.db import db
 from mailer.errors import Conflict, MailerError, ValidationError
 from mailer.models import Role
-from mailer.services import user_admin, users
+from mailer.services import users
 from mailer.web import auth
 from mailer.web.admin import page_count, paging
 
@@ -24,7 +24,7 @@ ROLES = [
 
 def _list_page(form=None, error=None, status=200):
     page, offset = paging(PER_PAGE)
-    rows, total = user_admin.list_users(db.session, offset, PER_PAGE)
+    rows, total = users.list_users(db.session, offset, PER_PAGE)
     return render_template(
         "admin/users.html", rows=rows, total=total, page=page,
         pages=page_count(total, PER_PAGE), roles=ROLES, form=form or {}, error=error,
@@ -55,7 +55,7 @@ def create():
 
 
 def _user_page(user_id: int, error=None, status=200):
-    user = user_admin.get_user(db.session, user_id)
+    user = users.get_user(db.session, user_id)
     return render_template("admin/user.html", user=user, roles=ROLES, error=error,
                            me=auth.current_user()), status
 
@@ -81,31 +81,31 @@ def _act(user_id: int, action, done: str):
 @bp.post("/users/<int:user_id>/role")
 @auth.login_required(Role.ADMIN)
 def set_role(user_id: int):
-    user = user_admin.get_user(db.session, user_id)
+    user = users.get_user(db.session, user_id)
     raw = request.form.get("role", "")
-    return _act(user_id, lambda: user_admin.set_role(db.session, user_id, users.parse_role(raw)),
+    return _act(user_id, lambda: users.set_role(db.session, user_id, users.parse_role(raw)),
                 f"{user.email} is now {raw}.")
 
 
 @bp.post("/users/<int:user_id>/<any(deactivate, activate):action>")
 @auth.login_required(Role.ADMIN)
 def set_active(user_id: int, action: str):
-    user = user_admin.get_user(db.session, user_id)
+    user = users.get_user(db.session, user_id)
     active = action == "activate"
     done = (f"{user.email} can log in again." if active else
             f"{user.email} is deactivated: their sessions and API tokens no longer work.")
-    return _act(user_id, lambda: user_admin.set_active(db.session, auth.current_user(), user_id,
-                                                       active), done)
+    return _act(user_id, lambda: users.set_active(db.session, auth.current_user(), user_id,
+                                                  active), done)
 
 
 @bp.post("/users/<int:user_id>/password")
 @auth.login_required(Role.ADMIN)
 def reset_password(user_id: int):
     form = request.form
-    user = user_admin.get_user(db.session, user_id)
+    user = users.get_user(db.session, user_id)
     try:
-        user_admin.reset_password(db.session, user_id, form.get("password", ""),
-                                  form.get("password2", ""))
+        users.reset_password(db.session, user_id, form.get("password", ""),
+                             form.get("password2", ""))
         db.session.commit()
     except ValidationError as e:
         db.session.rollback()
@@ -125,8 +125,8 @@ def account():
     if request.method == "POST":
         form = request.form
         try:
-            user_admin.change_own_password(db.session, me, form.get("current", ""),
-                                           form.get("password", ""), form.get("password2", ""))
+            users.change_own_password(db.session, me, form.get("current", ""),
+                                      form.get("password", ""), form.get("password2", ""))
             db.session.commit()
         except ValidationError as e:
             db.session.rollback()

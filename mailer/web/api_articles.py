@@ -10,7 +10,8 @@ from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError, ValidationError
 from mailer.feeds import FeedError, parse_document
 from mailer.feeds.push import parse_pushed

@@ -26,20 +26,14 @@ def _status(issue_id: int, code: int = 200, **extra):
     return jsonify(body), code
 
 
-def _enqueue(issue_id: int, batches) -> None:
-    from mailer.tasks.delivery import enqueue_batches
-
-    enqueue_batches(issue_id, batches)  # a broker outage is left to the sweeper
-
-
 @bp.post("/<int:issue_id>/send")
 def send(issue_id: int):
     bearer_user(Role.EDITOR)
-    from mailer.services import digests
 
-    result = deliveries.start_send(db.session, issue_id, digests.render_variant, runtime())
+    # The commit hands the first batches to the workers; a broker outage is left to the
+    # sweeper.
+    result = deliveries.start_send(db.session, issue_id, settings=runtime().settings)
     db.session.commit()
-    _enqueue(issue_id, result.batches)
     return _status(issue_id, 202, variants=result.variants)
 
 
@@ -54,9 +48,8 @@ def pause(issue_id: int):
 @bp.post("/<int:issue_id>/resume")
 def resume(issue_id: int):
     bearer_user(Role.EDITOR, Role.OPS)
-    batches = deliveries.resume(db.session, issue_id, runtime().settings)
+    deliveries.resume(db.session, issue_id, runtime().settings)
     db.session.commit()
-    _enqueue(issue_id, batches)
     return _status(issue_id, 202)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import MailerError, NotFound, ValidationError
 from mailer.models import IssueItem, IssueStatus, ItemSection, Role
 from mailer.runtime import runtime
-from mailer.services import digests
+from mailer.services import digests, issue_edits, render
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
 from mailer.web import MAX_ID
@@ -74,7 +75,7 @@ def create():
         subject=data.get("subject"),
         preheader=data.get("preheader") or "",
         intro=data.get("intro") or "",
-        audience_frequency=digests.check_frequency(data.get("frequency") or "weekly"),
+        audience_frequency=issue_edits.check_frequency(data.get("frequency") or "weekly"),
         audience_sections=_sections_arg(data.get("sections")),
         latest_n=_int(data, "latest"),
         popular_m=_int(data, "popular"),
@@ -110,14 +111,14 @@ def index():
 @bp.get("/issues/<int:issue_id>")
 def show(issue_id: int):
     bearer_user(Role.EDITOR, Role.OPS)
-    return jsonify(_describe(digests.get_issue(db.session, issue_id)))
+    return jsonify(_describe(issue_edits.get_issue(db.session, issue_id)))
 
 
 @bp.patch("/issues/<int:issue_id>")
 def edit(issue_id: int):
     bearer_user(Role.EDITOR)
     data = request_data()
-    issue = digests.set_text(
+    issue = issue_edits.set_text(
         db.session,
         issue_id,
         subject=data.get("subject"),
@@ -147,9 +148,9 @@ def add_item(issue_id: int):
     if not 0 < article_id <= MAX_ID:
         # No article has such an id, and the database driver cannot even look it up.
         raise NotFound(f"There is no article {article_id}.")
-    digests.pin(db.session, issue_id, article_id, _section(data.get("section")))
+    issue_edits.pin(db.session, issue_id, article_id, _section(data.get("section")))
     db.session.commit()
-    return jsonify(_describe(digests.get_issue(db.session, issue_id))), 201
+    return jsonify(_describe(issue_edits.get_issue(db.session, issue_id))), 201
 
 
 @bp.patch("/issues/<int:issue_id>/items/<int:item_id>")
@@ -165,19 +166,19 @@ def edit_item(issue_id: int, item_id: int):
     if pinned is None and excluded is None and position is None and section is None:
         raise ValidationError("item", "Give pinned, excluded, position or section to change.")
     if excluded is True:
-        digests.exclude(db.session, issue_id, item.article_id)
+        issue_edits.exclude(db.session, issue_id, item.article_id)
     elif excluded is False:
-        digests.include(db.session, issue_id, item.article_id)
+        issue_edits.include(db.session, issue_id, item.article_id)
     if pinned is True:
-        digests.pin(db.session, issue_id, item.article_id)
+        issue_edits.pin(db.session, issue_id, item.article_id)
     elif pinned is False:
-        digests.unpin(db.session, issue_id, item.article_id)
+        issue_edits.unpin(db.session, issue_id, item.article_id)
     if position is not None or section is not None:
-        digests.move(
+        issue_edits.move(
             db.session, issue_id, item_id, position if position is not None else 0, section
         )
     db.session.commit()
-    return jsonify(_describe(digests.get_issue(db.session, issue_id)))
+    return jsonify(_describe(issue_edits.get_issue(db.session, issue_id)))
 
 
 @bp.get("/issues/<int:issue_id>/preview")
@@ -185,8 +186,8 @@ def preview(issue_id: int):
     """What a reader of `sections` gets, with sample values: JSON, or ?format=html|text."""
     bearer_user(Role.EDITOR, Role.OPS)
     rt = runtime()
-    issue = digests.get_issue(db.session, issue_id)
-    sections = digests.check_sections(request.args.get("sections", ""), rt.settings)
+    issue = issue_edits.get_issue(db.session, issue_id)
+    sections = issue_edits.check_sections(request.args.get("sections", ""), rt.settings)
     subject, html, text = digests.preview(db.session, issue, sections, rt)
     fmt = request.args.get("format", "json")
     if fmt == "html":
@@ -217,9 +218,9 @@ def test_send(issue_id: int):
     if len(raw) > MAX_TEST_RECIPIENTS:
         raise ValidationError("to", f"At most {MAX_TEST_RECIPIENTS} test recipients.")
     addresses = sorted({normalize_email(a) for a in raw})
-    sections = digests.check_sections(_sections_arg(data.get("sections")), rt.settings)
-    issue = digests.get_issue(db.session, issue_id)
-    if digests.render_preview(db.session, issue, sections, rt) is None:
+    sections = issue_edits.check_sections(_sections_arg(data.get("sections")), rt.settings)
+    issue = issue_edits.get_issue(db.session, issue_id)
+    if render.render_preview(db.session, issue, sections, rt.settings) is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
     from mailer.tasks.digest import send_test
 

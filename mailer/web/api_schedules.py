@@ -6,10 +6,12 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
-from mailer.db import db, utcnow
+from mailer import cron
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import Conflict, ValidationError
 from mailer.models import Role
-from mailer.services import cron, schedules
+from mailer.services import schedules
 from mailer.web.api import request_data
 from mailer.web.auth import bearer_user
 from mailer.web.extensions import settings

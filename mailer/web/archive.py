@@ -41,9 +41,9 @@ def index():
     page = max(1, request.args.get("page", 1, type=int))
     total = db.session.scalar(select(func.count()).select_from(Issue).where(Issue.status.in_(SENT)))
     pages = max(1, -(-total // PAGE_SIZE))
-    rt = runtime()
+    settings = runtime().settings
     entries = [
-        public_view(db.session, i, rt) for i in _published((page - 1) * PAGE_SIZE, PAGE_SIZE)
+        public_view(db.session, i, settings) for i in _published((page - 1) * PAGE_SIZE, PAGE_SIZE)
     ]
     return render_template("archive.html", entries=entries, page=page, pages=pages)
 
@@ -54,7 +54,8 @@ def issue(issue_id: int):
     # Drafts, skipped and cancelled issues were never read by anyone: they are not public.
     if found is None or found.status not in SENT:
         abort(404)
-    return render_template("archive_issue.html", view=public_view(db.session, found, runtime()))
+    view = public_view(db.session, found, runtime().settings)
+    return render_template("archive_issue.html", view=view)
 
 
 def _description(view: dict) -> str:
@@ -72,7 +73,7 @@ def feed():
     rt = runtime()
     entries = []
     for found in _published(0, FEED_SIZE):
-        view = public_view(db.session, found, rt)
+        view = public_view(db.session, found, rt.settings)
         entries.append(
             {
                 "subject": view["subject"],

@@ -13,7 +13,8 @@ import logging
 from flask import Blueprint, Response, abort, redirect, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.runtime import runtime
 from mailer.services import clicks
 from mailer.web.extensions import client_ip

@@ -8,7 +8,8 @@ import time
 
 from sqlalchemy import func, insert, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.mail import placeholders as ph
 from mailer.models import (
     Delivery,
@@ -33,7 +34,7 @@ def make_renderer(
     without new articles. Every call is noted in `calls`.
     """
 
-    def render(session, issue, sections, rt):
+    def render(session, issue, sections, settings):
         if calls is not None:
             calls.append(sections)
         if any(s in sections.split(",") for s in empty):

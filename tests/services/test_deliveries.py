@@ -13,8 +13,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
+from mailer.clock import utcnow
 from mailer.config import parse_smtp_url
-from mailer.db import db, utcnow
+from mailer.db import db
 from mailer.errors import InvalidTransition, NotFound
 from mailer.mail.ratelimit import Unlimited
 from mailer.mail.transport import SmtpTransport
@@ -26,7 +27,7 @@ from mailer.models import (
     SubscriberEvent,
     SubscriberStatus,
 )
-from mailer.services import deliveries
+from mailer.services import after_commit, deliveries
 from mailer.services.delivery_batches import BatchRunner
 from mailer.tasks.delivery import _variants
 from tests.mail.delivery_support import add_readers, counts, issue_status, make_renderer, new_issue
@@ -39,7 +40,7 @@ def rt(app):
 
 
 class Engine:
-    """Runs batches like the workers do, collecting what they hand out instead of a broker."""
+    """Runs batches like the workers do, collecting what is handed out instead of a broker."""
 
     def __init__(self, rt, smtp, **settings):
         self.rt = rt
@@ -58,14 +59,27 @@ class Engine:
             enqueue=lambda batch, delay: self.queue.append(batch),
         )
 
+    def take(self, session) -> None:
+        """The batches the session's commit would hand to the workers: queued here instead."""
+        for intent in after_commit.take(session):
+            issue_id, ids, token, chain = intent.args
+            assert (intent.task, issue_id) == (deliveries.SEND_BATCH, self.issue_id)
+            self.queue.append(deliveries.Batch(token, ids, chain))
+
     def start(self, issue_id: int, render=None) -> deliveries.StartResult:
+        self.issue_id, before = issue_id, len(self.queue)
         with db.transaction() as s:
             result = deliveries.start_send(
-                s, issue_id, render or make_renderer(), self.rt, settings=self.settings
+                s, issue_id, settings=self.settings, render=render or make_renderer()
             )
-        self.queue += result.batches
-        self.issue_id = issue_id
+            self.take(s)
+        assert self.queue[before:] == result.batches
         return result
+
+    def resume(self) -> None:
+        with db.transaction() as s:
+            deliveries.resume(s, self.issue_id, self.settings)
+            self.take(s)
 
     def drain(self, limit: int = 1000) -> None:
         while self.queue and limit:
@@ -77,8 +91,7 @@ class Engine:
     def sweep(self, later: float = 0.0) -> deliveries.SweepResult:
         with db.transaction() as s:
             result = deliveries.sweep(s, self.settings, now=utcnow() + timedelta(seconds=later))
-        for batches in result.batches.values():
-            self.queue += batches
+            self.take(s)
         return result
 
 
@@ -151,9 +164,11 @@ def test_a_second_start_is_refused_even_at_the_same_moment(app, rt, smtp, make):
             barrier.wait()
             try:
                 with db.transaction() as s:
-                    outcomes.append(
-                        deliveries.start_send(s, issue_id, make_renderer(), rt).deliveries
+                    started = deliveries.start_send(
+                        s, issue_id, settings=rt.settings, render=make_renderer()
                     )
+                    after_commit.take(s)  # no worker: only the start is tested
+                    outcomes.append(started.deliveries)
             except InvalidTransition as e:
                 outcomes.append(str(e))
 
@@ -271,8 +286,8 @@ def test_pause_stops_between_groups_resume_sends_the_rest_once(rt, smtp, make):
     assert counts(issue_id)["sent"] == 10 and counts(issue_id)["pending"] == 40
     with pytest.raises(InvalidTransition), db.transaction() as s:
         deliveries.pause(s, issue_id)
-    with db.transaction() as s:
-        engine.queue = deliveries.resume(s, issue_id, engine.settings)
+    engine.queue = []
+    engine.resume()
     engine.drain()
     assert issue_status(issue_id) == "finished"
     assert set(per_reader(smtp, emails).values()) == {1}
@@ -311,7 +326,7 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     assert engine.sweep(later=30).requeued == 0  # the lease has not run out
     result = engine.sweep(later=61)
     assert (result.requeued, result.uncertain) == (20, 10)
-    engine.queue = [b for bs in [result.batches.get(issue_id, [])] for b in bs]
+    assert engine.queue == result.batches[issue_id]
     engine.drain()
     c = counts(issue_id)
     assert (c["sent"], c["uncertain"], c["pending"]) == (20, 10, 0)
@@ -321,9 +336,9 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     with db.transaction() as s:
         listed = deliveries.uncertain_rows(s, issue_id)
         assert len(listed) == 10 and all("may have been delivered" in e for _, _, e in listed)
-        n, batches = deliveries.resend_uncertain(s, issue_id, engine.settings)
-    assert n == 10 and issue_status(issue_id) == "sending"
-    engine.queue = batches
+        n = deliveries.resend_uncertain(s, issue_id, engine.settings)
+        engine.take(s)
+    assert n == 10 and issue_status(issue_id) == "sending" and engine.queue
     engine.drain()
     assert issue_status(issue_id) == "finished"
     assert set(per_reader(smtp, emails).values()) == {1}
@@ -430,8 +445,8 @@ def test_an_unreachable_server_hands_the_batch_to_a_later_retry(rt, smtp, make):
         assert issue.status == "paused" and "cannot reach SMTP server" in issue.status_reason
 
     # The server is back: resume sends everyone once.
-    with db.transaction() as s:
-        engine.queue = deliveries.resume(s, issue_id, engine.settings)
+    engine.queue = []
+    engine.resume()
     engine.drain()
     assert issue_status(issue_id) == "finished"
     assert set(per_reader(smtp, emails).values()) == {1}

@@ -13,7 +13,7 @@ from mailer.db import db
 from mailer.errors import Conflict, NotFound
 from mailer.feeds import parse_document
 from mailer.models import Article, Frequency, Issue, IssueItem, IssueStatus, ItemSection, Schedule
-from mailer.services import articles, digests
+from mailer.services import articles, digests, issue_edits, render
 from tests.services.test_digests_support import (
     BROWSER_UA,
     FEEDS,
@@ -158,9 +158,9 @@ def test_pinned_items_stay_and_excluded_ones_stay_out_when_recomposing(app):
     issue = create(rt, at(5), popular_m=0)
     assert items(issue) == ["Bravo", "Alpha"]
 
-    digests.exclude(db.session, issue.id, b.id)
-    digests.pin(db.session, issue.id, old.id, ItemSection.POPULAR)
-    digests.pin(db.session, issue.id, a.id)
+    issue_edits.exclude(db.session, issue.id, b.id)
+    issue_edits.pin(db.session, issue.id, old.id, ItemSection.POPULAR)
+    issue_edits.pin(db.session, issue.id, a.id)
     db.session.commit()
     assert items(issue) == ["Alpha", "Old but gold"]
 
@@ -171,14 +171,14 @@ def test_pinned_items_stay_and_excluded_ones_stay_out_when_recomposing(app):
         db.session.commit()
     assert items(issue, ItemSection.LATEST) == ["Alpha", "Charlie"]
     assert items(issue, ItemSection.POPULAR) == ["Old but gold"]
-    _subject, _html, text = digests.render_preview(db.session, issue, "", rt)
+    _subject, _html, text = render.render_preview(db.session, issue, "", rt.settings)
     assert "Bravo" not in text and "Charlie" in text and "Old but gold" in text
 
     # An exclusion can be undone, and done again.
-    digests.include(db.session, issue.id, b.id)
+    issue_edits.include(db.session, issue.id, b.id)
     db.session.commit()
     assert "Bravo" in items(issue)
-    digests.exclude(db.session, issue.id, b.id)
+    issue_edits.exclude(db.session, issue.id, b.id)
     db.session.commit()
     mark_sent(db.session, issue, at(5, 17))
     db.session.commit()
@@ -198,16 +198,16 @@ def test_items_can_be_moved_within_and_across_sections(app):
         for i in db.session.scalars(select(IssueItem).where(IssueItem.issue_id == issue.id))
     }
     assert items(issue) == ["D", "C", "B", "A"]
-    digests.move(db.session, issue.id, ids["A"], 0)
-    digests.move(db.session, issue.id, ids["C"], 99)
+    issue_edits.move(db.session, issue.id, ids["A"], 0)
+    issue_edits.move(db.session, issue.id, ids["C"], 99)
     db.session.commit()
     assert items(issue) == ["A", "D", "B", "C"]
-    digests.move(db.session, issue.id, ids["D"], 0, ItemSection.POPULAR)
+    issue_edits.move(db.session, issue.id, ids["D"], 0, ItemSection.POPULAR)
     db.session.commit()
     assert items(issue, ItemSection.LATEST) == ["A", "B", "C"]
     assert items(issue, ItemSection.POPULAR) == ["D"]
     with pytest.raises(NotFound):
-        digests.move(db.session, issue.id, 10_000, 0)
+        issue_edits.move(db.session, issue.id, 10_000, 0)
 
 
 def test_only_draft_and_scheduled_issues_can_be_edited(app):
@@ -218,15 +218,15 @@ def test_only_draft_and_scheduled_issues_can_be_edited(app):
     item_id = db.session.scalar(select(IssueItem.id).where(IssueItem.issue_id == issue.id))
     issue.status = IssueStatus.SCHEDULED
     db.session.commit()
-    digests.set_text(db.session, issue.id, subject="Scheduled, still editable")
+    issue_edits.set_text(db.session, issue.id, subject="Scheduled, still editable")
     db.session.commit()
     mark_sent(db.session, issue, at(5, 9))
     db.session.commit()
     edits = [
-        lambda: digests.set_text(db.session, issue.id, subject="Too late"),
-        lambda: digests.pin(db.session, issue.id, article.id),
-        lambda: digests.exclude(db.session, issue.id, article.id),
-        lambda: digests.move(db.session, issue.id, item_id, 0),
+        lambda: issue_edits.set_text(db.session, issue.id, subject="Too late"),
+        lambda: issue_edits.pin(db.session, issue.id, article.id),
+        lambda: issue_edits.exclude(db.session, issue.id, article.id),
+        lambda: issue_edits.move(db.session, issue.id, item_id, 0),
         lambda: digests.recompose(db.session, rt, issue.id),
     ]
     for edit in edits:
@@ -236,7 +236,7 @@ def test_only_draft_and_scheduled_issues_can_be_edited(app):
     kept = db.session.get(Issue, issue.id)
     assert kept.subject == "Scheduled, still editable" and items(kept) == ["Only story"]
     with pytest.raises(NotFound):
-        digests.set_text(db.session, 999_999, subject="x")
+        issue_edits.set_text(db.session, 999_999, subject="x")
 
 
 def test_one_issue_per_schedule_and_period(app):

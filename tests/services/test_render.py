@@ -14,7 +14,7 @@ from mailer.db import db
 from mailer.errors import ValidationError
 from mailer.mail import placeholders as ph
 from mailer.models import IssueItem
-from mailer.services import digests
+from mailer.services import digests, issue_edits, render
 from tests.services.test_digests_support import add_article, build, digest_app, personalize
 
 NOW = datetime(2026, 11, 16, 7, 0, tzinfo=UTC)
@@ -62,7 +62,7 @@ def test_a_variant_is_complete_with_reader_placeholders_left_in(app):
     rt = app.extensions["mailer"]
     _articles(3)
     issue = _issue(rt, intro="Good morning, {{ name }}!")
-    subject, html, text = digests.render_variant(db.session, issue, "", rt)
+    subject, html, text = render.render_variant(db.session, issue, "", rt.settings)
     items = db.session.query(IssueItem).filter_by(issue_id=issue.id).all()
 
     assert subject == "The Daily Test: Story number 0"
@@ -99,7 +99,7 @@ def test_tracking_off_gives_plain_links_and_the_pixel_only_when_asked(app, env):
     article.url = "https://daily.example/a?x=1&y=2"
     db.session.commit()
     issue = _issue(rt)
-    _subject, html, text = digests.render_variant(db.session, issue, "", rt)
+    _subject, html, text = render.render_variant(db.session, issue, "", rt.settings)
     assert ph.CLICK_BASE not in html and ph.CLICK_BASE not in text
     assert 'href="https://daily.example/a?x=1&amp;y=2"' in html
     assert "https://daily.example/a?x=1&y=2" in text
@@ -130,8 +130,8 @@ def test_hostile_article_fields_come_out_as_text(app):
     db.session.commit()
     issue = _issue(rt, latest_n=len(HOSTILE))
     for _subject, html, text in [
-        digests.render_variant(db.session, issue, "", rt),
-        digests.render_preview(db.session, issue, "", rt),
+        render.render_variant(db.session, issue, "", rt.settings),
+        render.render_preview(db.session, issue, "", rt.settings),
     ]:
         tags = Tags(html)
         assert not tags.all("script") and not tags.all("iframe")
@@ -141,7 +141,7 @@ def test_hostile_article_fields_come_out_as_text(app):
         assert "{{ 7*7 }}" in text and "in-jected" not in text
         assert "__mro__" in html  # shown, never evaluated
     # Markers typed into content are inert: the only live ones are the template's own.
-    _subject, html, text = digests.render_variant(db.session, issue, "", rt)
+    _subject, html, text = render.render_variant(db.session, issue, "", rt.settings)
     assert html.count(ph.UNSUBSCRIBE_URL) == 1 and text.count(ph.UNSUBSCRIBE_URL) == 1
     items = {i.id for i in db.session.query(IssueItem).filter_by(issue_id=issue.id)}
     live = {int(m) for m in re.findall(re.escape(ph.CLICK_BASE) + r"/(\d+)", html + text)}
@@ -157,7 +157,7 @@ def test_hostile_intro_is_escaped_and_links_are_limited_to_the_web(app):
         "Our name: {{ list_name }}"
     )
     issue = _issue(rt, intro=intro)
-    _subject, html, text = digests.render_preview(db.session, issue, "", rt)
+    _subject, html, text = render.render_preview(db.session, issue, "", rt.settings)
     tags = Tags(html)
     assert not tags.all("script") and all("onerror" not in a for a in tags.all("img"))
     hrefs = [a.get("href", "") for a in tags.all("a")]
@@ -184,10 +184,10 @@ def test_the_sandbox_refuses_editor_text_that_reaches_further(app, field, source
     _articles(1)
     issue = _issue(rt, intro="Plain intro")
     with pytest.raises(ValidationError) as refused:
-        digests.set_text(db.session, issue.id, **{field: source})
+        issue_edits.set_text(db.session, issue.id, **{field: source})
     assert refused.value.field == field
     db.session.rollback()
-    kept = digests.get_issue(db.session, issue.id)
+    kept = issue_edits.get_issue(db.session, issue.id)
     assert (kept.intro, kept.subject) == ("Plain intro", digests.DEFAULT_SUBJECT)
     with pytest.raises(ValidationError):
         digests.create_issue(db.session, rt, now=NOW, **{field: source})
@@ -228,7 +228,7 @@ def test_every_rendered_message_parses_strictly_with_short_lines(app, env):
     issue = _issue(rt, intro="Intro line " * 300)
     for sections in ("", "news", "business,sport", "sport"):
         subject, html, text = personalize(
-            *digests.render_variant(db.session, issue, sections, rt), rt
+            *render.render_variant(db.session, issue, sections, rt.settings), rt
         )
         msg = _strict(build(rt, subject, html, text))
         assert ph.PREFIX not in msg.get_body(("html",)).get_content()
@@ -247,7 +247,7 @@ def test_a_variant_shows_only_its_sections(app, env):
     issue = _issue(rt)
 
     def titles(sections):
-        rendered = digests.render_variant(db.session, issue, sections, rt)
+        rendered = render.render_variant(db.session, issue, sections, rt.settings)
         return None if rendered is None else re.findall(r"\d\. (\w+ post)", rendered[2])
 
     assert titles("") == ["Blog post", "Sale post", "Review post", "Unmapped post"]
@@ -255,14 +255,14 @@ def test_a_variant_shows_only_its_sections(app, env):
     assert titles("business") == ["Sale post"]
     assert titles("business,sport") == ["Sale post", "Review post"]
     assert titles("culture") is None  # nothing for them: the delivery skips these readers
-    assert digests.render_preview(db.session, issue, "culture", rt) is None
+    assert render.render_preview(db.session, issue, "culture", rt.settings) is None
 
 
 def test_the_preview_has_no_placeholders_and_harmless_links(app):
     rt = app.extensions["mailer"]
     articles = _articles(2)
     issue = _issue(rt, intro="Hi {{ name }}")
-    subject, html, text = digests.render_preview(db.session, issue, "", rt)
+    subject, html, text = render.render_preview(db.session, issue, "", rt.settings)
     assert ph.PREFIX not in subject + html + text
     assert "Hi Reader" in html and "Hello Reader," in text
     for article in articles:
@@ -276,7 +276,7 @@ def test_the_html_fits_desktop_and_mobile_screens(app, browser):
     rt = app.extensions["mailer"]
     _articles(4)
     issue = _issue(rt, intro="A long intro without breaks " + "x" * 40)
-    _subject, html, _text = digests.render_preview(db.session, issue, "", rt)
+    _subject, html, _text = render.render_preview(db.session, issue, "", rt.settings)
     for width in (1024, 600, 375):
         context = browser.new_context(viewport={"width": width, "height": 800})
         try:

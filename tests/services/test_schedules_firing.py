@@ -11,6 +11,7 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
+from mailer import cron
 from mailer.db import db
 from mailer.models import Article, Frequency, Issue, IssueStatus, Schedule, ScheduleRun
 from mailer.services import schedules
@@ -73,7 +74,7 @@ def test_transition_day_fires_once_on_time(app, zone, cron_text, start, expected
     tick_through(app, start, start + timedelta(hours=5))
     (run,) = runs(sid)
     assert run.period_start == expected
-    assert run.period_start.astimezone(schedules.cron.zone(zone)).strftime("%H:%M %Z") == local
+    assert run.period_start.astimezone(cron.zone(zone)).strftime("%H:%M %Z") == local
     # Fired by the first tick after the period, not an hour off.
     assert timedelta(0) <= run.created_at - expected < timedelta(seconds=30)
     # Nothing new had been published: the period is skipped, with the digest's reason.
@@ -86,7 +87,7 @@ def test_transition_day_fires_once_on_time(app, zone, cron_text, start, expected
 def test_daily_0230_berlin_over_the_whole_spring_and_autumn_weeks(app):
     sid = add_schedule(app, utc(2027, 3, 25), cron_text="daily 02:30")
     tick_through(app, utc(2027, 3, 25), utc(2027, 3, 31), every=timedelta(minutes=10))
-    local = [r.period_start.astimezone(schedules.cron.zone("Europe/Berlin")).isoformat()
+    local = [r.period_start.astimezone(cron.zone("Europe/Berlin")).isoformat()
              for r in runs(sid)]
     assert local == ["2027-03-25T02:30:00+01:00", "2027-03-26T02:30:00+01:00",
                      "2027-03-27T02:30:00+01:00", "2027-03-28T03:00:00+02:00",

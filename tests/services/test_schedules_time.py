@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mailer import cron
 from mailer.errors import ValidationError
-from mailer.services import cron
 from mailer.services.schedules import plan
 
 BERLIN = cron.zone("Europe/Berlin")

@@ -6,7 +6,8 @@ from datetime import timedelta
 
 from sqlalchemy import func, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import Issue, Role
 from mailer.services import users
 from tests.services.test_digests_support import add_article, mark_sent

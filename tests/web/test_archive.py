@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from mailer import tokens
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.mail import placeholders as ph
 from mailer.models import (
     Delivery,
@@ -20,7 +21,6 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.services import deliveries, digests
-from mailer.tasks.delivery import enqueue_batches
 from mailer.tokens import BadToken
 from mailer.web import CSP
 from mailer.web import archive as archive_view
@@ -204,10 +204,9 @@ def test_an_issue_sent_by_the_delivery_engine_is_in_the_archive(app, worker, smt
     issue = digests.create_issue(db.session, rt, now=now, popular_m=0, intro="Hi {{ name }}!")
     issue_id = issue.id
     db.session.commit()
-    started = deliveries.start_send(db.session, issue_id, digests.render_variant, rt)
-    db.session.commit()
+    started = deliveries.start_send(db.session, issue_id, settings=rt.settings)
+    db.session.commit()  # hands the batches to the worker
     assert started.deliveries == 2
-    enqueue_batches(issue_id, started.batches)
 
     (grace,) = smtp.wait_for(readers[0])
     (other,) = smtp.wait_for(readers[1])

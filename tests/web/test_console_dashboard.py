@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import time_machine
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.config import VARIABLES
+from mailer.db import db
 from mailer.models import (
     Delivery,
     DeliveryStatus,
@@ -182,6 +184,7 @@ def test_settings_are_shown_without_secrets(app, env):
     assert "MAILER_FROM The Daily Test <news@daily.example>" in text
     assert "MAILER_SECRET_KEY set" in text and env["MAILER_SECRET_KEY"] not in text
     assert "s3cret" not in text and "https://hooks:•••@example.com/report" in text
+    assert [v.name for v in VARIABLES if v.name not in text] == []
     editor = app.test_client()
     login(editor, Role.EDITOR, "editor@daily.example")
     assert editor.get("/admin/settings").status_code == 403

@@ -11,7 +11,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.feeds import parse_document
 from mailer.models import Article, Role, Subscriber, SubscriberStatus
 from mailer.services import articles, users

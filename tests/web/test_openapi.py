@@ -12,7 +12,8 @@ import pytest
 import schemathesis
 from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import Frequency, Role, Schedule, Subscriber, SubscriberStatus
 from mailer.services import digests, users
 from mailer.web import openapi

@@ -9,7 +9,8 @@ import pytest
 import time_machine
 from sqlalchemy import func, select, update
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.models import ConsentRecord, Subscriber, SubscriberStatus
 from tests.conftest import make_app
 from tests.web.helpers import form_fields, signup

@@ -1,0 +1,116 @@
+"""Work for the workers, handed over once the transaction that made it visible commits.
+
+A service often decides that a worker must do something next: send the batches it just
+claimed, mail the reader who just signed up. It may not talk to Celery (services know no
+tasks), and it must not hand anything over before its rows are committed: a task that
+starts too early finds nothing, and a transaction that rolls back must start nothing. So
+the service records an intent on its session, naming the task:
+
+    after_commit.enqueue(session, "mailer.send_batch", issue_id, ids, token, chain)
+
+and the one listener the tasks layer installs (install(hand_over), see mailer.tasks.base)
+hands the session's intents to the broker right after the commit. A rollback drops them;
+a savepoint's rollback drops those recorded inside it. An intent the broker does not take
+(it is down) is lost, so the work it stood for must be findable again: a batch's rows stay
+claimed until the delivery sweeper hands them out anew when their lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, SessionTransaction, scoped_session
+
+log = logging.getLogger(__name__)
+
+_PENDING = "mailer.after_commit"  # session.info: [(transaction, Intent)]
+_NOT_TAKEN = "mailer.after_commit.not_taken"  # session.info: intents the broker refused
+
+
+@dataclass(frozen=True)
+class Intent:
+    task: str  # the Celery task's name
+    args: tuple
+    options: dict = field(default_factory=dict)  # e.g. countdown
+
+
+_hand_over: Callable[[Intent], bool] | None = None
+
+
+def _session(session: Session | scoped_session) -> Session:
+    return session() if isinstance(session, scoped_session) else session
+
+
+def enqueue(session: Session, task: str, *args, countdown: float | None = None) -> None:
+    """After this session's transaction commits, run `task` with `args` (ids, not objects)."""
+    _listen()
+    session = _session(session)
+    transaction = session.get_nested_transaction() or session.get_transaction()
+    if transaction is None:
+        session.connection()  # begins the transaction the intent belongs to
+        transaction = session.get_transaction()
+    options = {"countdown": countdown} if countdown else {}
+    session.info.setdefault(_PENDING, []).append((transaction, Intent(task, args, options)))
+
+
+def take(session: Session) -> list[Intent]:
+    """Remove the session's intents and return them: the caller runs them itself."""
+    return [intent for _tx, intent in _session(session).info.pop(_PENDING, [])]
+
+
+def not_taken(session: Session) -> int:
+    """How many intents of the session's last commit the broker did not take."""
+    return _session(session).info.get(_NOT_TAKEN, 0)
+
+
+def install(hand_over: Callable[[Intent], bool]) -> None:
+    """Hand intents to `hand_over` (True if the broker took it) after every commit."""
+    global _hand_over
+    _hand_over = hand_over
+    _listen()
+
+
+def _listen() -> None:
+    if not event.contains(Session, "after_commit", _after_commit):
+        event.listen(Session, "after_commit", _after_commit)
+        event.listen(Session, "after_soft_rollback", _after_rollback)
+        event.listen(Session, "after_transaction_end", _after_transaction_end)
+
+
+def _after_commit(session: Session) -> None:
+    refused = 0
+    for intent in take(session):
+        try:
+            taken = _hand_over(intent) if _hand_over else False
+        except Exception:  # noqa: BLE001 - the commit is done; the work must be found again
+            log.exception("could not hand %s%s to the workers", intent.task, intent.args)
+            taken = False
+        if not taken:
+            if _hand_over is None:
+                log.warning("no worker hand-over installed: %s%s dropped", intent.task, intent.args)
+            refused += 1
+    session.info[_NOT_TAKEN] = refused
+
+
+def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
+    while transaction is not None:
+        if transaction is ancestor:
+            return True
+        transaction = transaction.parent
+    return False
+
+
+def _after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    pending = session.info.get(_PENDING)
+    if pending:
+        pending[:] = [(tx, i) for tx, i in pending if not _within(tx, previous_transaction)]
+
+
+def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
+    # A root transaction that ended without a commit (closed, or rolled back by a failed
+    # flush) hands over nothing; its intents must not leak into the next one.
+    if transaction.parent is None:
+        session.info.pop(_PENDING, None)

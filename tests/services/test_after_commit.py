@@ -1,0 +1,133 @@
+"""Work handed to the workers after the commit: never before it, never after a rollback."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from mailer.clock import utcnow
+from mailer.db import db
+from mailer.models import Delivery, Issue
+from mailer.services import after_commit, deliveries
+from mailer.tasks.base import hand_over
+from tests.mail.delivery_support import add_readers, counts, make_renderer, new_issue
+
+
+@pytest.fixture
+def handed(app):
+    """What the commits hand over, recorded instead of sent to the broker."""
+    got: list[tuple[after_commit.Intent, int]] = []
+
+    def record(intent: after_commit.Intent) -> bool:
+        with db.transaction() as s:  # what another process sees at that moment
+            issues = s.scalar(select(func.count()).select_from(Issue))
+        got.append((intent, issues))
+        return not intent.task.endswith("refused")
+
+    after_commit.install(record)
+    with app.app_context():
+        yield got
+    after_commit.install(hand_over)
+
+
+def test_intents_are_handed_over_once_the_commit_made_their_rows_visible(handed):
+    with db.transaction() as s:
+        s.add(Issue(subject="One", status="draft"))
+        s.flush()
+        after_commit.enqueue(s, "mailer.first", 1, [2, 3])
+        after_commit.enqueue(s, "mailer.second", "x", countdown=5)
+        assert handed == []
+    assert handed == [
+        (after_commit.Intent("mailer.first", (1, [2, 3])), 1),
+        (after_commit.Intent("mailer.second", ("x",), {"countdown": 5}), 1),
+    ]
+    assert after_commit.not_taken(s) == 0
+
+
+def test_a_rollback_hands_over_nothing(handed):
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        s.add(Issue(subject="One", status="draft"))
+        s.flush()
+        after_commit.enqueue(s, "mailer.first", 1)
+        raise RuntimeError("the request failed")
+    session = db.session
+    after_commit.enqueue(session, "mailer.second", 2)
+    session.rollback()
+    session.add(Issue(subject="Two", status="draft"))
+    session.commit()  # a later commit of the same session carries nothing of the rolled back
+    assert handed == []
+
+
+def test_a_rolled_back_savepoint_drops_only_its_own_intents(handed):
+    with db.transaction() as s:
+        after_commit.enqueue(s, "mailer.before", 1)
+        with pytest.raises(RuntimeError), s.begin_nested():
+            after_commit.enqueue(s, "mailer.inside", 2)
+            raise RuntimeError("a duplicate insert")
+        with s.begin_nested():
+            after_commit.enqueue(s, "mailer.kept", 3)
+        after_commit.enqueue(s, "mailer.after", 4)
+    assert [i.task for i, _ in handed] == ["mailer.before", "mailer.kept", "mailer.after"]
+
+
+def test_a_session_closed_without_commit_hands_over_nothing(handed):
+    session = db.session_factory()
+    after_commit.enqueue(session, "mailer.first", 1)
+    session.close()
+    session.add(Issue(subject="One", status="draft"))
+    session.commit()
+    assert handed == []
+
+
+def test_intents_run_by_the_caller_are_not_handed_over(handed):
+    with db.transaction() as s:
+        after_commit.enqueue(s, "mailer.first", 1)
+        assert after_commit.take(s) == [after_commit.Intent("mailer.first", (1,))]
+    assert handed == []
+
+
+def test_what_the_broker_refuses_is_counted_and_the_commit_stands(handed, caplog):
+    with db.transaction() as s:
+        s.add(Issue(subject="One", status="draft"))
+        after_commit.enqueue(s, "mailer.refused", 1)
+        after_commit.enqueue(s, "mailer.taken", 2)
+        after_commit.enqueue(s, "no.such.task.refused", 3)
+    assert after_commit.not_taken(s) == 2 and len(handed) == 3
+
+    def broken(intent):
+        raise KeyError(intent.task)
+
+    after_commit.install(broken)
+    with caplog.at_level(logging.ERROR), db.transaction() as s:
+        s.add(Issue(subject="Two", status="draft"))
+        after_commit.enqueue(s, "mailer.first", 1)
+    assert after_commit.not_taken(s) == 1 and "could not hand mailer.first" in caplog.text
+    with db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Issue)) == 2
+
+
+@pytest.mark.redis
+def test_batches_the_broker_did_not_take_are_handed_out_by_the_sweeper(env, tmp_path):
+    from tests.conftest import make_app
+    from tests.support import free_port
+
+    dead = make_app(env, MAILER_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    settings = dead.extensions["mailer.settings"]
+    add_readers(30)
+    with dead.app_context():
+        issue_id = new_issue()
+        with db.transaction() as s:
+            started = deliveries.start_send(s, issue_id, settings=settings, render=make_renderer())
+        assert len(started.batches) == 1 and after_commit.not_taken(s) == 1
+        assert counts(issue_id)["sending"] == 30  # claimed for a task the broker never got
+        later = utcnow() + timedelta(seconds=settings.send_lease_seconds + 1)
+        with db.transaction() as s:
+            swept = deliveries.sweep(s, settings, now=later)
+            (intent,) = after_commit.take(s)
+    assert swept.requeued == 30 and intent.task == deliveries.SEND_BATCH
+    assert sorted(intent.args[1]) == sorted(
+        db.session.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id))
+    )
