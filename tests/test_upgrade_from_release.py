@@ -1,8 +1,9 @@
 """A database made by the previous release's own code upgrades with every row and link intact.
 
 The release (v0.1.0) is taken from this repository's history, run from a scratch folder
-with its own worker process (tests/release_seed.py), and then the current code upgrades the
-database: `mailer db upgrade` in production, by itself on start in the embedded mode.
+with its own worker process (tests/helpers/release_seed.py), and then the current code
+upgrades the database: `mailer db upgrade` in production, by itself on start in the embedded
+mode.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy import create_engine, func, select, table, text
 from mailer import create_app
 from mailer.config import load_settings
 from mailer.migrate import head_revision
-from tests.support import ROOT, PgDatabase
+from tests.helpers.servers import ROOT, PgDatabase
 
 # The release before this one: tag v0.1.0. The commit is named too, so that a checkout
 # without tags still finds it.
@@ -101,7 +102,7 @@ def test_a_release_database_upgrades_with_its_data_and_links(
         old_env["MAILER_REDIS_URL"] = env["MAILER_REDIS_URL"].rsplit("/", 1)[0] + "/13"
     out = tmp_path / "release.json"
     seeded = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "release_seed.py"), str(out)],
+        [sys.executable, str(ROOT / "tests" / "helpers" / "release_seed.py"), str(out)],
         env=old_env, cwd=release_tree, capture_output=True, text=True, timeout=240,
     )
     assert seeded.returncode == 0, seeded.stdout[-3000:] + seeded.stderr[-5000:]
