@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
-from flask import Flask
+if TYPE_CHECKING:
+    from flask import Flask
 
-from mailer.config import PACKAGE_DIR, PROJECT_DIR, Settings, load_settings
+    from mailer.config import Settings
 
 __all__ = ["create_app"]
 
 
 def create_app(config: Settings | dict | None = None) -> Flask:
     """Build the app from settings (or from MAILER_* variables; a dict overrides them)."""
+    # Imported here, so that importing a submodule (the supervising parent of
+    # `mailer worker`, mailer/supervise.py) does not load Flask and SQLAlchemy.
+    from flask import Flask
+
+    from mailer.config import PACKAGE_DIR, PROJECT_DIR, Settings, load_settings
+
     if isinstance(config, Settings):
         settings = config
     else:

@@ -6,9 +6,6 @@ import sys
 
 import click
 
-from mailer.config import ConfigError
-from mailer.errors import MailerError
-
 
 class Context:
     """Builds the app on first use, so `mailer --help` needs no configuration."""
@@ -48,14 +45,50 @@ def progress(iterable=None, length=None, label=""):
     )
 
 
+# Which module defines each command: `mailer worker` imports the server commands only, so
+# a worker process (and every process it forks) carries no code it never runs.
+COMMAND_MODULES = {
+    "run": ("server",),
+    "web": ("server",),
+    "worker": ("server",),
+    "beat": ("server",),
+    "db": ("server",),
+    "user": ("people",),
+    "subscribers": ("people",),
+    "articles": ("articles",),
+    "digest": ("digest", "delivery"),
+    "dkim-record": ("delivery",),
+    "schedule": ("schedule",),
+    "bench": ("bench",),
+}
+
+
 class MailerGroup(click.Group):
-    """Turns configuration and domain errors into exit 1 with a one-line reason."""
+    """Loads a command's module on first use; turns configuration and domain errors into
+    exit 1 with a one-line reason."""
+
+    def list_commands(self, ctx):
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx, name):
+        import importlib
+
+        for module in COMMAND_MODULES.get(name, ()):
+            importlib.import_module(f"mailer.cli.{module}")
+        return super().get_command(ctx, name)
 
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (ConfigError, MailerError) as e:
-            raise click.ClickException(str(e)) from e
+        except Exception as e:
+            # Imported here, not at the top: `mailer worker`'s supervising parent runs this
+            # and should carry nothing but the standard library and click.
+            from mailer.config import ConfigError
+            from mailer.errors import MailerError
+
+            if isinstance(e, ConfigError | MailerError):
+                raise click.ClickException(str(e)) from e
+            raise
 
 
 @click.group(cls=MailerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -65,8 +98,6 @@ def cli():
 
 
 def main(argv=None):
-    from mailer.cli import commands  # noqa: F401 - registers the subcommands
-
     return cli.main(args=argv, prog_name="mailer", standalone_mode=True)
 
 

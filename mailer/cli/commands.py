@@ -1,4 +1,5 @@
-"""Imports every command module so each registers its commands on the `cli` group."""
+"""Imports every command module at once (the `mailer` command itself loads them lazily,
+see COMMAND_MODULES in mailer/cli/__init__.py; tests import this)."""
 
 from mailer.cli import (  # noqa: F401
     articles,  # noqa: F401,E402

@@ -88,6 +88,15 @@ def web(ctx: Context, host: str, port: int, workers: int):
     )
 
 
+def _supervised(wanted: bool, what: str) -> None:
+    """Become the supervising parent of this same command (mailer/supervise.py), unless this
+    process is the supervised child or supervision is off; returns only in the child."""
+    from mailer import supervise
+
+    if wanted and not supervise.is_child():
+        supervise.main([sys.executable, "-m", "mailer.cli", *sys.argv[1:]], what)
+
+
 @cli.command()
 @click.option("--concurrency", "-c", type=int, default=None, help="Processes (default: cores).")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
@@ -95,9 +104,12 @@ def web(ctx: Context, host: str, port: int, workers: int):
 @click.option("--queues", "-Q", default="celery,send", show_default=True)
 @click.option("--beat", is_flag=True, help="Also run the scheduler in this process.")
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--supervise/--no-supervise", default=True, show_default=True,
+              help="Run the worker under a parent that starts it again if it crashes.")
 @pass_ctx
-def worker(ctx: Context, concurrency, pool, queues, beat, loglevel):
+def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     """The Celery worker that renders and sends."""
+    _supervised(supervise, "the worker")
     celery = ctx.app.extensions["celery"]
     argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "-Q", queues,
             "--without-gossip", "--without-mingle"]
@@ -111,9 +123,12 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel):
 
 @cli.command()
 @click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--supervise/--no-supervise", default=True, show_default=True,
+              help="Run the scheduler under a parent that starts it again if it crashes.")
 @pass_ctx
-def beat(ctx: Context, loglevel):
+def beat(ctx: Context, loglevel, supervise):
     """The scheduler process (one is enough; several are safe)."""
+    _supervised(supervise, "the scheduler")
     celery = ctx.app.extensions["celery"]
     celery.start(["beat", f"--loglevel={loglevel}",
                   f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"])
