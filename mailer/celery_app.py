@@ -82,6 +82,9 @@ def celery_init_app(app) -> Celery:
     celery.set_default()
     app.extensions["celery"] = celery
     import mailer.tasks  # registers the shared tasks on this app
+    from mailer.tasks import housekeeping
+
+    housekeeping.connect(app)
 
     mailer.tasks.base.install_hand_over()
     return celery

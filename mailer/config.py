@@ -263,6 +263,11 @@ def _check_dkim_ed25519(values: dict) -> None:
     _key_file_exists("MAILER_DKIM_ED25519_KEY_FILE", values["dkim_ed25519_key_file"])
 
 
+def _check_worker_timeout(values: dict) -> None:
+    if values["worker_timeout_seconds"] < 2 * values["worker_heartbeat_seconds"]:
+        raise ConfigError("MAILER_WORKER_TIMEOUT must be at least twice MAILER_WORKER_HEARTBEAT")
+
+
 # --- the table ----------------------------------------------------------------------------
 
 # The topics variables are grouped by: a table in the README's section of that topic, and a
@@ -419,8 +424,17 @@ VARIABLES: tuple[Variable, ...] = (
              "tries before a temporary failure is final", group=SENDING),
     Variable("MAILER_PAUSE_ERRORS", "pause_errors", 100, number(int),
              "failures (and at least 20 % of tries) that pause an issue", group=SENDING),
-    Variable("MAILER_TICK_SECONDS", "tick_seconds", 30.0, number(float),
-             "how often the scheduler's housekeeping tick runs", group=SENDING),
+    Variable("MAILER_TICK_SECONDS", "tick_seconds", 10.0, number(float, minimum=0.1),
+             "how often the housekeeping tick (sweepers, due schedules) runs, in one process "
+             "at a time across workers and beat", group=SENDING),
+    Variable("MAILER_WORKER_HEARTBEAT", "worker_heartbeat_seconds", 10.0,
+             number(float, minimum=0.1),
+             "seconds between a worker process's heartbeats", group=SENDING),
+    Variable("MAILER_WORKER_TIMEOUT", "worker_timeout_seconds", 30.0, number(float),
+             "seconds of silence after which a worker process is dead and the rows it held "
+             "are given back", group=SENDING, check=_check_worker_timeout),
+    Variable("MAILER_WORKER_TICK", "worker_tick", True, ON_OFF,
+             "workers run the tick too (`off`: only `mailer beat` does)", group=SENDING),
     # Digest issues and schedules.
     Variable("MAILER_DIGEST_LATEST", "digest_latest", 10, number(int),
              "N, latest articles per issue", group=DIGESTS),

@@ -168,8 +168,12 @@ def make_email():
 
 @pytest.fixture(scope="session")
 def worker(base_env, tmp_path_factory):
-    """A real `mailer worker` process (prefork, 2 children) shared by the session."""
-    proc = WorkerProcess(base_env, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    """A real `mailer worker` process (prefork, 2 children) shared by the session.
+
+    Its housekeeping tick is off: tests drive sweeps themselves, at the times they choose
+    (the tests of the workers' own tick start workers of their own).
+    """
+    proc = WorkerProcess({**base_env, "MAILER_WORKER_TICK": "off"}, tmp_path_factory.mktemp("worker") / "worker.log").start()
     yield proc
     proc.stop()
 

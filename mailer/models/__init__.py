@@ -25,11 +25,12 @@ from mailer.models.subscribers import (
     sections_list,
 )
 from mailer.models.users import ApiToken, Role, User
+from mailer.models.workers import HousekeepingTurn, WorkerHeartbeat
 
 __all__ = [
     "ApiToken", "Article", "ArticleStat", "Click", "ConsentRecord", "Delivery", "DeliveryStatus",
-    "Feed", "Frequency", "Issue", "IssueItem", "IssueStatus", "IssueVariant", "ItemSection", "Role",
+    "Feed", "Frequency", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus", "IssueVariant", "ItemSection", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
     "SubscriberStatus", "Suppression",
-    "User", "VisitorSeen", "new_uid", "sections_key", "sections_list",
+    "User", "VisitorSeen", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",
 ]

@@ -18,17 +18,21 @@ never if it rolls back.
 What the delivery columns mean (the exactly-once protocol, with services.delivery_batches):
 
 - pending: not handed to any task; next_attempt_at = not before (NULL = now);
-- sending: handed to a task at claimed_at. claimed_by = "q:<batch token>" while the task has
-  not tried it yet (safe to hand out again), "t:<batch token>:<host>:<pid>" once its SMTP
-  transaction has begun;
+- sending: handed to a task at claimed_at. claimed_by says who holds it:
+  "q:<batch token>" while the task waits in the broker, "q:<batch token>:<worker>" once a
+  worker process runs the task but has not tried the row (both safe to hand out again),
+  "t:<batch token>:<worker>" once its SMTP transaction has begun. <worker> is the process
+  name of services.workers, which keeps a heartbeat;
 - failed_temporary: next_attempt_at = when to retry (backoff); sent, failed_permanent and
   uncertain are final unless an operator re-sends uncertain rows.
 
 Handing out is claiming: dispatch() moves a batch of pending rows to sending in one
 conditional UPDATE, so no row is ever in two batches, and a second copy of a task finds its
-rows already tried. The sweeper, run every tick: rows handed out longer than the lease go
-back to pending if never tried (a lost or dead task) and become `uncertain` if tried (the
-server may have accepted them: never re-sent by itself); due retries return to pending;
+rows already tried. The sweeper, run every tick (in every worker and in beat, one at a
+time): rows held by a worker whose heartbeat lapsed (MAILER_WORKER_TIMEOUT, 30 s) are
+released at once, and rows handed out longer than the lease (a task lost with the broker, a
+worker that never beat) likewise: back to pending if never tried, `uncertain` if tried (the
+server may have accepted them: never re-sent by itself). Due retries return to pending;
 idle issues get their batches; issues with nothing pending, sending or failed_temporary are
 finished; an issue that could send nothing for a whole lease because a server is
 unreachable is paused.
@@ -73,7 +77,7 @@ from mailer.models import (
     sections_key,
     sections_list,
 )
-from mailer.services import after_commit
+from mailer.services import after_commit, workers
 from mailer.services import issue_states as states
 from mailer.services.render import render_variant
 
@@ -479,11 +483,16 @@ def sweep(session: Session, settings: Settings, *, now=None) -> SweepResult:
     now = now or utcnow()
     lease = now - timedelta(seconds=settings.send_lease_seconds)
     out = SweepResult()
-    stale = and_(Delivery.status == DeliveryStatus.SENDING, Delivery.claimed_at < lease)
-    # Handed out but never tried (a lost task, a dead worker): safe to hand out again.
+    held = Delivery.status == DeliveryStatus.SENDING
+    # Held by a process whose heartbeat lapsed: it is dead, release its claims now. Or
+    # handed out longer than the lease ago: a task the broker lost, a worker that never beat.
+    dead = workers.lapsed(session, settings.worker_timeout_seconds, now)
+    held_by_dead = [Delivery.claimed_by.endswith(":" + name, autoescape=True) for name in dead]
+    stale = and_(held, or_(Delivery.claimed_at < lease, *held_by_dead))
+    # Never tried: safe to hand out again.
     lost = _grouped_update(
         session,
-        stale & Delivery.claimed_by.like(QUEUED + "%"),
+        stale & Delivery.claimed_by.startswith(QUEUED),
         {"status": DeliveryStatus.PENDING, "claimed_at": None, "claimed_by": None},
     )
     out.requeued = sum(lost.values())
@@ -491,10 +500,11 @@ def sweep(session: Session, settings: Settings, *, now=None) -> SweepResult:
     out.uncertain = sum(
         _grouped_update(
             session,
-            stale & Delivery.claimed_by.like(TRIED + "%"),
+            stale & Delivery.claimed_by.startswith(TRIED),
             {"status": DeliveryStatus.UNCERTAIN, "last_error": MAY_HAVE_ARRIVED},
         ).values()
     )
+    workers.forget(session, dead)
 
     size = batch_size(settings)
     sending = select(Issue.id).where(Issue.status == IssueStatus.SENDING)

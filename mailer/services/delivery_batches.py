@@ -1,16 +1,20 @@
 """One batch of deliveries: try, send and record them in small groups. Exactly once.
 
 dispatch() (services.deliveries) handed the task its rows already claimed: `sending`, with
-claimed_by = "q:<token>". The task then, per group of `send_group` rows:
+claimed_by = "q:<token>". The task first names its process on them ("q:<token>:<worker>",
+so that the sweeper can give them back at once if this process dies), then, per group of
+`send_group` rows:
 
 1. in one transaction, records the previous group's outcomes and marks this group as tried
-   (claimed_by = "t:<token>:<host>:<pid>"), only if the issue is still sending and only the
-   rows still queued for this token: a second copy of the task gets none of them;
+   (claimed_by = "t:<token>:<worker>"), only if the issue is still sending and only the
+   rows still held for this task: a second copy of the task gets none of them, and neither
+   does this one for rows the sweeper took back;
 2. sends the group on its SMTP connection, under the shared rate limit;
 
 and finally records the last outcomes and finishes the issue if nothing is left. A crash
 leaves at most one group per process tried but unrecorded: the sweeper marks those
-`uncertain`, and hands the rows never tried to another task.
+`uncertain` once the process's heartbeat lapses (services.workers), and hands the rows never
+tried to another task.
 
 This is the hot path of a send (a few statements per group of messages), so it runs on one
 Core connection with statements built once, and commits between steps: unlike other
@@ -20,8 +24,6 @@ services the runner is given the engine rather than a session.
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,6 +54,7 @@ from mailer.models import (
 )
 from mailer.services import deliveries
 from mailer.services.deliveries import QUEUED, TRIED, Batch, new_token
+from mailer.services.workers import process_name
 
 log = logging.getLogger(__name__)
 DELIVERIES, ISSUES, SUBSCRIBERS = Delivery.__table__, Issue.__table__, Subscriber.__table__
@@ -127,6 +130,15 @@ _OUTCOME = (
         claimed_at=bindparam("b_now"),
     )
 )
+_HOLD = (
+    update(DELIVERIES)
+    .where(
+        DELIVERIES.c.issue_id == bindparam("b_issue"),
+        DELIVERIES.c.status == DeliveryStatus.SENDING,
+        DELIVERIES.c.claimed_by == bindparam("b_queued"),
+    )
+    .values(claimed_by=bindparam("b_held"))
+)
 _RELEASE = (
     update(DELIVERIES)
     .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
@@ -154,11 +166,6 @@ _TRIED_COUNTS = (
     )
     .group_by(DELIVERIES.c.status)
 )
-
-
-def run_name() -> str:
-    """Which process tried a row: host and pid, for the operator."""
-    return f"{socket.gethostname()[:60]}:{os.getpid()}"
 
 
 def backoff(settings: Settings, attempts: int) -> float:
@@ -197,15 +204,19 @@ class Run:
     """What one run of a batch holds, set once when it starts (BatchRunner.run)."""
 
     issue_id: int
-    queued: str  # claimed_by of the rows handed to it, not tried yet: "q:<token>"
-    tried: str  # claimed_by of the rows it has begun to send: "t:<token>:<host>:<pid>"
+    in_broker: str  # claimed_by of the rows handed to its task: "q:<token>"
+    queued: str  # once this process holds them, not tried yet: "q:<token>:<worker>"
+    tried: str  # the rows it has begun to send: "t:<token>:<worker>"
     chain: bool  # whether it hands out the next batch of the issue when it starts
     report: BatchReport = field(default_factory=BatchReport)
     retry: Batch | None = None  # rows the server never saw, for a task that starts later
 
     @classmethod
     def of(cls, issue_id: int, token: str, chain: bool) -> Run:
-        return cls(issue_id, QUEUED + token, f"{TRIED}{token}:{run_name()}"[:100], chain)
+        name = process_name()  # services.workers: the name its heartbeat carries
+        return cls(
+            issue_id, QUEUED + token, f"{QUEUED}{token}:{name}", f"{TRIED}{token}:{name}", chain
+        )
 
 
 class BatchRunner:
@@ -331,8 +342,12 @@ class BatchRunner:
         """The rows queued for this task with their readers; the next batch of the chain."""
         run = self.current
         if self._issue_status(conn) != IssueStatus.SENDING:
-            conn.execute(_RELEASE, {"b_ids": ids, "b_queued": run.queued})
+            conn.execute(_RELEASE, {"b_ids": ids, "b_queued": run.in_broker})
             return None, []
+        # From here on the rows name this process: if it dies, they go back at once.
+        conn.execute(
+            _HOLD, {"b_issue": run.issue_id, "b_queued": run.in_broker, "b_held": run.queued}
+        )
         claimed, gone = [], []
         for did, variant_id, attempts, sub_id, email, name, uid, state in conn.execute(
             _OPEN, {"b_issue": run.issue_id, "b_queued": run.queued}

@@ -48,8 +48,10 @@ def install_hand_over() -> None:
     after_commit.install(hand_over)
 
 
-# The periodic housekeeping steps run by `mailer.tick` (every 30 s from the beat), each in
-# its own try so one failing step does not starve the others.
+# The periodic housekeeping steps, each in its own try so one failing step does not starve
+# the others. They run every MAILER_TICK_SECONDS, one process at a time across the
+# cluster: in every worker (mailer/tasks/housekeeping.py) and in the `mailer.tick` task
+# that beat sends, whichever takes the turn (services.workers.take_turn).
 TICK_STEPS: list[Callable[[], object]] = []
 
 
@@ -59,8 +61,17 @@ def register_tick_step(step: Callable[[], object]) -> Callable[[], object]:
     return step
 
 
-@shared_task(name="mailer.tick", acks_late=False)
-def tick() -> dict:
+def run_tick() -> dict | None:
+    """The tick's steps if it is this process's turn (None if another process had it)."""
+    from mailer.clock import utcnow
+    from mailer.db import db
+    from mailer.runtime import runtime
+    from mailer.services import workers
+
+    every = runtime().settings.tick_seconds
+    with db.transaction() as s:
+        if not workers.take_turn(s, workers.process_name(), every, utcnow()):
+            return None
     done = {}
     for step in TICK_STEPS:
         try:
@@ -69,3 +80,9 @@ def tick() -> dict:
             log.exception("tick step %s failed", step.__name__)
             done[step.__name__] = "failed"
     return done
+
+
+@shared_task(name="mailer.tick", acks_late=False)
+def tick() -> dict:
+    done = run_tick()
+    return {"skipped": "another process ran the tick"} if done is None else done

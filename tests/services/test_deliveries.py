@@ -317,7 +317,8 @@ def test_sweeper_requeues_untried_claims_and_marks_tried_ones_uncertain(rt, smtp
     batch = engine.queue.pop(0)
     # A worker takes the batch, begins its first group, then dies without a word.
     dead = engine.runner()
-    dead.current = Run(issue_id, "q:" + batch.token, "t:" + batch.token + ":x", chain=True)
+    token = batch.token
+    dead.current = Run(issue_id, "q:" + token, f"q:{token}:x", f"t:{token}:x", chain=True)
     with db.engine.begin() as conn:
         claimed, _ = dead._open(conn, batch.ids)
         dead._begin(conn, claimed[:10])
@@ -386,6 +387,49 @@ def test_an_audience_without_readers_finishes_at_once(rt, smtp, make):
     assert result.deliveries == 0 and issue_status(issue_id) == "finished"
 
 
+def test_a_dead_workers_claims_are_released_when_its_heartbeat_lapses(rt, smtp, make):
+    from mailer.services import workers
+
+    emails = add_readers(40)
+    issue_id = new_issue()
+    engine = make(send_batch=20, send_group=10, send_window=2)  # the default 600 s lease
+    engine.start(issue_id)
+    # Two processes each take a batch and begin a group; one keeps beating, one dies.
+    for name, batch in zip(["h:1.dead", "h:2.live"], engine.queue, strict=True):
+        runner = engine.runner()
+        t = batch.token
+        runner.current = Run(issue_id, "q:" + t, f"q:{t}:{name}", f"t:{t}:{name}", chain=False)
+        with db.engine.begin() as conn:
+            claimed, _ = runner._open(conn, batch.ids)
+            runner._begin(conn, claimed[:10])
+        with db.transaction() as s:
+            workers.heartbeat(s, name, utcnow())
+    engine.queue = []
+    assert engine.sweep(later=29).requeued == 0  # both beat less than 30 s ago
+    with db.transaction() as s:
+        workers.heartbeat(s, "h:2.live", utcnow() + timedelta(seconds=25))
+    result = engine.sweep(later=31)  # long before the lease: the dead one's rows only
+    assert (result.requeued, result.uncertain) == (10, 10)
+    with db.transaction() as s:
+        assert workers.lapsed(s, 30, utcnow() + timedelta(seconds=31)) == []  # forgotten
+    engine.drain()
+    c = counts(issue_id)
+    assert (c["sent"], c["uncertain"], c["sending"]) == (10, 10, 20)  # the live one's: held
+    assert sum(per_reader(smtp, emails).values()) == 10
+
+
+def test_the_housekeeping_turn_goes_to_one_process_per_tick(rt):
+    from mailer.services import workers
+
+    now = utcnow()
+    with db.transaction() as s:
+        assert workers.take_turn(s, "a", 10, now)
+    with db.transaction() as s:
+        assert not workers.take_turn(s, "b", 10, now + timedelta(seconds=5))
+    with db.transaction() as s:
+        assert workers.take_turn(s, "b", 10, now + timedelta(seconds=10))
+
+
 def test_the_tick_runs_the_delivery_sweeper(rt, make):
     import time_machine
 
@@ -396,7 +440,8 @@ def test_the_tick_runs_the_delivery_sweeper(rt, make):
     engine = make(send_batch=5, send_window=2)
     engine.start(issue_id)  # handed out to two tasks that never run (a lost broker)
     assert counts(issue_id)["sending"] == 10
-    assert tick()["sweep_deliveries"] == {}  # within the lease: nothing to do
+    first = tick()
+    assert first["sweep_deliveries"] == {}, first  # within the lease: nothing to do
     later = utcnow() + timedelta(seconds=rt.settings.send_lease_seconds + 1)
     with time_machine.travel(later, tick=False):
         swept = tick()["sweep_deliveries"]
