@@ -23,6 +23,7 @@ from mailer.models import (
     SubscriberEvent,
     SubscriberStatus,
     Suppression,
+    new_uid,
     sections_key,
     sections_list,
 )
@@ -164,8 +165,19 @@ def subscribe(
     cooldown: timedelta,
     now: datetime | None = None,
 ) -> SignupResult:
-    """Record a signup; the caller answers the same way whatever the address's state was."""
+    """Record a signup; the caller answers the same way whatever the address's state was.
+
+    A new address becomes a pending reader with a consent record and a history line; a
+    pending, unsubscribed or bounced one asks for another confirmation, at most once per
+    cooldown (what the form said this time is not applied: an unconfirmed request changes
+    nothing stored); an active or complained one changes nothing. On PostgreSQL all of it is
+    one statement (the signup form sits on every article page: it must be cheap).
+    """
     now = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        return _subscribe_in_one_statement(
+            session, email, name, frequency, sections, consent, now - cooldown, now
+        )
     sub = by_email(session, email)
     if sub is None:
         sub = Subscriber(
@@ -194,8 +206,6 @@ def subscribe(
 
     if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.COMPLAINED):
         return SignupResult(sub.id, False)
-    # Pending, unsubscribed or bounced: another confirmation, at most once per cooldown. What
-    # the form said this time is not applied: an unconfirmed request changes nothing stored.
     last = sub.confirm_requested_at
     if last is not None and now - last < cooldown:
         return SignupResult(sub.id, False)
@@ -203,6 +213,105 @@ def subscribe(
     _consent(session, sub.id, "signup", consent, now)
     _event(session, sub.id, "signup-repeated", consent.source, now)
     return SignupResult(sub.id, True)
+
+
+def _signup_statement():
+    """INSERT the new reader, or else ask an existing one for another confirmation, then
+    record the consent and the history line: one round trip (PostgreSQL's data-modifying
+    CTEs). Built once; parameter names are not column names (an UPDATE would take those
+    as values to SET); `asked` yields the reader's id when a confirmation is owed."""
+    from sqlalchemy import bindparam, literal_column, union_all
+    from sqlalchemy.dialects.postgresql import insert
+
+    now = bindparam("s_now", type_=Subscriber.__table__.c.created_at.type)
+    cutoff = bindparam("s_cutoff", type_=Subscriber.__table__.c.created_at.type)
+    new = (
+        insert(Subscriber.__table__)
+        .values(
+            uid=bindparam("s_uid"),
+            email=bindparam("s_email"),
+            name=bindparam("s_name"),
+            status=literal_column(f"'{SubscriberStatus.PENDING.value}'"),
+            frequency=bindparam("s_frequency", type_=Subscriber.__table__.c.frequency.type),
+            sections=bindparam("s_sections"),
+            source=bindparam("s_source"),
+            created_at=now,
+            updated_at=now,
+            confirm_requested_at=now,
+        )
+        .on_conflict_do_nothing(index_elements=["email"])
+        .returning(Subscriber.__table__.c.id, literal_column("'signup'").label("kind"))
+        .cte("new")
+    )
+    # (Same snapshot as `new`: a row it inserted is not seen here, so a new reader is never
+    # also "repeated".)
+    again = (
+        update(Subscriber.__table__)
+        .where(
+            Subscriber.__table__.c.email == bindparam("s_email"),
+            Subscriber.__table__.c.status.in_([literal_column(f"'{s.value}'") for s in CONFIRMABLE]),
+            Subscriber.__table__.c.confirm_requested_at.is_(None)
+            | (Subscriber.__table__.c.confirm_requested_at <= cutoff),
+        )
+        .values(confirm_requested_at=now, updated_at=now)
+        .returning(Subscriber.__table__.c.id, literal_column("'signup-repeated'").label("kind"))
+        .cte("again")
+    )
+    asked = union_all(select(new.c.id, new.c.kind), select(again.c.id, again.c.kind)).cte("asked")
+    consent = (
+        insert(ConsentRecord.__table__)
+        .from_select(
+            ["subscriber_id", "kind", "at", "ip", "user_agent", "source", "wording"],
+            select(
+                asked.c.id,
+                literal_column("'signup'"),
+                now,
+                bindparam("s_ip"),
+                bindparam("s_user_agent"),
+                bindparam("s_source"),
+                bindparam("s_wording"),
+            ),
+        )
+        .cte("consent")
+    )
+    event = (
+        insert(SubscriberEvent.__table__)
+        .from_select(
+            ["subscriber_id", "at", "kind", "detail"],
+            select(asked.c.id, now, asked.c.kind, bindparam("s_source")),
+        )
+        .cte("event")
+    )
+    return select(asked.c.id).add_cte(consent, event)
+
+
+_SIGNUP = None
+
+
+def _subscribe_in_one_statement(
+    session: Session, email, name, frequency, sections, consent: ConsentInfo, cutoff, now
+) -> SignupResult:
+    global _SIGNUP
+    if _SIGNUP is None:
+        _SIGNUP = _signup_statement()
+    source = consent.source[:200]
+    sub_id = session.execute(
+        _SIGNUP,
+        {
+            "s_uid": new_uid(),
+            "s_email": email,
+            "s_name": name,
+            "s_frequency": frequency,
+            "s_sections": sections,
+            "s_source": source,
+            "s_now": now,
+            "s_cutoff": cutoff,
+            "s_ip": consent.ip,
+            "s_user_agent": (consent.user_agent or "")[:500] or None,
+            "s_wording": consent.wording,
+        },
+    ).scalar()
+    return SignupResult(sub_id, sub_id is not None)
 
 
 def confirm(
