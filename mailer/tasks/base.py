@@ -86,3 +86,48 @@ def run_tick() -> dict | None:
 def tick() -> dict:
     done = run_tick()
     return {"skipped": "another process ran the tick"} if done is None else done
+
+
+class _Collected:
+    """Stands in for kombu's Redis publish batch: keeps the commands instead of sending."""
+
+    def __init__(self):
+        self.commands: list[tuple[str, tuple]] = []
+
+    def add(self, name: str, *args) -> None:
+        self.commands.append((name, args))
+
+
+_channels: dict[int, object] = {}
+
+
+def wire_message(task, *args) -> tuple[str, bytes]:
+    """(Redis key, bytes) of the message that `task.delay(*args)` would push: for a caller
+    that pushes it itself in a round trip of its own (web.signup_gate).
+
+    Built by Celery and kombu themselves (task protocol 2, kombu's envelope), routed straight
+    to the task's queue; only the last step, kombu's LPUSH, is collected instead of sent.
+    Needs a Redis broker; the channel is opened once per process (one PING).
+    """
+    import os
+
+    from celery.utils import uuid
+    from kombu.serialization import dumps
+
+    app = task.app
+    channel = _channels.get(os.getpid())
+    if channel is None:
+        connection = app.connection_for_write()
+        channel = _channels[os.getpid()] = connection.default_channel
+    queue = app.amqp.router.route({}, task.name, args, {})["queue"]
+    message = app.amqp.as_task_v2(uuid(), task.name, args=list(args), kwargs={})
+    content_type, encoding, body = dumps(message.body, serializer=app.conf.task_serializer)
+    properties = {**message.properties, "delivery_mode": 2}
+    envelope = channel.prepare_message(
+        body, None, content_type, encoding, message.headers, properties
+    )
+    collected = _Collected()
+    channel.basic_publish(envelope, exchange="", routing_key=queue.name, _publish_batch=collected)
+    ((command, (key, data)),) = collected.commands
+    assert command == "lpush", command
+    return key, data

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 from celery import shared_task
+from sqlalchemy import select
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -18,15 +20,37 @@ from mailer.tasks.base import RETRY, enqueue, register_tick_step
 log = logging.getLogger(__name__)
 
 
+# A signup pushes its confirmation just before its COMMIT (web.signup_gate): a worker that
+# is quicker than the COMMIT waits for it, this often, this long apart.
+COMMIT_WAITS = 10
+COMMIT_WAIT = 0.3
+
+
+def _wait_for_commit(subscriber_id: int, requested: datetime) -> None:
+    for _ in range(COMMIT_WAITS):
+        with db.transaction() as s:
+            asked = s.scalar(
+                select(Subscriber.confirm_requested_at).where(Subscriber.id == subscriber_id)
+            )
+        if asked is not None and asked >= requested:
+            return
+        time.sleep(COMMIT_WAIT)
+    # Rolled back, or replaced meanwhile: whatever is owed now is handled below.
+
+
 @shared_task(name="mailer.send_confirmation", **RETRY)
-def send_confirmation(subscriber_id: int) -> str:
+def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
+    """Mail the confirmation owed to a reader. `requested` (ISO time) names the request the
+    message was pushed for; until that request is committed and visible, the task waits."""
     rt = runtime()
+    if requested:
+        _wait_for_commit(subscriber_id, datetime.fromisoformat(requested))
     with db.transaction() as s:
         sub = s.get(Subscriber, subscriber_id)
         if sub is None or sub.status not in subscriptions.CONFIRMABLE:
             return "not pending"
-        previous, requested = sub.confirm_sent_at, sub.confirm_requested_at
-        claimed = subscriptions.claim_confirmation(s, subscriber_id, requested)
+        previous, requested_at = sub.confirm_sent_at, sub.confirm_requested_at
+        claimed = subscriptions.claim_confirmation(s, subscriber_id, requested_at)
         email, uid = sub.email, sub.uid
     if not claimed:
         return "already sent"
@@ -35,7 +59,7 @@ def send_confirmation(subscriber_id: int) -> str:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except TemporaryFailure:
         with db.transaction() as s:  # give the claim back so a retry can take it
-            subscriptions.release_confirmation(s, subscriber_id, requested, previous)
+            subscriptions.release_confirmation(s, subscriber_id, requested_at, previous)
         raise
     except PermanentFailure as e:
         log.info("confirmation to subscriber %s refused: %s", subscriber_id, e)
@@ -74,6 +98,11 @@ def send_email_change(subscriber_id: int, new_email: str) -> str:
     return "sent"
 
 
+# A confirmation still owed this long after it was asked for was not handed to a worker
+# (Redis was down) or the message was lost: the sweeper hands it over again.
+CONFIRMATION_GRACE = 60
+
+
 def sweep_confirmations() -> int:
     """Re-enqueue confirmations committed but never handed to the broker (or lost)."""
     settings = runtime().settings
@@ -81,7 +110,7 @@ def sweep_confirmations() -> int:
     with db.transaction() as s:
         owed = subscriptions.confirmations_owed(
             s,
-            older_than=now - timedelta(minutes=2),
+            older_than=now - timedelta(seconds=CONFIRMATION_GRACE),
             newer_than=now - timedelta(hours=settings.confirm_ttl_hours),
         )
     for sub_id in owed:

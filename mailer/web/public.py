@@ -18,7 +18,6 @@ from mailer.web.signup import (
     consent_from_request,
     consent_wording,
     handle_signup,
-    rate_limited,
 )
 
 bp = Blueprint("public", __name__)
@@ -42,7 +41,6 @@ def index():
 
 
 @bp.route("/subscribe", methods=["GET", "POST"])
-@rate_limited
 def subscribe():
     if request.method == "GET":
         return render_template("subscribe.html", **_form_context())

@@ -1,20 +1,22 @@
-"""What the signup page and the signup API share: parsing, the honeypot, the enqueue."""
+"""What the signup page and the signup API share: parsing, the honeypot, limits, the hand-off."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from flask import request
-from werkzeug.exceptions import HTTPException
+from flask import current_app, request
+from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from mailer.db import db
+from mailer.db import db, utcnow
 from mailer.errors import ValidationError
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue, send_confirmation
-from mailer.web.extensions import client_ip, limiter
+from mailer.tasks.base import wire_message
+from mailer.web.extensions import client_ip
+from mailer.web.signup_gate import SignupGate
 
 log = logging.getLogger(__name__)
 
@@ -75,34 +77,45 @@ def address_key() -> str:
     return "ip:" + client_ip()
 
 
-def _ip_limit() -> str:
-    return runtime().settings.signup_limit_ip
+def gate() -> SignupGate:
+    """This app's signup limits (one budget for the page and the API together, per client
+    IP and per address typed: alternating between the two routes gives no more)."""
+    app = current_app._get_current_object()
+    found = app.extensions.get("mailer.signup_gate")
+    if found is None:
+        settings = runtime().settings
+        found = app.extensions["mailer.signup_gate"] = SignupGate(
+            settings.redis_url,
+            {"ip": settings.signup_limit_ip, "address": settings.signup_limit_address},
+        )
+    return found
 
 
-def _address_limit() -> str:
-    return runtime().settings.signup_limit_address
-
-
-# One budget for the page and the API together, per client IP and per address typed: an
-# abuser does not get twice the allowance by alternating between the two routes.
-signup_limits = [
-    limiter.shared_limit(_ip_limit, scope="signup-ip", methods=["POST"]),
-    limiter.shared_limit(_address_limit, scope="signup-address", key_func=address_key,
-                         methods=["POST"]),
-]
-
-
-def rate_limited(view):
-    for decorate in reversed(signup_limits):
-        view = decorate(view)
-    return view
+def _admit(confirmation: tuple[int, datetime] | None) -> None:
+    """Count this request against the limits; with Redis, hand over the confirmation in
+    the same round trip. Raises 429 (after a rollback) when a limit is full."""
+    idents = {"ip": client_ip(), "address": address_key()}
+    queue = message = None
+    if confirmation and runtime().settings.redis_url:
+        try:
+            queue, message = wire_message(send_confirmation, confirmation[0],
+                                          confirmation[1].isoformat())
+        except Exception as e:  # noqa: BLE001 - no broker: the sweeper sends it
+            log.warning("confirmation of subscriber %s left to the sweeper: %s",
+                        confirmation[0], e)
+    verdict = gate().admit(idents, queue, message)
+    if not verdict.allowed:
+        db.session.rollback()
+        raise TooManyRequests(retry_after=verdict.retry_after)
 
 
 def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None:
-    """Validate, record and commit a signup, then enqueue its confirmation mail.
+    """Validate, record and commit a signup and hand its confirmation mail to a worker.
 
-    Raises ValidationError before anything is written. Returns the same way for new,
-    pending, active and unsubscribed addresses, so the answer reveals nothing.
+    Raises ValidationError before anything is written, TooManyRequests when a limit is full
+    (nothing written). Returns the same way for new, pending, active and unsubscribed
+    addresses, so the answer reveals nothing. With PostgreSQL and Redis: BEGIN, one
+    statement, COMMIT, and one Redis round trip (web.signup_gate).
     """
     rt = runtime()
     settings = rt.settings
@@ -113,7 +126,11 @@ def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None
     if _get_str(data, HONEYPOT):
         # Bots fill every field; people never see this one. Answer as if it worked.
         log.info("honeypot field filled; signup ignored")
+        _admit(None)
         return
+    if not settings.redis_url:
+        _admit(None)  # embedded: limits first, in this process; nothing to combine them with
+    now = utcnow()
     result = subs.subscribe(
         db.session,
         email=email,
@@ -122,7 +139,13 @@ def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None
         sections=sections,
         consent=consent,
         cooldown=timedelta(seconds=settings.resend_cooldown_seconds),
+        now=now,
     )
+    owed = (result.subscriber_id, now) if result.send_confirmation else None
+    if settings.redis_url:
+        _admit(owed)  # limits and the hand-off in one round trip, before the COMMIT
+        db.session.commit()
+        return
     db.session.commit()
-    if result.send_confirmation:
-        enqueue(send_confirmation, result.subscriber_id)
+    if owed:
+        enqueue(send_confirmation, result.subscriber_id)  # the embedded broker

@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 from mailer.errors import ValidationError
 from mailer.services import subscriptions as subs
 from mailer.web.api.requests import cors, request_data
-from mailer.web.signup import consent_from_request, handle_signup, rate_limited
+from mailer.web.signup import consent_from_request, handle_signup
 
 bp = Blueprint("signup", __name__)
 bp.before_request(cors)
@@ -21,7 +21,6 @@ def _optional_text(data, key: str, max_len: int) -> str | None:
 
 
 @bp.route("/subscribe", methods=["POST", "OPTIONS"])
-@rate_limited
 def subscribe():
     data = request_data()
     # The site's snippet may say which form it is and the words it showed next to the box.

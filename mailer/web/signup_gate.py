@@ -1,0 +1,134 @@
+"""The signup's one Redis round trip: every rate limit, and the confirmation's hand-off.
+
+A signup checks two limits (per client IP, per address typed; each may have several
+windows, "20 per minute;100 per hour") and hands the confirmation mail to a worker. Done
+one command at a time that is five or six Redis round trips per request; here it is one
+Lua script, run after the signup's SQL statement and before its COMMIT:
+
+1. if any window is full, nothing is counted or queued and the request is refused (the
+   caller rolls back and answers 429 with the window's time left);
+2. otherwise every window is counted (fixed windows, expiring with the window) and, when a
+   confirmation is owed, the task's message is pushed onto the worker's queue.
+
+The message reaches the queue just before the COMMIT, so a worker can pick it up before
+the reader's row is visible; the message names the request it serves and the task waits
+for it (tasks.notices.send_confirmation). The alternative, pushing after the COMMIT, costs a
+second round trip on every signup.
+
+Redis down, restarting or slow (timeouts of half a second): limits fall back to counters in
+this process for BACKOFF seconds, the signup is committed all the same, and its
+confirmation, owed in SQL, is sent by the sweeper in every worker (a minute later). Never a
+500. In the embedded mode (no Redis) the counters are in-process and the caller enqueues
+through the embedded broker after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from limits import parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
+
+log = logging.getLogger(__name__)
+
+BACKOFF = 5.0  # seconds without Redis after it failed
+TIMEOUT = 0.5  # seconds: a signup must not hang on an unreachable Redis
+PREFIX = "mailer-signup"
+
+# KEYS: the windows' counters, then the queue; ARGV: each window's size, then each window's
+# length in milliseconds, then the message ('' = nothing to queue).
+SCRIPT = """
+local n = #KEYS - 1
+for i = 1, n do
+  local used = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if used >= tonumber(ARGV[i]) then
+    return {0, redis.call('PTTL', KEYS[i])}
+  end
+end
+for i = 1, n do
+  if redis.call('INCR', KEYS[i]) == 1 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
+  end
+end
+local message = ARGV[2 * n + 1]
+if message ~= '' then
+  redis.call('LPUSH', KEYS[n + 1], message)
+  return {1, 1}
+end
+return {1, 0}
+"""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    retry_after: int = 0  # seconds, when refused
+    queued: bool = False  # the message is on the worker's queue
+
+
+class SignupGate:
+    """Rate limits of the signup routes (and the confirmation's hand-off, with Redis)."""
+
+    def __init__(self, redis_url: str | None, limits: dict[str, str]):
+        # limits: scope -> "N per minute;M per hour"
+        self.limits = {scope: parse_many(text) for scope, text in limits.items()}
+        self.redis_url = redis_url
+        self._client = None
+        self._script = None
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+        self._memory = FixedWindowRateLimiter(MemoryStorage())
+
+    def _windows(self, idents: dict[str, str]):
+        for scope, ident in idents.items():
+            for item in self.limits[scope]:
+                key = f"{PREFIX}/{scope}/{item.amount}/{item.get_expiry()}/{ident}"
+                yield key, item, scope, ident
+
+    def admit(self, idents: dict[str, str], queue: str | None = None,
+              message: bytes | None = None) -> Verdict:
+        """Count one request against every window of `idents` (scope -> who); push
+        `message` onto `queue` if all allow it."""
+        if self.redis_url and time.monotonic() >= self._down_until:
+            try:
+                return self._admit_redis(idents, queue, message)
+            except Exception as e:  # noqa: BLE001 - any Redis failure: degrade, never a 500
+                self._down_until = time.monotonic() + BACKOFF
+                log.warning("signup limits without Redis for %.0f s: %s", BACKOFF, e)
+        return self._admit_memory(idents)
+
+    def _redis(self):
+        with self._lock:
+            if self._client is None:
+                import redis
+
+                self._client = redis.Redis.from_url(
+                    self.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
+                )
+                self._script = self._client.register_script(SCRIPT)
+        return self._script
+
+    def _admit_redis(self, idents, queue, message) -> Verdict:
+        windows = list(self._windows(idents))
+        keys = [key for key, *_ in windows] + [queue or f"{PREFIX}/no-queue"]
+        args = [item.amount for _, item, *_ in windows]
+        args += [item.get_expiry() * 1000 for _, item, *_ in windows]
+        args.append(message or b"")
+        allowed, extra = self._redis()(keys=keys, args=args)
+        if not allowed:
+            return Verdict(False, retry_after=max(1, -(-int(extra) // 1000)))
+        return Verdict(True, queued=bool(extra))
+
+    def _admit_memory(self, idents) -> Verdict:
+        windows = list(self._windows(idents))
+        for _, item, scope, ident in windows:
+            if not self._memory.test(item, scope, ident):
+                reset = self._memory.get_window_stats(item, scope, ident).reset_time
+                return Verdict(False, retry_after=max(1, int(reset - time.time()) + 1))
+        for _, item, scope, ident in windows:
+            self._memory.hit(item, scope, ident)
+        return Verdict(True)
