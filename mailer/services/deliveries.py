@@ -351,6 +351,20 @@ def hand_out(
     return batches
 
 
+def release(session, batch: Batch) -> int:
+    """Give back the rows of a batch that never reached a task (the broker refused it)."""
+    return session.execute(
+        update(Delivery)
+        .where(
+            Delivery.id.in_(batch.ids),
+            Delivery.status == DeliveryStatus.SENDING,
+            Delivery.claimed_by == QUEUED + batch.token,
+        )
+        .values(status=DeliveryStatus.PENDING, claimed_at=None, claimed_by=None)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
 # --- control ----------------------------------------------------------------------------
 
 

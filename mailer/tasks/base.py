@@ -38,9 +38,17 @@ def enqueue(task, *args, **options) -> bool:
         return False
 
 
+# What to do when the broker refuses a task, by task name (called with the task's args).
+REFUSED: dict[str, Callable[..., None]] = {}
+
+
 def hand_over(intent: after_commit.Intent) -> bool:
     """What services asked for after their commit (services.after_commit), to the broker."""
-    return enqueue(current_app.tasks[intent.task], *intent.args, **intent.options)
+    if enqueue(current_app.tasks[intent.task], *intent.args, **intent.options):
+        return True
+    if intent.task in REFUSED:
+        REFUSED[intent.task](*intent.args)
+    return False
 
 
 def install_hand_over() -> None:

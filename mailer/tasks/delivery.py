@@ -2,8 +2,9 @@
 
 Starting, resuming or re-sending an issue records its batches on the caller's session
 (services.after_commit); the commit hands them to send_batch. A running batch hands out the
-next one of its chain, or a retry, itself (BatchRunner's enqueue). A batch that could not be
-enqueued (broker down) is picked up by the sweeper once its hand-out lease expires.
+next one of its chain, or a retry, itself (BatchRunner's enqueue). A batch the broker does not
+take (Redis down) goes back to pending at once, and the sweeper hands it out again once
+the broker is back.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from mailer.runtime import Runtime, runtime
 from mailer.services import deliveries
 from mailer.services.deliveries import Batch
 from mailer.services.delivery_batches import BatchRunner
-from mailer.tasks.base import enqueue, register_tick_step
+from mailer.tasks.base import REFUSED, enqueue, register_tick_step
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,22 @@ def _variants(rt: Runtime) -> Callable[[int], CompiledVariant]:
 def _enqueue_batch(issue_id: int, batch: Batch, countdown: float | None) -> bool:
     """A batch the runner handed out (after its own commit): the chain's next, or a retry."""
     options = {"countdown": countdown} if countdown else {}
-    return enqueue(send_batch, issue_id, batch.ids, batch.token, batch.chain, **options)
+    if enqueue(send_batch, issue_id, batch.ids, batch.token, batch.chain, **options):
+        return True
+    _refused(issue_id, batch.ids, batch.token)
+    return False
+
+
+def _refused(issue_id: int, ids: list[int], token: str, *_chain) -> None:
+    """A batch the broker did not take goes back to pending now, not after the lease."""
+    try:
+        with db.transaction() as s:
+            deliveries.release(s, Batch(token, ids))
+    except Exception:  # noqa: BLE001 - the lease releases them later
+        log.warning("could not release batch %s of issue %s", token, issue_id, exc_info=True)
+
+
+REFUSED[deliveries.SEND_BATCH] = _refused
 
 
 @shared_task(name=deliveries.SEND_BATCH, acks_late=True, reject_on_worker_lost=True)

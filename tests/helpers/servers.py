@@ -160,9 +160,10 @@ class SmtpSink:
 class RedisServer:
     """A private redis-server process, so tests may flush or restart it freely."""
 
-    def __init__(self, workdir: Path, port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, appendonly: bool = False):
         self.port = port or free_port()
         self.workdir = workdir
+        self.appendonly = appendonly  # as ops run it: the queue survives a restart
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -176,7 +177,7 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -190,6 +191,13 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or the OOM killer would."""
+        if self.proc is not None:
+            self.proc.kill()
             self.proc.wait(10)
             self.proc = None
 
