@@ -219,7 +219,17 @@ def postgres_pids(session) -> list[int]:
     )
 
 
-def start_workers(env: dict, folder: Path, count: int, concurrency: int) -> list[Worker]:
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_workers(
+    env: dict, folder: Path, count: int, concurrency: int, queues: str = "send"
+) -> list[Worker]:
     workers = []
     for k in range(count):
         log = folder / f"worker{k}.log"
@@ -233,7 +243,7 @@ def start_workers(env: dict, folder: Path, count: int, concurrency: int) -> list
             "--concurrency",
             str(concurrency),
             "-Q",
-            "send",
+            queues,
             "--loglevel",
             "INFO",
         ]

@@ -224,3 +224,27 @@ def test_web_and_beat_without_redis(app, env, smtp, tmp_path, make_email):
         redis.stop()
     with db.transaction() as s:
         assert s.scalar(select(func.count()).where(Subscriber.email == email)) == 1
+
+
+def test_the_signup_benchmark_checks_every_signup(pg_database, redis_server):
+    """A smoke run of `mailer bench signups` (its checks, not its speed)."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.support import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(MAILER_DATABASE_URL=pg_database.url, MAILER_REDIS_URL=redis_server.url,
+               PYTHONPATH=str(ROOT))
+    done = subprocess.run(
+        [sys.executable, "-m", "mailer.cli", "bench", "signups", "--clients", "4",
+         "--requests", "60", "--web-workers", "1", "--redis-db", "14", "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["accepted"] == result["rows"] == 60
+    assert result["confirmations"] == {"1": 60}
+    assert result["bare"]["codes"] == {"202": 60} and result["signup"]["requests"] == 60
+    assert result["ratio"] > 0

@@ -8,9 +8,11 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 import click
+from sqlalchemy import text
 
 from mailer.cli import cli, fail, progress
 
@@ -18,19 +20,17 @@ if TYPE_CHECKING:
     from mailer.runtime import Runtime
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option(
     "--subscribers",
     "-n",
     type=click.IntRange(1),
-    required=True,
-    help="Readers to seed and send to.",
+    help="Readers to seed and send to (required).",
 )
 @click.option(
     "--smtp",
     "smtp_url",
-    required=True,
-    help="Where to send, e.g. smtp://127.0.0.1:2525 (Postfix's smtp-sink).",
+    help="Where to send, e.g. smtp://127.0.0.1:2525 (Postfix's smtp-sink) (required).",
 )
 @click.option("--dkim", is_flag=True, help="Sign every message with a fresh RSA-2048 key.")
 @click.option(
@@ -72,7 +72,9 @@ if TYPE_CHECKING:
 )
 @click.option("--keep", is_flag=True, help="Keep the scratch database and the worker logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+@click.pass_context
 def bench(
+    ctx,
     subscribers,
     smtp_url,
     dkim,
@@ -86,7 +88,12 @@ def bench(
     as_json,
 ):
     """Measure how fast an issue goes out: seeds readers in a scratch database, sends one
-    issue through real worker processes and reports messages/s and memory per worker."""
+    issue through real worker processes and reports messages/s and memory per worker.
+    `mailer bench signups` measures signups instead."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (subscribers and smtp_url):
+        raise click.UsageError("--subscribers and --smtp are required")
     from mailer import bench as b
     from mailer.config import ConfigError, load_settings, parse_smtp_url
 
@@ -267,3 +274,116 @@ def _print(r: dict) -> None:
         f"private {mb(r['peak_private_mb_per_process'])})"
     )
     click.echo("  final counts: " + ", ".join(f"{k} {v:,}" for k, v in c.items()))
+
+
+@bench.command("signups")
+@click.option("--clients", type=click.IntRange(1), default=32, show_default=True,
+              help="Concurrent clients (keep-alive connections).")
+@click.option("--requests", "count", type=click.IntRange(1), default=4000, show_default=True,
+              help="Signups to post (and as many bare requests).")
+@click.option("--web-workers", type=click.IntRange(1), default=3, show_default=True,
+              help="gunicorn worker processes, for both servers.")
+@click.option("--database-url", envvar="MAILER_DATABASE_URL",
+              help="A PostgreSQL server for the scratch database [default: MAILER_DATABASE_URL].")
+@click.option("--redis-url", envvar="MAILER_REDIS_URL",
+              help="The Redis server [default: MAILER_REDIS_URL].")
+@click.option("--redis-db", type=click.IntRange(0), default=15, show_default=True,
+              help="The Redis database used (and emptied) for the run.")
+@click.option("--wait", type=click.FloatRange(1), default=120, show_default=True,
+              help="Seconds to wait for the last confirmations.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
+def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait, as_json):
+    """Signups per second through the real `mailer web`, beside a bare Flask endpoint (one
+    INSERT, one Redis INCR) under the same gunicorn settings; checks that every accepted
+    signup has its row and exactly one confirmation mail."""
+    from mailer import bench as b
+    from mailer import bench_signups as bs
+
+    if not (database_url and redis_url):
+        fail(
+            "the benchmark needs PostgreSQL and Redis: set MAILER_DATABASE_URL and "
+            "MAILER_REDIS_URL, or pass --database-url and --redis-url"
+        )
+    try:
+        scratch = b.Scratch.beside(database_url, redis_url, redis_db)
+    except ValueError as e:
+        fail(str(e))
+    folder = b.scratch_folder()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    smtp = bs.CountingSmtp().start()
+    scratch.create()
+    running = []
+    servers = []
+    try:
+        env = b.bench_env(scratch, f"smtp://127.0.0.1:{smtp.port}", folder, dkim=False)
+        env.update(MAILER_SIGNUP_LIMIT_IP=f"{count * 10} per minute",
+                   MAILER_SIGNUP_LIMIT_ADDRESS="10 per minute",
+                   BENCH_DATABASE_URL=scratch.database_url, BENCH_REDIS_URL=scratch.redis_url)
+        from mailer.db import make_engine
+        from mailer.migrate import upgrade
+
+        upgrade(scratch.database_url)
+        engine = make_engine(scratch.database_url)
+        with engine.begin() as conn:
+            conn.execute(text("CREATE TABLE bench_bare (id bigserial PRIMARY KEY, email text)"))
+        load = os.getloadavg()
+        running += b.start_workers(env, folder, 1, 2, queues="celery")
+        results = {}
+        for name, argv, path in [
+            ("bare", bs.python("mailer.bench_signups"), "/bare"),
+            ("signup", bs.python("mailer.cli", "web", "--host", "127.0.0.1"),
+             "/api/v1/subscribe"),
+        ]:
+            port = b.free_port()
+            if name == "bare":
+                argv = [*argv, str(port), str(web_workers)]
+            else:
+                argv = [*argv, "--port", str(port), "--workers", str(web_workers)]
+            click.echo(f"Loading the {name} endpoint: {count} requests, {clients} clients...",
+                       err=True)
+            servers.append(bs.start_server(argv, env, folder / f"{name}.log", port))
+            results[name] = bs.load(port, path, clients, count, prefix=f"{name}-")
+            b.stop_workers([b.Worker(servers[-1], folder / f"{name}.log")])
+        accepted = results["signup"].accepted
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(smtp.received[e] < 1 for e in accepted):
+            time.sleep(0.5)
+        time.sleep(1.0)  # a second copy would arrive now
+        with engine.connect() as conn:
+            rows = conn.scalar(
+                text("SELECT count(*) FROM subscribers WHERE email = ANY(:e)"), {"e": accepted}
+            )
+        engine.dispose()
+        confirmations = Counter(smtp.received[e] for e in accepted)
+    finally:
+        b.stop_workers(running)
+        smtp.stop()
+        scratch.drop()
+        shutil.rmtree(folder, ignore_errors=True)
+    bare, signup = results["bare"].summary(), results["signup"].summary()
+    ratio = (signup["requests_per_second"] / bare["requests_per_second"]
+             if bare["requests_per_second"] else 0.0)
+    result = {
+        "bare": bare, "signup": signup, "ratio": round(ratio, 2),
+        "accepted": len(accepted), "rows": rows,
+        "confirmations": {str(k): v for k, v in sorted(confirmations.items())},
+        "clients": clients, "web_workers": web_workers, "cores": os.cpu_count(),
+        "load_before": [round(x, 2) for x in load],
+    }
+    ok = rows == len(accepted) and set(confirmations) <= {1} and len(accepted) > 0
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for name, r in (("bare endpoint", bare), ("mailer signup", signup)):
+            click.echo(f"{name:>14}: {r['requests_per_second']:,.0f} requests/s, p50 "
+                       f"{r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms; "
+                       f"answers {r['codes']}")
+        click.echo(f"  signups/s ÷ bare requests/s = {ratio:.2f}; p99 ratio "
+                   f"{signup['p99_ms'] / bare['p99_ms']:.2f} ({clients} clients, "
+                   f"{web_workers} gunicorn workers, {os.cpu_count()} cores, load before "
+                   f"{result['load_before'][0]})")
+        click.echo(f"  accepted {len(accepted):,}; rows {rows:,}; confirmations per signup "
+                   + ", ".join(f"{k}: {v:,}" for k, v in result["confirmations"].items()))
+    if not ok:
+        fail("a signup was lost: some accepted address has no row or not exactly one "
+             "confirmation")

@@ -12,6 +12,14 @@ import click
 from mailer.cli import Context, cli, pass_ctx
 
 
+def web_options(host: str, port: int, workers: int, proxy_hops: int = 0) -> dict:
+    """gunicorn's settings for `mailer web` (and the signup benchmark's bare endpoint, which
+    must run under the very same ones)."""
+    return {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread",
+            "threads": 4, "accesslog": "-",
+            "forwarded_allow_ips": "*" if proxy_hops else "127.0.0.1"}
+
+
 def _gunicorn(factory, options: dict) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -82,9 +90,7 @@ def web(ctx: Context, host: str, port: int, workers: int):
     from mailer import create_app
 
     _gunicorn(
-        lambda: create_app(settings),
-        {"bind": f"{host}:{port}", "workers": workers, "worker_class": "gthread", "threads": 4,
-         "accesslog": "-", "forwarded_allow_ips": "*" if settings.proxy_hops else "127.0.0.1"},
+        lambda: create_app(settings), web_options(host, port, workers, settings.proxy_hops)
     )
 
 
