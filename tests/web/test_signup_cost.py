@@ -1,0 +1,74 @@
+"""What one signup costs on the production stack: one transaction of at most three database
+round trips (BEGIN, one statement, COMMIT) and one Redis round trip (limits and hand-off)."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event, func, select
+
+from mailer.db import db
+from mailer.models import ConsentRecord, Subscriber, SubscriberEvent
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def counted(app, monkeypatch):
+    """Counts statements, commits and pings on the database, and commands sent to Redis."""
+    import redis.connection
+
+    seen = {"statements": 0, "commits": 0, "rollbacks": 0, "pings": 0, "redis": 0}
+    engine = db.engine
+
+    def on(name):
+        def count(*_a, **_k):
+            seen[name] += 1
+
+        return count
+
+    listeners = [(engine, "before_cursor_execute", on("statements")),
+                 (engine, "commit", on("commits")), (engine, "rollback", on("rollbacks"))]
+    for target, name, fn in listeners:
+        event.listen(target, name, fn)
+    ping = engine.dialect.do_ping
+    monkeypatch.setattr(engine.dialect, "do_ping",
+                        lambda conn: (seen.__setitem__("pings", seen["pings"] + 1), ping(conn))[1])
+    send = redis.connection.Connection.send_packed_command
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command",
+                        lambda self, *a, **k: (seen.__setitem__("redis", seen["redis"] + 1),
+                                               send(self, *a, **k))[1])
+    yield seen
+    for target, name, fn in listeners:
+        event.remove(target, name, fn)
+
+
+def test_one_signup_is_three_database_round_trips_and_one_redis(client, counted, make_email,
+                                                                  smtp, worker):
+    assert client.post("/api/v1/subscribe", json={"email": make_email()}).status_code == 202
+    counted.update(dict.fromkeys(counted, 0))  # warm: the script is loaded, the pool full
+    email = make_email()
+    assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
+    # BEGIN (psycopg sends it with the first statement's turn), the statement, COMMIT.
+    assert counted == {"statements": 1, "commits": 1, "rollbacks": 0, "pings": 0, "redis": 1}
+    sub = db.session.scalar(select(Subscriber).where(Subscriber.email == email))
+    assert sub.status == "pending" and sub.confirm_requested_at is not None
+    for model in (ConsentRecord, SubscriberEvent):
+        assert db.session.scalar(
+            select(func.count()).select_from(model).where(model.subscriber_id == sub.id)
+        ) == 1
+    smtp.wait_for(email, match="/confirm/")  # the worker took the message from the script
+
+
+def test_a_repeated_signup_within_the_cooldown_costs_the_same_and_queues_nothing(
+    client, counted, make_email
+):
+    email = make_email()
+    assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
+    counted.update(dict.fromkeys(counted, 0))
+    assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
+    assert counted == {"statements": 1, "commits": 1, "rollbacks": 0, "pings": 0, "redis": 1}
+    sub_id = db.session.scalar(select(Subscriber.id).where(Subscriber.email == email))
+    assert db.session.scalar(
+        select(func.count()).select_from(SubscriberEvent)
+        .where(SubscriberEvent.subscriber_id == sub_id)
+    ) == 1  # no "signup-repeated": the cooldown holds
