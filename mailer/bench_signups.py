@@ -61,7 +61,11 @@ def serve_bare(port: int, workers: int) -> None:
 
 
 class CountingSmtp:
-    """A minimal SMTP server (EHLO, PIPELINING, MAIL, RCPT, DATA) counting mail per recipient."""
+    """A minimal SMTP server (EHLO, PIPELINING, MAIL, RCPT, DATA) counting mail per recipient.
+
+    It runs in a process of its own (`serve_smtp`), so that it takes no CPU time from the
+    load's clients; `XCOUNTS` answers with the counts as one line of JSON.
+    """
 
     def __init__(self):
         self.received: Counter = Counter()
@@ -89,6 +93,8 @@ class CountingSmtp:
                     pass
                 self.received.update(rcpts)
                 writer.write(b"250 queued\r\n")
+            elif line.upper().startswith(b"XCOUNTS"):
+                writer.write(json.dumps(self.received).encode() + b"\r\n")
             elif verb == b"QUIT":
                 writer.write(b"221 bye\r\n")
                 break
@@ -113,6 +119,39 @@ class CountingSmtp:
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def serve_smtp(port_file: str) -> None:
+    server = CountingSmtp().start()
+    Path(port_file).write_text(str(server.port))
+    threading.Event().wait()
+
+
+class SmtpProcess:
+    """CountingSmtp in a child process."""
+
+    def __init__(self, folder: Path):
+        port_file = folder / "smtp.port"
+        self.proc = subprocess.Popen(python("mailer.bench_signups", "smtp", str(port_file)))
+        deadline = time.monotonic() + 30
+        while not port_file.exists() or not port_file.read_text():
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("the benchmark's SMTP server did not start")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+
+    def counts(self) -> Counter:
+        import socket
+
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+            f = sock.makefile("rb")
+            f.readline()
+            sock.sendall(b"XCOUNTS\r\n")
+            return Counter(json.loads(f.readline()))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
 
 # --- the load ----------------------------------------------------------------------------
@@ -205,5 +244,8 @@ def python(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
-if __name__ == "__main__":  # python -m mailer.bench_signups PORT WORKERS: the bare endpoint
-    serve_bare(int(sys.argv[1]), int(sys.argv[2]))
+if __name__ == "__main__":
+    if sys.argv[1] == "smtp":  # python -m mailer.bench_signups smtp PORT_FILE
+        serve_smtp(sys.argv[2])
+    else:  # python -m mailer.bench_signups PORT WORKERS: the bare endpoint
+        serve_bare(int(sys.argv[1]), int(sys.argv[2]))

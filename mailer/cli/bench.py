@@ -310,7 +310,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         fail(str(e))
     folder = b.scratch_folder()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    smtp = bs.CountingSmtp().start()
+    smtp = bs.SmtpProcess(folder)
     scratch.create()
     running = []
     servers = []
@@ -346,15 +346,18 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
             b.stop_workers([b.Worker(servers[-1], folder / f"{name}.log")])
         accepted = results["signup"].accepted
         deadline = time.monotonic() + wait
-        while time.monotonic() < deadline and any(smtp.received[e] < 1 for e in accepted):
+        received = smtp.counts()
+        while time.monotonic() < deadline and any(received[e] < 1 for e in accepted):
             time.sleep(0.5)
+            received = smtp.counts()
         time.sleep(1.0)  # a second copy would arrive now
+        received = smtp.counts()
         with engine.connect() as conn:
             rows = conn.scalar(
                 text("SELECT count(*) FROM subscribers WHERE email = ANY(:e)"), {"e": accepted}
             )
         engine.dispose()
-        confirmations = Counter(smtp.received[e] for e in accepted)
+        confirmations = Counter(received[e] for e in accepted)
     finally:
         b.stop_workers(running)
         smtp.stop()
