@@ -1,10 +1,12 @@
-"""In every worker process that runs tasks: a heartbeat, and the tick when it is its turn.
+"""In every worker: a heartbeat per process that runs tasks, and the tick when it is its turn.
 
-A prefork worker's children run the tasks, so each child starts these two threads when it
-is forked (worker_process_init); a threads or solo worker runs them in its main process.
-The heartbeat names the process as its claims do (services.workers); the tick runs the
-housekeeping steps (sweepers, due schedules) under the cluster-wide turn, so a deployment
-without `mailer beat` still recovers a dead worker's rows and sends owed confirmations.
+A prefork worker's children run the tasks, so each child starts a heartbeat thread when it
+is forked (worker_process_init), and the parent, which only consumes, runs the tick (so
+the tick's work and memory stay out of the sending processes); a threads or solo worker
+runs both in its one process. The heartbeat names the process as its claims do
+(services.workers); the tick runs the housekeeping steps (sweepers, due schedules) under
+the cluster-wide turn, so a deployment without `mailer beat` still recovers a dead
+worker's rows and sends owed confirmations.
 
 Two threads, not one: a long tick step (composing a scheduled issue) must not hold back the
 heartbeat, or the process would look dead while it works.
@@ -48,21 +50,22 @@ def _heartbeat() -> None:
         workers.heartbeat(s, workers.process_name(), utcnow())
 
 
-def start(app) -> None:
-    """Start the heartbeat and the tick in this process (once)."""
+def start(app, *, heartbeat: bool = True, tick: bool = True) -> None:
+    """Start the heartbeat and/or the tick in this process (once)."""
     if _threads:
         return
     settings = app.extensions["mailer.settings"]
     from mailer.tasks.base import run_tick
 
     _stop.clear()
-    with app.app_context():
-        try:
-            _heartbeat()  # before the first task: every claim this process makes has a beat
-        except Exception:  # noqa: BLE001
-            log.warning("first heartbeat failed", exc_info=True)
-    _threads.append(_every(app, settings.worker_heartbeat_seconds, _heartbeat, "heartbeat"))
-    if settings.worker_tick:
+    if heartbeat:
+        with app.app_context():
+            try:
+                _heartbeat()  # before the first task: every claim this process makes has a beat
+            except Exception:  # noqa: BLE001
+                log.warning("first heartbeat failed", exc_info=True)
+        _threads.append(_every(app, settings.worker_heartbeat_seconds, _heartbeat, "heartbeat"))
+    if tick and settings.worker_tick:
         _threads.append(_every(app, settings.tick_seconds, run_tick, "tick"))
 
 
@@ -96,7 +99,8 @@ def connect(app) -> None:
 
         if db.engine is not None:
             db.engine.dispose(close=False)
-        start(app)
+        _threads.clear()  # the parent's tick thread did not survive the fork
+        start(app, tick=False)
 
     @signals.worker_process_shutdown.connect(weak=False, dispatch_uid="mailer-child-stopping")
     def _child_stopping(**_):
@@ -104,11 +108,10 @@ def connect(app) -> None:
 
     @signals.worker_ready.connect(weak=False, dispatch_uid="mailer-worker-ready")
     def _worker_ready(sender=None, **_):
-        # Prefork: the children run tasks and their own threads; the parent only consumes.
+        # Prefork: the children run the tasks and beat; the parent only consumes, and ticks.
         pool = getattr(sender, "pool", None)
-        if pool is not None and type(pool).__module__.endswith("prefork"):
-            return
-        start(app)
+        prefork = pool is not None and type(pool).__module__.endswith("prefork")
+        start(app, heartbeat=not prefork)
 
     @signals.worker_shutdown.connect(weak=False, dispatch_uid="mailer-worker-stopping")
     def _worker_stopping(**_):
