@@ -100,7 +100,9 @@ def test_numbers_and_switches_are_read_into_their_attributes(tmp_path):
             raw, expected = ("off", False) if v.default else ("on", True)
         else:
             continue
-        settings = load_settings({"MAILER_INSTANCE_PATH": str(tmp_path), v.name: raw})
+        # A timeout must leave room for two heartbeats.
+        companion = {"MAILER_WORKER_HEARTBEAT": "1"} if v.name == "MAILER_WORKER_TIMEOUT" else {}
+        settings = load_settings({"MAILER_INSTANCE_PATH": str(tmp_path), v.name: raw, **companion})
         assert getattr(settings, v.attr) == expected, v.name
 
 
@@ -131,3 +133,8 @@ def test_cli_usage_error_exits_2(tmp_path):
         env={**os.environ, "MAILER_INSTANCE_PATH": str(tmp_path)},
     )
     assert proc.returncode == 2 and "Missing argument" in proc.stderr
+
+
+def test_a_worker_timeout_shorter_than_two_heartbeats_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="MAILER_WORKER_TIMEOUT"):
+        load_settings({"MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_WORKER_TIMEOUT": "15"})

@@ -37,7 +37,7 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("foundation", "leaves", "database", "services", "runtime", "tasks", "web"),
     ),
     "cli": (
-        ("mailer.cli", "mailer.bench"),
+        ("mailer.cli", "mailer.bench", "mailer.bench_signups"),
         ("foundation", "leaves", "database", "services", "runtime", "tasks", "web", "app"),
     ),
 }

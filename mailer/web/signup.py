@@ -9,11 +9,13 @@ from datetime import datetime, timedelta
 from flask import current_app, request
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from mailer.db import db, utcnow
+from mailer.clock import utcnow
+from mailer.db import db
 from mailer.errors import ValidationError
 from mailer.runtime import runtime
+from mailer.services import after_commit
 from mailer.services import subscriptions as subs
-from mailer.tasks import enqueue, send_confirmation
+from mailer.tasks import send_confirmation
 from mailer.tasks.base import wire_message
 from mailer.web.extensions import client_ip
 from mailer.web.signup_gate import SignupGate
@@ -146,6 +148,6 @@ def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None
         _admit(owed)  # limits and the hand-off in one round trip, before the COMMIT
         db.session.commit()
         return
+    if owed:  # the embedded broker, once the signup is committed
+        after_commit.enqueue(db.session, send_confirmation.name, result.subscriber_id)
     db.session.commit()
-    if owed:
-        enqueue(send_confirmation, result.subscriber_id)  # the embedded broker
