@@ -11,8 +11,9 @@ the service records an intent on its session, naming the task:
 and the one listener the tasks layer installs (install(hand_over), see mailer.tasks.base)
 hands the session's intents to the broker right after the commit. A rollback drops them;
 a savepoint's rollback drops those recorded inside it. An intent the broker does not take
-(it is down) is lost, so the work it stood for must be findable again: a batch's rows stay
-claimed until the delivery sweeper hands them out anew when their lease expires.
+(it is down) is lost, so the work it stood for must be findable again: the tasks layer may
+name what to do with a refused task (a batch's rows go back to pending, and the delivery
+sweeper hands them out anew once the broker is back).
 """
 
 from __future__ import annotations
