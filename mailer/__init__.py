@@ -13,8 +13,13 @@ if TYPE_CHECKING:
 __all__ = ["create_app"]
 
 
-def create_app(config: Settings | dict | None = None) -> Flask:
-    """Build the app from settings (or from MAILER_* variables; a dict overrides them)."""
+def create_app(config: Settings | dict | None = None, *, web: bool = True) -> Flask:
+    """Build the app from settings (or from MAILER_* variables; a dict overrides them).
+
+    web=False leaves out the pages, the API and their extensions: a worker or the scheduler
+    serves no request, and every module it does not import is memory each of its processes
+    keeps.
+    """
     # Imported here, so that importing a submodule (the supervising parent of
     # `mailer worker`, mailer/supervise.py) does not load Flask and SQLAlchemy.
     from flask import Flask
@@ -74,7 +79,8 @@ def create_app(config: Settings | dict | None = None) -> Flask:
 
     celery_init_app(app)
 
-    from mailer.web import init_web
+    if web:
+        from mailer.web import init_web
 
-    init_web(app)
+        init_web(app)
     return app

@@ -12,13 +12,14 @@ class Context:
 
     def __init__(self):
         self._app = None
+        self.web = True  # False: the app without its pages and API (worker, beat)
 
     @property
     def app(self):
         if self._app is None:
             from mailer import create_app
 
-            self._app = create_app()
+            self._app = create_app(web=self.web)
         return self._app
 
     @property

@@ -119,7 +119,8 @@ def bench(
 
         upgrade(scratch.database_url)
         app = create_app(load_settings(env))
-        result = _run(app, env, folder, subscribers, workers, concurrency, size, running, b)
+        result = _run(app, env, folder, subscribers, workers, concurrency, size, running, b,
+                      smtp_url, dkim)
     finally:
         b.stop_workers(running)
         from mailer.db import db
@@ -145,14 +146,21 @@ def bench(
     _print(result)
 
 
-def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) -> dict:
+def _run(
+    app, env, folder, subscribers, workers, concurrency, size, running, b, smtp_url, dkim
+) -> dict:
     from mailer.clock import utcnow
+    from mailer.config import parse_smtp_url
     from mailer.db import db
     from mailer.models import Issue
     from mailer.services import deliveries
     from mailer.tasks.delivery import sweep_deliveries
 
     load = os.getloadavg()
+    # The SMTP server's processes, when it runs here: its CPU per message is part of what one
+    # message must cost at least.
+    smtp_pids = b.listening_pids(parse_smtp_url(smtp_url).port)
+    signature = b.rsa_signature_seconds() if dkim else None
     session = db.session_factory()
     with progress(length=subscribers, label="Seeding readers") as bar:
         b.seed(session, subscribers, progress=bar.update)
@@ -176,6 +184,7 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
                 "workers": sum(b.cpu_seconds(pid) for w in running for pid in w.pids()),
                 "postgres": sum(b.cpu_seconds(pid) for pid in pg0),
                 "bench": b.cpu_seconds(os.getpid()),
+                "smtp server": sum(b.cpu_seconds(pid) for pid in smtp_pids),
             }
             t0 = utcnow()  # the clock runs from the commit, which hands the workers their batches
         sample_size = _sample_size(issue_id, rt)
@@ -210,8 +219,17 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
         "workers": sum(b.cpu_seconds(pid) for w in running for pid in w.pids()) - cpu0["workers"],
         "postgres": sum(b.cpu_seconds(pid) for pid in pg) - cpu0["postgres"],
         "bench": b.cpu_seconds(os.getpid()) - cpu0["bench"],
+        "smtp server": sum(b.cpu_seconds(pid) for pid in smtp_pids) - cpu0["smtp server"],
     }
+    if not smtp_pids:
+        del cpu["smtp server"]
     seconds = (last - t0).total_seconds() if last else 0.0
+    rate = st["counts"]["sent"] / seconds if seconds else 0.0
+    # The ideal signed rate: the cores divided by what one message must cost at least, the
+    # SMTP server's CPU for it plus one RSA-2048 signature, both measured in this run.
+    ideal = None
+    if signature is not None and smtp_pids:
+        ideal = (os.cpu_count() or 1) / (cpu["smtp server"] / sent + signature)
 
     def per_child(values):
         return sorted(
@@ -227,7 +245,10 @@ def _run(app, env, folder, subscribers, workers, concurrency, size, running, b) 
         "message_bytes": sample_size,
         "freeze_seconds": round(freeze, 2),
         "send_seconds": round(seconds, 2),
-        "messages_per_second": round(st["counts"]["sent"] / seconds, 1) if seconds else 0.0,
+        "messages_per_second": round(rate, 1),
+        "rsa_signature_us": round(signature * 1e6) if signature is not None else None,
+        "ideal_signed_messages_per_second": round(ideal) if ideal else None,
+        "of_ideal": round(rate / ideal, 2) if ideal else None,
         "peak_rss_mb_per_process": peaks,
         "peak_pss_mb_per_process": per_child("pss"),
         "peak_private_mb_per_process": per_child("private"),
@@ -263,6 +284,12 @@ def _print(r: dict) -> None:
         f"({r['workers']} worker(s) x {r['concurrency']} processes, {r['cores']} cores, "
         f"load before {r['load_before'][0]})"
     )
+    if r["ideal_signed_messages_per_second"]:
+        click.echo(
+            f"  ideal signed rate {r['ideal_signed_messages_per_second']:,} messages/s (cores ÷ "
+            f"(SMTP server's CPU per message + one RSA-2048 signature of "
+            f"{r['rsa_signature_us']} µs)): this run reached {r['of_ideal']} of it"
+        )
     click.echo(f"  audience frozen in {r['freeze_seconds']} s")
     click.echo(
         "  CPU per message: " + ", ".join(f"{k} {v} µs" for k, v in r["cpu_us_per_message"].items())

@@ -116,6 +116,7 @@ def _supervised(wanted: bool, what: str) -> None:
 def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     """The Celery worker that renders and sends."""
     _supervised(supervise, "the worker")
+    ctx.web = False
     celery = ctx.app.extensions["celery"]
     argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "-Q", queues,
             "--without-gossip", "--without-mingle"]
@@ -135,6 +136,7 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
 def beat(ctx: Context, loglevel, supervise):
     """The scheduler process (one is enough; several are safe)."""
     _supervised(supervise, "the scheduler")
+    ctx.web = False
     celery = ctx.app.extensions["celery"]
     celery.start(["beat", f"--loglevel={loglevel}",
                   f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"])
