@@ -2,40 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-
 import httpx
 import pytest
 
-from tests.helpers.servers import ROOT, free_port, wait_until
+from tests.helpers.servers import free_port, start_mailer, stop_mailer, wait_until
 
 pytestmark = pytest.mark.redis
-
-
-def start(args, env, log_path):
-    log = open(log_path, "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mailer.cli", *args], env=env, cwd=ROOT,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    return proc, log
-
-
-def stop(proc, log):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    log.close()
 
 
 def test_web_under_gunicorn_takes_signups_the_worker_confirms(
     app, env, smtp, worker, make_email, tmp_path
 ):
     port = free_port()
-    proc, log = start(["web", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
+    proc, log = start_mailer(["web", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
                       env, tmp_path / "web.log")
     base = f"http://127.0.0.1:{port}"
     try:
@@ -55,13 +34,13 @@ def test_web_under_gunicorn_takes_signups_the_worker_confirms(
         (mail,) = smtp.wait_for(email, match="/confirm/")
         assert mail.message["To"] == email
     finally:
-        stop(proc, log)
+        stop_mailer(proc, log)
     assert "Booting worker" in (tmp_path / "web.log").read_text()
 
 
 def test_beat_drives_the_periodic_tick_on_the_worker(app, env, worker, tmp_path):
     before = worker.log_path.read_text(errors="replace").count("mailer.tick")
-    proc, log = start(["beat", "--loglevel", "INFO"],
+    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
                       {**env, "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_TICK_SECONDS": "1"}, tmp_path / "beat.log")
     try:
         wait_until(
@@ -69,5 +48,5 @@ def test_beat_drives_the_periodic_tick_on_the_worker(app, env, worker, tmp_path)
             60, 0.2, what="the worker to run a tick sent by beat",
         )
     finally:
-        stop(proc, log)
+        stop_mailer(proc, log)
     assert "Sending due task tick (mailer.tick)" in (tmp_path / "beat.log").read_text()

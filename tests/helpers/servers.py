@@ -327,3 +327,20 @@ class Webhook:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+def start_mailer(args: list[str], env: dict, log_path: Path):
+    """`mailer ARGS` as its own process group, output to log_path: (process, log file)."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailer.cli", *args], env=env, cwd=ROOT,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    return proc, log
+
+
+def stop_mailer(proc: subprocess.Popen, log) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+    log.close()

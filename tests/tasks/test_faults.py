@@ -20,8 +20,8 @@ from sqlalchemy import func, select
 from mailer.db import db
 from mailer.models import Delivery, DeliveryStatus, Subscriber
 from mailer.services import deliveries
-from tests.conftest import make_app
-from tests.mail.delivery_support import (
+from tests.helpers.app import make_app
+from tests.helpers.delivery import (
     add_readers,
     delivery_states,
     make_renderer,
@@ -30,8 +30,15 @@ from tests.mail.delivery_support import (
     per_recipient,
     wait_finished,
 )
-from tests.support import RedisServer, WorkerProcess, free_port, wait_until
-from tests.test_production_processes import start, stop
+from tests.helpers.servers import (
+    ROOT,
+    RedisServer,
+    WorkerProcess,
+    free_port,
+    start_mailer,
+    stop_mailer,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
@@ -115,7 +122,7 @@ def test_redis_killed_during_a_send_and_a_burst_of_signups(app, env, smtp, tmp_p
     steering = make_app(env)
     workers = [WorkerProcess(env, tmp_path / f"worker{k}.log").start() for k in range(2)]
     port = free_port()
-    web, web_log = start(
+    web, web_log = start_mailer(
         ["web", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
         env, tmp_path / "web.log",
     )
@@ -156,7 +163,7 @@ def test_redis_killed_during_a_send_and_a_burst_of_signups(app, env, smtp, tmp_p
         time.sleep(2.0)  # nothing more may arrive
         alive = [w.proc.poll() is None for w in workers]
     finally:
-        stop(web, web_log)
+        stop_mailer(web, web_log)
         for w in workers:
             w.stop()
         redis.stop()
@@ -197,9 +204,9 @@ def test_web_and_beat_without_redis(app, env, smtp, tmp_path, make_email):
     env = {**own_broker(env, tmp_path), "MAILER_REDIS_URL": redis.url,
            "MAILER_TICK_SECONDS": "1"}
     port = free_port()
-    web, web_log = start(["web", "--host", "127.0.0.1", "--port", str(port)], env,
+    web, web_log = start_mailer(["web", "--host", "127.0.0.1", "--port", str(port)], env,
                          tmp_path / "web.log")
-    beat, beat_log = start(["beat", "--loglevel", "INFO"], env, tmp_path / "beat.log")
+    beat, beat_log = start_mailer(["beat", "--loglevel", "INFO"], env, tmp_path / "beat.log")
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(f"{base}/healthz") == 200, 60, 0.2, what="mailer web")
@@ -219,8 +226,8 @@ def test_web_and_beat_without_redis(app, env, smtp, tmp_path, make_email):
         wait_until(lambda: sent() >= before + 3, 30, 0.5, what="beat ticking again")
         assert beat.poll() is None and web.poll() is None
     finally:
-        stop(web, web_log)
-        stop(beat, beat_log)
+        stop_mailer(web, web_log)
+        stop_mailer(beat, beat_log)
         redis.stop()
     with db.transaction() as s:
         assert s.scalar(select(func.count()).where(Subscriber.email == email)) == 1
@@ -231,8 +238,6 @@ def test_the_signup_benchmark_checks_every_signup(pg_database, redis_server):
     import json
     import subprocess
     import sys
-
-    from tests.support import ROOT
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     env.update(MAILER_DATABASE_URL=pg_database.url, MAILER_REDIS_URL=redis_server.url,
