@@ -8,6 +8,8 @@ from sqlalchemy import event, func, select
 
 from mailer.db import db
 from mailer.models import ConsentRecord, Subscriber, SubscriberEvent
+from tests.helpers.app import make_app
+from tests.helpers.delivery import own_broker
 
 pytestmark = pytest.mark.redis
 
@@ -42,8 +44,18 @@ def counted(app, monkeypatch):
         event.remove(target, name, fn)
 
 
-def test_one_signup_is_three_database_round_trips_and_one_redis(client, counted, make_email,
-                                                                  smtp, worker):
+def test_one_signup_is_three_database_round_trips_and_one_redis(app, env, tmp_path, counted,
+                                                                  make_email):
+    import base64
+    import json
+
+    import redis
+
+    # A broker database nobody consumes, to find the confirmation's message on it.
+    quiet = own_broker(env, tmp_path)
+    client = make_app(quiet).test_client()
+    queue = redis.Redis.from_url(quiet["MAILER_REDIS_URL"])
+    queue.delete("celery")
     assert client.post("/api/v1/subscribe", json={"email": make_email()}).status_code == 202
     counted.update(dict.fromkeys(counted, 0))  # warm: the script is loaded, the pool full
     email = make_email()
@@ -56,7 +68,13 @@ def test_one_signup_is_three_database_round_trips_and_one_redis(client, counted,
         assert db.session.scalar(
             select(func.count()).select_from(model).where(model.subscriber_id == sub.id)
         ) == 1
-    smtp.wait_for(email, match="/confirm/")  # the worker took the message from the script
+    # The script queued the confirmation's task (the worker's end is in tests/tasks/test_faults
+    # and tests/cli/test_server_production), naming the request it serves.
+    messages = [json.loads(m) for m in queue.lrange("celery", 0, -1)]
+    queue.close()
+    assert [m["headers"]["task"] for m in messages] == ["mailer.send_confirmation"] * 2
+    args = json.loads(base64.b64decode(messages[0]["body"]))[0]
+    assert args == [sub.id, sub.confirm_requested_at.isoformat()]
 
 
 def test_a_repeated_signup_within_the_cooldown_costs_the_same_and_queues_nothing(
