@@ -2,9 +2,9 @@
 
 One table, VARIABLES, says everything about each variable: the Settings attribute it sets,
 its default, its kind (how its text is read and checked, with the error message naming the
-variable), what it does, and where the README lists it. load_settings(), the Settings class,
-the console's settings page and the README's configuration tables all come from it, so a
-new setting is one entry here (and `scripts/settings-table` to rewrite the README's tables).
+variable), what it does, and its topic. load_settings(), the Settings class, the console's
+settings page and the tables of docs/configuration.md all come from it, so a new setting is
+one entry here (and `scripts/settings-table` to rewrite those tables).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _plain(value) -> str:
 class Kind:
     type: str  # the Settings attribute's type, as written in an annotation
     read: Callable[[str, str], object]  # (variable name, its text) -> value, or ConfigError
-    show: Callable[[object], str] = _plain  # value -> text for the console and the README
+    show: Callable[[object], str] = _plain  # value -> text for the console and the docs
 
 
 def _on_off(name: str, value: str) -> bool:
@@ -270,7 +270,7 @@ def _check_worker_timeout(values: dict) -> None:
 
 # --- the table ----------------------------------------------------------------------------
 
-# The topics variables are grouped by: a table in the README's section of that topic, and a
+# The topics variables are grouped by: a table per topic in docs/configuration.md, and a
 # table on the console's settings page.
 GENERAL, ARTICLES, SENDING, DIGESTS, SCHEDULES = (
     "general", "articles", "sending", "digests", "schedules"
@@ -294,11 +294,11 @@ class Variable:
     # table order) that returns it or raises ConfigError.
     default: object
     kind: Kind
-    help: str  # what it does, for the console and the README (`code` in backquotes)
+    help: str  # what it does, for the console and the docs (`code` in backquotes)
     _: KW_ONLY
     group: str = GENERAL
     check: Callable[[dict], None] | None = None  # sees every setting; ConfigError if amiss
-    default_text: str | None = None  # the README's default, where the value would not say it
+    default_text: str | None = None  # the docs' default, where the value would not say it
 
     def shown(self, settings: Settings) -> str:
         """The value in effect as the console shows it (no passwords, no secret key)."""
@@ -306,7 +306,7 @@ class Variable:
 
     @property
     def documented_default(self) -> str:
-        """The default as the README gives it: text in backquotes, nothing as "none"."""
+        """The default as the docs give it: text in backquotes, nothing as "none"."""
         if self.default_text is not None:
             return self.default_text
         if self.default is None or self.default == ():
@@ -542,7 +542,7 @@ def load_settings(environ: dict[str, str] | None = None, **overrides) -> Setting
 
 
 def markdown_table(group: str) -> str:
-    """The README's table of one group's variables."""
+    """The configuration reference's table of one group's variables."""
     rows = ["| variable | meaning | default |", "|---|---|---|"]
     for v in VARIABLES:
         if v.group == group:
@@ -551,10 +551,10 @@ def markdown_table(group: str) -> str:
     return "\n".join(rows) + "\n"
 
 
-_README_BLOCK = re.compile(r"(<!-- settings: (\w+) -->\n).*?(<!-- end settings -->)", re.S)
+_SETTINGS_BLOCK = re.compile(r"(<!-- settings: (\w+) -->\n).*?(<!-- end settings -->)", re.S)
 
 
 def with_settings_tables(readme: str) -> str:
-    """The README with each `<!-- settings: GROUP -->` block rewritten from VARIABLES."""
-    return _README_BLOCK.sub(lambda m: m.group(1) + markdown_table(m.group(2)) + m.group(3),
+    """The text with each `<!-- settings: GROUP -->` block rewritten from VARIABLES."""
+    return _SETTINGS_BLOCK.sub(lambda m: m.group(1) + markdown_table(m.group(2)) + m.group(3),
                              readme)
