@@ -35,6 +35,11 @@ class Links:
         """Tracked links of one delivery are click_base + "/" + item id."""
         return f"{self.base}/t/{self.tokens.sign(t.CLICK, str(delivery_id))}"
 
+    def sample_click_base(self, issue_id: int) -> str:
+        """Tracked links of a test send: they name the issue, not a delivery, so a click
+        is redirected like a reader's and counted against nobody."""
+        return f"{self.base}/t/{self.tokens.sign(t.CLICK, f'sample-{issue_id}')}"
+
     def subscribe(self) -> str:
         return f"{self.base}/subscribe"
 

@@ -1,5 +1,6 @@
-"""Per-process objects the web, the workers and the CLI share: settings, tokens, links,
-notices, the transport, the rate limiter, the DKIM signer and the popularity store.
+"""Per-process objects the web, the workers and the CLI share: settings, tokens, links, the
+composer (every message built and signed one way) and its notices, the transport, the rate
+limiter, the DKIM signer and the popularity store.
 
 Built once by create_app() (app.extensions["mailer"]); runtime() finds it from a request or
 a task. Services never see it whole: callers hand them the parts they need.
@@ -12,6 +13,7 @@ import os
 from mailer.config import Settings
 from mailer.links import Links
 from mailer.mail.compiled import CompiledVariant
+from mailer.mail.composer import Composer
 from mailer.mail.dkim import DkimSigner, signer_from_settings
 from mailer.mail.notices import Notices
 from mailer.mail.ratelimit import Limiter, limiter_from_settings
@@ -25,7 +27,7 @@ class Runtime:
         self.settings = settings
         self.tokens = Tokens(settings.secret_key)
         self.links = Links(settings, self.tokens)
-        self.notices = Notices(settings, self.links)
+        self._composer: Composer | None = None
         self._transport: Transport | None = None
         self._pid: int | None = None
         self._popularity = None
@@ -60,22 +62,30 @@ class Runtime:
             self._dkim = signer_from_settings(self.settings)
         return self._dkim
 
+    @property
+    def composer(self) -> Composer:
+        """Builds and signs every message this process sends (with the keys of `dkim`)."""
+        if self._composer is None:
+            self._composer = Composer(self.settings, self.links, self.tokens, self.dkim)
+        return self._composer
+
+    @property
+    def notices(self) -> Notices:
+        """Confirmation, welcome and change-of-address mails, built by the composer."""
+        return Notices(self.composer)
+
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash("suppression", email)
 
     def compile(self, variant) -> CompiledVariant:
         """A stored issue variant (issue_id, id, subject, html, text) compiled for sending
         from this process: its settings, links, tokens and DKIM signer."""
-        return CompiledVariant(
+        return self.composer.compile(
             issue_id=variant.issue_id,
             variant_id=variant.id,
             subject=variant.subject,
             html=variant.html,
             text=variant.text,
-            settings=self.settings,
-            links=self.links,
-            tokens=self.tokens,
-            signer=self.dkim,
         )
 
 

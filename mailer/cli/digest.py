@@ -154,6 +154,7 @@ def show(ctx: Context, issue_id: int, as_json: bool):
 def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
     """What a reader would get, with sample values for the reader's name and links."""
     from mailer.services import digests, issue_edits, render
+    from mailer.services.render import SAMPLE_EMAIL
 
     rt = ctx.runtime
     with ctx.app.app_context(), db.transaction() as s:
@@ -161,7 +162,7 @@ def preview(ctx: Context, issue_id: int, fmt: str, sections: str):
         key = _sections(ctx, sections)
         if fmt == "eml":
             (out,) = digests.test_messages(
-                s, rt.settings, issue, ["reader@example.com"], key, test=False
+                s, rt.composer, issue, [SAMPLE_EMAIL], key, test=False
             )
             sys.stdout.buffer.write(out.data)
             sys.stdout.flush()
@@ -204,7 +205,7 @@ def test_send(ctx: Context, issue_id: int, addresses, sections: str):
         with db.transaction() as s:
             issue = issue_edits.get_issue(s, issue_id)
             messages = digests.test_messages(
-                s, rt.settings, issue, targets, _sections(ctx, sections)
+                s, rt.composer, issue, targets, _sections(ctx, sections)
             )
         failed = 0
         try:

@@ -59,7 +59,8 @@ class _Clock:
         return self._value
 
 
-def _list_id_line(value: str) -> str:
+def list_id_line(value: str) -> str:
+    """The List-Id header line; a non-ASCII list name as encoded words."""
     if value.isascii():
         return fold("List-Id", value)
     phrase, _, ident = value.rpartition(" <")
@@ -113,7 +114,7 @@ class CompiledVariant:
 
         boundary = "=_mlr_" + secrets.token_hex(12)  # '=' never occurs in QP-encoded text
         self._from_line = "From: " + format_address(sender.display_name, sender.addr_spec)
-        self._list_id_line = _list_id_line(list_id(settings))
+        self._list_id_line = list_id_line(list_id(settings))
         self._post_line = "List-Unsubscribe-Post: List-Unsubscribe=One-Click"
         self._feedback_line = f"Feedback-ID: {issue_id}:{variant_id}:digest:{self.domain}"
         self._mime_line = "MIME-Version: 1.0"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mailer.config import Settings
-from mailer.links import Links
-from mailer.mail.message import build_message
 from mailer.mail.templates import render_pair
+
+if TYPE_CHECKING:
+    from mailer.mail.composer import Composer
 
 
 @dataclass(frozen=True)
@@ -18,11 +20,13 @@ class Outgoing:
 
 
 class Notices:
-    """Builds the messages; subjects are fixed text, never anything a reader typed."""
+    """Renders the messages, which the composer builds and signs; subjects are fixed text,
+    never anything a reader typed."""
 
-    def __init__(self, settings: Settings, links: Links):
-        self.settings = settings
-        self.links = links
+    def __init__(self, composer: Composer):
+        self.composer = composer
+        self.settings = composer.settings
+        self.links = composer.links
 
     def _common(self) -> dict:
         s = self.settings
@@ -34,11 +38,7 @@ class Notices:
 
     def _build(self, template: str, to: str, subject: str, headers=None, **context) -> Outgoing:
         text, html = render_pair(template, **self._common(), **context)
-        sender = self.settings.from_address
-        data = build_message(
-            sender=sender, to=to, subject=subject, text=text, html=html, headers=headers
-        )
-        return Outgoing(sender.addr_spec, to, data)
+        return self.composer.message(to=to, subject=subject, text=text, html=html, headers=headers)
 
     def confirmation(self, email: str, uid: str) -> Outgoing:
         hours = self.settings.confirm_ttl_hours

@@ -15,10 +15,12 @@ from mailer.models import Click, Delivery, IssueItem
 from mailer.services import popularity
 from mailer.tokens import BadToken, Tokens
 
+SAMPLE = "sample-"
+
 
 @dataclass(frozen=True)
 class Target:
-    delivery: Delivery
+    delivery: Delivery | None  # None: a test send's link, which counts for nobody
     item: IssueItem
 
     @property
@@ -33,12 +35,16 @@ def resolve(session: Session, tokens: Tokens, token: str, item_id: int) -> Targe
     from the request: a forged token, another issue's item or a non-web URL is a 404.
     """
     try:
-        delivery_id = int(tokens.unsign(t.CLICK, token))
+        value = tokens.unsign(t.CLICK, token)
+        sample = value.startswith(SAMPLE)
+        number = int(value.removeprefix(SAMPLE))
     except (BadToken, ValueError):
         raise NotFound("This link is not valid.") from None
-    delivery = session.get(Delivery, delivery_id)
+    # A test send's links (Links.sample_click_base) name the issue instead of a delivery.
+    delivery = None if sample else session.get(Delivery, number)
+    issue_id = number if sample else getattr(delivery, "issue_id", None)
     item = session.get(IssueItem, item_id)
-    if delivery is None or item is None or item.issue_id != delivery.issue_id:
+    if item is None or issue_id is None or item.issue_id != issue_id:
         raise NotFound("This link is not valid.")
     if urlsplit(item.url).scheme not in ("http", "https"):
         raise NotFound("This link is not valid.")
@@ -54,8 +60,11 @@ def record(
     ip: str,
     user_agent: str,
     at: datetime,
-) -> Click:
-    """Store the click; it counts for popularity unless a bot or a mail scanner made it."""
+) -> Click | None:
+    """Store the click; it counts for popularity unless a bot or a mail scanner made it.
+    A test send's click (no delivery) is not stored: it would count against nobody."""
+    if target.delivery is None:
+        return None
     counted = False
     if not popularity.is_bot(user_agent):
         visitor = popularity.visitor_id(tokens, ip, user_agent, at.date())

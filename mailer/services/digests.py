@@ -18,8 +18,8 @@ from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.errors import NotFound, ValidationError
 from mailer.links import archive_url
-from mailer.mail.message import build_message
-from mailer.mail.notices import Outgoing, list_id
+from mailer.mail.composer import Composer
+from mailer.mail.notices import Outgoing
 from mailer.models import (
     Article,
     Frequency,
@@ -40,7 +40,12 @@ from mailer.services.issue_edits import (
     usable,
 )
 from mailer.services.popularity import Popularity
-from mailer.services.render import EDITOR_VARIABLES, article_sections, render_preview
+from mailer.services.render import (
+    EDITOR_VARIABLES,
+    article_sections,
+    render_preview,
+    render_variant,
+)
 
 # Issues whose readers got (or are getting) them: what "already sent" means for repeats.
 SENT = (IssueStatus.SENDING, IssueStatus.PAUSED, IssueStatus.FINISHED)
@@ -395,24 +400,17 @@ def preview(
 
 def test_messages(
     session: Session,
-    settings: Settings,
+    composer: Composer,
     issue: Issue,
     addresses: Iterable[str],
     sections: str = "",
     test: bool = True,
 ) -> list[Outgoing]:
-    """The preview as ready-to-send messages, one per address (subject marked as a test)."""
-    subject, html, text = preview(session, issue, sections, settings)
-    sender = settings.from_address
-    out = []
-    for address in addresses:
-        data = build_message(
-            sender=sender,
-            to=address,
-            subject=f"[Test] {subject}" if test else subject,
-            text=text,
-            html=html,
-            headers={"List-Id": list_id(settings)},
-        )
-        out.append(Outgoing(sender.addr_spec, address, data))
-    return out
+    """The issue as the readers of `sections` get it, built by the delivery's own code for a
+    sample reader at each address (subject marked `[Test]` unless `test` is False)."""
+    rendered = render_variant(session, issue, sections, composer.settings)
+    if rendered is None:
+        raise NotFound("Readers of these sections would get no articles in this issue.")
+    subject, html, text = rendered
+    variant = composer.samples(issue_id=issue.id, subject=subject, html=html, text=text, test=test)
+    return [variant.build(composer.sample_reader(address)) for address in addresses]

@@ -26,7 +26,7 @@ def send_test(issue_id: int, address: str, sections: str = "") -> str:
         if issue is None:
             return "no such issue"
         try:
-            (out,) = digests.test_messages(s, rt.settings, issue, [address], sections)
+            (out,) = digests.test_messages(s, rt.composer, issue, [address], sections)
         except NotFound:
             return "no items for these sections"
     try:

@@ -21,7 +21,6 @@ from mailer.config import Settings
 from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
-from mailer.mail.message import build_message
 from mailer.mail.templates import render_pair
 from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
@@ -136,10 +135,9 @@ def _mail(settings: Settings, report: dict) -> None:
     text, html = render_pair("schedule_report", report=report, list_name=settings.list_name,
                              postal_address=settings.postal_address)
     subject = f"[{settings.list_name}] {report['text'].rstrip('.')}"
-    sender = settings.from_address
     for to in [a.strip() for a in settings.ops_email.split(",") if a.strip()]:
-        data = build_message(sender=sender, to=to, subject=subject[:250], text=text, html=html)
-        rt.transport.send(sender.addr_spec, to, data)
+        out = rt.composer.message(to=to, subject=subject[:250], text=text, html=html)
+        rt.transport.send(out.envelope_from, out.recipient, out.data)
 
 
 def _post(url: str, report: dict) -> None:

@@ -9,6 +9,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from mailer import tokens as t
 from mailer.db import db
 from mailer.errors import Conflict, NotFound, ValidationError
+from mailer.mail.composer import SAMPLE_UID
 from mailer.models import Frequency, SubscriberStatus
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
@@ -123,12 +124,23 @@ def _load_plain(purpose: str, token: str) -> str | None:
         return None
 
 
+def _sample_link():
+    """A test send's unsubscribe or preferences link: it names no reader, changes nothing."""
+    message = (
+        "This link comes from a test message. In a reader's copy it leads to that reader's "
+        "own page; here nothing was changed."
+    )
+    return render_template("error.html", status=200, message=message)
+
+
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
 @bp.route("/unsubscribe/<token>/", methods=["GET", "POST"])
 def unsubscribe(token: str):
     uid = _load_plain(t.UNSUBSCRIBE, token)
     if uid is None:
         return _bad_link(False, "unsubscribe")
+    if uid == SAMPLE_UID:
+        return _sample_link()
     rt = runtime()
     if request.method == "GET":
         return render_template(
@@ -165,6 +177,8 @@ def _preferences_subscriber(token: str):
 
 @bp.route("/preferences/<token>", methods=["GET", "POST"])
 def preferences(token: str):
+    if _load_plain(t.PREFERENCES, token) == SAMPLE_UID:
+        return _sample_link()
     sub = _preferences_subscriber(token)
     if sub is None:
         return _bad_link(False, "preferences")

@@ -8,11 +8,11 @@ import json
 from datetime import UTC, datetime
 
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailer.db import db
 from mailer.mail import placeholders as ph
-from mailer.models import Issue, IssueStatus
+from mailer.models import Click, Issue, IssueStatus
 from tests.helpers.digests import BROWSER_UA, add_article, mark_sent
 from tests.helpers.feeds import FEEDS
 
@@ -75,7 +75,7 @@ def test_an_editor_composes_previews_test_sends_and_finds_it_in_the_archive(app,
     assert "MOST POPULAR" in text and INSTAGRAM in text and ph.PREFIX not in html + text
     eml = runner.invoke(["digest", "preview", str(issue_id), "--eml"])
     msg = email.message_from_bytes(eml.stdout_bytes, policy=email.policy.strict)
-    assert msg["To"] == "reader@example.com" and msg["Subject"].startswith("The Daily Test: ")
+    assert msg["To"].addresses[0].addr_spec == "reader@example.com" and msg["Subject"].startswith("The Daily Test: ")
     assert msg.get_body(("plain",)) and msg.get_body(("html",))
 
     sent = runner.invoke(
@@ -97,7 +97,14 @@ def test_an_editor_composes_previews_test_sends_and_finds_it_in_the_archive(app,
     (mail,) = smtp.wait_for("editor@daily.example")
     assert mail.message["Subject"] == f"[Test] {msg['Subject']}"
     assert "Good morning, Reader!" in mail.text and INSTAGRAM in mail.html
-    assert articles[INSTAGRAM]["url"] in mail.text  # plain links: a test click counts nothing
+    # Tracked like a reader's copy, but counted for nobody: the click leads to the article.
+    targets = set()
+    for link in [u for u in mail.links() if "/t/" in u]:
+        resp = client.get("/" + link.split("/", 3)[3], headers={"User-Agent": BROWSER_UA})
+        assert resp.status_code == 302
+        targets.add(resp.headers["Location"])
+    assert articles[INSTAGRAM]["url"] in targets
+    assert db.session.scalar(select(func.count()).select_from(Click)) == 0
 
     # Sent (by the delivery engine; here left as it leaves an issue), it is in the archive.
     issue = db.session.get(Issue, issue_id)

@@ -8,7 +8,6 @@ from datetime import datetime, timedelta
 from markupsafe import escape
 
 from mailer.mail import placeholders as ph
-from mailer.mail.message import build_message
 from mailer.mail.notices import list_id
 from mailer.models import Article, Issue, IssueStatus
 from tests.helpers.app import make_app
@@ -79,6 +78,4 @@ def build(
     """The message as a reader gets it: list headers, both parts."""
     settings = rt.settings
     headers = {"List-Id": list_id(settings), **rt.links.list_unsubscribe_headers(uid)}
-    return build_message(
-        sender=settings.from_address, to=to, subject=subject, text=text, html=html, headers=headers
-    )
+    return rt.composer.message(to=to, subject=subject, text=text, html=html, headers=headers).data

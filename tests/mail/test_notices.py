@@ -7,6 +7,7 @@ import email.policy
 
 from mailer.config import load_settings
 from mailer.links import Links
+from mailer.mail.composer import Composer
 from mailer.mail.notices import Notices
 from mailer.tokens import Tokens
 
@@ -14,7 +15,8 @@ from mailer.tokens import Tokens
 def notices(tmp_path, **env):
     settings = load_settings({"MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_FROM":
                               "The Daily <news@daily.example>", **env})
-    return Notices(settings, Links(settings, Tokens(settings.secret_key)))
+    tokens = Tokens(settings.secret_key)
+    return Notices(Composer(settings, Links(settings, tokens), tokens))
 
 
 def parse(data: bytes):

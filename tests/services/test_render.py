@@ -233,7 +233,7 @@ def test_every_rendered_message_parses_strictly_with_short_lines(app, env):
         msg = _strict(build(rt, subject, html, text))
         assert ph.PREFIX not in msg.get_body(("html",)).get_content()
         assert msg["Subject"] == subject
-    (test,) = digests.test_messages(db.session, rt.settings, issue, ["editor@daily.example"])
+    (test,) = digests.test_messages(db.session, rt.composer, issue, ["editor@daily.example"])
     assert _strict(test.data)["Subject"].startswith("[Test] The Daily Test: ")
 
 

@@ -11,8 +11,6 @@ import email.policy
 import re
 
 import dkim
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sqlalchemy import select
 
 from mailer import tokens
@@ -29,6 +27,7 @@ from tests.helpers.delivery import (
     own_broker,
     wait_finished,
 )
+from tests.helpers.dkim import write_keys
 from tests.helpers.servers import WorkerProcess
 
 HEADERS = (
@@ -43,22 +42,6 @@ HEADERS = (
     "Feedback-ID",
     "MIME-Version",
 )
-
-
-def write_keys(tmp_path):
-    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    ed_key = ed25519.Ed25519PrivateKey.generate()
-    paths = {}
-    for name, key in (("rsa", rsa_key), ("ed", ed_key)):
-        paths[name] = tmp_path / f"{name}.pem"
-        paths[name].write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-    return paths
 
 
 def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, client, tmp_path):
