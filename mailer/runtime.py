@@ -19,7 +19,7 @@ from mailer.mail.notices import Notices
 from mailer.mail.ratelimit import Limiter, limiter_from_settings
 from mailer.mail.transport import Transport, transport_from_settings
 from mailer.services.popularity import Popularity, store_from_settings
-from mailer.tokens import Tokens
+from mailer.tokens import SUPPRESSION, Tokens
 
 
 class Runtime:
@@ -75,7 +75,7 @@ class Runtime:
         return Notices(self.composer)
 
     def email_hash(self, email: str) -> str:
-        return self.tokens.keyed_hash("suppression", email)
+        return self.tokens.keyed_hash(SUPPRESSION, email)
 
     def compile(self, variant) -> CompiledVariant:
         """A stored issue variant (issue_id, id, subject, html, text) compiled for sending

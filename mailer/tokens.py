@@ -25,7 +25,9 @@ PREFERENCES = "preferences"
 CHANGE_EMAIL = "change-email"
 CLICK = "click"
 FORM = "form"
-BOUNCE = "bounce"
+BOUNCE = "bounce"  # a delivery's id in its VERP envelope sender and our bounce header
+SUPPRESSION = "suppression"  # keyed_hash of an address on the suppression list
+MESSAGE_ID = "message-id"  # the keyed tag in our Message-IDs
 
 
 class Tokens:

@@ -30,9 +30,12 @@ class Kind(enum.StrEnum):
 class Report:
     """One recipient's outcome, as a report told it. A DSN about three recipients is three.
 
-    Identification, most exact first: `delivery_id` (from a verified VERP token, our
-    Message-ID or our signed header; the exact delivery), else `addresses` (the failed
-    recipients the report names, matched to readers mailed recently).
+    Identification, most exact first: `delivery_id` (a delivery the way in already knows:
+    our own SMTP answer, a provider event carrying our id), `token` (the signed delivery
+    token from a VERP address or our header, as found: services.bounces verifies it, the
+    leaf has no key), `message_id` (the returned message's Message-ID, ours if its keyed
+    tag verifies), else `addresses` (the failed recipients the report names, matched to
+    readers mailed recently).
     """
 
     source: Source
@@ -46,3 +49,5 @@ class Report:
     diagnostic: str | None = None  # the server's words, for people (truncated when stored)
     at: datetime | None = None  # when the provider says it happened (else: when received)
     reason: str | None = None  # why an IGNORED report is ignored, for the log
+    token: str | None = None  # a signed delivery token found in the report, unverified
+    message_id: str | None = None  # the returned message's Message-ID, e.g. "<12.ab3f@x>"

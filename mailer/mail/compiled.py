@@ -24,7 +24,7 @@ from mailer.mail import placeholders as ph
 from mailer.mail.dkim import DkimSigner, body_hash, canon_header
 from mailer.mail.encoding import encode_qp, encode_value, fold, format_address, header_text
 from mailer.mail.notices import Outgoing, list_id
-from mailer.tokens import BOUNCE, Tokens
+from mailer.tokens import BOUNCE, MESSAGE_ID, Tokens
 
 # "Hello there," when a reader gave no name.
 NEUTRAL_NAME = "there"
@@ -187,7 +187,7 @@ class CompiledVariant:
     def message_id(self, delivery_id: int) -> str:
         # Derived from the delivery (a deliberate re-send keeps it, so mailboxes can drop
         # the duplicate) plus a keyed hash, so another installation never collides.
-        tag = self.tokens.keyed_hash("message-id", str(delivery_id))[:10]
+        tag = self.tokens.keyed_hash(MESSAGE_ID, str(delivery_id))[:10]
         return f"<{delivery_id}.{tag}@{self.domain}>"
 
     def build(self, reader: Reader) -> Outgoing:

@@ -1,6 +1,7 @@
 """Typed SQLAlchemy 2.0 models; import from here."""
 
 from mailer.models.articles import Article, ArticleStat, Feed, VisitorSeen
+from mailer.models.bounces import BounceEvent, BounceKind
 from mailer.models.imports import SubscriberImport
 from mailer.models.issues import (
     Click,
@@ -28,7 +29,7 @@ from mailer.models.users import ApiToken, Role, User
 from mailer.models.workers import HousekeepingTurn, WorkerHeartbeat
 
 __all__ = [
-    "ApiToken", "Article", "ArticleStat", "Click", "ConsentRecord", "Delivery", "DeliveryStatus",
+    "ApiToken", "Article", "ArticleStat", "BounceEvent", "BounceKind", "Click", "ConsentRecord", "Delivery", "DeliveryStatus",
     "Feed", "Frequency", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus", "IssueVariant", "ItemSection", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
     "SubscriberStatus", "Suppression",

@@ -6,7 +6,7 @@ import enum
 import secrets
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mailer.clock import utcnow
@@ -60,6 +60,14 @@ class Subscriber(Base):
     confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     unsubscribed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     bounced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Temporary bounces scored at most once a day (services.bounces); at the soft limit the
+    # reader is bounced. The server default fills rows inserted by statements that list
+    # their columns (the PostgreSQL signup, bulk inserts).
+    bounce_score: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_bounce_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # When the reader last reported our mail as spam: only a signup made after it, then
+    # confirmed, makes them active again.
+    complained_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A confirmation mail is owed while requested > sent (sent holds the request time it
     # served); the sweeper re-enqueues it if the broker was unreachable after the commit.
     confirm_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

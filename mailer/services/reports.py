@@ -71,7 +71,8 @@ def readers_over_time(session: Session, days: int = 30, now: datetime | None = N
         (S.status == SubscriberStatus.UNSUBSCRIBED, func.coalesce(S.unsubscribed_at,
                                                                   S.updated_at)),
         (S.status == SubscriberStatus.BOUNCED, func.coalesce(S.bounced_at, S.updated_at)),
-        (S.status == SubscriberStatus.COMPLAINED, S.updated_at),
+        (S.status == SubscriberStatus.COMPLAINED, func.coalesce(S.complained_at,
+                                                                S.updated_at)),
         else_=None,
     )
     last = now.date()

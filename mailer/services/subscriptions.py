@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from mailer.clock import utcnow
 from mailer.errors import Conflict, NotFound, ValidationError
 from mailer.models import (
+    BounceEvent,
     ConsentRecord,
     Delivery,
     Frequency,
@@ -36,9 +37,19 @@ LOCAL_MAX = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 # Which statuses a confirmation click may turn into `active`. Complained readers asked mailbox
-# providers to stop us; only a deliberate new signup (which re-confirms) brings them back, and
-# we do not mail them a confirmation unprompted.
-CONFIRMABLE = (SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED)
+# providers to stop us; only a deliberate new signup made after the complaint, then confirmed,
+# brings them back (a confirmation link from before the complaint opens nothing), and we do
+# not mail them a confirmation unprompted.
+CONFIRMABLE = (
+    SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED,
+    SubscriberStatus.COMPLAINED,
+)
+# In SQL: a confirmable status, and for a complained reader a request made since.
+_MAY_CONFIRM = Subscriber.status.in_(CONFIRMABLE) & (
+    (Subscriber.status != SubscriberStatus.COMPLAINED)
+    | Subscriber.complained_at.is_(None)
+    | (Subscriber.confirm_requested_at > Subscriber.complained_at)
+)
 UNSUBSCRIBABLE = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
 
 Hasher = Callable[[str], str]
@@ -58,6 +69,16 @@ class ConsentInfo:
 class SignupResult:
     subscriber_id: int | None
     send_confirmation: bool
+
+
+def may_confirm(sub: Subscriber) -> bool:
+    """Whether a confirmation would make this reader active now (_MAY_CONFIRM in Python)."""
+    if sub.status not in CONFIRMABLE:
+        return False
+    if sub.status != SubscriberStatus.COMPLAINED:
+        return True
+    asked, complained = sub.confirm_requested_at, sub.complained_at
+    return asked is not None and (complained is None or asked > complained)
 
 
 def check_text(name: str, value: str | None, max_len: int) -> str | None:
@@ -168,9 +189,10 @@ def subscribe(
     """Record a signup; the caller answers the same way whatever the address's state was.
 
     A new address becomes a pending reader with a consent record and a history line; a
-    pending, unsubscribed or bounced one asks for another confirmation, at most once per
-    cooldown (what the form said this time is not applied: an unconfirmed request changes
-    nothing stored); an active or complained one changes nothing. On PostgreSQL all of it is
+    pending, unsubscribed, bounced or complained one asks for another confirmation, at most
+    once per cooldown (what the form said this time is not applied: an unconfirmed request
+    changes nothing stored; a complained reader stays complained until they confirm); an
+    active one changes nothing. On PostgreSQL all of it is
     one statement (the signup form sits on every article page: it must be cheap).
     """
     now = now or utcnow()
@@ -204,7 +226,7 @@ def subscribe(
             _event(session, sub.id, "signup", consent.source, now)
             return SignupResult(sub.id, True)
 
-    if sub.status in (SubscriberStatus.ACTIVE, SubscriberStatus.COMPLAINED):
+    if sub.status not in CONFIRMABLE:
         return SignupResult(sub.id, False)
     last = sub.confirm_requested_at
     if last is not None and now - last < cooldown:
@@ -238,6 +260,9 @@ def _signup_statement():
             created_at=now,
             updated_at=now,
             confirm_requested_at=now,
+            # Every NOT NULL column, listed: the server default alone is not enough for a
+            # statement that names its columns (a column left out here broke every signup).
+            bounce_score=literal_column("0"),
         )
         .on_conflict_do_nothing(index_elements=["email"])
         .returning(Subscriber.__table__.c.id, literal_column("'signup'").label("kind"))
@@ -326,12 +351,12 @@ def confirm(
     now = now or utcnow()
     result = session.execute(
         update(Subscriber)
-        .where(
-            Subscriber.uid == uid,
-            Subscriber.email == email,
-            Subscriber.status.in_(CONFIRMABLE),
+        .where(Subscriber.uid == uid, Subscriber.email == email, _MAY_CONFIRM)
+        # A confirmed address starts a new story: no bounce score carried over.
+        .values(
+            status=SubscriberStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None,
+            bounce_score=0,
         )
-        .values(status=SubscriberStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None)
         .execution_options(synchronize_session=False)
     )
     sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
@@ -345,10 +370,12 @@ def confirm(
     if consent is not None:
         _consent(session, sub.id, "confirm", consent, now)
     if hasher is not None:
-        # A reader who confirms asked for mail again: an earlier erasure no longer applies.
+        # A reader who confirms asked for mail again: an earlier erasure or complaint no
+        # longer applies.
         session.execute(
             delete(Suppression).where(
-                Suppression.email_hash == hasher(email), Suppression.reason == "erased"
+                Suppression.email_hash == hasher(email),
+                Suppression.reason.in_(("erased", "complained")),
             )
         )
     _event(session, sub.id, "confirmed", None, now)
@@ -400,7 +427,7 @@ def confirmations_owed(
         session.scalars(
             select(Subscriber.id)
             .where(
-                Subscriber.status.in_(CONFIRMABLE),
+                _MAY_CONFIRM,
                 Subscriber.confirm_requested_at.is_not(None),
                 Subscriber.confirm_requested_at < older_than,
                 Subscriber.confirm_requested_at > newer_than,
@@ -513,8 +540,17 @@ def is_suppressed(session: Session, email_hash: str) -> bool:
 
 
 def erase(session: Session, sub: Subscriber, hasher: Hasher) -> None:
-    """Delete a reader's personal data; keep only a keyed hash so imports cannot re-add them."""
+    """Delete a reader's personal data; keep only a keyed hash so imports cannot re-add them.
+
+    Their bounce and complaint events stay for the issues' counts, without the reader and
+    without the server's words (which may quote the address)."""
     suppress(session, hasher(sub.email), "erased")
+    session.execute(
+        update(BounceEvent)
+        .where(BounceEvent.subscriber_id == sub.id)
+        .values(diagnostic=None)
+        .execution_options(synchronize_session=False)
+    )
     session.delete(sub)
     session.flush()
 

@@ -47,7 +47,7 @@ def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
         _wait_for_commit(subscriber_id, datetime.fromisoformat(requested))
     with db.transaction() as s:
         sub = s.get(Subscriber, subscriber_id)
-        if sub is None or sub.status not in subscriptions.CONFIRMABLE:
+        if sub is None or not subscriptions.may_confirm(sub):
             return "not pending"
         previous, requested_at = sub.confirm_sent_at, sub.confirm_requested_at
         claimed = subscriptions.claim_confirmation(s, subscriber_id, requested_at)
