@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 
-from sqlalchemy import bindparam, exists, func, insert, select, update
+from sqlalchemy import bindparam, exists, func, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from mailer.bounces import Kind, Report, Source
 from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.errors import InvalidTransition
@@ -49,10 +50,9 @@ from mailer.models import (
     Issue,
     IssueStatus,
     Subscriber,
-    SubscriberEvent,
     SubscriberStatus,
 )
-from mailer.services import deliveries
+from mailer.services import bounces, deliveries
 from mailer.services.deliveries import QUEUED, TRIED, Batch, new_token
 from mailer.services.workers import process_name
 
@@ -148,12 +148,6 @@ _REQUEUE = (
     update(DELIVERIES)
     .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
     .values(claimed_by=bindparam("b_new"), claimed_at=bindparam("b_now"))
-)
-_BOUNCE = (
-    update(SUBSCRIBERS)
-    .where(SUBSCRIBERS.c.id.in_(_IDS), SUBSCRIBERS.c.status == SubscriberStatus.ACTIVE)
-    .values(status=SubscriberStatus.BOUNCED, bounced_at=bindparam("b_now"))
-    .returning(SUBSCRIBERS.c.id)
 )
 _TRIED_COUNTS = (
     select(DELIVERIES.c.status, func.count())
@@ -450,7 +444,7 @@ class BatchRunner:
                 r.uncertain += 1
             elif isinstance(o, PermanentFailure):
                 row(c, DeliveryStatus.FAILED_PERMANENT, err, c.attempts + 1)
-                bounced.append((c.subscriber_id, err))
+                bounced.append((c.id, err))
                 r.permanent += 1
             elif isinstance(o, TemporaryFailure):
                 tries = c.attempts + 1
@@ -477,22 +471,18 @@ class BatchRunner:
         if prepared["rows"]:
             conn.execute(_OUTCOME, prepared["rows"])
         if prepared["bounced"]:
-            # A 5xx answer: the address is bad; the reader is marked bounced, never retried.
-            errors = dict(prepared["bounced"])
-            ids = list(conn.scalars(_BOUNCE, {"b_ids": list(errors), "b_now": now}))
-            if ids:
-                conn.execute(
-                    insert(SubscriberEvent.__table__),
-                    [
-                        {
-                            "subscriber_id": i,
-                            "at": now,
-                            "kind": "bounced",
-                            "detail": errors[i][:1000],
-                        }
-                        for i in ids
-                    ],
-                )
+            # A 5xx answer is a hard bounce like one reported later: the same pipeline
+            # (services.bounces) records it in the reader's history and sets them bounced.
+            # Only rows that failed pay for it: a send without 5xx answers runs no more
+            # statements than before.
+            with Session(bind=conn) as session:
+                for delivery_id, err in prepared["bounced"]:
+                    report = Report(
+                        source=Source.SMTP, kind=Kind.HARD, key=str(delivery_id),
+                        delivery_id=delivery_id, diagnostic=err, at=now,
+                    )
+                    bounces.record(session, self.settings, report, now=now)
+                session.flush()
 
     def _after(self, conn: Connection) -> None:
         """Finish the issue if nothing is left; pause it if too much failed."""

@@ -20,6 +20,7 @@ from mailer.errors import InvalidTransition, NotFound
 from mailer.mail.ratelimit import Unlimited
 from mailer.mail.transport import SmtpTransport
 from mailer.models import (
+    BounceEvent,
     Delivery,
     Issue,
     IssueVariant,
@@ -226,6 +227,11 @@ def test_failures_are_classified_retried_and_bounced(rt, smtp, make):
             )
         )
         assert "550 5.1.1" in event.detail
+        # The 5xx answer is in the reader's bounce history like a bounce reported later.
+        (bounce,) = s.scalars(select(BounceEvent).where(BounceEvent.subscriber_id == reader.id))
+        assert (bounce.kind, bounce.source, bounce.status) == ("hard", "smtp", "5.1.1")
+        assert bounce.issue_id == issue_id and "no such user" in bounce.diagnostic
+        assert reader.last_bounce_at is not None and reader.bounce_score == 0
     assert all(timedelta(seconds=50) < w - utcnow() <= timedelta(seconds=60) for w in waits)
 
     assert engine.sweep().retried == 0  # not due yet
