@@ -125,6 +125,15 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     if beat:
         argv += ["--beat", f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"]
     os.environ.setdefault("C_FORCE_ROOT", "1")  # containers often run as root
+    # Everything imported so far is shared with the prefork children; frozen, the garbage
+    # collector never walks (and so never copies) those objects in each child.
+    import gc
+
+    if ctx.settings.dkim_key_file or ctx.settings.dkim_ed25519_key_file:
+        from mailer.mail import dkim
+
+        dkim.preload()
+    gc.freeze()
     celery.worker_main(argv)
 
 

@@ -18,7 +18,6 @@ from mailer.feeds.base import (
     Source,
     parse_date,
 )
-from mailer.feeds.http import Http
 from mailer.feeds.rss import FeedSource, parse_feed
 from mailer.feeds.wordpress import WordPressSource, is_wordpress_api, parse_posts
 
@@ -26,6 +25,16 @@ __all__ = [
     "FeedError", "FeedSource", "Fetched", "FetchState", "Http", "Item", "Parsed", "Skipped",
     "Source", "WordPressSource", "parse_date", "parse_document", "source_for",
 ]
+
+
+def __getattr__(name: str):
+    # The HTTP client loads on first use: httpx (with the command-line helpers it imports)
+    # is a fifth of a sending worker's memory, and a sending worker never fetches a feed.
+    if name == "Http":
+        from mailer.feeds.http import Http
+
+        return Http
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def source_for(url: str) -> Source:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin
-
-import feedparser
 
 from mailer.feeds.base import (
     FeedError,
@@ -17,7 +16,9 @@ from mailer.feeds.base import (
     utc_from_struct,
 )
 from mailer.feeds.html import first_image, html_to_text
-from mailer.feeds.http import Http
+
+if TYPE_CHECKING:
+    from mailer.feeds.http import Http
 
 ACCEPT = ("application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.8, "
           "*/*;q=0.1")
@@ -55,6 +56,8 @@ def parse_feed(body: bytes, base: str | None = None) -> Parsed:
     if base:
         headers["content-location"] = base
     # Our own sanitizer (nh3) and URL resolution run later; feedparser's are slow and redundant.
+    import feedparser  # loaded when a feed is parsed, not by every process that knows feeds
+
     d = feedparser.parse(body, sanitize_html=False, resolve_relative_uris=False,
                          response_headers=headers)
     if not d.get("version"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 from datetime import timedelta
+from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from mailer.feeds.base import (
@@ -17,7 +18,9 @@ from mailer.feeds.base import (
     parse_each,
 )
 from mailer.feeds.html import first_image, html_to_text
-from mailer.feeds.http import Http
+
+if TYPE_CHECKING:
+    from mailer.feeds.http import Http
 
 PER_PAGE = 100
 MAX_PAGES = 100  # 10,000 posts a sync; the next sync continues from the newest one seen

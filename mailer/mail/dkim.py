@@ -82,6 +82,13 @@ class DkimKey:
         return f"v=DKIM1; k=rsa; p={base64.b64encode(der).decode()}"
 
 
+def preload() -> None:
+    """Import the signing library now: a prefork worker calls this before it forks, so its
+    sending processes share the library instead of each loading a copy."""
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: F401
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa  # noqa: F401
+
+
 def load_key(path: str | Path, domain: str, selector: str) -> DkimKey:
     """Read a PEM private key (RSA of at least 1024 bits, or Ed25519)."""
     # Imported here: a worker that does not sign need not carry the library.

@@ -9,20 +9,19 @@ article fields are data, always escaped, never compiled as templates.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-import css_inline
 import nh3
 from jinja2 import (
     StrictUndefined,
     TemplateSyntaxError,
 )
 from jinja2.sandbox import SandboxedEnvironment, SecurityError
-from markdown_it import MarkdownIt
 from markupsafe import Markup, escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -108,12 +107,18 @@ def editor_text(field_name: str, source: str, values: dict, *, html: bool = Fals
         raise ValidationError(field_name, f"The {field_name} cannot be rendered: {e}") from None
 
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("strikethrough")
+@functools.cache
+def _markdown():
+    # Built on first use: a worker process that only sends never renders an intro, and
+    # markdown-it is a few megabytes of every process that imports it.
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("strikethrough")
 
 
 def markdown_html(source: str) -> Markup:
     """Markdown to HTML without raw HTML, then cleaned to a small set of tags and schemes."""
-    rendered = _MARKDOWN.render(source)
+    rendered = _markdown().render(source)
     clean = nh3.clean(
         rendered,
         tags=INTRO_TAGS,
@@ -223,7 +228,9 @@ def build_variant(
 
 
 @lru_cache(maxsize=1)
-def _inliner() -> css_inline.CSSInliner:
+def _inliner():
+    import css_inline  # loaded by the processes that render, not by every sending worker
+
     return css_inline.CSSInliner(keep_at_rules=True, load_remote_stylesheets=False)
 
 

@@ -5,21 +5,28 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from celery import shared_task
 
 from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.db import db
-from mailer.feeds import FeedError, Fetched, FetchState, Http, Source, source_for
+from mailer.feeds import FeedError, Fetched, FetchState, Source, source_for
 from mailer.runtime import runtime
 from mailer.services import articles
 from mailer.services.articles import SyncReport
+
+if TYPE_CHECKING:
+    from mailer.feeds.http import Http
 
 log = logging.getLogger(__name__)
 
 
 def http_client(settings: Settings) -> Http:
+    # Imported here: a worker that only sends never loads the HTTP client.
+    from mailer.feeds.http import Http
+
     return Http(timeout=settings.feed_timeout, max_bytes=settings.feed_max_bytes,
                 user_agent=f"mailer feed reader (+{settings.base_url})")
 

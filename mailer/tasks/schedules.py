@@ -12,7 +12,6 @@ import logging
 from collections import Counter
 from datetime import datetime
 
-import httpx
 from celery import shared_task
 from sqlalchemy.exc import IntegrityError
 
@@ -141,6 +140,8 @@ def _mail(settings: Settings, report: dict) -> None:
 
 
 def _post(url: str, report: dict) -> None:
+    import httpx  # here, not at the top: a sending worker should not carry the HTTP client
+
     body = json.dumps(report).encode()
     try:
         resp = httpx.post(url, content=body, timeout=WEBHOOK_TIMEOUT,

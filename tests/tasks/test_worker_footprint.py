@@ -1,0 +1,64 @@
+"""What a sending worker carries: only what it sends with, and children that die with it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers.servers import ROOT, WorkerProcess, wait_until
+
+# Libraries only feed syncing, rendering or the report webhook need; a prefork worker's
+# parent would otherwise hand them to every sending process.
+NOT_FOR_SENDING = ("httpx", "feedparser", "markdown_it", "css_inline", "pycparser")
+
+
+def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path):
+    probe = (
+        "import sys\n"
+        "from mailer import create_app\n"
+        "app = create_app(web=False)\n"
+        "import mailer.tasks\n"
+        "from mailer.mail import dkim\n"
+        "dkim.preload()\n"
+        "print(' '.join(sorted(m for m in %r if m in sys.modules)))\n" % (NOT_FOR_SENDING,)
+    )
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "", f"a sending worker imports {out.stdout.strip()}"
+    # They still load where they are needed.
+    use = probe.replace("import mailer.tasks\n", "import mailer.tasks\n"
+                        "from mailer.feeds import Http\n"
+                        "from mailer.services.render import markdown_html\n"
+                        "markdown_html('*hi*')\n")
+    out = subprocess.run([sys.executable, "-c", use], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=True)
+    assert {"httpx", "markdown_it"} <= set(out.stdout.split())
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out
+
+
+def test_pool_processes_die_with_their_worker(env, tmp_path):
+    """The pool processes ask the kernel to be killed with their parent (set through ctypes
+    rather than billiard's cffi, which costs each of them 6 MB): a worker SIGKILLed alone
+    leaves no sending process behind."""
+    worker = WorkerProcess(env, tmp_path / "worker.log",
+                           args=["--pool", "prefork", "--concurrency", "2", "--no-supervise"])
+    worker.start()
+    try:
+        pool = _children(worker.proc.pid)
+        assert len(pool) == 2, worker.log()
+        os.kill(worker.proc.pid, signal.SIGKILL)  # the main process only, not its group
+        worker.proc.wait(10)
+        wait_until(lambda: not any(Path(f"/proc/{p}").exists() and
+                                   "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]
+                                   for p in pool), 10, 0.1, what="the pool processes to exit")
+    finally:
+        worker.stop()  # closes its log; the worker is already gone
