@@ -389,6 +389,17 @@ VARIABLES: tuple[Variable, ...] = (
              "where scheduled-send summaries go by mail (comma-separated for several)"),
     Variable("MAILER_REPORT_WEBHOOK", "report_webhook", None, url("http", "https"),
              "where scheduled-send summaries are POSTed as JSON"),
+    Variable("MAILER_WEBHOOK_ALLOW_HTTP", "webhook_allow_http", False, ON_OFF,
+             "outgoing webhooks may use `http://` URLs (for internal networks; `on`/`off`)"),
+    Variable("MAILER_WEBHOOK_ALLOW_PRIVATE", "webhook_allow_private", False, ON_OFF,
+             "outgoing webhooks may go to loopback, private and link-local addresses "
+             "(`on`/`off`)"),
+    Variable("MAILER_WEBHOOK_RETRIES", "webhook_retries",
+             (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0), WEIGHTS,
+             "seconds before each retry of a failed webhook delivery (the first attempt is "
+             "made at once; after the last retry it has failed for good)"),
+    Variable("MAILER_WEBHOOK_DISABLE_HOURS", "webhook_disable_hours", 72.0, number(float),
+             "an endpoint failing without a success for this long is disabled and ops told"),
     # Articles and popularity.
     Variable("MAILER_FEED_SYNC_MINUTES", "feed_sync_minutes", 10, number(int),
              "how often the scheduler syncs `MAILER_FEEDS`", group=ARTICLES),

@@ -110,6 +110,10 @@ def base_env(db_kind, tmp_path_factory, smtp, redis_server, pg_database, live_po
         MAILER_SIGNUP_LIMIT_ADDRESS="1000 per minute",
         MAILER_SECTIONS="news=News,business=Business,sport=Sport,culture=Culture",
         MAILER_CORS_ORIGINS="https://www.daily.example",
+        # The tests' webhook receivers listen on 127.0.0.1 over plain HTTP (the address
+        # checks themselves are tested with these off).
+        MAILER_WEBHOOK_ALLOW_HTTP="on",
+        MAILER_WEBHOOK_ALLOW_PRIVATE="on",
         PYTHONPATH=str(ROOT),
     )
     if db_kind == "postgres":

@@ -23,7 +23,8 @@ LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         (),
     ),
     # Mail and feeds know no database: they build, sign and send bytes, fetch and parse feeds.
-    "leaves": (("mailer.mail", "mailer.feeds", "mailer.bounces"), ("foundation",)),
+    "leaves": (("mailer.mail", "mailer.feeds", "mailer.bounces", "mailer.hooks"),
+               ("foundation",)),
     "database": (("mailer.db", "mailer.models", "mailer.migrate"), ("foundation",)),
     "services": (("mailer.services",), ("foundation", "leaves", "database")),
     "runtime": (("mailer.runtime",), ("foundation", "leaves", "database", "services")),

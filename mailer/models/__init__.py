@@ -2,6 +2,7 @@
 
 from mailer.models.articles import Article, ArticleStat, Feed, VisitorSeen
 from mailer.models.bounces import BounceEvent, BounceKind
+from mailer.models.hooks import HookCount, HookDelivery, HookEndpoint, HookEvent, HookStatus
 from mailer.models.imports import SubscriberImport
 from mailer.models.issues import (
     Click,
@@ -29,8 +30,10 @@ from mailer.models.users import ApiToken, Role, User
 from mailer.models.workers import HousekeepingTurn, WorkerHeartbeat
 
 __all__ = [
-    "ApiToken", "Article", "ArticleStat", "BounceEvent", "BounceKind", "Click", "ConsentRecord", "Delivery", "DeliveryStatus",
-    "Feed", "Frequency", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus", "IssueVariant", "ItemSection", "Role",
+    "ApiToken", "Article", "ArticleStat", "BounceEvent", "BounceKind", "Click", "ConsentRecord",
+    "Delivery", "DeliveryStatus", "Feed", "Frequency", "HookCount", "HookDelivery", "HookEndpoint",
+    "HookEvent", "HookStatus", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus",
+    "IssueVariant", "ItemSection", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
     "SubscriberStatus", "Suppression",
     "User", "VisitorSeen", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",

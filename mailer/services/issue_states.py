@@ -10,6 +10,9 @@ A change is one UPDATE ... WHERE status IN (its sources): two editors, a double 
 scheduler's tick and an operator racing each other get exactly one change through, and the
 others InvalidTransition (or NotFound for an issue that does not exist). Callers pass the
 columns that change with the state (started_at, status_reason, send_at, ...).
+
+The webhooks' issue events are emitted here, in the same transaction as the change:
+issue.sending (started, resumed, reopened), issue.paused, issue.finished, issue.skipped.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from sqlalchemy.orm import Session
 from mailer.clock import utcnow
 from mailer.errors import InvalidTransition, NotFound
 from mailer.models import Issue, IssueStatus
+from mailer.services import hooks
 
 DRAFT, SCHEDULED, SENDING, PAUSED, FINISHED, CANCELLED, SKIPPED = (
     IssueStatus.DRAFT, IssueStatus.SCHEDULED, IssueStatus.SENDING, IssueStatus.PAUSED,
@@ -48,6 +52,12 @@ REOPEN = Transition("reopen", (FINISHED,), SENDING)
 CANCEL = Transition("cancel", (DRAFT, SCHEDULED, SENDING, PAUSED), CANCELLED)
 
 TRANSITIONS = (SCHEDULE, UNSCHEDULE, SKIP, START, PAUSE, RESUME, FINISH, REOPEN, CANCEL)
+
+# The webhook event of each state an issue enters (states without one tell nobody).
+EVENTS = {
+    SENDING: "issue.sending", PAUSED: "issue.paused", FINISHED: "issue.finished",
+    SKIPPED: "issue.skipped",
+}
 
 # An issue's text and items may change until its audience is frozen, i.e. while it could
 # still be started.
@@ -84,8 +94,26 @@ def transition(
         loaded = session.identity_map.get(Session.identity_key(Issue, issue_id))
         if loaded is not None:
             session.expire(loaded, ["status", *values])
+    if done and change.target in EVENTS:
+        _emit(session, issue_id, change)
     if done or when is not None:
         return bool(done)
     if session.scalar(select(Issue.id).where(Issue.id == issue_id)) is None:
         raise NotFound(f"There is no issue {issue_id}.")
     raise InvalidTransition(f"Issue {issue_id}", change.sources, change.target)
+
+
+def _emit(session: Session | Connection, issue_id: int, change: Transition) -> None:
+    endpoint_ids = hooks.endpoints_for(session, EVENTS[change.target])
+    if not endpoint_ids:
+        return
+    row = session.execute(
+        select(Issue.id, Issue.subject, Issue.status_reason, Issue.schedule_id)
+        .where(Issue.id == issue_id)
+    ).one()
+    data = {"issue": {"id": row.id, "subject": row.subject, "status": str(change.target),
+                      "schedule_id": row.schedule_id},
+            "change": change.name}
+    if change.target in (PAUSED, SKIPPED):
+        data["reason"] = row.status_reason
+    hooks.emit(session, EVENTS[change.target], data, endpoint_ids=endpoint_ids)

@@ -24,7 +24,7 @@ from mailer.models import (
     Schedule,
     ScheduleRun,
 )
-from mailer.services import issue_edits
+from mailer.services import hooks, issue_edits
 from mailer.services.subscriptions import check_text, parse_sections
 
 ISSUED, SKIPPED, MISSED = "issued", "skipped", "missed"
@@ -272,9 +272,11 @@ def owed(session: Session, now: datetime, default_grace: float) -> dict[int, Pla
 def record_missed(session: Session, schedule: Schedule, missed) -> None:
     """One `missed` row per period; an IntegrityError means another scheduler recorded them."""
     for period, reason in missed:
-        session.add(ScheduleRun(schedule_id=schedule.id, period_start=period, status=MISSED,
-                                reason=reason))
-    session.flush()
+        run = ScheduleRun(schedule_id=schedule.id, period_start=period, status=MISSED,
+                          reason=reason)
+        session.add(run)
+        session.flush()
+        run_event(session, schedule, run)
 
 
 def claim_period(
@@ -294,6 +296,16 @@ def settle(run: ScheduleRun, issue: Issue) -> None:
     if issue.status == IssueStatus.SKIPPED:
         run.status = SKIPPED
         run.reason = issue.status_reason or "Nothing new to send."
+
+
+def run_event(session: Session, schedule: Schedule, run: ScheduleRun) -> None:
+    """The schedule.run webhook event of a period's outcome (issued, skipped, missed)."""
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    hooks.emit(session, "schedule.run", {
+        "schedule": {"id": schedule.id, "name": schedule.name, "timezone": schedule.timezone},
+        "run": {"id": run.id, "period_start": iso(run.period_start), "status": run.status,
+                "reason": run.reason, "issue_id": run.issue_id},
+    })
 
 
 def manual_period(now: datetime) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -20,6 +21,10 @@ from mailer.models import (
     ConsentRecord,
     Delivery,
     Frequency,
+    HookDelivery,
+    HookEndpoint,
+    HookEvent,
+    HookStatus,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
@@ -28,6 +33,7 @@ from mailer.models import (
     sections_key,
     sections_list,
 )
+from mailer.services import hooks
 
 NAME_MAX = 100
 EMAIL_MAX = 254  # RFC 5321 path limit, minus the angle brackets
@@ -224,6 +230,8 @@ def subscribe(
         else:
             _consent(session, sub.id, "signup", consent, now)
             _event(session, sub.id, "signup", consent.source, now)
+            hooks.emit(session, "subscriber.created", hooks.subscriber_data(sub),
+                       subscriber_id=sub.id, now=now)
             return SignupResult(sub.id, True)
 
     if sub.status not in CONFIRMABLE:
@@ -239,11 +247,13 @@ def subscribe(
 
 def _signup_statement():
     """INSERT the new reader, or else ask an existing one for another confirmation, then
-    record the consent and the history line: one round trip (PostgreSQL's data-modifying
-    CTEs). Built once; parameter names are not column names (an UPDATE would take those
-    as values to SET); `asked` yields the reader's id when a confirmation is owed."""
-    from sqlalchemy import bindparam, literal_column, union_all
-    from sqlalchemy.dialects.postgresql import insert
+    record the consent and the history line, and the subscriber.created event with its
+    webhook deliveries when an endpoint wants it: one round trip (PostgreSQL's
+    data-modifying CTEs). Built once; parameter names are not column names (an UPDATE would
+    take those as values to SET); `asked` yields the reader's id when a confirmation is
+    owed, beside the ids of the webhook deliveries to hand out."""
+    from sqlalchemy import String, bindparam, cast, literal_column, union_all
+    from sqlalchemy.dialects.postgresql import JSONB, insert
 
     now = bindparam("s_now", type_=Subscriber.__table__.c.created_at.type)
     cutoff = bindparam("s_cutoff", type_=Subscriber.__table__.c.created_at.type)
@@ -307,7 +317,43 @@ def _signup_statement():
         )
         .cte("event")
     )
-    return select(asked.c.id).add_cte(consent, event)
+    # The event of a new reader: its payload is built in Python, the id filled in here.
+    endpoints = HookEndpoint.__table__
+    wanted = hooks.wants("subscriber.created")
+    hook_event = (
+        insert(HookEvent.__table__)
+        .from_select(
+            ["uid", "type", "subscriber_id", "payload", "created_at"],
+            select(
+                bindparam("h_uid"),
+                literal_column("'subscriber.created'"),
+                new.c.id,
+                cast(
+                    func.jsonb_set(cast(bindparam("h_payload"), JSONB),
+                                   literal_column("'{subscriber,id}'"), func.to_jsonb(new.c.id)),
+                    String,
+                ),
+                now,
+            ).where(select(endpoints.c.id).where(wanted).exists()),
+        )
+        .returning(HookEvent.__table__.c.id)
+        .cte("hook_event")
+    )
+    hook_deliveries = (
+        insert(HookDelivery.__table__)
+        .from_select(
+            ["event_id", "endpoint_id", "status", "attempts", "next_attempt_at",
+             "handed_out_at", "created_at"],
+            select(hook_event.c.id, endpoints.c.id,
+                   literal_column(f"'{HookStatus.PENDING.value}'"), literal_column("0"),
+                   now, now, now)
+            .select_from(hook_event.join(endpoints, wanted)),
+        )
+        .returning(HookDelivery.__table__.c.id)
+        .cte("hook_deliveries")
+    )
+    hook_ids = select(func.array_agg(hook_deliveries.c.id)).scalar_subquery()
+    return select(asked.c.id, hook_ids).add_cte(consent, event, hook_event, hook_deliveries)
 
 
 _SIGNUP = None
@@ -320,7 +366,10 @@ def _subscribe_in_one_statement(
     if _SIGNUP is None:
         _SIGNUP = _signup_statement()
     source = consent.source[:200]
-    sub_id = session.execute(
+    reader = {"id": 0, "status": str(SubscriberStatus.PENDING), "email": email, "name": name,
+              "frequency": str(frequency), "sections": sections_list(sections),
+              "source": source}
+    row = session.execute(
         _SIGNUP,
         {
             "s_uid": new_uid(),
@@ -334,8 +383,13 @@ def _subscribe_in_one_statement(
             "s_ip": consent.ip,
             "s_user_agent": (consent.user_agent or "")[:500] or None,
             "s_wording": consent.wording,
+            "h_uid": hooks.new_msg_id(),
+            "h_payload": json.dumps({"subscriber": reader}),
         },
-    ).scalar()
+    ).first()
+    sub_id, hook_deliveries = row if row is not None else (None, None)
+    for delivery_id in hook_deliveries or ():
+        hooks.hand_out(session, delivery_id)
     return SignupResult(sub_id, sub_id is not None)
 
 
@@ -379,6 +433,8 @@ def confirm(
             )
         )
     _event(session, sub.id, "confirmed", None, now)
+    hooks.emit(session, "subscriber.confirmed", hooks.subscriber_data(sub),
+               subscriber_id=sub.id, now=now)
     return sub, True
 
 
@@ -449,8 +505,11 @@ def unsubscribe(session: Session, uid: str, how: str, now=None) -> bool:
         .execution_options(synchronize_session=False)
     )
     if result.rowcount:
-        sub_id = session.scalar(select(Subscriber.id).where(Subscriber.uid == uid))
-        _event(session, sub_id, "unsubscribed", how, now)
+        sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
+        session.refresh(sub)
+        _event(session, sub.id, "unsubscribed", how, now)
+        hooks.emit(session, "subscriber.unsubscribed", hooks.subscriber_data(sub, how=how),
+                   subscriber_id=sub.id, now=now)
         return True
     by_uid(session, uid)  # raises NotFound for a link to an erased reader
     return False
@@ -469,6 +528,9 @@ def update_preferences(
     sub.name, sub.frequency, sub.sections = name, frequency, sections
     if changes:
         _event(session, sub.id, "preferences", ", ".join(changes))
+        hooks.emit(session, "subscriber.updated",
+                   hooks.subscriber_data(sub, changed=[c.split("=")[0] for c in changes]),
+                   subscriber_id=sub.id)
 
 
 def request_email_change(session: Session, sub: Subscriber, new_email: str) -> bool:
@@ -488,8 +550,12 @@ def confirm_email_change(session: Session, uid: str, new_email: str) -> Subscrib
         raise NotFound("This address change was replaced by a newer one or withdrawn.")
     if by_email(session, new_email) is not None:
         raise Conflict("Another subscription already uses that address.")
+    previous = sub.email
     sub.email, sub.pending_email = new_email, None
     _event(session, sub.id, "email-changed")
+    data = hooks.subscriber_data(sub, changed=["email"])
+    data["subscriber"]["previous_email"] = previous
+    hooks.emit(session, "subscriber.updated", data, subscriber_id=sub.id)
     return sub
 
 
@@ -545,6 +611,7 @@ def erase(session: Session, sub: Subscriber, hasher: Hasher) -> None:
     Their bounce and complaint events stay for the issues' counts, without the reader and
     without the server's words (which may quote the address)."""
     suppress(session, hasher(sub.email), "erased")
+    sub_id = sub.id
     session.execute(
         update(BounceEvent)
         .where(BounceEvent.subscriber_id == sub.id)
@@ -553,6 +620,10 @@ def erase(session: Session, sub: Subscriber, hasher: Hasher) -> None:
     )
     session.delete(sub)
     session.flush()
+    # The event carries no address, and the reader's earlier events lose theirs.
+    hooks.scrub(session, sub_id)
+    hooks.emit(session, "subscriber.erased", {"subscriber": {"id": sub_id}},
+               subscriber_id=sub_id)
 
 
 @dataclass
@@ -631,9 +702,13 @@ def import_rows(
             )
     session.add_all(new)
     session.flush()
+    endpoint_ids = hooks.endpoints_for(session, "subscriber.created")
     for sub in new:
         _consent(session, sub.id, "import", consent, now)
         _event(session, sub.id, "imported", source[:200], now)
+        if endpoint_ids:
+            hooks.emit(session, "subscriber.created", hooks.subscriber_data(sub),
+                       subscriber_id=sub.id, now=now, endpoint_ids=endpoint_ids)
     session.flush()
     report.added += len(new)
     return report

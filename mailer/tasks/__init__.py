@@ -9,6 +9,7 @@ from mailer.tasks import (  # noqa: F401
     console,  # noqa: F401 - console imports, issues sent at a time
     delivery,  # noqa: F401 - issue sends and the delivery sweeper
     digest,  # noqa: F401 - test sends of digest issues
+    hooks,  # noqa: F401 - outgoing webhooks and their sweeper
     notices,
     schedules,  # noqa: F401 - scheduled digests and their reports
 )

@@ -59,6 +59,7 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
                 period_start=period,
             )
             schedules.settle(run, issue)
+            schedules.run_event(s, schedule, run)
             if issue.status == IssueStatus.DRAFT:
                 # Same transaction: an issue exists for the period only with its audience
                 # frozen, so a crash here leaves nothing half-started for the next tick.
@@ -108,6 +109,7 @@ def _record_skip(schedule_id: int, period: datetime, reason: str):
         with db.transaction() as s:
             run = schedules.claim_period(s, s.get(Schedule, schedule_id), period, reason)
             run.status = schedules.SKIPPED
+            schedules.run_event(s, s.get(Schedule, schedule_id), run)
     except IntegrityError:
         return None
     log.warning("schedule %s skipped %s: %s", schedule_id, period, reason)

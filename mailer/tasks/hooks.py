@@ -1,0 +1,91 @@
+"""Outgoing webhooks: one task per delivery attempt, the sweeper, and telling ops when an
+endpoint is disabled. The protocol (claim, attempt, record) is in services.hooks."""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import timedelta
+
+from celery import shared_task
+
+from mailer.clock import utcnow
+from mailer.db import db
+from mailer.hooks import post, signing
+from mailer.mail.errors import DeliveryError
+from mailer.runtime import runtime
+from mailer.services import hooks
+from mailer.tasks.base import REFUSED, register_tick_step
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=hooks.TASK, acks_late=True)
+def deliver_webhook(delivery_id: int) -> str:
+    """One attempt of one delivery: claim, POST signed, record (see services.hooks)."""
+    settings = runtime().settings
+    with db.transaction() as s:
+        attempt = hooks.claim(s, delivery_id)
+    if attempt is None:
+        return "not due"
+    now = utcnow()
+    headers = signing.headers(attempt.secret, attempt.msg_id, int(now.timestamp()), attempt.body)
+    outcome = post.post(attempt.url, attempt.body, headers,
+                        allow_http=settings.webhook_allow_http,
+                        allow_private=settings.webhook_allow_private)
+    with db.transaction() as s:
+        recorded = hooks.record(
+            s, attempt, ok=outcome.ok, status_code=outcome.status,
+            latency_ms=outcome.latency_ms, excerpt=outcome.excerpt, refused=outcome.refused,
+            retries=settings.webhook_retries,
+            disable_after=timedelta(hours=settings.webhook_disable_hours),
+        )
+        disabled = recorded and recorded.disabled_endpoint
+        if disabled:
+            url, reason = disabled.url, disabled.disabled_reason
+    if recorded is None:
+        return "claim lost"
+    if disabled:
+        tell_ops(url, reason)
+    if not outcome.ok:
+        log.info("webhook delivery %s attempt %s to %s failed: %s %s", delivery_id,
+                 attempt.attempt, attempt.url, outcome.status, outcome.excerpt[:200])
+    return str(recorded.status)
+
+
+def tell_ops(url: str, reason: str) -> None:
+    """A disabled endpoint: a warning in the log (the console shows it on its page) and a
+    mail to MAILER_OPS_EMAIL, like a schedule's report."""
+    log.warning("webhook endpoint %s disabled: %s", url, reason)
+    rt = runtime()
+    settings = rt.settings
+    if not settings.ops_email:
+        return
+    text = (
+        f"The webhook endpoint {url} was disabled.\n\n{reason}\n\n"
+        f"Its undelivered events wait; enable it again in the console once it answers:\n"
+        f"{settings.base_url}/admin/webhooks\n"
+    )
+    subject = f"[{settings.list_name}] webhook endpoint disabled: {url}"[:250]
+    for to in [a.strip() for a in settings.ops_email.split(",") if a.strip()]:
+        out = rt.composer.message(to=to, subject=subject, text=text,
+                                  html=f"<pre>{html.escape(text)}</pre>")
+        try:
+            rt.transport.send(out.envelope_from, out.recipient, out.data)
+        except DeliveryError as e:
+            log.warning("could not tell %s that a webhook endpoint was disabled: %s", to, e)
+
+
+def sweep_webhooks() -> dict:
+    """The tick step: released attempts of dead workers, due retries, lost hand-outs."""
+    with db.transaction() as s:
+        return hooks.sweep(s)
+
+
+def _refused(delivery_id: int) -> None:
+    with db.transaction() as s:
+        hooks.not_handed_out(s, delivery_id)
+
+
+REFUSED[hooks.TASK] = _refused
+register_tick_step(sweep_webhooks)

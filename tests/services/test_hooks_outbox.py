@@ -1,0 +1,178 @@
+"""The webhooks' outbox: each change writes its event and deliveries in its own transaction,
+a rollback writes and hands out nothing, and only the endpoints that asked get an event."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from mailer.db import db
+from mailer.models import Frequency, HookDelivery, HookEndpoint, HookEvent, Issue
+from mailer.services import after_commit, hook_endpoints, hooks, issue_states
+from mailer.services import subscriptions as subs
+from mailer.tasks.base import hand_over
+
+CONSENT = subs.ConsentInfo(source="form", wording="Send me the newsletter.")
+
+
+@pytest.fixture
+def handed(app):
+    """The delivery tasks the commits hand over, recorded instead of sent to the broker."""
+    got: list[after_commit.Intent] = []
+
+    def record(intent: after_commit.Intent) -> bool:
+        got.append(intent)
+        return True
+
+    after_commit.install(record)
+    with app.app_context():
+        yield got
+    after_commit.install(hand_over)
+
+
+def endpoint(events="*", personal=False) -> int:
+    with db.transaction() as s:
+        return hook_endpoints.create(s, url="http://127.0.0.1:9/hooks", events=events,
+                                     personal_data=personal, allow_http=True,
+                                     allow_private=True).id
+
+
+def signup(s, email: str) -> int:
+    return subs.subscribe(s, email=email, name="Ada", frequency=Frequency.WEEKLY, sections="",
+                          consent=CONSENT, cooldown=timedelta(minutes=10)).subscriber_id
+
+
+def events() -> list[HookEvent]:
+    with db.transaction() as s:
+        found = list(s.scalars(select(HookEvent).order_by(HookEvent.id)))
+        s.expunge_all()
+        return found
+
+
+def deliveries() -> int:
+    with db.transaction() as s:
+        return s.scalar(select(func.count()).select_from(HookDelivery))
+
+
+def test_a_signup_writes_its_event_and_a_delivery_per_endpoint_handed_out_after_commit(
+        handed, make_email):
+    personal, plain = endpoint(personal=True), endpoint("subscriber.created")
+    endpoint("subscriber.confirmed")  # wants another type: gets nothing
+    email = make_email()
+    with db.transaction() as s:
+        sub_id = signup(s, email)
+        assert handed == []  # not before the commit
+    (event,) = events()
+    assert event.type == "subscriber.created" and event.subscriber_id == sub_id
+    assert event.uid.startswith("msg_")
+    data = json.loads(event.payload)["subscriber"]
+    assert data["id"] == sub_id and data["email"] == email and data["status"] == "pending"
+    assert deliveries() == 2
+    assert [i.task for i in handed] == [hooks.TASK, hooks.TASK]
+    with db.transaction() as s:
+        by_endpoint = {d.endpoint_id: d for d in s.scalars(select(HookDelivery))}
+        assert {i.args[0] for i in handed} == {d.id for d in by_endpoint.values()}
+        ev = s.get(HookEvent, event.id)
+        full = json.loads(hooks.body_of(ev, personal=True))
+        bare = json.loads(hooks.body_of(ev, personal=False))
+    assert set(by_endpoint) == {personal, plain}
+    assert full["type"] == "subscriber.created" and full["data"]["subscriber"]["name"] == "Ada"
+    assert "email" not in bare["data"]["subscriber"] and "name" not in bare["data"]["subscriber"]
+    assert bare["data"]["subscriber"]["id"] == sub_id
+
+
+def test_a_signup_that_rolls_back_records_and_sends_nothing(handed, make_email):
+    endpoint()
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        signup(s, make_email())
+        raise RuntimeError("the request failed after the insert")
+    assert events() == [] and deliveries() == 0 and handed == []
+
+
+def test_without_an_endpoint_nothing_is_written(handed, make_email):
+    with db.transaction() as s:
+        signup(s, make_email())
+    assert events() == [] and handed == []
+
+
+def test_a_repeated_signup_is_no_new_event(handed, make_email):
+    endpoint()
+    email = make_email()
+    for _ in range(2):
+        with db.transaction() as s:
+            signup(s, email)
+    assert [e.type for e in events()] == ["subscriber.created"]
+
+
+def test_each_change_of_a_reader_is_an_event_and_erasure_takes_the_address_out(
+        handed, make_email):
+    endpoint()
+    email = make_email()
+    with db.transaction() as s:
+        sub_id = signup(s, email)
+        uid = s.get(subs.Subscriber, sub_id).uid
+    with db.transaction() as s:
+        subs.confirm(s, uid, email)
+    with db.transaction() as s:
+        sub = s.get(subs.Subscriber, sub_id)
+        subs.update_preferences(s, sub, name="Ada L.", frequency=Frequency.DAILY, sections="")
+    with db.transaction() as s:
+        subs.unsubscribe(s, uid, "one-click")
+    with db.transaction() as s:
+        subs.erase(s, s.get(subs.Subscriber, sub_id), hasher=lambda e: "h:" + e)
+    got = events()
+    assert [e.type for e in got] == [
+        "subscriber.created", "subscriber.confirmed", "subscriber.updated",
+        "subscriber.unsubscribed", "subscriber.erased",
+    ]
+    payloads = [json.loads(e.payload) for e in got]
+    assert payloads[1]["subscriber"]["status"] == "active"
+    assert payloads[2]["changed"] == ["name", "frequency"]
+    assert payloads[3]["subscriber"]["status"] == "unsubscribed" and payloads[3]["how"] == "one-click"
+    assert payloads[4] == {"subscriber": {"id": sub_id}}
+    # Nothing in the outbox names the erased reader any more.
+    assert all(email not in e.payload and "Ada" not in e.payload for e in got)
+    assert all(e.subscriber_id == sub_id for e in got)
+
+
+def test_an_issue_tells_when_it_starts_pauses_finishes_or_is_skipped(handed):
+    endpoint("issue.sending,issue.paused,issue.finished,issue.skipped")
+    with db.transaction() as s:
+        issue = Issue(subject="Monday", status="draft")
+        other = Issue(subject="Empty", status="draft")
+        rolled = Issue(subject="Rolled back", status="draft")
+        s.add_all([issue, other, rolled])
+        s.flush()
+        issue_id, other_id, rolled_id = issue.id, other.id, rolled.id
+    with db.transaction() as s:
+        issue_states.transition(s, issue_id, issue_states.START)
+        issue_states.transition(s, issue_id, issue_states.PAUSE, status_reason="SMTP down")
+        issue_states.transition(s, issue_id, issue_states.RESUME)
+        issue_states.transition(s, issue_id, issue_states.FINISH)
+    with db.transaction() as s:
+        issue_states.transition(s, other_id, issue_states.SKIP,
+                                status_reason="Only 0 new articles.")
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        issue_states.transition(s, rolled_id, issue_states.START)
+        raise RuntimeError("the send could not be set up")
+    got = [(e.type, json.loads(e.payload)) for e in events()]
+    assert [t for t, _ in got] == [
+        "issue.sending", "issue.paused", "issue.sending", "issue.finished", "issue.skipped",
+    ]
+    assert got[0][1]["issue"] == {"id": issue_id, "subject": "Monday", "status": "sending",
+                                  "schedule_id": None}
+    assert got[1][1]["reason"] == "SMTP down" and got[2][1]["change"] == "resume"
+    assert got[4][1]["reason"] == "Only 0 new articles."
+
+
+def test_a_disabled_endpoint_gets_no_new_deliveries(handed, make_email):
+    endpoint_id = endpoint()
+    with db.transaction() as s:
+        hook_endpoints.set_enabled(s, endpoint_id, False)
+    with db.transaction() as s:
+        signup(s, make_email())
+        assert s.get(HookEndpoint, endpoint_id).disabled_reason == "Disabled by an operator."
+    assert events() == [] and deliveries() == 0
