@@ -48,6 +48,7 @@ from mailer.models import (
     SubscriberEvent,
     SubscriberStatus,
 )
+from mailer.services import hooks
 from mailer.services.subscriptions import suppress
 from mailer.tokens import BOUNCE, MESSAGE_ID, SUPPRESSION, BadToken, Tokens
 
@@ -258,11 +259,12 @@ def _apply(session: Session, settings: Settings, sub: Subscriber, report: Report
             return None
         sub.status, sub.complained_at = SubscriberStatus.COMPLAINED, now
         _history(session, sub, "complained", detail, now)
+        _tell(session, sub, "subscriber.complained", report, now)
         return SubscriberStatus.COMPLAINED
 
     if report.kind == Kind.HARD:
         sub.last_bounce_at = max(sub.last_bounce_at or at, at)
-        return _bounce(session, sub, detail, now)
+        return _bounce(session, sub, detail, now, report)
 
     # Soft: counted at most once a day; a score older than the stale period starts again.
     last = sub.last_bounce_at
@@ -274,17 +276,30 @@ def _apply(session: Session, settings: Settings, sub: Subscriber, report: Report
         return None  # already counted today
     if sub.bounce_score >= settings.bounce_soft_limit:
         return _bounce(
-            session, sub, f"{sub.bounce_score} temporary bounces; the last: {detail}", now
+            session, sub, f"{sub.bounce_score} temporary bounces; the last: {detail}", now,
+            report,
         )
     return None
 
 
-def _bounce(session: Session, sub: Subscriber, detail: str, now) -> SubscriberStatus | None:
+def _bounce(session: Session, sub: Subscriber, detail: str, now,
+            report: Report) -> SubscriberStatus | None:
     if sub.status not in CHANGEABLE:
         return None
     sub.status, sub.bounced_at = SubscriberStatus.BOUNCED, now
     _history(session, sub, "bounced", detail, now)
+    _tell(session, sub, "subscriber.bounced", report, now)
     return SubscriberStatus.BOUNCED
+
+
+def _tell(session: Session, sub: Subscriber, event_type: str, report: Report, now) -> None:
+    """The webhook event, in the transaction that changed the reader (not the server's
+    words: they may quote the address)."""
+    hooks.emit(session, event_type,
+               hooks.subscriber_data(sub, bounce={"kind": str(report.kind),
+                                                  "source": report.source,
+                                                  "status": report.status}),
+               subscriber_id=sub.id, now=now)
 
 
 def _detail(report: Report) -> str:

@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Frequency, HookDelivery, HookEndpoint, HookEvent, Issue
 from mailer.services import after_commit, hook_endpoints, hooks, issue_states
@@ -176,3 +177,44 @@ def test_a_disabled_endpoint_gets_no_new_deliveries(handed, make_email):
         signup(s, make_email())
         assert s.get(HookEndpoint, endpoint_id).disabled_reason == "Disabled by an operator."
     assert events() == [] and deliveries() == 0
+
+
+def test_a_hard_bounce_and_a_complaint_are_events_of_the_reader(handed, app):
+    from sqlalchemy import insert
+
+    from mailer.bounces import Kind, Report, Source
+    from mailer.models import Delivery, DeliveryStatus, Subscriber
+    from mailer.services import bounces
+    from tests.helpers.delivery import add_readers, new_issue
+
+    endpoint("subscriber.bounced,subscriber.complained", personal=True)
+    a, b = add_readers(2)
+    issue_id = new_issue()
+    with db.transaction() as s:
+        sent = {
+            email: s.execute(
+                insert(Delivery).values(
+                    issue_id=issue_id, subscriber_id=s.scalar(
+                        select(Subscriber.id).where(Subscriber.email == email)),
+                    status=DeliveryStatus.SENT, attempts=1, sent_at=utcnow(),
+                ).returning(Delivery.id)
+            ).scalar()
+            for email in (a, b)
+        }
+    settings = app.extensions["mailer"].settings
+    with db.transaction() as s:
+        for key in ("dsn-1", "dsn-2"):  # the second finds the reader bounced already
+            bounces.record(s, settings, Report(source=Source.PIPE, kind=Kind.HARD, key=key,
+                                               delivery_id=sent[a], status="5.1.1"))
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        bounces.record(s, settings, Report(source=Source.PIPE, kind=Kind.COMPLAINT,
+                                           key="arf-0", delivery_id=sent[b]))
+        raise RuntimeError("rolled back: no event")
+    with db.transaction() as s:
+        bounces.record(s, settings, Report(source=Source.PIPE, kind=Kind.COMPLAINT, key="arf-1",
+                                           delivery_id=sent[b]))
+    got = [(e.type, json.loads(e.payload)) for e in events()]
+    assert [t for t, _ in got] == ["subscriber.bounced", "subscriber.complained"]
+    assert got[0][1]["subscriber"]["email"] == a
+    assert got[0][1]["bounce"] == {"kind": "hard", "source": "pipe", "status": "5.1.1"}
+    assert got[1][1]["subscriber"]["status"] == "complained"
