@@ -11,7 +11,7 @@ from celery import shared_task
 
 from mailer.clock import utcnow
 from mailer.db import db
-from mailer.hooks import post, signing
+from mailer.hooks import signing
 from mailer.mail.errors import DeliveryError
 from mailer.runtime import runtime
 from mailer.services import hooks
@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 @shared_task(name=hooks.TASK, acks_late=True)
 def deliver_webhook(delivery_id: int) -> str:
     """One attempt of one delivery: claim, POST signed, record (see services.hooks)."""
+    # Here, not at the top: a sending worker should not carry the HTTP client.
+    from mailer.hooks import post
+
     settings = runtime().settings
     with db.transaction() as s:
         attempt = hooks.claim(s, delivery_id)
