@@ -133,6 +133,9 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
         from mailer.mail import dkim
 
         dkim.preload()
+    from sqlalchemy.orm import configure_mappers
+
+    configure_mappers()  # once here, instead of at each pool process's first query
     gc.freeze()
     celery.worker_main(argv)
 
