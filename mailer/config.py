@@ -191,6 +191,23 @@ def _read_secret(name: str, raw: str) -> str:
     return raw
 
 
+def _read_credentials(name: str, raw: str) -> str:
+    user, colon, password = raw.partition(":")
+    if not (user and colon and password):
+        raise ConfigError(f"{name} must be user:password")
+    return raw
+
+
+def _read_sendgrid_key(name: str, raw: str) -> str:
+    from mailer.bounces.providers import load_sendgrid_key
+
+    try:
+        load_sendgrid_key(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e} (paste the verification key SendGrid shows)") from None
+    return raw
+
+
 def _read_rate(name: str, raw: str) -> float | None:
     return _number(name, raw) or None  # 0 = unlimited
 
@@ -201,6 +218,9 @@ DATABASE = Kind("str", _read_database_url, hide_password)
 SMTP = Kind("str", _read_smtp_url, _show_smtp)
 SENDER = Kind("str", _read_from)
 SECRET = Kind("str", _read_secret, lambda v: "set" if v else "")
+CREDENTIALS = Kind("str", _read_credentials, lambda v: "set" if v else "")
+HIDDEN = Kind("str", lambda name, raw: raw, lambda v: "set" if v else "")
+SENDGRID_KEY = Kind("str", _read_sendgrid_key)
 RATE = Kind("float", _read_rate, lambda v: f"{v:g} per second" if v else "")
 ORIGINS = Kind("tuple[str, ...]", lambda name, raw: tuple(o.rstrip("/") for o in _list(raw)),
                ", ".join)
@@ -272,8 +292,8 @@ def _check_worker_timeout(values: dict) -> None:
 
 # The topics variables are grouped by: a table per topic in docs/configuration.md, and a
 # table on the console's settings page.
-GENERAL, ARTICLES, SENDING, DIGESTS, SCHEDULES = (
-    "general", "articles", "sending", "digests", "schedules"
+GENERAL, ARTICLES, SENDING, DIGESTS, SCHEDULES, WEBHOOKS = (
+    "general", "articles", "sending", "digests", "schedules", "webhooks"
 )
 GROUPS = {
     GENERAL: "General",
@@ -281,6 +301,7 @@ GROUPS = {
     SENDING: "Sending",
     DIGESTS: "Digest issues",
     SCHEDULES: "Scheduled digests",
+    WEBHOOKS: "Provider webhooks (bounces and complaints)",
 }
 
 
@@ -400,6 +421,26 @@ VARIABLES: tuple[Variable, ...] = (
              "made at once; after the last retry it has failed for good)"),
     Variable("MAILER_WEBHOOK_DISABLE_HOURS", "webhook_disable_hours", 72.0, number(float),
              "an endpoint failing without a success for this long is disabled and ops told"),
+    # Provider webhooks (web.webhooks): each endpoint answers 404 until its key is set.
+    Variable("MAILER_SES_TOPIC_ARNS", "ses_topic_arns", (), LIST,
+             "the SNS topics (ARNs, comma-separated) whose SES notifications "
+             "`/webhooks/ses` accepts", group=WEBHOOKS),
+    Variable("MAILER_SNS_CERT_HOSTS", "sns_cert_hosts",
+             ("sns.{region}.amazonaws.com", "sns.{region}.amazonaws.com.cn"), LIST,
+             "hosts SNS signing certificates are fetched from (https only; `{region}` is "
+             "one AWS region name)", group=WEBHOOKS),
+    Variable("MAILER_SNS_CA_FILE", "sns_ca_file", None, TEXT,
+             "CA certificates (PEM) that the certificate hosts are verified with",
+             group=WEBHOOKS, default_text="the system's"),
+    Variable("MAILER_POSTMARK_WEBHOOK_AUTH", "postmark_webhook_auth", None, CREDENTIALS,
+             "`user:password` Postmark's webhook must send (HTTP basic auth)",
+             group=WEBHOOKS),
+    Variable("MAILER_SENDGRID_WEBHOOK_KEY", "sendgrid_webhook_key", None, SENDGRID_KEY,
+             "SendGrid's Signed Event Webhook verification key (base64)", group=WEBHOOKS),
+    Variable("MAILER_MAILGUN_SIGNING_KEY", "mailgun_signing_key", None, HIDDEN,
+             "Mailgun's HTTP webhook signing key", group=WEBHOOKS),
+    Variable("MAILER_PROVIDER_WEBHOOK_MAX_BYTES", "provider_webhook_max_bytes", 1024 * 1024, number(int),
+             "largest request body a provider webhook takes", group=WEBHOOKS, default_text="1048576 (1 MB)"),
     # Articles and popularity.
     Variable("MAILER_FEED_SYNC_MINUTES", "feed_sync_minutes", 10, number(int),
              "how often the scheduler syncs `MAILER_FEEDS`", group=ARTICLES),

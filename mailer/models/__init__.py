@@ -27,6 +27,7 @@ from mailer.models.subscribers import (
     sections_list,
 )
 from mailer.models.users import ApiToken, Role, User
+from mailer.models.webhooks import WebhookToken
 from mailer.models.workers import HousekeepingTurn, WorkerHeartbeat
 
 __all__ = [
@@ -36,5 +37,5 @@ __all__ = [
     "IssueVariant", "ItemSection", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
     "SubscriberStatus", "Suppression",
-    "User", "VisitorSeen", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",
+    "User", "VisitorSeen", "WebhookToken", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",
 ]

@@ -12,6 +12,7 @@ from mailer.tasks import (  # noqa: F401
     hooks,  # noqa: F401 - outgoing webhooks and their sweeper
     notices,
     schedules,  # noqa: F401 - scheduled digests and their reports
+    webhooks,  # noqa: F401 - forgetting old webhook request tokens
 )
 from mailer.tasks.base import enqueue, tick
 from mailer.tasks.notices import send_confirmation, send_email_change, send_welcome

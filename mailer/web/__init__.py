@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Flask, g, request
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from mailer.web import admin, api, archive, auth, health, public, tracking
+from mailer.web import admin, api, archive, auth, health, public, tracking, webhooks
 from mailer.web.errors import init_errors
 from mailer.web.extensions import csrf, limiter
 
@@ -16,7 +16,9 @@ CSP = (
     "frame-src 'self'"
 )
 
-BLUEPRINTS = (public.bp, archive.bp, tracking.bp, health.bp, api.bp, *admin.BLUEPRINTS)
+BLUEPRINTS = (
+    public.bp, archive.bp, tracking.bp, health.bp, api.bp, webhooks.bp, *admin.BLUEPRINTS
+)
 
 
 def init_web(app: Flask) -> None:
@@ -33,7 +35,10 @@ def init_web(app: Flask) -> None:
     def _limit_public_bodies():
         # Public pages and the API take small bodies; only the console uploads files. This
         # runs first (before CSRF and rate limits read the form), so the limit always applies.
-        if not request.path.startswith("/admin"):
+        if request.path.startswith("/webhooks/"):
+            # A provider batches events (SendGrid up to 768 KB): a limit of their own.
+            request.max_content_length = settings.provider_webhook_max_bytes
+        elif not request.path.startswith("/admin"):
             request.max_content_length = settings.max_body_bytes
             request.max_form_memory_size = settings.max_body_bytes
 

@@ -47,7 +47,7 @@ CODES = {
 
 
 def wants_json() -> bool:
-    return request.path.startswith("/api/") or (
+    return request.path.startswith(("/api/", "/webhooks/")) or (
         request.accept_mimetypes.best == "application/json"
     )
 
