@@ -199,12 +199,19 @@ def _read_credentials(name: str, raw: str) -> str:
 
 
 def _read_sendgrid_key(name: str, raw: str) -> str:
-    from mailer.bounces.providers import load_sendgrid_key
+    """Base64 of a DER ECDSA P-256 public key (bounces.providers reads it the same way)."""
+    import base64
+    import binascii
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
 
     try:
-        load_sendgrid_key(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}: {e} (paste the verification key SendGrid shows)") from None
+        key = load_der_public_key(base64.b64decode("".join(raw.split()), validate=True))
+    except (binascii.Error, ValueError):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ConfigError(f"{name} must be the ECDSA P-256 verification key SendGrid shows")
     return raw
 
 

@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from datetime import UTC, datetime
 
 from mailer.bounces.report import Kind, Report, Source
@@ -41,8 +42,9 @@ class Malformed(ValueError):
     """The body is not what the provider sends (400)."""
 
 
-def event_key(source: Source, *parts: object) -> str:
-    key = ":".join([str(source), *(str(p) for p in parts)])
+def event_key(*parts: object) -> str:
+    """Report.key from a provider's event id (services.bounces prefixes the source)."""
+    key = ":".join(str(p) for p in parts)
     if len(key) > KEY_MAX:  # still unique: the end is replaced by a digest of the whole
         key = key[: KEY_MAX - 41] + ":" + hashlib.sha1(key.encode()).hexdigest()
     return key
@@ -52,6 +54,15 @@ def detail(value) -> str | None:
     if value is None or value == "":
         return None
     return str(value)[:DETAIL_MAX]
+
+
+_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+def enhanced_status(value) -> str | None:
+    """An RFC 3463 status code (5.1.1) as given, or None for anything else (550, junk)."""
+    text = str(value).strip() if value is not None else ""
+    return text if _STATUS.fullmatch(text) else None
 
 
 def check_fresh(timestamp: str | float | int | None, now: float) -> None:
@@ -133,7 +144,7 @@ def postmark_reports(payload) -> list[Report]:
             Report(
                 source=Source.POSTMARK,
                 kind=kind,
-                key=event_key(Source.POSTMARK, event_id),
+                key=event_key(event_id),
                 addresses=(str(address),) if address else (),
                 diagnostic=detail(event.get("Details") or event.get("Description")),
                 at=parse_time(event.get("BouncedAt")),
@@ -213,9 +224,9 @@ def sendgrid_reports(payload) -> list[Report]:
             Report(
                 source=Source.SENDGRID,
                 kind=kind,
-                key=event_key(Source.SENDGRID, event_id),
+                key=event_key(event_id),
                 addresses=(str(address),) if address else (),
-                status=detail(event.get("status")),
+                status=enhanced_status(event.get("status")),
                 diagnostic=reason,
                 at=parse_time(event.get("timestamp")),
                 reason=ignored,
@@ -269,9 +280,9 @@ def mailgun_reports(payload: dict) -> list[Report]:
         Report(
             source=Source.MAILGUN,
             kind=kind,
-            key=event_key(Source.MAILGUN, event["id"]),
+            key=event_key(event["id"]),
             addresses=(str(address),) if address else (),
-            status=detail(code),
+            status=enhanced_status(code),
             diagnostic=detail(status.get("description") or status.get("message")),
             at=parse_time(event.get("timestamp")),
             reason=ignored,

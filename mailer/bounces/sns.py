@@ -24,7 +24,7 @@ from mailer.bounces.providers import (
     Malformed,
     Refused,
     check_fresh,
-    detail,
+    enhanced_status,
     event_key,
     parse_time,
 )
@@ -237,7 +237,7 @@ def ses_reports(message: dict) -> list[Report]:
             Report(
                 source=Source.SES,
                 kind=Kind.IGNORED,
-                key=event_key(Source.SES, sns_id),
+                key=event_key(sns_id),
                 reason=f"SES notification {what}",
             )
         ]
@@ -253,9 +253,9 @@ def ses_reports(message: dict) -> list[Report]:
             Report(
                 source=Source.SES,
                 kind=kind,
-                key=event_key(Source.SES, event_id, address.lower()),
+                key=event_key(event_id, address.lower()),
                 addresses=(address,),
-                status=detail(r.get("status")),
+                status=enhanced_status(r.get("status")),
                 diagnostic=str(diagnostic)[:DETAIL_MAX] if diagnostic else None,
                 at=at,
                 message_id=message_id,

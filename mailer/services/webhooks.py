@@ -28,12 +28,13 @@ TOKEN_KEEP = timedelta(minutes=15)
 def remember_token(session: Session, provider: str, token: str, now: datetime) -> bool:
     """Note a request token; False when it was seen before (a replay)."""
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    result = session.execute(
+    inserted = session.execute(
         dialect.insert(WebhookToken)
         .values(provider=provider, token=token, seen_at=now)
         .on_conflict_do_nothing(index_elements=["provider", "token"])
-    )
-    return result.rowcount == 1
+        .returning(WebhookToken.token)
+    ).scalar()
+    return inserted is not None
 
 
 def forget_old_tokens(session: Session, now: datetime) -> int:

@@ -38,7 +38,7 @@ def test_postmark_events_become_reports():
     hard = postmark_bounce("ada@example.com", event_id=4323372036854775807)
     (report,) = p.postmark_reports(hard)
     assert (report.source, report.kind, report.key) == (
-        Source.POSTMARK, Kind.HARD, "postmark:4323372036854775807")
+        Source.POSTMARK, Kind.HARD, "4323372036854775807")
     assert report.addresses == ("ada@example.com",) and "5.1.1" in report.diagnostic
     assert report.at.year == 2027
     assert p.postmark_reports(postmark_bounce("b@example.com", "SoftBounce"))[0].kind == Kind.SOFT
@@ -108,7 +108,7 @@ def test_sendgrid_events_become_reports():
     reports = p.sendgrid_reports(events)
     assert [r.kind for r in reports] == [Kind.HARD, Kind.SOFT, Kind.HARD, Kind.COMPLAINT,
                                          Kind.IGNORED, Kind.COMPLAINT, Kind.IGNORED]
-    assert reports[0].key == f"sendgrid:{events[0]['sg_event_id']}"
+    assert reports[0].key == events[0]['sg_event_id']
     assert reports[0].message_id == "<12.abcdef0123@daily.example>"
     assert reports[0].status == "5.0.0" and reports[0].addresses == ("a@example.com",)
     # An event without an id (SendGrid's "Invalid" drops) gets a stable key of its own.
@@ -134,7 +134,7 @@ def test_mailgun_signature_freshness_and_events():
 
     hard = mailgun_event("ada@example.com", message_id="12.abcdef0123@daily.example")
     (report,) = p.mailgun_reports({"signature": good, "event-data": hard})
-    assert (report.kind, report.key) == (Kind.HARD, f"mailgun:{hard['id']}")
+    assert (report.kind, report.key) == (Kind.HARD, hard['id'])
     assert report.status == "5.1.1" and report.message_id == "<12.abcdef0123@daily.example>"
     soft = mailgun_event("b@example.com", severity="temporary")
     assert p.mailgun_reports({"event-data": soft})[0].kind == Kind.SOFT

@@ -126,7 +126,7 @@ def test_ses_bounces_and_complaints_become_reports():
     reports = sns.ses_reports(bounce)
     assert [(r.source, r.kind, r.addresses) for r in reports] == [
         (Source.SES, Kind.HARD, ("a@example.com",)), (Source.SES, Kind.HARD, ("b@example.com",))]
-    assert [r.key for r in reports] == ["ses:fb-1:a@example.com", "ses:fb-1:b@example.com"]
+    assert [r.key for r in reports] == ["fb-1:a@example.com", "fb-1:b@example.com"]
     assert reports[0].message_id == ours and reports[0].status == "5.1.1"
     assert "User unknown" in reports[0].diagnostic
     soft = sns.ses_reports(ses_notification("Bounce", ["c@example.com"], bounce_type="Transient"))

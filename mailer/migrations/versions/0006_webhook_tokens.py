@@ -1,7 +1,7 @@
 """tokens of accepted webhook requests (replay protection)
 
 Revision ID: 0006_webhook_tokens
-Revises: 0004_worker_heartbeats
+Revises: 0005_bounces
 """
 
 import sqlalchemy as sa
@@ -10,7 +10,7 @@ from alembic import op
 import mailer.db
 
 revision = "0006_webhook_tokens"
-down_revision = "0004_worker_heartbeats"
+down_revision = "0005_bounces"
 branch_labels = None
 depends_on = None
 
