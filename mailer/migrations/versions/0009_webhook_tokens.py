@@ -1,7 +1,7 @@
 """tokens of accepted webhook requests (replay protection)
 
-Revision ID: 0006_webhook_tokens
-Revises: 0005_bounces
+Revision ID: 0009_webhook_tokens
+Revises: 0008_webhooks
 """
 
 import sqlalchemy as sa
@@ -9,8 +9,8 @@ from alembic import op
 
 import mailer.db
 
-revision = "0006_webhook_tokens"
-down_revision = "0005_bounces"
+revision = "0009_webhook_tokens"
+down_revision = "0008_webhooks"
 branch_labels = None
 depends_on = None
 
