@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from mailer import tokens as t
+from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.tokens import Tokens
 
@@ -12,17 +15,26 @@ def archive_url(settings: Settings, issue_id: int | None = None) -> str:
     return f"{settings.base_url}/archive" + (f"/{issue_id}" if issue_id is not None else "")
 
 
+def email_change_key(tokens: Tokens, new_email: str) -> str:
+    """What an address-change link says about the new address: a short keyed hash."""
+    return tokens.keyed_hash(t.CHANGE_EMAIL, new_email)[:16]
+
+
 class Links:
     def __init__(self, settings: Settings, tokens: Tokens):
         self.base = settings.base_url
         self.settings = settings
         self.tokens = tokens
 
-    def confirm(self, uid: str, email: str) -> str:
-        return f"{self.base}/confirm/{self.tokens.make_timed(t.CONFIRM, [uid, email])}"
+    def confirm(self, uid: str, requested: datetime) -> str:
+        """The link answering the reader's request made at `requested`: no address in it,
+        and it opens nothing once a newer request, a confirmation or an unsubscribe came."""
+        return f"{self.base}/confirm/{self.tokens.sign_issued(t.CONFIRM, uid, requested)}"
 
     def change_email(self, uid: str, new_email: str) -> str:
-        token = self.tokens.make_timed(t.CHANGE_EMAIL, [uid, new_email])
+        """Names the new address by a keyed hash only (it is stored as the pending one)."""
+        value = f"{uid}~{email_change_key(self.tokens, new_email)}"
+        token = self.tokens.sign_issued(t.CHANGE_EMAIL, value, utcnow())
         return f"{self.base}/preferences/email/{token}"
 
     def unsubscribe(self, uid: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from itsdangerous import BadData, SignatureExpired, URLSafeTimedSerializer
 
@@ -28,6 +28,8 @@ FORM = "form"
 BOUNCE = "bounce"  # a delivery's id in its VERP envelope sender and our bounce header
 SUPPRESSION = "suppression"  # keyed_hash of an address on the suppression list
 MESSAGE_ID = "message-id"  # the keyed tag in our Message-IDs
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Tokens:
@@ -68,6 +70,34 @@ class Tokens:
         if not hmac.compare_digest(given, expected):
             raise BadToken()
         return value
+
+    def sign_issued(self, purpose: str, value: str, issued: datetime) -> str:
+        """A signed `value` with the time it was issued, and nothing readable besides.
+
+        Links that must work once (a confirmation) carry the time of the request they
+        answer; the database says whether that request is still the reader's latest.
+        """
+        micros = (issued - _EPOCH) // timedelta(microseconds=1)
+        return self.sign(purpose, f"{value}~{micros}")
+
+    def unsign_issued(self, purpose: str, token: str, max_age: float) -> tuple[str, datetime]:
+        """(value, issued) from `sign_issued`; BadToken(expired) once older than max_age."""
+        value, tilde, micros = self.unsign(purpose, token).rpartition("~")
+        if not tilde or not micros.isdigit():
+            raise BadToken()
+        issued = _EPOCH + timedelta(microseconds=int(micros))
+        if (datetime.now(UTC) - issued).total_seconds() > max_age:
+            raise BadToken(expired=True)
+        return value, issued
+
+    def load_timed_with_time(self, purpose: str, token: str, max_age: float):
+        """(payload, made) of a timed token: for links mailed by earlier versions."""
+        try:
+            return self._t(purpose).loads(token, max_age=max_age, return_timestamp=True)
+        except SignatureExpired:
+            raise BadToken(expired=True) from None
+        except BadData:
+            raise BadToken() from None
 
     def make_timed(self, purpose: str, payload) -> str:
         return self._t(purpose).dumps(payload)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mailer.config import Settings
@@ -40,14 +41,26 @@ class Notices:
         text, html = render_pair(template, **self._common(), **context)
         return self.composer.message(to=to, subject=subject, text=text, html=html, headers=headers)
 
-    def confirmation(self, email: str, uid: str) -> Outgoing:
+    def confirmation(self, email: str, uid: str, requested: datetime) -> Outgoing:
         hours = self.settings.confirm_ttl_hours
         return self._build(
             "confirm",
             email,
             f"Please confirm your subscription to {self.settings.list_name}",
-            confirm_url=self.links.confirm(uid, email),
+            confirm_url=self.links.confirm(uid, requested),
             valid_days=max(1, hours // 24),
+        )
+
+    def already_subscribed(self, email: str, uid: str) -> Outgoing:
+        """The answer to a signup for an address that is already active (the page said the
+        same as for anyone, so the mail is where the owner learns it)."""
+        return self._build(
+            "already_subscribed",
+            email,
+            f"You are already subscribed to {self.settings.list_name}",
+            headers=self._list_headers(uid),
+            unsubscribe_url=self.links.unsubscribe(uid),
+            preferences_url=self.links.preferences(uid),
         )
 
     def welcome(self, email: str, uid: str) -> Outgoing:

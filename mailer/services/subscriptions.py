@@ -57,6 +57,9 @@ _MAY_CONFIRM = Subscriber.status.in_(CONFIRMABLE) & (
     | (Subscriber.confirm_requested_at > Subscriber.complained_at)
 )
 UNSUBSCRIBABLE = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+# Which statuses a signup answers by mail: a confirmation, or for an active reader a short
+# "you are already subscribed" with the preferences link (rate-limited the same way).
+ANSWERED_BY_MAIL = (*CONFIRMABLE, SubscriberStatus.ACTIVE)
 
 Hasher = Callable[[str], str]
 
@@ -198,8 +201,9 @@ def subscribe(
     pending, unsubscribed, bounced or complained one asks for another confirmation, at most
     once per cooldown (what the form said this time is not applied: an unconfirmed request
     changes nothing stored; a complained reader stays complained until they confirm); an
-    active one changes nothing. On PostgreSQL all of it is
-    one statement (the signup form sits on every article page: it must be cheap).
+    active one is owed a "you are already subscribed" mail, on the same cooldown. On
+    PostgreSQL all of it is one statement (the signup form sits on every article page: it
+    must be cheap).
     """
     now = now or utcnow()
     if session.get_bind().dialect.name == "postgresql":
@@ -234,7 +238,7 @@ def subscribe(
                        subscriber_id=sub.id, now=now)
             return SignupResult(sub.id, True)
 
-    if sub.status not in CONFIRMABLE:
+    if sub.status not in ANSWERED_BY_MAIL:
         return SignupResult(sub.id, False)
     last = sub.confirm_requested_at
     if last is not None and now - last < cooldown:
@@ -284,7 +288,9 @@ def _signup_statement():
         update(Subscriber.__table__)
         .where(
             Subscriber.__table__.c.email == bindparam("s_email"),
-            Subscriber.__table__.c.status.in_([literal_column(f"'{s.value}'") for s in CONFIRMABLE]),
+            Subscriber.__table__.c.status.in_(
+                [literal_column(f"'{s.value}'") for s in ANSWERED_BY_MAIL]
+            ),
             Subscriber.__table__.c.confirm_requested_at.is_(None)
             | (Subscriber.__table__.c.confirm_requested_at <= cutoff),
         )
@@ -393,19 +399,71 @@ def _subscribe_in_one_statement(
     return SignupResult(sub_id, sub_id is not None)
 
 
+class LinkUsed(Conflict):
+    """A confirmation link that was used, or superseded by the reader's later choice."""
+
+
+def _link_is_current(issued: datetime, legacy_email: str | None):
+    """The conditions under which a confirmation link issued at `issued` still opens.
+
+    A link answers one request: a newer request (superseding it), a confirmation (using
+    it), an unsubscribe or a bounce after it (the reader's later choice) all close it.
+    Links of the current form carry the request's time exactly; links mailed by v0.1.0
+    carry the time they were made (after their request) and the address.
+    """
+    conditions = [
+        _MAY_CONFIRM,
+        Subscriber.complained_at.is_(None) | (Subscriber.complained_at < issued),
+        Subscriber.confirmed_at.is_(None) | (Subscriber.confirmed_at < issued),
+        Subscriber.unsubscribed_at.is_(None) | (Subscriber.unsubscribed_at < issued),
+        Subscriber.bounced_at.is_(None) | (Subscriber.bounced_at < issued),
+    ]
+    if legacy_email is None:
+        conditions.append(Subscriber.confirm_requested_at == issued)
+    else:
+        conditions += [
+            Subscriber.email == legacy_email,
+            # (those times are whole seconds: the request may come up to a second later)
+            Subscriber.confirm_requested_at.is_(None)
+            | (Subscriber.confirm_requested_at < issued + timedelta(seconds=1)),
+        ]
+    return conditions
+
+
+def confirmation_target(
+    session: Session, uid: str, issued: datetime, legacy_email: str | None = None
+) -> Subscriber:
+    """The reader a confirmation link would activate; NotFound, or LinkUsed if it opens nothing."""
+    sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
+    if sub is None or (legacy_email is not None and sub.email != legacy_email):
+        raise NotFound("This confirmation link belongs to no current subscription.")
+    current = session.scalar(
+        select(Subscriber.id).where(Subscriber.id == sub.id, *_link_is_current(issued, legacy_email))
+    )
+    if current is None:
+        raise LinkUsed("This link has been used.")
+    return sub
+
+
 def confirm(
     session: Session,
     uid: str,
-    email: str,
+    issued: datetime,
     consent: ConsentInfo | None = None,
     hasher: Hasher | None = None,
+    *,
+    legacy_email: str | None = None,
     now=None,
-) -> tuple[Subscriber, bool]:
-    """Activate the subscription a confirmation link names; (subscriber, newly_confirmed)."""
+) -> Subscriber:
+    """Activate the subscription a confirmation link names, once.
+
+    One conditional UPDATE: a link used, superseded by a newer request, or older than an
+    unsubscribe or a bounce changes nothing and raises LinkUsed; an unknown reader NotFound.
+    """
     now = now or utcnow()
     result = session.execute(
         update(Subscriber)
-        .where(Subscriber.uid == uid, Subscriber.email == email, _MAY_CONFIRM)
+        .where(Subscriber.uid == uid, *_link_is_current(issued, legacy_email))
         # A confirmed address starts a new story: no bounce score carried over.
         .values(
             status=SubscriberStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None,
@@ -414,13 +472,37 @@ def confirm(
         .execution_options(synchronize_session=False)
     )
     sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
-    if sub is None or sub.email != email:
+    if sub is None or (legacy_email is not None and sub.email != legacy_email):
         raise NotFound("This confirmation link belongs to no current subscription.")
     session.refresh(sub)
     if result.rowcount == 0:
+        raise LinkUsed("This link has been used.")
+    _activated(session, sub, consent, hasher, now)
+    return sub
+
+
+def resubscribe(session: Session, sub: Subscriber, consent: ConsentInfo, now=None) -> None:
+    """A reader who left subscribes again from their preferences page (the link came by mail
+    to this address, so it proves they own it)."""
+    now = now or utcnow()
+    result = session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == sub.id, _MAY_CONFIRM)
+        .values(
+            status=SubscriberStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None,
+            bounce_score=0,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(sub)
+    if result.rowcount == 0:
         if sub.status == SubscriberStatus.ACTIVE:
-            return sub, False
+            return
         raise Conflict("This subscription cannot be confirmed any more. Please sign up again.")
+    _activated(session, sub, consent, None, now)
+
+
+def _activated(session: Session, sub: Subscriber, consent, hasher, now) -> None:
     if consent is not None:
         _consent(session, sub.id, "confirm", consent, now)
     if hasher is not None:
@@ -428,14 +510,13 @@ def confirm(
         # longer applies.
         session.execute(
             delete(Suppression).where(
-                Suppression.email_hash == hasher(email),
+                Suppression.email_hash == hasher(sub.email),
                 Suppression.reason.in_(("erased", "complained")),
             )
         )
     _event(session, sub.id, "confirmed", None, now)
     hooks.emit(session, "subscriber.confirmed", hooks.subscriber_data(sub),
                subscriber_id=sub.id, now=now)
-    return sub, True
 
 
 # A confirmation mail is owed when none was sent since the reader last asked for one.
@@ -478,12 +559,13 @@ def release_confirmation(
 def confirmations_owed(
     session: Session, older_than: datetime, newer_than: datetime, limit: int = 500
 ) -> list[int]:
-    """Readers whose confirmation mail was asked for (within the link's lifetime) but not sent."""
+    """Readers whose answer to a signup (a confirmation, or "already subscribed") was asked
+    for within the link's lifetime but not sent."""
     return list(
         session.scalars(
             select(Subscriber.id)
             .where(
-                _MAY_CONFIRM,
+                _MAY_CONFIRM | (Subscriber.status == SubscriberStatus.ACTIVE),
                 Subscriber.confirm_requested_at.is_not(None),
                 Subscriber.confirm_requested_at < older_than,
                 Subscriber.confirm_requested_at > newer_than,

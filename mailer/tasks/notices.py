@@ -40,21 +40,28 @@ def _wait_for_commit(subscriber_id: int, requested: datetime) -> None:
 
 @shared_task(name="mailer.send_confirmation", **RETRY)
 def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
-    """Mail the confirmation owed to a reader. `requested` (ISO time) names the request the
-    message was pushed for; until that request is committed and visible, the task waits."""
+    """Mail the confirmation owed to a reader (to an active reader who signed up again: a
+    short "you are already subscribed" with the preferences link). `requested` (ISO time)
+    names the request the message was pushed for; until that request is committed and
+    visible, the task waits."""
     rt = runtime()
     if requested:
         _wait_for_commit(subscriber_id, datetime.fromisoformat(requested))
     with db.transaction() as s:
         sub = s.get(Subscriber, subscriber_id)
-        if sub is None or not subscriptions.may_confirm(sub):
+        if sub is None or not (
+            subscriptions.may_confirm(sub) or sub.status == SubscriberStatus.ACTIVE
+        ):
             return "not pending"
         previous, requested_at = sub.confirm_sent_at, sub.confirm_requested_at
         claimed = subscriptions.claim_confirmation(s, subscriber_id, requested_at)
-        email, uid = sub.email, sub.uid
+        email, uid, active = sub.email, sub.uid, sub.status == SubscriberStatus.ACTIVE
     if not claimed:
         return "already sent"
-    out = rt.notices.confirmation(email, uid)
+    if active:
+        out = rt.notices.already_subscribed(email, uid)
+    else:
+        out = rt.notices.confirmation(email, uid, requested_at)
     try:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except TemporaryFailure:

@@ -10,6 +10,7 @@ from mailer import tokens as t
 from mailer.db import db
 from mailer.errors import Conflict, NotFound, ValidationError
 from mailer.mail.composer import SAMPLE_UID
+from mailer.links import email_change_key
 from mailer.models import Frequency, SubscriberStatus
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
@@ -81,14 +82,31 @@ def _bad_link(expired: bool, what: str):
 
 
 def _load_confirm(token: str):
+    """(uid, issued, legacy_email) of a confirmation link, or an error page.
+
+    Links mailed by v0.1.0 (a timed token holding the address) still open within their
+    lifetime, under the same rule as today's: only while the reader's latest choice is the
+    request they answer.
+    """
     rt = runtime()
+    max_age = rt.settings.confirm_ttl_hours * 3600
     try:
-        uid, email = rt.tokens.load_timed(
-            t.CONFIRM, token, max_age=rt.settings.confirm_ttl_hours * 3600
-        )
+        uid, issued = rt.tokens.unsign_issued(t.CONFIRM, token, max_age=max_age)
+        return (uid, issued, None), None
+    except BadToken as e:
+        if e.expired or token.count(".") != 2:
+            return None, _bad_link(e.expired, "confirmation")
+    try:
+        (uid, email), made = rt.tokens.load_timed_with_time(t.CONFIRM, token, max_age=max_age)
+        if not isinstance(uid, str) or not isinstance(email, str):
+            raise TypeError
     except (BadToken, ValueError, TypeError) as e:
         return None, _bad_link(getattr(e, "expired", False), "confirmation")
-    return (uid, email), None
+    return (uid, made, email), None
+
+
+def _link_used():
+    return render_template("link_used.html", **_form_context()), 410
 
 
 @bp.route("/confirm/<token>", methods=["GET", "POST"])
@@ -96,24 +114,27 @@ def confirm(token: str):
     payload, error = _load_confirm(token)
     if error:
         return error
-    uid, email = payload
-    if request.method == "GET":
-        # A page with a button, not the confirmation itself: mail scanners follow links.
-        return render_template("confirm.html", email=email)
+    uid, issued, legacy_email = payload
     rt = runtime()
     try:
-        sub, newly = subs.confirm(
-            db.session, uid, email, consent_from_request("confirmation link"), rt.email_hash
+        if request.method == "GET":
+            # A page with a button, not the confirmation itself: mail scanners follow links.
+            sub = subs.confirmation_target(db.session, uid, issued, legacy_email)
+            return render_template("confirm.html", email=sub.email)
+        sub = subs.confirm(
+            db.session, uid, issued, consent_from_request("confirmation link"), rt.email_hash,
+            legacy_email=legacy_email,
         )
     except NotFound:
         return _bad_link(False, "confirmation")
-    except Conflict as e:
-        return render_template("error.html", status=409, message=str(e)), 409
+    except subs.LinkUsed:
+        db.session.rollback()
+        return _link_used()
     db.session.commit()
-    if newly and rt.settings.welcome_email:
+    if rt.settings.welcome_email:
         enqueue(send_welcome, sub.id)
     return render_template(
-        "confirmed.html", newly=newly, preferences_url=rt.links.preferences(sub.uid)
+        "confirmed.html", newly=True, preferences_url=rt.links.preferences(sub.uid)
     )
 
 
@@ -143,8 +164,14 @@ def unsubscribe(token: str):
         return _sample_link()
     rt = runtime()
     if request.method == "GET":
+        try:
+            sub = subs.by_uid(db.session, uid)
+        except NotFound:
+            sub = None  # erased: nothing is held and nothing will be sent
+        left = sub is None or sub.status not in subs.UNSUBSCRIBABLE
         return render_template(
-            "unsubscribe.html", token=token, preferences_url=rt.links.preferences(uid)
+            "unsubscribe.html", token=token, left=left, erased=sub is None,
+            preferences_url=rt.links.preferences(uid),
         )
     # RFC 8058: the mailbox provider POSTs exactly this body, with no cookies and no CSRF
     # token; the signed token in the URL is the authorization.
@@ -221,8 +248,7 @@ def preferences(token: str):
                 db.session.commit()
                 return render_template("erased.html")
             elif action == "resubscribe":
-                # The link came by mail to this address, so it proves the reader owns it.
-                subs.confirm(db.session, sub.uid, sub.email, consent_from_request("preferences"))
+                subs.resubscribe(db.session, sub, consent_from_request("preferences"))
                 db.session.commit()
                 notice = "Welcome back: you are subscribed again."
             else:
@@ -250,11 +276,21 @@ def preferences(token: str):
 def change_email(token: str):
     rt = runtime()
     try:
-        uid, new_email = rt.tokens.load_timed(
+        value, _ = rt.tokens.unsign_issued(
             t.CHANGE_EMAIL, token, max_age=rt.settings.confirm_ttl_hours * 3600
         )
-    except (BadToken, ValueError, TypeError) as e:
-        return _bad_link(getattr(e, "expired", False), "address change")
+        uid, _, key = value.partition("~")
+    except BadToken as e:
+        return _bad_link(e.expired, "address change")
+    try:
+        sub = subs.by_uid(db.session, uid)
+    except NotFound:
+        return _bad_link(False, "address change")
+    new_email = sub.pending_email
+    if new_email is None or email_change_key(rt.tokens, new_email) != key:
+        if email_change_key(rt.tokens, sub.email) == key:  # done already: the page it led to
+            return redirect(rt.links.preferences(sub.uid).replace(rt.settings.base_url, "", 1))
+        return _bad_link(False, "address change")
     if request.method == "GET":
         return render_template("change_email.html", email=new_email)
     try:
@@ -265,4 +301,3 @@ def change_email(token: str):
         return render_template("error.html", status=409, message=str(e)), 409
     db.session.commit()
     return redirect(rt.links.preferences(sub.uid).replace(rt.settings.base_url, "", 1))
-

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import email
 import email.policy
+from datetime import UTC, datetime
 
 from mailer.config import load_settings
 from mailer.links import Links
 from mailer.mail.composer import Composer
 from mailer.mail.notices import Notices
 from mailer.tokens import Tokens
+
+REQUESTED = datetime(2026, 5, 4, 3, 2, 1, 123456, tzinfo=UTC)
 
 
 def notices(tmp_path, **env):
@@ -25,8 +28,8 @@ def parse(data: bytes):
 
 def test_messages_parse_strictly_with_text_first_and_short_lines(tmp_path):
     n = notices(tmp_path)
-    for out in (n.confirmation("a@example.com", "uid1"), n.welcome("a@example.com", "uid1"),
-                n.email_change("b@example.com", "uid1")):
+    for out in (n.confirmation("a@example.com", "uid1", REQUESTED), n.welcome("a@example.com", "uid1"),
+                n.email_change("b@example.com", "uid1"), n.already_subscribed("a@example.com", "uid1")):
         msg = parse(out.data)
         assert msg.get_content_type() == "multipart/alternative"
         assert [p.get_content_type() for p in msg.iter_parts()] == ["text/plain", "text/html"]
@@ -51,6 +54,6 @@ def test_welcome_carries_list_headers_with_optional_mailto(tmp_path):
 
 
 def test_confirmation_has_no_list_headers_and_a_fixed_subject(tmp_path):
-    msg = parse(notices(tmp_path).confirmation("a@example.com", "uid1").data)
+    msg = parse(notices(tmp_path).confirmation("a@example.com", "uid1", REQUESTED).data)
     assert msg["Subject"] == "Please confirm your subscription to The Daily"
     assert msg["List-Unsubscribe"] is None

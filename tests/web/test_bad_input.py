@@ -9,6 +9,7 @@ import time_machine
 from sqlalchemy import func, select
 
 from mailer import tokens as t
+from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import ConsentRecord, Role, Subscriber
 from mailer.runtime import runtime
@@ -148,12 +149,19 @@ def test_form_without_or_with_forged_timestamp(client, make_email):
 
 
 def _confirm_token(app, uid="nobody", email="a@example.com"):
+    """A confirmation token in the form v0.1.0 mailed (a timed token holding the address)."""
     with app.app_context():
         return runtime().tokens.make_timed(t.CONFIRM, [uid, email])
 
 
+def _current_token(app, uid="nobody"):
+    with app.app_context():
+        return runtime().tokens.sign_issued(t.CONFIRM, uid, utcnow())
+
+
 def test_forged_tampered_and_foreign_tokens(app, client):
     good = _confirm_token(app)
+    current = _current_token(app)
     with app.app_context():
         unsub = runtime().tokens.sign(t.UNSUBSCRIBE, "someuid")
     cases = [
@@ -161,6 +169,9 @@ def test_forged_tampered_and_foreign_tokens(app, client):
         f"/confirm/{good.replace('.', 'x', 1)}",  # tampered payload
         "/confirm/garbage",
         f"/confirm/{unsub}",  # a token of another purpose
+        f"/confirm/{current[:-3]}abc",
+        f"/confirm/{current.replace('~', '~1', 1)}",  # another time
+        f"/unsubscribe/{current}",
         f"/unsubscribe/{good}",
         "/unsubscribe/someuid.AAAAAAAAAAAAAAAAAAAAAA",
         "/unsubscribe/x",
@@ -184,17 +195,19 @@ def test_expired_confirmation_link_offers_a_new_one(app, client, make_email):
     uid = db.session.scalar(select(Subscriber.uid).where(Subscriber.email == email))
     with time_machine.travel("2020-01-01T00:00:00Z"):
         old = _confirm_token(app, uid, email)
-    resp = client.get(f"/confirm/{old}")
-    assert resp.status_code == 400 and b"This link has expired" in resp.data
-    assert b"Send me a new link" in resp.data
+        current = _current_token(app, uid)
+    for token in (old, current):
+        resp = client.get(f"/confirm/{token}")
+        assert resp.status_code == 400 and b"This link has expired" in resp.data
+        assert b"Send me a new link" in resp.data
 
 
 def test_valid_token_for_an_unknown_reader_is_400(app, client):
-    resp = client.get(f"/confirm/{_confirm_token(app)}")
-    assert resp.status_code == 200  # the page itself reveals nothing
-    fields = form_fields(resp.get_data(as_text=True))
-    resp = client.post(f"/confirm/{_confirm_token(app)}", data=fields)
-    assert resp.status_code == 400 and b"This link is not valid" in resp.data
+    fields = form_fields(client.get("/subscribe").get_data(as_text=True))
+    for token in (_confirm_token(app), _current_token(app)):
+        for method in ("get", "post"):
+            resp = getattr(client, method)(f"/confirm/{token}", data=fields)
+            assert resp.status_code == 400 and b"This link is not valid" in resp.data
 
 
 def test_one_click_post_without_the_rfc8058_body_is_refused(app, client, make_email):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from sqlalchemy import select
@@ -68,3 +69,40 @@ def test_signup_page_is_usable_on_a_phone(app, live_server, browser):
         assert button["x"] >= 0 and button["x"] + button["width"] <= 375
     finally:
         context.close()
+
+
+def test_a_confirmation_link_from_before_an_unsubscribe_changes_nothing(
+    app, live_server, page, smtp, worker, make_email
+):
+    """The reader confirms, leaves, then presses the old mail's button again: nothing happens
+    but a page saying the link was used, with a way to sign up again."""
+    email = make_email()
+    page.goto(f"{live_server}/subscribe")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("heading", name="Almost done: check your inbox").wait_for()
+    confirm_url = link_with(smtp.wait_for(email, match="/confirm/")[0], "/confirm/")
+    assert email not in confirm_url
+
+    stale = page.context.new_page()  # the old mail's page, left open in another tab
+    stale.goto(confirm_url)
+    page.goto(confirm_url)
+    page.get_by_role("button", name="Yes, subscribe me").click()
+    page.get_by_role("heading", name="You are subscribed").wait_for()
+    (welcome,) = smtp.wait_for(email, match="preferences")
+    unsubscribe_url = re.search(r"<(http[^>]+)>", welcome.message["List-Unsubscribe"]).group(1)
+    page.goto(unsubscribe_url)
+    page.get_by_role("button", name="Unsubscribe").click()
+    page.get_by_role("heading", name="You are unsubscribed").wait_for()
+    page.goto(unsubscribe_url)
+    page.get_by_role("heading", name="You are already unsubscribed").wait_for()
+    assert page.get_by_role("button", name="Unsubscribe").count() == 0
+
+    stale.get_by_role("button", name="Yes, subscribe me").click()
+    stale.get_by_role("heading", name="This link has been used").wait_for()
+    assert stale.get_by_role("button", name="Sign up again").is_visible()
+    page.goto(confirm_url)
+    page.get_by_role("heading", name="This link has been used").wait_for()
+    assert status_of(email) == SubscriberStatus.UNSUBSCRIBED
+    time.sleep(1)
+    assert len(smtp.to(email, match="preferences")) == 1, "no second welcome"

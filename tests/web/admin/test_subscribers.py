@@ -88,7 +88,7 @@ def test_a_readers_page_shows_consent_deliveries_and_history(app, client):
     email = "ada@example.com"
     signup(client, email, name="Ada Reader")
     sub = reader(email)
-    subs.confirm(db.session, sub.uid, email)
+    subs.confirm(db.session, sub.uid, sub.confirm_requested_at)
     add_article(db.session, "A story", utcnow() - timedelta(hours=1))
     rt = app.extensions["mailer"]
     issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=utcnow(), subject="Weekly news")
