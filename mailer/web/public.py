@@ -9,8 +9,8 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from mailer import tokens as t
 from mailer.db import db
 from mailer.errors import Conflict, NotFound, ValidationError
-from mailer.mail.composer import SAMPLE_UID
 from mailer.links import email_change_key
+from mailer.mail.composer import SAMPLE_UID
 from mailer.models import Frequency, SubscriberStatus
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs

@@ -196,7 +196,8 @@ def test_a_complaint_suppresses_the_address_until_the_reader_signs_up_and_confir
         assert held is not None and held.reason == "complained"
         # A confirmation link mailed before the complaint opens nothing.
         with pytest.raises(Conflict):
-            subs.confirm(s, sub.uid, sub.confirm_requested_at, hasher=rt.email_hash)
+            subs.confirm(s, sub.uid, sub.complained_at - timedelta(seconds=1),
+                         hasher=rt.email_hash)
         assert subs.confirmations_owed(s, utcnow() + DAY, utcnow() - 30 * DAY) == []
     # Signing up again asks for a confirmation; confirming makes them active again.
     consent = subs.ConsentInfo(source="form", wording="Yes, send me the digest.")
