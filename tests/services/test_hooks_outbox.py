@@ -116,7 +116,7 @@ def test_each_change_of_a_reader_is_an_event_and_erasure_takes_the_address_out(
         sub_id = signup(s, email)
         uid = s.get(subs.Subscriber, sub_id).uid
     with db.transaction() as s:
-        subs.confirm(s, uid, email)
+        subs.confirm(s, uid, s.get(subs.Subscriber, sub_id).confirm_requested_at)
     with db.transaction() as s:
         sub = s.get(subs.Subscriber, sub_id)
         subs.update_preferences(s, sub, name="Ada L.", frequency=Frequency.DAILY, sections="")
