@@ -305,3 +305,42 @@ def test_two_thousand_events_from_concurrent_retried_posts_are_each_counted_once
         scored = s.scalar(select(func.count()).select_from(Subscriber)
                           .where(Subscriber.bounce_score == 1))
     assert scored == 2000
+
+
+def test_our_message_id_in_an_event_names_the_exact_delivery(hooks, sendgrid_keys):
+    """Mailgun (without angle brackets) and SendGrid (smtp-id) hand back the Message-ID we
+    sent: the event is tied to that delivery and its issue even when the address it names
+    is not the reader's (a forwarding address, say)."""
+    from mailer.models import Delivery, DeliveryStatus
+    from tests.helpers.delivery import new_issue
+
+    emails = _readers(hooks, 3, prefix="exact")
+    rt = hooks.extensions["mailer"]
+    with hooks.app_context():
+        issue_id = new_issue()
+        with db.transaction() as s:
+            ids = {e: s.scalar(select(Subscriber.id).where(Subscriber.email == e)) for e in emails}
+            rows = [Delivery(issue_id=issue_id, subscriber_id=ids[e], status=DeliveryStatus.SENT,
+                             sent_at=utcnow(), attempts=1) for e in emails]
+            s.add_all(rows)
+            s.flush()
+            deliveries = {e: d.id for e, d in zip(emails, rows, strict=True)}
+    compiled = rt.composer.compile(issue_id=issue_id, variant_id=1, subject="s", html="h",
+                                   text="t")
+    ours = {e: compiled.message_id(d) for e, d in deliveries.items()}
+    client = hooks.test_client()
+    mailgun = {"signature": mailgun_signature(MAILGUN_KEY),
+               "event-data": mailgun_event("fwd0@elsewhere.example",
+                                             message_id=ours[emails[0]].strip("<>"))}
+    assert _post_json(client, "/webhooks/mailgun", mailgun).json["recorded"] == 1
+    body = json.dumps([sendgrid_event("bounce", "fwd1@elsewhere.example", smtp_id=ours[emails[1]])]).encode()
+    resp = client.post("/webhooks/sendgrid", data=body, headers=sendgrid_keys.headers(body))
+    assert resp.json["recorded"] == 1
+    auth = {"Authorization": basic_auth(POSTMARK)}
+    assert _post_json(client, "/webhooks/postmark", postmark_bounce(emails[2]),
+                      **auth).json["recorded"] == 1
+    with hooks.app_context(), db.transaction() as s:
+        got = dict(s.execute(select(BounceEvent.delivery_id, BounceEvent.issue_id)
+                             .where(BounceEvent.delivery_id.is_not(None))).all())
+    # Postmark gives back its own id only: matched by address to the latest delivery.
+    assert got == {deliveries[e]: issue_id for e in emails}
