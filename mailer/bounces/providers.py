@@ -38,6 +38,10 @@ class Refused(Exception):
         self.status = status
 
 
+class Unavailable(Exception):
+    """Something the check needs cannot be reached now (503: the provider retries)."""
+
+
 class Malformed(ValueError):
     """The body is not what the provider sends (400)."""
 

@@ -23,6 +23,7 @@ from mailer.bounces.providers import (
     DETAIL_MAX,
     Malformed,
     Refused,
+    Unavailable,
     check_fresh,
     enhanced_status,
     event_key,
@@ -114,6 +115,8 @@ class Certificates:
                 "GET", url, timeout=CERT_TIMEOUT, follow_redirects=False,
                 verify=self._verify(),
             ) as resp:
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise Unavailable(f"the signing certificate answered {resp.status_code}")
                 if resp.status_code != 200:
                     raise Refused(f"the signing certificate answered {resp.status_code}")
                 data = b""
@@ -122,7 +125,8 @@ class Certificates:
                     if len(data) > CERT_MAX_BYTES:
                         raise Refused("the signing certificate is too large")
         except httpx.HTTPError as e:
-            raise Refused(f"the signing certificate could not be fetched: {e}") from None
+            # Our network, or the host: not the sender's fault. A 503 makes SNS retry.
+            raise Unavailable(f"the signing certificate could not be fetched: {e}") from None
         try:
             return x509.load_pem_x509_certificate(data)
         except ValueError:
@@ -137,9 +141,9 @@ class Certificates:
         try:
             resp = httpx.get(url, timeout=CERT_TIMEOUT, verify=self._verify())
         except httpx.HTTPError as e:
-            raise Refused(f"the subscription could not be confirmed: {e}") from None
+            raise Unavailable(f"the subscription could not be confirmed: {e}") from None
         if resp.status_code != 200:
-            raise Refused(f"the subscription could not be confirmed: {resp.status_code}")
+            raise Unavailable(f"the subscription could not be confirmed: {resp.status_code}")
 
 
 def parse_message(body: bytes) -> dict:

@@ -3,8 +3,8 @@
 Each provider authenticates its own way (bounces.providers, bounces.sns); a request that
 does not authenticate is answered 401 or 403 and changes nothing, a provider with no key
 configured is 404, a body over MAILER_PROVIDER_WEBHOOK_MAX_BYTES is 413 and one that is not the
-provider's JSON is 400. Errors are JSON. A database that cannot take the reports now is a
-503, which every provider retries. An event already recorded is answered 200 again, so a
+provider's JSON is 400. Errors are JSON. A database that cannot take the reports now, or
+an SNS certificate host that cannot be reached, is a 503, which every provider retries. An event already recorded is answered 200 again, so a
 provider's retry is recorded once.
 """
 
@@ -17,7 +17,7 @@ from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.bounces import Report, providers, sns
-from mailer.bounces.providers import Malformed, Refused
+from mailer.bounces.providers import Malformed, Refused, Unavailable
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.runtime import runtime
@@ -72,6 +72,9 @@ def _handle(provider: str, configured: object, work):
         return _refused(provider, e)
     except Malformed as e:
         return error_response(400, str(e))
+    except Unavailable as e:
+        log.warning("%s webhook could not be checked now: %s", provider, e)
+        return error_response(503, f"{e}; please retry.")
 
 
 @bp.post("/ses")

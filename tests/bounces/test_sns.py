@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mailer.bounces import Kind, Source, sns
-from mailer.bounces.providers import Malformed, Refused
+from mailer.bounces.providers import Malformed, Refused, Unavailable
 from tests.helpers.providers import (
     TOPIC,
     CertHost,
@@ -95,7 +95,7 @@ def test_certificates_are_fetched_once_and_only_from_allowed_hosts(host, certs):
     assert len(host.requests) == asked
     # A certificate the CA file does not vouch for (the system's CAs only): refused.
     untrusting = sns.Certificates(("127.0.0.1",))
-    with pytest.raises(Refused, match="could not be fetched"):
+    with pytest.raises(Unavailable, match="could not be fetched"):
         sns.verify(signer.sign(ses_notification("Bounce", ["y@example.com"]), "2"),
                    untrusting, (TOPIC,), _now())
     missing = signer.sign(ses_notification("Bounce", ["z@example.com"]), "2",

@@ -129,6 +129,12 @@ def test_ses_bounce_complaint_retry_and_refusals(hooks, cert_host):
         assert resp.status_code == status, resp.json
         assert resp.json["error"] in ("unauthorized", "forbidden")
     assert _state(hooks, bob) == (SubscriberStatus.ACTIVE, 1)
+    # The certificate host cannot be reached: 503, so that SNS retries later.
+    unreachable = signer.sign(complaint, "2",
+                              cert_url=f"https://127.0.0.1:{free_port()}/cert.pem")
+    resp = _post_json(client, "/webhooks/ses", unreachable)
+    assert resp.status_code == 503 and resp.json["error"] == "unavailable"
+    assert _state(hooks, bob) == (SubscriberStatus.ACTIVE, 1)
 
     resp = _post_json(client, "/webhooks/ses", signer.sign(complaint, "2"))
     assert resp.status_code == 200 and resp.json["recorded"] == 1
