@@ -39,6 +39,35 @@ def user_add(ctx: Context, email: str, role: str, password_stdin: bool):
     click.echo(uid)
 
 
+@user.command("reset-password")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the new password from standard input.")
+@pass_ctx
+def user_reset_password(ctx: Context, email: str, password_stdin: bool):
+    """Set a user's password (for an admin locked out anyway); their sessions end and their
+    failed logins are forgotten."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True,
+                                err=True)
+    with ctx.app.app_context(), db.transaction() as s:
+        u = users.user_by_email(s, email)
+        users.reset_password(s, u.id, password, password)
+        address = u.email
+    click.echo(f"new password set for {address}; every session of theirs has ended", err=True)
+
+
+@user.command("unlock")
+@click.argument("email")
+@pass_ctx
+def user_unlock(ctx: Context, email: str):
+    """Forget a user's failed logins, so no address of theirs has to wait any more."""
+    with ctx.app.app_context(), db.transaction() as s:
+        held = users.unlock(s, email)
+    click.echo(f"{email}: failed logins from {held} address(es) forgotten", err=True)
+
+
 @user.command("token")
 @click.argument("email")
 @click.option("--name", default="cli", show_default=True, help="What the token is for.")

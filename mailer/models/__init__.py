@@ -26,7 +26,7 @@ from mailer.models.subscribers import (
     sections_key,
     sections_list,
 )
-from mailer.models.users import ApiToken, Role, User
+from mailer.models.users import ApiToken, LoginThrottle, Role, User
 from mailer.models.webhooks import WebhookToken
 from mailer.models.workers import HousekeepingTurn, WorkerHeartbeat
 
@@ -34,7 +34,7 @@ __all__ = [
     "ApiToken", "Article", "ArticleStat", "BounceEvent", "BounceKind", "Click", "ConsentRecord",
     "Delivery", "DeliveryStatus", "Feed", "Frequency", "HookCount", "HookDelivery", "HookEndpoint",
     "HookEvent", "HookStatus", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus",
-    "IssueVariant", "ItemSection", "Role",
+    "IssueVariant", "ItemSection", "LoginThrottle", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
     "SubscriberStatus", "Suppression",
     "User", "VisitorSeen", "WebhookToken", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",

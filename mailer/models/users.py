@@ -34,6 +34,20 @@ class User(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class LoginThrottle(Base):
+    """Failed console logins of one account from one client address, and how long that pair
+    must wait: the owner's other addresses are never held (services/users.py)."""
+
+    __tablename__ = "login_throttles"
+
+    # The address typed (normalized), not a user id: unknown accounts are held the same way.
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    ip: Mapped[str] = mapped_column(String(45), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    held_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class ApiToken(Base):
     """A bearer token for /api/v1; only its SHA-256 is stored."""
 

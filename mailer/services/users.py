@@ -1,26 +1,41 @@
-"""Console users: argon2 passwords, lockout after repeated failures, API tokens, and the
-rules an admin manages users under: nobody locks themselves out, and the last active admin
-stays an admin."""
+"""Console users: argon2 passwords, login throttling, API tokens, and the rules an admin
+manages users under: nobody locks themselves out, and the last active admin stays an admin.
+
+Failed logins are counted per account AND client address together (`LoginThrottle`): after
+FREE_FAILURES, that pair waits a delay that doubles with each further failure, up to
+MAX_HOLD. Nobody can lock an editor out by knowing their address: the owner's right
+password from any other address still works. A flood from many addresses against one
+account (UNDER_ATTACK failures within FORGET) is slowed: every address then waits after its
+first failure, and the delays still end."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import secrets
 from datetime import timedelta
+from typing import NoReturn
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.errors import Conflict, NotFound, ValidationError
-from mailer.models import ApiToken, Role, User
+from mailer.models import ApiToken, LoginThrottle, Role, User
 from mailer.services.subscriptions import normalize_email
 
-MAX_FAILURES = 5
-LOCKOUT = timedelta(minutes=15)
+FREE_FAILURES = 3
+FIRST_HOLD = timedelta(seconds=5)
+MAX_HOLD = timedelta(minutes=15)
+UNDER_ATTACK = 20
+FORGET = timedelta(hours=24)
 MIN_PASSWORD = 10
+
+log = logging.getLogger(__name__)
 
 _hasher = PasswordHasher()
 # Verifying against this when the user does not exist keeps the timing of "no such user"
@@ -29,9 +44,15 @@ _DUMMY_HASH = _hasher.hash(secrets.token_hex(8))
 
 
 class LoginFailed(Exception):
-    def __init__(self, message: str, locked: bool = False):
+    def __init__(self, message: str, locked: bool = False, retry_after: int = 0):
         super().__init__(message)
         self.locked = locked
+        self.retry_after = retry_after
+
+
+def _held_message(seconds: int) -> str:
+    wait = f"{seconds} seconds" if seconds < 120 else f"{(seconds + 59) // 60} minutes"
+    return f"Too many failed attempts from this address. Try again in {wait}."
 
 
 def parse_role(raw: str) -> Role:
@@ -67,37 +88,94 @@ def set_password(session: Session, user: User, password: str) -> None:
     user.session_version += 1
 
 
-def authenticate(session: Session, email: str, password: str, now=None) -> User:
+def authenticate(session: Session, email: str, password: str, ip: str = "", now=None) -> User:
+    """The user with this address and password; LoginFailed otherwise, or while this
+    account and client address (`ip`) must wait after failed attempts."""
     now = now or utcnow()
     try:
         email = normalize_email(email)
     except ValidationError:
         raise LoginFailed("Wrong address or password.") from None
+    throttle = session.get(LoginThrottle, (email, ip))
+    if throttle is not None and throttle.held_until and throttle.held_until > now:
+        wait = max(1, math.ceil((throttle.held_until - now).total_seconds()))
+        raise LoginFailed(_held_message(wait), locked=True, retry_after=wait)
     user = session.scalar(select(User).where(User.email == email))
     if user is None or not user.active:
         try:
             _hasher.verify(_DUMMY_HASH, password)
         except VerificationError:
             pass
-        raise LoginFailed("Wrong address or password.")
-    if user.locked_until and user.locked_until > now:
-        raise LoginFailed("Too many failed attempts. Try again in a few minutes.", locked=True)
+        _failed(session, email, ip, now)
     try:
         _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
-        user.failed_logins += 1
-        if user.failed_logins >= MAX_FAILURES:
-            user.locked_until = now + LOCKOUT
-            user.failed_logins = 0
-            raise LoginFailed(
-                "Too many failed attempts. Try again in a few minutes.", locked=True
-            ) from None
-        raise LoginFailed("Wrong address or password.") from None
+        _failed(session, email, ip, now)
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
-    user.failed_logins = 0
-    user.locked_until = None
+    if throttle is not None:
+        session.delete(throttle)
     user.last_login_at = now
+    return user
+
+
+def _failed(session: Session, email: str, ip: str, now) -> NoReturn:
+    """Count a failed attempt of this account from this address; hold the pair once it has
+    failed too often, and say so in the log."""
+    recent = now - FORGET
+    session.execute(delete(LoginThrottle).where(LoginThrottle.last_failed_at < recent))
+    row = session.get(LoginThrottle, (email, ip))
+    if row is None:
+        row = LoginThrottle(email=email, ip=ip, failures=0, last_failed_at=now)
+        try:
+            with session.begin_nested():
+                session.add(row)
+                session.flush()
+        except IntegrityError:  # the same pair failed at the same moment elsewhere
+            row = session.get(LoginThrottle, (email, ip))
+    session.execute(
+        update(LoginThrottle)
+        .where(LoginThrottle.email == email, LoginThrottle.ip == ip)
+        .values(failures=LoginThrottle.failures + 1, last_failed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    session.refresh(row)
+    account_failures = session.scalar(
+        select(func.coalesce(func.sum(LoginThrottle.failures), 0))
+        .where(LoginThrottle.email == email, LoginThrottle.last_failed_at >= now - MAX_HOLD)
+    )
+    free = 1 if account_failures >= UNDER_ATTACK else FREE_FAILURES
+    if row.failures < free:
+        raise LoginFailed("Wrong address or password.")
+    hold = min(FIRST_HOLD * 2 ** min(row.failures - free, 20), MAX_HOLD)
+    row.held_until = now + hold
+    seconds = int(hold.total_seconds())
+    log.warning(
+        "console login for %s from %s held for %d s after %d failed attempts%s",
+        email, ip or "-", seconds, row.failures,
+        f" ({account_failures} for this account from all addresses)" if free == 1 else "",
+    )
+    raise LoginFailed(_held_message(seconds), locked=True, retry_after=seconds)
+
+
+def unlock(session: Session, email: str) -> int:
+    """Forget every failed login of this account (`mailer user unlock`); how many addresses
+    were counted or held."""
+    email = normalize_email(email)
+    if session.scalar(select(User.id).where(User.email == email)) is None:
+        raise NotFound(f"There is no user with the address {email}.")
+    done = session.execute(delete(LoginThrottle).where(LoginThrottle.email == email)).rowcount
+    session.execute(
+        update(User).where(User.email == email).values(failed_logins=0, locked_until=None)
+        .execution_options(synchronize_session=False)
+    )
+    return done
+
+
+def user_by_email(session: Session, email: str) -> User:
+    user = session.scalar(select(User).where(User.email == normalize_email(email)))
+    if user is None:
+        raise NotFound(f"There is no user with the address {email}.")
     return user
 
 
@@ -203,14 +281,17 @@ def reset_password(session: Session, user_id: int, password: str, repeat: str) -
     user = get_user(session, user_id)
     set_password(session, user, password)
     user.failed_logins, user.locked_until = 0, None
+    session.execute(delete(LoginThrottle).where(LoginThrottle.email == user.email))
     session.flush()
     return user
 
 
-def change_own_password(session: Session, user: User, current: str, new: str, repeat: str) -> None:
+def change_own_password(
+    session: Session, user: User, current: str, new: str, repeat: str, ip: str = ""
+) -> None:
     """Change your own password after proving the current one; your other sessions end."""
     try:
-        authenticate(session, user.email, current)
+        authenticate(session, user.email, current, ip)
     except LoginFailed as e:
         raise ValidationError("current", f"The current password is not right. {e}"
                               if e.locked else

@@ -99,3 +99,39 @@ def test_export_writes_a_header_row_and_every_reader(runner, client, make_email)
         (a, "Ada, Countess", "pending", "news"),
         (b, "", "pending", ""),
     ]
+
+
+def test_user_reset_password_ends_their_sessions_and_unlock_lifts_the_waits(app, runner):
+    from tests.helpers.console import PASSWORD, add_user
+    from tests.helpers.web import post_form
+
+    add_user(Role.ADMIN, "chief@daily.example")
+    browser = app.test_client()
+    assert post_form(browser, "/admin/login", email="chief@daily.example",
+                     password=PASSWORD).status_code == 302
+    assert browser.get("/admin/").status_code == 200
+
+    reset = runner.invoke(["user", "reset-password", "Chief@Daily.example", "--password-stdin"],
+                          input="a brand new password\n")
+    assert reset.exit_code == 0, reset.output
+    assert browser.get("/admin/").status_code == 302, "the old session ended"
+    db.session.expire_all()
+    assert users.authenticate(db.session, "chief@daily.example", "a brand new password")
+
+    held = app.test_client()
+    held.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    codes = [post_form(held, "/admin/login", email="chief@daily.example",
+                       password="wrong").status_code for _ in range(3)]
+    assert codes == [401, 401, 429]
+    unlock = runner.invoke(["user", "unlock", "chief@daily.example"])
+    assert unlock.exit_code == 0 and "1 address" in unlock.stderr
+    assert post_form(held, "/admin/login", email="chief@daily.example",
+                     password="a brand new password").status_code == 302
+
+    for args in (["user", "unlock", "nobody@daily.example"],
+                 ["user", "reset-password", "nobody@daily.example", "--password-stdin"]):
+        missing = runner.invoke(args, input="a brand new password\n")
+        assert missing.exit_code == 1 and "no user" in missing.stderr.lower()
+    short = runner.invoke(["user", "reset-password", "chief@daily.example", "--password-stdin"],
+                          input="short\n")
+    assert short.exit_code == 1 and "at least 10 characters" in short.stderr

@@ -102,13 +102,16 @@ def login():
     if users.count(db.session) == 0:
         return redirect(url_for("admin.setup"))
     error = None
+    retry_after = 0
     email = request.form.get("email", "")
     if request.method == "POST":
         try:
-            user = users.authenticate(db.session, email, request.form.get("password", ""))
+            user = users.authenticate(
+                db.session, email, request.form.get("password", ""), client_ip()
+            )
         except users.LoginFailed as e:
             db.session.commit()  # keep the failure count
-            error = str(e)
+            error, retry_after = str(e), e.retry_after
         else:
             db.session.commit()
             auth.login(user)
@@ -117,7 +120,10 @@ def login():
             if not target.startswith("/admin") or target.startswith("//"):
                 target = url_for("admin.index")
             return redirect(target)
-    return render_template("admin/login.html", error=error, email=email), 401 if error else 200
+    page = render_template("admin/login.html", error=error, email=email)
+    if retry_after:
+        return page, 429
+    return page, 401 if error else 200
 
 
 @bp.post("/logout")

@@ -11,6 +11,7 @@ from mailer.models import Role
 from mailer.services import users
 from mailer.web import auth
 from mailer.web.admin.console import page_count, paging
+from mailer.web.extensions import client_ip
 
 bp = Blueprint("admin_users", __name__, url_prefix="/admin")
 
@@ -126,7 +127,8 @@ def account():
         form = request.form
         try:
             users.change_own_password(db.session, me, form.get("current", ""),
-                                      form.get("password", ""), form.get("password2", ""))
+                                      form.get("password", ""), form.get("password2", ""),
+                                      client_ip())
             db.session.commit()
         except ValidationError as e:
             db.session.rollback()

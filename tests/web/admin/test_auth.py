@@ -3,8 +3,12 @@ and the users page where admins manage everyone else."""
 
 from __future__ import annotations
 
+import re
+
+import time_machine
 from sqlalchemy import func, select
 
+from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Issue, Role, User
 from tests.helpers.console import PASSWORD, add_user, login, post, text_of, token
@@ -70,19 +74,64 @@ def test_a_form_without_its_csrf_token_is_refused_and_writes_nothing(client):
     assert client.get("/admin/").status_code == 200  # still logged in: logout was refused too
 
 
-def test_wrong_passwords_lock_the_account_for_a_while(client):
+def from_address(app, ip: str):
+    """A browser at another client address (MAILER_PROXY_HOPS=0: the socket's address)."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip
+    return client
+
+
+def attempt(client, password: str, email: str = "editor@daily.example"):
+    return post_form(client, "/admin/login", email=email, password=password)
+
+
+def test_wrong_passwords_hold_that_address_not_the_owner(app, caplog):
     add_user(Role.EDITOR, "editor@daily.example")
-    for _ in range(4):
-        resp = post_form(client, "/admin/login", email="editor@daily.example", password="wrong one")
+    attacker, owner = from_address(app, "203.0.113.9"), from_address(app, "198.51.100.7")
+    for _ in range(2):
+        resp = attempt(attacker, "wrong one")
         assert resp.status_code == 401 and "Wrong address or password" in text_of(resp)
-    fifth = post_form(client, "/admin/login", email="editor@daily.example", password="wrong one")
-    assert "Too many failed attempts" in text_of(fifth)
-    right = post_form(client, "/admin/login", email="editor@daily.example", password=PASSWORD)
-    assert right.status_code == 401 and "Too many failed attempts" in text_of(right)
-    assert client.get("/admin/").status_code == 302
-    # An unknown address reads exactly like a wrong password.
-    unknown = post_form(client, "/admin/login", email="nobody@daily.example", password="x" * 12)
-    assert "Wrong address or password" in text_of(unknown)
+    third = attempt(attacker, "wrong one")
+    assert third.status_code == 429
+    assert "Too many failed attempts from this address. Try again in 5 seconds" in text_of(third)
+    # While it waits, that address gets nowhere, not even with the right password...
+    right = attempt(attacker, PASSWORD)
+    assert right.status_code == 429 and attacker.get("/admin/").status_code == 302
+    # ...and the owner, elsewhere, logs in.
+    assert attempt(owner, PASSWORD).status_code == 302
+    assert owner.get("/admin/").status_code == 200
+    assert "console login for editor@daily.example from 203.0.113.9 held for 5 s" in caplog.text
+    # An unknown address reads exactly like a wrong password, and is held the same way.
+    unknown = attempt(attacker, "x" * 12, email="nobody@daily.example")
+    assert unknown.status_code == 401 and "Wrong address or password" in text_of(unknown)
+
+
+def test_each_further_failure_doubles_the_wait_and_the_wait_ends(app):
+    add_user(Role.EDITOR, "editor@daily.example")
+    attacker = from_address(app, "203.0.113.9")
+    waits = []
+    start = utcnow()
+    with time_machine.travel(start, tick=False) as clock:
+        for _ in range(6):
+            resp = attempt(attacker, "wrong one")
+            if resp.status_code == 429:
+                waits.append(int(re.search(r"Try again in (\d+) seconds", text_of(resp))[1]))
+                clock.shift(waits[-1])
+        assert waits == [5, 10, 20, 40]
+        assert attempt(attacker, PASSWORD).status_code == 302  # the wait is over: it was not a lockout
+
+
+def test_a_flood_from_many_addresses_is_slowed_and_the_owner_still_gets_in(app):
+    add_user(Role.EDITOR, "editor@daily.example")
+    answers = []
+    for n in range(30):
+        bot = from_address(app, f"192.0.2.{n + 1}")
+        answers.append([attempt(bot, f"guess {n}.{k}").status_code for k in range(2)])
+    # Each address gets two tries at first; once the account is under attack, one.
+    assert answers[0] == [401, 401] and answers[-1] == [429, 429]
+    assert sum(a.count(401) for a in answers) <= 25
+    owner = from_address(app, "198.51.100.7")
+    assert attempt(owner, PASSWORD).status_code == 302
 
 
 def test_logins_from_one_address_are_rate_limited(client):
