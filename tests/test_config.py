@@ -67,6 +67,10 @@ def test_production_mode_needs_secret_and_database(tmp_path):
         ("MAILER_SECRET_KEY", "short", "at least 16"),
         ("MAILER_SECTIONS", "news", "key=value"),
         ("MAILER_DKIM_KEY_FILE", "missing.pem", "MAILER_DKIM_SELECTOR"),
+        ("MAILER_POSTMARK_WEBHOOK_AUTH", "no-colon", "user:password"),
+        ("MAILER_POSTMARK_WEBHOOK_AUTH", "user:", "user:password"),
+        ("MAILER_SENDGRID_WEBHOOK_KEY", "not base64!", "ECDSA P-256 verification key"),
+        ("MAILER_SENDGRID_WEBHOOK_KEY", "c2hvcnQ=", "ECDSA P-256 verification key"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, name, value, message):
