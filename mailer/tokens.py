@@ -28,6 +28,9 @@ FORM = "form"
 BOUNCE = "bounce"  # a delivery's id in its VERP envelope sender and our bounce header
 SUPPRESSION = "suppression"  # keyed_hash of an address on the suppression list
 MESSAGE_ID = "message-id"  # the keyed tag in our Message-IDs
+# The header of each issue's message carrying its BOUNCE token (DKIM-signed): feedback
+# loops that return only the headers, and bounces without VERP, still name the delivery.
+BOUNCE_HEADER = "X-Delivery-Token"
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -24,7 +24,7 @@ from mailer.mail import placeholders as ph
 from mailer.mail.dkim import DkimSigner, body_hash, canon_header
 from mailer.mail.encoding import encode_qp, encode_value, fold, format_address, header_text
 from mailer.mail.notices import Outgoing, list_id
-from mailer.tokens import BOUNCE, MESSAGE_ID, Tokens
+from mailer.tokens import BOUNCE, BOUNCE_HEADER, MESSAGE_ID, Tokens
 
 # "Hello there," when a reader gave no name.
 NEUTRAL_NAME = "there"
@@ -178,11 +178,16 @@ class CompiledVariant:
             ph.OPEN_PIXEL_URL: click_base + "/open.gif",
         }
 
-    def envelope_sender(self, delivery_id: int) -> str:
+    def bounce_token(self, delivery_id: int) -> str | None:
+        """The signed delivery token of the VERP sender and the token header (one HMAC)."""
+        return self.tokens.sign(BOUNCE, str(delivery_id))
+
+    def envelope_sender(self, delivery_id: int, token: str | None = None) -> str:
         """VERP: bounces+TOKEN@bounce domain names the delivery a bounce is about."""
         if not self.bounce_domain:
             return self.envelope_from
-        return f"bounces+{self.tokens.sign(BOUNCE, str(delivery_id))}@{self.bounce_domain}"
+        token = token or self.tokens.sign(BOUNCE, str(delivery_id))
+        return f"bounces+{token}@{self.bounce_domain}"
 
     def message_id(self, delivery_id: int) -> str:
         # Derived from the delivery (a deliberate re-send keeps it, so mailboxes can drop
@@ -214,6 +219,11 @@ class CompiledVariant:
         to_line = "To: " + format_address(reader.name, reader.email)
         date_line = "Date: " + self._clock.date()
         msgid_line = "Message-ID: " + self.message_id(reader.delivery_id)
+        # The delivery's token in a header of ours too (signed below): a feedback loop
+        # that returns only the headers, or a bounce to a sender without VERP, still
+        # names the exact delivery.
+        token = self.bounce_token(reader.delivery_id)
+        token_line = f"{BOUNCE_HEADER}: {token}" if token else None
         unsub = f"<{values[ph.UNSUBSCRIBE_URL]}>{self._unsub_tail}"
         unsub_line = fold("List-Unsubscribe", unsub)
         lines = [
@@ -229,6 +239,8 @@ class CompiledVariant:
             self._mime_line,
             self._ctype_line,
         ]
+        if token_line:
+            lines.insert(-2, token_line)
         if self.signer is not None:
             c = self._canon_fixed
             canon = "".join(
@@ -242,10 +254,13 @@ class CompiledVariant:
                     canon_header(unsub_line),
                     c["list-unsubscribe-post"],
                     c["feedback-id"],
+                    canon_header(token_line) if token_line else "",
                     c["mime-version"],
                     c["content-type"],
                 )
             )
             lines = self.signer.signatures(canon, body_hash(body)) + lines
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-        return Outgoing(self.envelope_sender(reader.delivery_id), reader.email, head + body)
+        return Outgoing(
+            self.envelope_sender(reader.delivery_id, token), reader.email, head + body
+        )

@@ -21,7 +21,7 @@ from mailer.mail.compiled import CompiledVariant, Reader, list_id_line
 from mailer.mail.dkim import SIGNED_HEADERS, DkimSigner, body_hash, canon_header
 from mailer.mail.encoding import encode_qp, fold, format_address, header_text
 from mailer.mail.notices import Outgoing
-from mailer.tokens import Tokens
+from mailer.tokens import BOUNCE, Tokens
 
 # The uid signed into a sample reader's unsubscribe and preferences links. '~' never occurs
 # in a real uid (URL-safe base64), so these links can never name a reader.
@@ -40,7 +40,8 @@ class SampleVariant(CompiledVariant):
     The bytes are built by CompiledVariant.build like every real delivery. Only what would
     tie the message to a reader differs: tracked links name the issue instead of a delivery
     (a click is redirected but counted against nobody), unsubscribe and preferences links
-    carry SAMPLE_UID, bounces go to the plain sender, and each message gets a fresh
+    carry SAMPLE_UID, bounces go to the plain sender (the token header names delivery 0,
+    which never exists), and each message gets a fresh
     Message-ID so a mailbox never drops a second test as a duplicate.
     """
 
@@ -51,7 +52,12 @@ class SampleVariant(CompiledVariant):
         values[ph.OPEN_PIXEL_URL] = click_base + "/open.gif"
         return values
 
-    def envelope_sender(self, delivery_id: int) -> str:
+    def bounce_token(self, delivery_id: int) -> str | None:
+        # Delivery 0, which never exists: the header is there as in every real message,
+        # and a report about a test send is recognised as ours and ignored.
+        return self.tokens.sign(BOUNCE, "0")
+
+    def envelope_sender(self, delivery_id: int, token: str | None = None) -> str:
         return self.envelope_from
 
     def message_id(self, delivery_id: int) -> str:

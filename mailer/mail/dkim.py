@@ -28,6 +28,7 @@ SIGNED_HEADERS = (
     "list-unsubscribe",
     "list-unsubscribe-post",
     "feedback-id",
+    "x-delivery-token",  # tokens.BOUNCE_HEADER: names the delivery in a returned message
     "mime-version",
     "content-type",
 )

@@ -93,6 +93,8 @@ def test_envelope_and_list_headers(settings):
     token = re.fullmatch(r"bounces\+(.+)@bounces\.daily\.example", out.envelope_from).group(1)
     assert tokens.unsign(t.BOUNCE, token) == "88"
     msg = parse(out.data)
+    # The same signed token in our header: a headers-only return names the delivery too.
+    assert msg["X-Delivery-Token"] == token
     assert msg["Subject"] == "Für Ada: die Woche"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["List-Unsubscribe"] == (
@@ -150,6 +152,7 @@ def test_dkim_rsa_and_ed25519_verify_and_cover_the_one_click_headers(settings, t
         assert d.verify(idx=idx, dnsfunc=lookup)
         signed = [name for name, _ in d.signed_headers]
         assert b"list-unsubscribe" in signed and b"list-unsubscribe-post" in signed
+        assert b"x-delivery-token" in signed
 
     def verifies(message: bytes, idx: int) -> bool:
         try:
@@ -160,10 +163,11 @@ def test_dkim_rsa_and_ed25519_verify_and_cover_the_one_click_headers(settings, t
     # Any change in transit breaks both signatures: the body, a header, or a header added.
     changed_body = data.replace(b"Story 3 ", b"Story 4 ", 1)
     changed_header = data.replace(b"\r\nFeedback-ID: 41:", b"\r\nFeedback-ID: 42:", 1)
+    changed_token = data.replace(b"\r\nX-Delivery-Token: 9.", b"\r\nX-Delivery-Token: 8.", 1)
     added = data.replace(
         b"\r\nList-Id:", b"\r\nList-Unsubscribe: <https://evil.example/>\r\nList-Id:", 1
     )
-    for message in (changed_body, changed_header, added):
+    for message in (changed_body, changed_header, changed_token, added):
         assert message != data
         assert not verifies(message, 0) and not verifies(message, 1)
 
