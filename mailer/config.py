@@ -493,6 +493,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAILER_BOUNCE_MATCH_DAYS", "bounce_match_days", 30, number(int, minimum=1),
              "a report naming only an address is matched to readers mailed in these days",
              group=SENDING),
+    Variable("MAILER_BOUNCE_MAX_BYTES", "bounce_max_bytes", 2 * 1024 * 1024, number(int),
+             "largest report `mailer bounces receive` and the mailbox poller read; a larger "
+             "one is ignored (logged)", group=SENDING, default_text="2097152 (2 MB)"),
     Variable("MAILER_COMPLAINT_WARN_PERCENT", "complaint_warn_percent", 0.1, number(float),
              "the dashboard warns when the last issue's complaint rate is over this",
              group=SENDING),

@@ -61,6 +61,7 @@ COMMAND_MODULES = {
     "dkim-record": ("delivery",),
     "schedule": ("schedule",),
     "bench": ("bench",),
+    "bounces": ("bounces",),
 }
 
 

@@ -1,7 +1,7 @@
 """Typed SQLAlchemy 2.0 models; import from here."""
 
 from mailer.models.articles import Article, ArticleStat, Feed, VisitorSeen
-from mailer.models.bounces import BounceEvent, BounceKind
+from mailer.models.bounces import BounceEvent, BounceKind, BounceReportCount
 from mailer.models.hooks import HookCount, HookDelivery, HookEndpoint, HookEvent, HookStatus
 from mailer.models.imports import SubscriberImport
 from mailer.models.issues import (
@@ -31,7 +31,8 @@ from mailer.models.webhooks import WebhookToken
 from mailer.models.workers import HousekeepingTurn, WorkerHeartbeat
 
 __all__ = [
-    "ApiToken", "Article", "ArticleStat", "BounceEvent", "BounceKind", "Click", "ConsentRecord",
+    "ApiToken", "Article", "ArticleStat", "BounceEvent", "BounceKind", "BounceReportCount",
+    "Click", "ConsentRecord",
     "Delivery", "DeliveryStatus", "Feed", "Frequency", "HookCount", "HookDelivery", "HookEndpoint",
     "HookEvent", "HookStatus", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus",
     "IssueVariant", "ItemSection", "LoginThrottle", "Role",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mailer.clock import utcnow
@@ -50,3 +50,15 @@ class BounceEvent(Base):
     diagnostic: Mapped[str | None] = mapped_column(String(1000))
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)  # when it happened
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BounceReportCount(Base):
+    """How many reports came in, per way in and what became of them (recorded, ignored,
+    duplicate, refused): /metrics' mailer_bounce_reports_total, summed over every process
+    that received one (workers, web, the MTA's pipe), Redis or not."""
+
+    __tablename__ = "bounce_report_counts"
+
+    source: Mapped[str] = mapped_column(String(20), primary_key=True)
+    result: Mapped[str] = mapped_column(String(20), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)

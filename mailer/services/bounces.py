@@ -37,12 +37,13 @@ from functools import lru_cache
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from mailer.bounces.report import Kind, Report
+from mailer.bounces.report import Kind, Report, Source
 from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.models import (
     BounceEvent,
     BounceKind,
+    BounceReportCount,
     Delivery,
     Subscriber,
     SubscriberEvent,
@@ -118,7 +119,33 @@ def record(
     session: Session, settings: Settings, report: Report, *, now: datetime | None = None
 ) -> Outcome:
     """Identify the reader, record the report once and apply the policy (module docstring)."""
-    now = now or utcnow()
+    outcome = _record(session, settings, report, now or utcnow())
+    count(session, report.source, outcome.result)
+    return outcome
+
+
+def count(session: Session, source: Source | str, result: str, n: int = 1) -> None:
+    """Add to mailer_bounce_reports_total{source, result}; `refused` is for the webhooks'
+    requests turned away (bad signature, replay) before any report was read."""
+    statement = _insert_for(session)(BounceReportCount).values(
+        source=str(source), result=result, n=n
+    )
+    session.execute(statement.on_conflict_do_update(
+        index_elements=["source", "result"],
+        set_={"n": BounceReportCount.n + statement.excluded.n},
+    ))
+
+
+def _insert_for(session: Session):
+    """INSERT with ON CONFLICT for the database in use (both speak it)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert
+
+
+def _record(session: Session, settings: Settings, report: Report, now) -> Outcome:
     if report.kind == Kind.IGNORED:
         return _ignored(report, report.reason or "not a bounce or complaint")
     target = _identify(session, settings, report, now)
@@ -213,21 +240,18 @@ def _by_address(session: Session, settings: Settings, report: Report, now) -> _T
 
 
 def _key(report: Report) -> str:
-    key = f"{report.source}:{report.key}"
+    # A report mailed to us is the same report whether the MTA piped it or the poller
+    # fetched it from the mailbox; a provider's event ids are its own.
+    prefix = "mail" if report.source in (Source.PIPE, Source.IMAP) else str(report.source)
+    key = f"{prefix}:{report.key}"
     if len(key) <= KEY_MAX:
         return key
-    return f"{report.source}:sha256:{hashlib.sha256(report.key.encode()).hexdigest()}"
+    return f"{prefix}:sha256:{hashlib.sha256(report.key.encode()).hexdigest()}"
 
 
 def _insert_event(session: Session, report: Report, target: _Target, at, now) -> int | None:
     """The event's id, or None when a report with its key is already recorded."""
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    else:  # pragma: no cover - the two databases the mailer runs on
-        dialect_insert = insert
+    dialect_insert = _insert_for(session)
     diagnostic = (report.diagnostic or "").strip()
     statement = (
         dialect_insert(BounceEvent)

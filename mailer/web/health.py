@@ -6,7 +6,7 @@ from flask import Blueprint, Response, current_app, jsonify
 from sqlalchemy import func, select, text
 
 from mailer.db import db
-from mailer.models import Delivery, Issue, Subscriber
+from mailer.models import BounceEvent, BounceReportCount, Delivery, Issue, Subscriber
 
 bp = Blueprint("health", __name__)
 
@@ -47,6 +47,31 @@ def metrics():
         for value, n in rows:
             lines.append(f'{name}{{{label}="{value}"}} {n}')
 
+    def counter(name: str, help_text: str, rows, labels: tuple[str, ...]):
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} counter")
+        for *values, n in rows:
+            shown = ",".join(f'{k}="{v}"' for k, v in zip(labels, values, strict=True))
+            lines.append(f"{name}{{{shown}}} {n}" if shown else f"{name} {n}")
+
+    # Counted in the database, so every process's reports add up (pipe, poller, webhooks,
+    # workers), with or without Redis.
+    kinds = dict(
+        db.session.execute(select(BounceEvent.kind, func.count()).group_by(BounceEvent.kind)).all()
+    )
+    counter("mailer_bounces_total", "Bounces recorded, by kind.",
+            [(k, kinds.get(k, 0)) for k in ("hard", "soft")], ("kind",))
+    counter("mailer_complaints_total", "Complaints recorded.",
+            [(kinds.get("complaint", 0),)], ())
+    counter(
+        "mailer_bounce_reports_total",
+        "Bounce and complaint reports received, by way in and result.",
+        db.session.execute(
+            select(BounceReportCount.source, BounceReportCount.result, BounceReportCount.n)
+            .order_by(BounceReportCount.source, BounceReportCount.result)
+        ).all(),
+        ("source", "result"),
+    )
     gauge(
         "mailer_subscribers",
         "Subscribers by status.",

@@ -323,3 +323,23 @@ def test_leaving_readers_keep_their_status_but_get_the_history(rt):
                                 .where(BounceEvent.issue_id == issue_id)
                                 .group_by(BounceEvent.kind)).all())
     assert counts == {"hard": 3, "complaint": 1}
+
+
+def test_metrics_count_every_report_by_way_in_and_result(rt, client):
+    (a,) = add_readers(1)
+    delivery_id = mailed(a, new_issue())
+    record(rt.settings, soft("m1", delivery_id=delivery_id))
+    record(rt.settings, soft("m1", delivery_id=delivery_id))  # duplicate
+    record(rt.settings, hard("m2", addresses=("stranger@example.org",)))  # ignored
+    record(rt.settings, Report(source=Source.SENDGRID, kind=Kind.COMPLAINT, key="e1",
+                               delivery_id=delivery_id))
+    with db.transaction() as s:
+        bounces.count(s, Source.SENDGRID, "refused")
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'mailer_bounces_total{kind="soft"} 1' in body
+    assert 'mailer_bounces_total{kind="hard"} 0' in body
+    assert "mailer_complaints_total 1" in body
+    for line in ('{source="imap",result="recorded"} 1', '{source="imap",result="duplicate"} 1',
+                 '{source="pipe",result="ignored"} 1', '{source="sendgrid",result="recorded"} 1',
+                 '{source="sendgrid",result="refused"} 1'):
+        assert f"mailer_bounce_reports_total{line}\n" in body
