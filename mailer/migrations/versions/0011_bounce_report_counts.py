@@ -1,14 +1,14 @@
 """bounce report counts: reports received per way in and result, for /metrics
 
-Revision ID: 0010_bounce_report_counts
-Revises: 0009_webhook_tokens
+Revision ID: 0011_bounce_report_counts
+Revises: 0010_login_throttles
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010_bounce_report_counts"
-down_revision = "0009_webhook_tokens"
+revision = "0011_bounce_report_counts"
+down_revision = "0010_login_throttles"
 branch_labels = None
 depends_on = None
 
