@@ -47,8 +47,12 @@ def forget_old_tokens(session: Session, now: datetime) -> int:
 def record_reports(
     session: Session, settings: Settings, reports: list[Report], now: datetime
 ) -> dict[str, int]:
-    """Record each report once (services.bounces): counts per outcome."""
+    """Record each report once (services.bounces): counts per outcome.
+
+    In the order of the addresses, so that two requests about the same readers lock their
+    rows in the same order (a provider posting batches in parallel cannot deadlock them).
+    """
     counts: Counter[str] = Counter()
-    for report in reports:
+    for report in sorted(reports, key=lambda r: (r.addresses, r.key)):
         counts[bounces.record(session, settings, report, now=now).result] += 1
     return dict(counts)
