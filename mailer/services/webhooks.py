@@ -15,7 +15,7 @@ from sqlalchemy import delete
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from mailer.bounces import Report
+from mailer.bounces import Report, Source
 from mailer.config import Settings
 from mailer.models import WebhookToken
 from mailer.services import bounces
@@ -42,6 +42,12 @@ def forget_old_tokens(session: Session, now: datetime) -> int:
     return session.execute(
         delete(WebhookToken).where(WebhookToken.seen_at < now - TOKEN_KEEP)
     ).rowcount
+
+
+def count_refused(session: Session, provider: str) -> None:
+    """A request turned away (bad signature or credentials, stale, replayed): the
+    `refused` result of mailer_bounce_reports_total."""
+    bounces.count(session, Source(provider), "refused")
 
 
 def record_reports(

@@ -60,6 +60,12 @@ def _record(provider: str, reports: list[Report], token: str | None = None):
 
 def _refused(provider: str, e: Refused):
     log.warning("%s webhook refused: %s", provider, e)
+    try:  # counted on its own: nothing else of the request is written
+        webhooks.count_refused(db.session, provider)
+        db.session.commit()
+    except SQLAlchemyError:
+        db.session.rollback()
+        log.warning("could not count a refused %s webhook", provider, exc_info=True)
     return error_response(e.status, str(e))
 
 

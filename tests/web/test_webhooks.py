@@ -91,6 +91,10 @@ def _events(app) -> int:
         return s.scalar(select(func.count()).select_from(BounceEvent))
 
 
+def _metrics(app) -> str:
+    return app.test_client().get("/metrics").get_data(as_text=True)
+
+
 def _post_json(client, path, payload, **headers):
     return client.post(path, data=json.dumps(payload), headers={
         "Content-Type": "application/json", **headers})
@@ -188,6 +192,7 @@ def test_sendgrid_signed_batches_forged_and_stale(hooks, sendgrid_keys):
     resp = client.post("/webhooks/sendgrid", data=tampered, headers=sendgrid_keys.headers(body))
     assert resp.status_code == 401
     assert _events(hooks) == 0
+    assert 'mailer_bounce_reports_total{source="sendgrid",result="refused"} 4' in _metrics(hooks)
 
     resp = client.post("/webhooks/sendgrid", data=body, headers=sendgrid_keys.headers(body))
     assert resp.status_code == 200
@@ -224,6 +229,9 @@ def test_mailgun_signed_events_replayed_tokens_and_stale(hooks):
     assert _state(hooks, bob) == (SubscriberStatus.ACTIVE, 1)
     with hooks.app_context(), db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(WebhookToken)) == 2
+    metrics = _metrics(hooks)
+    assert 'mailer_bounce_reports_total{source="mailgun",result="refused"} 4' in metrics
+    assert 'mailer_bounce_reports_total{source="mailgun",result="recorded"} 1' in metrics
 
 
 def test_old_mailgun_tokens_are_forgotten_by_the_tick(hooks):
