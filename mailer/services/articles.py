@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from urllib.parse import quote, unquote_plus, urljoin, urlsplit, urlunsplit
 
 import nh3
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -373,6 +373,49 @@ def claim_feed(session: Session, url: str, kind: str, now: datetime, every: time
         .values(last_checked_at=now)
         .execution_options(synchronize_session=False)
     ).rowcount == 1
+
+
+def newest_published(session: Session) -> datetime | None:
+    """When the newest article we hold was published (None: no article at all)."""
+    return session.scalar(select(func.max(Article.published_at)))
+
+
+def feeds_never_checked(session: Session, urls: Iterable[str]) -> list[str]:
+    """The feeds among `urls` that no process has fetched (or started to fetch) yet."""
+    urls = list(urls)
+    checked = set(session.scalars(
+        select(Feed.url).where(Feed.url.in_(urls), Feed.last_checked_at.is_not(None))
+    ))
+    return [u for u in urls if u not in checked]
+
+
+@dataclass(frozen=True)
+class FeedStatus:
+    url: str
+    kind: str
+    last_checked_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    articles: int
+
+
+def feed_statuses(session: Session, urls: Iterable[str]) -> list[FeedStatus]:
+    """Each configured feed with its last sync, its outcome and how many articles it gave."""
+    urls = list(urls)
+    feeds = {f.url: f for f in session.scalars(select(Feed).where(Feed.url.in_(urls)))}
+    counts = dict(session.execute(
+        select(Article.source, func.count()).where(Article.source.in_(urls))
+        .group_by(Article.source)
+    ).all())
+    out = []
+    for url in urls:
+        f = feeds.get(url)
+        out.append(FeedStatus(
+            url=url, kind=f.kind if f else "", last_checked_at=f and f.last_checked_at,
+            last_success_at=f and f.last_success_at, last_error=f and f.last_error,
+            articles=counts.get(url, 0),
+        ))
+    return out
 
 
 def feed_state(session: Session, url: str) -> FetchState:

@@ -273,14 +273,18 @@ def recompose(
     issue_id: int,
     *,
     now: datetime | None = None,
+    look_back: timedelta | None = None,
 ) -> Issue:
     """Propose the items again (new articles, a fresh ranking): pinned items stay, excluded
-    ones stay out, the rest is chosen anew."""
+    ones stay out, the rest is chosen anew. With `look_back`, Latest looks that far back
+    instead of since the last issue (articles the readers already got still stay out)."""
     issue = editable(session, issue_id)
     now = now or utcnow()
     previous = last_sent(session, issue.audience_frequency, issue.audience_sections, issue.id)
     issue.window_start = (
-        previous.window_end if previous and previous.window_end else now - FIRST_LOOKBACK
+        now - look_back if look_back is not None
+        else previous.window_end if previous and previous.window_end
+        else now - FIRST_LOOKBACK
     )
     issue.window_end = now
     session.execute(

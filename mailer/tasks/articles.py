@@ -16,6 +16,7 @@ from mailer.feeds import FeedError, Fetched, FetchState, Source, source_for
 from mailer.runtime import runtime
 from mailer.services import articles
 from mailer.services.articles import SyncReport
+from mailer.tasks.base import enqueue, register_tick_step
 
 if TYPE_CHECKING:
     from mailer.feeds.http import Http
@@ -64,13 +65,15 @@ def store_fetched(source: Source, fetched: Fetched, *, now: datetime | None = No
 
 
 @shared_task(name="mailer.sync_feeds", acks_late=False)
-def sync_feeds() -> dict:
-    """Sync every feed of MAILER_FEEDS that no other process synced in the last half period."""
+def sync_feeds(urls: list[str] | None = None, every_seconds: float | None = None) -> dict:
+    """Sync every feed of MAILER_FEEDS (or the ones named) that no other process synced in
+    the last half period (or the last `every_seconds` / 2: "Sync now" asks for a fresh one)."""
     settings = runtime().settings
-    every = timedelta(minutes=max(settings.feed_sync_minutes, 1))
+    every = (timedelta(seconds=every_seconds) if every_seconds is not None
+             else timedelta(minutes=max(settings.feed_sync_minutes, 1)))
     done = {}
     with http_client(settings) as http:
-        for url in settings.feeds:
+        for url in urls if urls is not None else settings.feeds:
             source = source_for(url)
             try:
                 fetched = fetch_source(source, http, claim_every=every)
@@ -82,6 +85,23 @@ def sync_feeds() -> dict:
                 log.warning("feed %s: %s", url, e)
                 done[url] = f"failed: {e}"
     return done
+
+
+def sync_new_feeds() -> int:
+    """A tick step: hand out a sync of the configured feeds never checked yet, so a fresh
+    install (or a feed just added to MAILER_FEEDS) has articles within a tick, not after
+    the first sync period."""
+    settings = runtime().settings
+    if not settings.feeds:
+        return 0
+    with db.transaction() as s:
+        new = articles.feeds_never_checked(s, settings.feeds)
+    if new:
+        enqueue(sync_feeds, new)
+    return len(new)
+
+
+register_tick_step(sync_new_feeds)
 
 
 def rollup_window(now: datetime | None = None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from tests.helpers.feeds import FeedServer, rss
 from tests.helpers.servers import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.browser
@@ -21,9 +23,16 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def embedded(tmp_path):
+    with _embedded(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def _embedded(tmp_path, **settings):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
-    env.update(MAILER_INSTANCE_PATH=str(tmp_path / "instance"), MAILER_FORM_MIN_SECONDS="0")
+    env.update(MAILER_INSTANCE_PATH=str(tmp_path / "instance"), MAILER_FORM_MIN_SECONDS="0",
+               **settings)
     log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailer.cli", "run", "--port", str(port)],
@@ -39,12 +48,14 @@ def embedded(tmp_path):
         except httpx.HTTPError:
             return False
 
-    wait_until(healthy, 60, 0.2, what="mailer run to answer")
-    yield base, proc, tmp_path
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+    try:
+        wait_until(healthy, 60, 0.2, what="mailer run to answer")
+        yield base, proc, tmp_path
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
 
 
 def test_fresh_install_subscribe_read_outbox_confirm_unsubscribe(embedded, browser):
@@ -144,3 +155,32 @@ def test_commands_in_a_second_terminal_reach_the_running_worker(embedded):
     assert {p.read_text().split("X-Envelope-To: ")[1].split()[0] for p in digests} == {
         f"reader{i}@example.com" for i in range(5)
     }
+
+
+def test_a_fresh_mailer_run_syncs_its_feeds_at_once(tmp_path):
+    """MAILER_FEEDS is synced when the mailer starts, not after the first sync period."""
+    now = datetime.now(UTC)
+    items = "".join(
+        f"<item><title>Story {i}</title><link>https://news.example/story-{i}</link>"
+        f"<guid>https://news.example/story-{i}</guid>"
+        f"<pubDate>{format_datetime(now - timedelta(hours=i + 1))}</pubDate>"
+        f"<description>What happened in story {i}.</description></item>"
+        for i in range(3)
+    )
+    server = FeedServer().start()
+    server.serve_feed("/feed.xml", rss(items))
+    started = time.monotonic()
+    try:
+        with _embedded(tmp_path, MAILER_FEEDS=server.url("/feed.xml")):
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+            env["MAILER_INSTANCE_PATH"] = str(tmp_path / "instance")
+
+            def listed():
+                out = cli(env, "articles", "list", "--json")
+                return out.returncode == 0 and len(json.loads(out.stdout)) == 3
+
+            wait_until(listed, 60 - (time.monotonic() - started), 1.0,
+                       what="the feed's articles within a minute of the start")
+            assert len(server.requests_to("/feed.xml")) == 1  # once, not once per tick
+    finally:
+        server.stop()

@@ -1,8 +1,18 @@
 """The console under /admin: one blueprint per area, and the SVG charts its pages draw."""
 
-from mailer.web.admin import console, issues, schedules, sending, settings, subscribers, users
+from mailer.web.admin import (
+    console,
+    feeds,
+    issues,
+    schedules,
+    sending,
+    settings,
+    subscribers,
+    users,
+)
 
 # console first: its blueprint owns /admin itself (login, dashboard, outbox).
 BLUEPRINTS = (
-    console.bp, schedules.bp, issues.bp, sending.bp, subscribers.bp, users.bp, settings.bp
+    console.bp, schedules.bp, issues.bp, sending.bp, subscribers.bp, users.bp, settings.bp,
+    feeds.bp,
 )

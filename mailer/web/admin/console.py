@@ -24,6 +24,7 @@ PAGE_SIZE = 50
 NAV: list[tuple[str, str, tuple[Role, ...]]] = [
     ("admin.index", "Dashboard", ()),
     ("admin_issues.index", "Issues", (Role.EDITOR, Role.OPS)),
+    ("admin_feeds.index", "Feeds", (Role.EDITOR, Role.OPS)),
     ("admin_subscribers.index", "Subscribers", (Role.OPS,)),
     ("admin_schedules.index", "Schedules", (Role.OPS,)),
     ("admin.outbox", "Outbox", (Role.OPS, Role.EDITOR)),

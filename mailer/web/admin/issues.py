@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from sqlalchemy import func, select
@@ -12,7 +13,7 @@ from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, NotFound, ValidationError
 from mailer.models import Issue, IssueItem, IssueStatus, ItemSection, Role
 from mailer.runtime import runtime
-from mailer.services import digests, issue_edits, issue_states, render, reports
+from mailer.services import articles, digests, issue_edits, issue_states, render, reports
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
 from mailer.web import auth
@@ -145,6 +146,7 @@ def _compose_page(issue_id: int, error: ValidationError | None = None, typed=Non
         audience=reports.audience(db.session, issue, rt.settings),
         section_labels=rt.settings.section_labels, me=auth.current_user(),
         variables=digests.TEMPLATE_VARIABLES,
+        newest=articles.newest_published(db.session), feeds=rt.settings.feeds,
     ), status
 
 
@@ -249,12 +251,23 @@ def add_article(issue_id: int, article_id: int):
 @bp.post("/<int:issue_id>/recompose")
 @auth.login_required(*EDITOR_ROLES)
 def recompose(issue_id: int):
+    days = request.form.get("look_back_days")
     try:
+        look_back = None
+        if days is not None:
+            if not days.isdigit() or not 1 <= int(days) <= 365:
+                raise ValidationError("look_back_days", "Look back between 1 and 365 days.")
+            look_back = timedelta(days=int(days))
         rt = runtime()
-        digests.recompose(db.session, rt.settings, rt.popularity, issue_id, now=utcnow())
+        digests.recompose(db.session, rt.settings, rt.popularity, issue_id, now=utcnow(),
+                          look_back=look_back)
         db.session.commit()
-    except InvalidTransition as e:
+    except (InvalidTransition, ValidationError) as e:
         return _refused(issue_id, e)
+    if look_back is not None:
+        flash(f"Proposed again from the articles of the last {days} days; pinned and dropped "
+              "items stayed.")
+        return _back(issue_id, "#items")
     flash("Proposed again from the newest articles and ranking; pinned and dropped items stayed.")
     return _back(issue_id, "#items")
 
