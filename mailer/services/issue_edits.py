@@ -164,8 +164,9 @@ def _new_item(session, issue: Issue, article_id: int, section: ItemSection | Non
     if not usable(article):
         raise ValidationError("article", "That article has no web address readers could open.")
     if section is None:
-        fresh = issue.window_start is None or article.published_at > issue.window_start
-        section = ItemSection.LATEST if fresh else ItemSection.POPULAR
+        # An article an editor adds by hand goes where editors look for it: Latest, however
+        # old it is (Most popular is the readers' ranking, never a place for the rest).
+        section = ItemSection.LATEST
     last = session.scalar(
         select(func.max(IssueItem.position)).where(
             IssueItem.issue_id == issue.id, IssueItem.section == section

@@ -147,6 +147,9 @@ def _compose_page(issue_id: int, error: ValidationError | None = None, typed=Non
         section_labels=rt.settings.section_labels, me=auth.current_user(),
         variables=digests.TEMPLATE_VARIABLES,
         newest=articles.newest_published(db.session), feeds=rt.settings.feeds,
+        popularity_days=rt.settings.popularity_days,
+        reading_data=bool(rt.popularity.ranking(
+            db.session, days=rt.settings.popularity_days, now=utcnow(), limit=1)),
     ), status
 
 

@@ -361,3 +361,23 @@ def test_issues_list_filters_and_pages(app, client):
     skipped = db.session.scalar(select(Issue.id).limit(1))
     # An ops user following a link to a draft-only page gets a reason, not a broken page.
     assert client.get(f"/admin/issues/{skipped}").status_code == 302
+
+
+def test_an_article_added_by_hand_goes_to_latest_and_popular_waits_for_reading_data(client):
+    stories("Fresh story")
+    archive = stories("From the archive", hours_ago=24 * 30)[0]
+    login(client, Role.EDITOR, "editor@daily.example")
+    iid = new_issue(client, latest="4", popular="2")
+    page = text_of(client.get(f"/admin/issues/{iid}"))
+    assert "No reading data yet" in page
+    post(client, f"/admin/issues/{iid}/articles/{archive}")
+    assert items(iid) == {"latest": ["Fresh story", "From the archive"], "popular": [],
+                          "dropped": []}
+
+    url = db.session.get(Article, archive).url
+    seen = client.post("/api/v1/pageviews", json={"url": url},
+                       headers={"User-Agent": BROWSER_UA}, environ_base={"REMOTE_ADDR": "10.9.0.1"})
+    assert seen.status_code == 204
+    page = text_of(client.get(f"/admin/issues/{iid}"))
+    assert "No reading data yet" not in page
+    assert "the articles read in the last 7 days are in Latest already" in page
