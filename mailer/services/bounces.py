@@ -30,6 +30,7 @@ import hashlib
 import hmac
 import logging
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -116,12 +117,32 @@ def status_code(text: str | None) -> str | None:
 
 
 def record(
-    session: Session, settings: Settings, report: Report, *, now: datetime | None = None
+    session: Session,
+    settings: Settings,
+    report: Report,
+    *,
+    now: datetime | None = None,
+    tally: Counter[str] | None = None,
 ) -> Outcome:
-    """Identify the reader, record the report once and apply the policy (module docstring)."""
+    """Identify the reader, record the report once and apply the policy (module docstring).
+
+    The outcome is counted for /metrics at once, or added to `tally` when the caller
+    records many reports in one transaction and counts them at the end (count_tally):
+    counting as it goes would lock the counter rows in the order the outcomes come, and
+    two such transactions could wait on each other.
+    """
     outcome = _record(session, settings, report, now or utcnow())
-    count(session, report.source, outcome.result)
+    if tally is None:
+        count(session, report.source, outcome.result)
+    else:
+        tally[outcome.result] += 1
     return outcome
+
+
+def count_tally(session: Session, source: Source | str, tally: Counter[str]) -> None:
+    """Count a transaction's outcomes, one row each, always in the same order."""
+    for result in sorted(tally):
+        count(session, source, result, tally[result])
 
 
 def count(session: Session, source: Source | str, result: str, n: int = 1) -> None:

@@ -51,14 +51,16 @@ def count_refused(session: Session, provider: str) -> None:
 
 
 def record_reports(
-    session: Session, settings: Settings, reports: list[Report], now: datetime
+    session: Session, settings: Settings, source: Source, reports: list[Report], now: datetime
 ) -> dict[str, int]:
     """Record each report once (services.bounces): counts per outcome.
 
     In the order of the addresses, so that two requests about the same readers lock their
-    rows in the same order (a provider posting batches in parallel cannot deadlock them).
+    rows in the same order, and counted at the end (bounces.count_tally): a provider posting
+    batches in parallel cannot make two requests wait on each other.
     """
-    counts: Counter[str] = Counter()
+    tally: Counter[str] = Counter()
     for report in sorted(reports, key=lambda r: (r.addresses, r.key)):
-        counts[bounces.record(session, settings, report, now=now).result] += 1
-    return dict(counts)
+        bounces.record(session, settings, report, now=now, tally=tally)
+    bounces.count_tally(session, source, tally)
+    return dict(tally)

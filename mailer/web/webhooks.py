@@ -16,7 +16,7 @@ import logging
 from flask import Blueprint, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
-from mailer.bounces import Report, providers, sns
+from mailer.bounces import Report, Source, providers, sns
 from mailer.bounces.providers import Malformed, Refused, Unavailable
 from mailer.clock import utcnow
 from mailer.db import db
@@ -48,7 +48,7 @@ def _record(provider: str, reports: list[Report], token: str | None = None):
         if token is not None and not webhooks.remember_token(db.session, provider, token, now):
             db.session.rollback()
             raise Refused("this request was already received (a replayed token)", 403)
-        counts = webhooks.record_reports(db.session, rt.settings, reports, now)
+        counts = webhooks.record_reports(db.session, rt.settings, Source(provider), reports, now)
         db.session.commit()
     except SQLAlchemyError:
         db.session.rollback()
