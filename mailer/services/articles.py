@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -19,6 +18,7 @@ from mailer.config import Settings
 from mailer.feeds import Fetched, FetchState, Item, Parsed, Skipped
 from mailer.feeds.html import html_to_text
 from mailer.models import Article, Feed
+from mailer.services.summaries import strip_filler
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,6 @@ _ALLOWED_ATTRIBUTES = {
     "img": {"src", "alt", "title", "width", "height"},
 }
 # WordPress ends excerpts with "[…]" and Yoast SEO appends "The post … appeared first on …".
-_MORE = re.compile(r"\s*\[(?:…|\.\.\.)\]\s*$")
-_YOAST = re.compile(r"\s*The post .{1,300} appeared first on .{1,200}$")
 
 
 def dialect_insert(session: Session, model):
@@ -114,10 +112,7 @@ def shorten(text: str, limit: int) -> str:
 def summary_text(summary_html: str, content_html: str) -> str:
     """A plain-text summary of at most SUMMARY_MAX characters."""
     text = html_to_text(summary_html) or html_to_text(content_html)
-    text = _YOAST.sub("", text)
-    if _MORE.search(text):
-        text = _MORE.sub("", text).rstrip(" ,;:.") + "…"
-    return shorten(text, SUMMARY_MAX)
+    return shorten(strip_filler(text), SUMMARY_MAX)
 
 
 def sections_for(categories: Iterable[str], settings: Settings) -> set[str]:

@@ -32,6 +32,7 @@ from mailer.links import archive_url
 from mailer.mail import placeholders as ph
 from mailer.mail.templates import email_env
 from mailer.models import Issue, IssueItem, ItemSection, sections_list
+from mailer.services.summaries import strip_filler
 
 SECTION_LABELS = {ItemSection.LATEST: "Latest", ItemSection.POPULAR: "Most popular"}
 SUMMARY_CHARS = 280
@@ -174,7 +175,8 @@ def _http(url: str | None) -> str | None:
 
 def item_view(item: IssueItem, link: str) -> ItemView:
     a = item.article
-    summary = one_line(ph.neutralize(a.summary or ""), SUMMARY_CHARS)
+    # (stored before filler was stripped at ingest: strip it here too, once per variant)
+    summary = one_line(ph.neutralize(strip_filler(a.summary or "")), SUMMARY_CHARS)
     title = one_line(ph.neutralize(a.title or ""), 300)
     if not title:
         # Some feeds (micro-blogs) have untitled posts: lead with their first words instead.

@@ -8,7 +8,7 @@ import pytest
 
 from mailer.db import db
 from mailer.feeds import parse_document
-from mailer.services import articles
+from mailer.services import articles, summaries
 from tests.helpers.feeds import FEEDS, all_articles, by_url, rss
 
 
@@ -248,3 +248,31 @@ def test_featured_image_order(app):
         "https://daily.example/inline.jpg",
         "https://daily.example/only.webp",
     ]
+
+
+FILLER = ("read more here", "continue reading", "appeared first on", "[…]", "[...]")
+
+
+@pytest.mark.parametrize("name", ["dcrainmaker.xml", "wordpress-atom10.xml", "wirecutter.xml",
+                                  "natasha.xml", "manton.rss"])
+def test_feed_filler_is_not_in_any_summary(runner, name):
+    document = (FEEDS / name).read_bytes()
+    assert name != "dcrainmaker.xml" or b"Read More Here" in document  # the filler is there
+    sync(runner, name)
+    rows = all_articles()
+    assert rows
+    for row in rows:
+        assert not any(f in row.summary.lower() for f in FILLER), row.summary[-120:]
+    if name == "dcrainmaker.xml":
+        assert rows[0].summary.endswith("a brand new just released …")
+
+
+def test_filler_phrases_are_stripped_only_at_the_end():
+    strip = summaries.strip_filler
+    assert strip("All about trainers. Continue reading Why we did it →") == "All about trainers."
+    assert strip("Prices fell. The post Sale appeared first on DC Rainmaker.") == "Prices fell."
+    assert strip("It is a brand new … Read More Here →") == "It is a brand new …"
+    assert strip("Words […]") == "Words…"
+    assert strip("Read more books, she said, and you will sleep well.") == (
+        "Read more books, she said, and you will sleep well.")
+    assert strip("Everyone should read this book") == "Everyone should read this book"

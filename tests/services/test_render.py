@@ -82,11 +82,11 @@ def test_a_variant_is_complete_with_reader_placeholders_left_in(app):
     assert "@media only screen and (max-width: 620px)" in html
     assert '<div style="display:none;max-height:0;overflow:hidden;mso-hide:all;">' in html
     assert "Also in this issue: Story number 1" in html
-    # Every image says what it shows and how big it is.
-    images = Tags(html).all("img")
-    assert len(images) == 2
-    for img in images:
-        assert img["alt"].startswith("Story number") and img["width"] and img["height"]
+    # The lead image says what it shows, the thumbnail is decorative; each has its width and
+    # no fixed height (an image that does not load leaves no blank box).
+    lead, thumb = Tags(html).all("img")
+    assert lead["alt"] == "Story number 0" and thumb["alt"] == ""
+    assert lead["width"] and thumb["width"] and "height" not in lead and "height" not in thumb
     # The text part comes from its own template: no markup, same stories and links.
     assert "<" not in text.replace("<news@daily.example>", "")
     assert "LATEST\n======" in text and "1. Story number 0" in text
@@ -291,5 +291,46 @@ def test_the_html_fits_desktop_and_mobile_screens(app, browser):
             assert container <= min(width, 600)
             if width == 375:
                 assert container == 375  # full width on phones, thanks to the kept @media rule
+        finally:
+            context.close()
+
+
+@pytest.mark.browser
+def test_a_digest_whose_images_fail_to_load_leaves_no_blank_boxes(app, browser):
+    """Many readers first see the mail with images blocked or unreachable: each picture
+    takes no more room than the headline beside it (its alt text, or nothing)."""
+    from tests.conftest import ARTIFACTS
+
+    rt = app.extensions["mailer"]
+    unreachable = "http://127.0.0.1:9"  # the discard port: nothing listens, connections fail
+    for i in range(4):
+        add_article(db.session, f"A rather long headline for story number {i}, to wrap on phones",
+                    NOW - timedelta(hours=i + 1), image_url=f"{unreachable}/{i}.jpg")
+    db.session.commit()
+    issue = _issue(rt)
+    _subject, html, _text = render.render_preview(db.session, issue, "", rt.settings)
+    images = Tags(html).all("img")
+    assert len(images) == 4 and all("height" not in img for img in images)
+    assert images[0]["alt"].startswith("A rather long headline") and len(images[0]["alt"]) <= 60
+    assert [img["alt"] for img in images[1:]] == ["", "", ""]  # decorative thumbnails
+    ARTIFACTS.mkdir(exist_ok=True)
+    for width in (1280, 375):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            pg = context.new_page()
+            pg.set_content(html, wait_until="load")
+            pg.screenshot(path=str(ARTIFACTS / f"digest-without-images-{width}.png"),
+                          full_page=True)
+            boxes = pg.evaluate("""() => [...document.querySelectorAll('.lead-image img, .thumb')]
+              .map(img => {
+                const item = img.closest('.lead-image')
+                  ? img.closest('tr').nextElementSibling : img.closest('tr');
+                return {broken: img.complete && img.naturalWidth === 0,
+                        image: img.getBoundingClientRect().height,
+                        text: item.querySelector('.headline').getBoundingClientRect().height};
+              })""")
+            assert len(boxes) == 4 and all(b["broken"] for b in boxes)
+            for box in boxes:
+                assert box["image"] <= box["text"], (width, boxes)
         finally:
             context.close()
