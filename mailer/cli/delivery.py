@@ -116,6 +116,10 @@ def status(ctx: Context, issue_id: int, as_json: bool):
         click.echo(
             f"  {'left before sending':<20}{st['withdrawn']:>10,}   (among failed_permanent)"
         )
+    for key, label in (("bounced_hard", "hard bounces"), ("bounced_soft", "soft bounces"),
+                       ("complaints", "complaints")):
+        if st[key]:
+            click.echo(f"  {label:<20}{st[key]:>10,}   {st[key + '_rate']:.2%} of messages sent")
     line = f"  {'rate':<20}{st['rate']:>10,.1f} messages/s"
     if st["eta_seconds"] is not None:
         line += f"   about {_duration(st['eta_seconds'])} left"

@@ -84,7 +84,58 @@ def user_token(ctx: Context, email: str, name: str):
 
 @cli.group()
 def subscribers():
-    """Readers: import and export."""
+    """Readers: import, export, their bounce history, reactivation."""
+
+
+def _reader(s, email: str) -> Subscriber:
+    try:
+        address = subs.normalize_email(email)
+    except Exception:
+        address = email.strip().lower()
+    sub = s.scalar(select(Subscriber).where(Subscriber.email == address))
+    if sub is None:
+        fail(f"no reader with the address {email}")
+    return sub
+
+
+@subscribers.command("show")
+@click.argument("email")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+@pass_ctx
+def subscribers_show(ctx: Context, email: str, as_json: bool):
+    """A reader's status, bounce score, last bounce and bounce and complaint history."""
+    import json
+
+    from mailer.services import bounces
+
+    with ctx.app.app_context(), db.transaction() as s:
+        sub = _reader(s, email)
+        doc = {
+            "email": sub.email,
+            "status": str(sub.status),
+            "bounce_score": sub.bounce_score,
+            "last_bounce": sub.last_bounce_at.isoformat() if sub.last_bounce_at else None,
+            "events": bounces.history(s, sub.id),
+        }
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    click.echo(f"{doc['email']}: {doc['status']}, bounce score {doc['bounce_score']}"
+               + (f", last bounce {doc['last_bounce']}" if doc["last_bounce"] else ""))
+    for e in doc["events"]:
+        click.echo(f"  {e['at']}  {e['kind']:<9} {e['source']:<8} {e['detail'] or ''}")
+
+
+@subscribers.command("reactivate")
+@click.argument("email")
+@pass_ctx
+def subscribers_reactivate(ctx: Context, email: str):
+    """Make a bounced reader active again (their address works again)."""
+    from mailer.services import bounces
+
+    with ctx.app.app_context(), db.transaction() as s:
+        bounces.reactivate(s, _reader(s, email), by="mailer subscribers reactivate")
+    click.echo(f"{email}: active again", err=True)
 
 
 IMPORT_CHUNK = 1000

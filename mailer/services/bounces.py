@@ -35,22 +35,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import insert, select
+from sqlalchemy import distinct, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailer.bounces.report import Kind, Report, Source
 from mailer.clock import utcnow
 from mailer.config import Settings
+from mailer.errors import Conflict, InvalidTransition
 from mailer.models import (
     BounceEvent,
     BounceKind,
     BounceReportCount,
     Delivery,
+    DeliveryStatus,
+    Issue,
+    IssueStatus,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
 )
 from mailer.services import hooks
+from mailer.services import issue_states as states
 from mailer.services.subscriptions import suppress
 from mailer.tokens import BOUNCE, MESSAGE_ID, SUPPRESSION, BadToken, Tokens
 
@@ -187,6 +192,8 @@ def _record(session: Session, settings: Settings, report: Report, now) -> Outcom
         .execution_options(populate_existing=True)
     )
     changed = _apply(session, settings, sub, report, at, now)
+    if target.issue_id is not None and report.kind in (Kind.HARD, Kind.COMPLAINT):
+        pause_if_over(session, settings, target.issue_id)
     return Outcome(RECORDED, None, sub.id, target.issue_id, event_id, changed)
 
 
@@ -358,3 +365,103 @@ def _history(session: Session, sub: Subscriber, kind: str, detail: str, now) -> 
             subscriber_id=sub.id, at=now, kind=kind, detail=detail[:DETAIL_MAX]
         )
     )
+
+
+# --- what the reports add up to -------------------------------------------------------------
+
+
+def issue_counts(session: Session, issue_id: int) -> dict:
+    """An issue's bounced_hard, bounced_soft and complaints (readers, each counted once per
+    kind) and their rates over the messages it sent."""
+    rows = dict(
+        session.execute(
+            select(BounceEvent.kind, func.count(distinct(BounceEvent.subscriber_id)))
+            .where(BounceEvent.issue_id == issue_id)
+            .group_by(BounceEvent.kind)
+        ).all()
+    )
+    # Messages that reached a server: accepted (sent) or refused there (failed, tried).
+    sent = session.scalar(
+        select(func.count()).where(
+            Delivery.issue_id == issue_id,
+            (Delivery.status == DeliveryStatus.SENT)
+            | ((Delivery.status == DeliveryStatus.FAILED_PERMANENT) & (Delivery.attempts > 0)),
+        )
+    ) or 0
+    counts = {
+        "bounced_hard": rows.get(BounceKind.HARD, 0),
+        "bounced_soft": rows.get(BounceKind.SOFT, 0),
+        "complaints": rows.get(BounceKind.COMPLAINT, 0),
+    }
+    rates = {f"{k}_rate": (round(v / sent, 6) if sent else 0.0) for k, v in counts.items()}
+    return {**counts, **rates, "messages": sent}
+
+
+def pause_if_over(session: Session, settings: Settings, issue_id: int) -> bool:
+    """Pause an issue still sending whose complaint or hard-bounce rate passed its limit
+    (after MAILER_BOUNCE_PAUSE_MIN messages): one bad list must not burn the sending domain.
+    True if this call paused it."""
+    status = session.scalar(select(Issue.status).where(Issue.id == issue_id))
+    if status != IssueStatus.SENDING:
+        return False
+    counts = issue_counts(session, issue_id)
+    if counts["messages"] < settings.bounce_pause_min:
+        return False
+    reason = None
+    if counts["complaints_rate"] * 100 > settings.complaint_pause_percent:
+        reason = (f"{counts['complaints']} complaints in {counts['messages']} messages "
+                  f"({counts['complaints_rate']:.2%}, over "
+                  f"{settings.complaint_pause_percent:g} %)")
+    elif counts["bounced_hard_rate"] * 100 > settings.hard_bounce_pause_percent:
+        reason = (f"{counts['bounced_hard']} hard bounces in {counts['messages']} messages "
+                  f"({counts['bounced_hard_rate']:.2%}, over "
+                  f"{settings.hard_bounce_pause_percent:g} %)")
+    if reason is None:
+        return False
+    try:
+        states.transition(session, issue_id, states.PAUSE,
+                          status_reason=f"Paused automatically: {reason}."[:1000])
+    except InvalidTransition:
+        return False  # paused or finished meanwhile
+    log.warning("issue %s paused: %s", issue_id, reason)
+    return True
+
+
+def history(session: Session, subscriber_id: int, limit: int = 200) -> list[dict]:
+    """A reader's bounces and complaints, newest first: kind, at, source, detail."""
+    events = session.scalars(
+        select(BounceEvent)
+        .where(BounceEvent.subscriber_id == subscriber_id)
+        .order_by(BounceEvent.at.desc(), BounceEvent.id.desc())
+        .limit(limit)
+    )
+    return [
+        {
+            "kind": str(e.kind),
+            "at": e.at.isoformat(),
+            "source": e.source,
+            "detail": " ".join(p for p in (e.status, e.diagnostic) if p) or None,
+            "issue": e.issue_id,
+        }
+        for e in events
+    ]
+
+
+def reactivate(session: Session, sub: Subscriber, by: str, now: datetime | None = None) -> None:
+    """An operator's decision that a bounced address works again: active, score cleared.
+    A complained reader is not reactivated by anyone but themselves (signup, confirm)."""
+    now = now or utcnow()
+    done = session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == sub.id, Subscriber.status == SubscriberStatus.BOUNCED)
+        .values(status=SubscriberStatus.ACTIVE, bounce_score=0, updated_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if not done:
+        raise Conflict(
+            f"Only a bounced reader can be reactivated; this one is {sub.status}."
+            + (" A reader who complained comes back by signing up and confirming again."
+               if sub.status == SubscriberStatus.COMPLAINED else "")
+        )
+    session.refresh(sub)
+    _history(session, sub, "reactivated", f"by {by}"[:DETAIL_MAX], now)

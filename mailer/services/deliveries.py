@@ -77,7 +77,7 @@ from mailer.models import (
     sections_key,
     sections_list,
 )
-from mailer.services import after_commit, workers
+from mailer.services import after_commit, bounces, workers
 from mailer.services import issue_states as states
 from mailer.services.render import render_variant
 
@@ -473,6 +473,8 @@ def status(session: Session, issue_id: int, *, now=None) -> dict:
         "done": total - remaining,
         "remaining": remaining,
         "withdrawn": withdrawn,  # readers who left before their turn (failed_permanent, untried)
+        # Bounces and complaints reported about this issue's messages, and their rates.
+        **{k: v for k, v in bounces.issue_counts(session, issue_id).items() if k != "messages"},
         "skipped_no_items": int(skipped or 0),
         "rate": round(rate, 1),
         "eta_seconds": math.ceil(remaining / rate) if rate > 0 else None,

@@ -13,6 +13,7 @@ from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.models import (
     Article,
+    BounceEvent,
     Click,
     Delivery,
     DeliveryStatus,
@@ -27,6 +28,7 @@ from mailer.models import (
     SubscriberImport,
     SubscriberStatus,
 )
+from mailer.services import bounces as bounce_reports
 from mailer.services import deliveries, schedules
 from mailer.services.render import build_variant
 
@@ -258,7 +260,7 @@ def next_runs(session: Session, now: datetime | None = None, limit: int = 5) -> 
 
 @dataclass(frozen=True)
 class Warning:
-    kind: str  # postal_address | dkim | bounces | paused | uncertain | feed
+    kind: str  # postal_address | dkim | bounces | complaints | paused | uncertain | feed
     message: str
     issue_id: int | None = None
 
@@ -284,6 +286,22 @@ def warnings(
         elif latest > BOUNCE_HIGH:
             out.append(Warning("bounces", f"{latest:.1%} of the last issue's messages bounced: "
                                "check the addresses you imported."))
+    if recent:
+        last = recent[0]["issue"]
+        counts = bounce_reports.issue_counts(session, last.id)
+        if counts["complaints_rate"] * 100 > settings.complaint_warn_percent:
+            out.append(Warning(
+                "complaints",
+                f"{counts['complaints_rate']:.2%} of issue {last.id}'s readers reported it as "
+                f"spam ({counts['complaints']} of {counts['messages']}); mailbox providers "
+                f"start filtering above {settings.complaint_warn_percent:g} %.", last.id))
+        if counts["bounced_hard_rate"] * 100 > settings.hard_bounce_warn_percent:
+            out.append(Warning(
+                "bounces",
+                f"{counts['bounced_hard_rate']:.2%} of issue {last.id}'s messages bounced for "
+                f"good ({counts['bounced_hard']} of {counts['messages']}), over "
+                f"{settings.hard_bounce_warn_percent:g} %: check where these addresses came "
+                "from.", last.id))
     for issue in session.scalars(select(Issue).where(Issue.status == I.PAUSED).order_by(Issue.id)):
         out.append(Warning("paused", f"Issue {issue.id} is paused: "
                            f"{issue.status_reason or 'paused by an operator.'}", issue.id))
@@ -351,23 +369,32 @@ def clicks_per_item(session: Session, issue_id: int) -> list[dict]:
 
 
 def bounces(session: Session, issue_id: int, offset: int = 0, limit: int = 50):
-    """(rows, total): the issue's messages the receiving server refused for good."""
-    where = and_(Delivery.issue_id == issue_id, Delivery.status == D.FAILED_PERMANENT,
-                 Delivery.attempts > 0)
-    total = session.scalar(select(func.count()).select_from(Delivery).where(where)) or 0
+    """(rows, total): the bounces and complaints reported about the issue's messages (our
+    own SMTP server's refusals among them), with the server's words."""
+    where = BounceEvent.issue_id == issue_id
+    total = session.scalar(select(func.count()).select_from(BounceEvent).where(where)) or 0
     rows = session.execute(
-        select(Delivery.id, Subscriber.id, Subscriber.email, Delivery.last_error,
-               Delivery.claimed_at)
-        .outerjoin(Subscriber, Subscriber.id == Delivery.subscriber_id)
+        select(BounceEvent.delivery_id, Subscriber.id, Subscriber.email, BounceEvent.status,
+               BounceEvent.diagnostic, BounceEvent.at, BounceEvent.kind, BounceEvent.source)
+        .outerjoin(Subscriber, Subscriber.id == BounceEvent.subscriber_id)
         .where(where)
-        .order_by(Delivery.id)
+        .order_by(BounceEvent.at, BounceEvent.id)
         .offset(offset)
         .limit(limit)
     ).all()
     return [
-        {"delivery": d, "subscriber": s, "email": email, "error": error, "at": at}
-        for d, s, email, error, at in rows
+        {"delivery": d, "subscriber": s, "email": email, "at": at, "kind": str(kind),
+         "source": source, "error": _words(status, diagnostic)}
+        for d, s, email, status, diagnostic, at, kind, source in rows
     ], total
+
+
+def _words(status: str | None, diagnostic: str | None) -> str:
+    """The server's words, with the status code in front unless they already say it."""
+    words = diagnostic or ""
+    if status and status not in words:
+        words = f"{status} {words}".strip()
+    return words
 
 
 def opens(session: Session, issue_id: int) -> int:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import secrets
 from email.utils import format_datetime
 
+from sqlalchemy import insert, select, update
+
+from mailer.bounces import Kind, Report, Source
 from mailer.clock import utcnow
+from mailer.db import db
+from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
+from tests.helpers.delivery import add_readers, new_issue
 
 
 def _head(message: bytes) -> bytes:
@@ -96,3 +102,26 @@ def vacation(to: str, sender: str) -> bytes:
         f"Auto-Submitted: auto-replied\nMessage-ID: <{secrets.token_hex(8)}@example.org>\n"
         f"Date: {format_datetime(utcnow())}\n\nI am away until Monday.\n"
     ).encode()
+
+
+def sending_issue(readers: int) -> tuple[int, list[int], list[str]]:
+    """An issue still sending whose `readers` messages all went out: (id, deliveries, emails)."""
+    emails = add_readers(readers)
+    issue_id = new_issue()
+    with db.transaction() as s:
+        s.execute(update(Issue).where(Issue.id == issue_id)
+                  .values(status=IssueStatus.SENDING, started_at=utcnow()))
+        ids = dict(s.execute(select(Subscriber.email, Subscriber.id)
+                             .where(Subscriber.email.in_(emails))).all())
+        rows = [{"issue_id": issue_id, "subscriber_id": ids[e], "status": DeliveryStatus.SENT,
+                 "attempts": 1, "sent_at": utcnow()} for e in emails]
+        s.execute(insert(Delivery), rows)
+        dids = list(s.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id)
+                              .order_by(Delivery.id)))
+    return issue_id, dids, emails
+
+
+def report(kind: Kind, delivery_id: int, key: str | None = None) -> Report:
+    return Report(source=Source.PIPE, kind=kind, key=key or f"{kind}-{delivery_id}",
+                  delivery_id=delivery_id, status="5.1.1" if kind == Kind.HARD else None,
+                  diagnostic="550 5.1.1 no such user" if kind == Kind.HARD else None)

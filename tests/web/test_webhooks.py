@@ -174,6 +174,11 @@ def test_postmark_basic_auth_events_and_retry(hooks):
         "received": 1, "recorded": 1}
     assert _state(hooks, ada) == (SubscriberStatus.BOUNCED, 2)
     assert _state(hooks, bob)[0] == SubscriberStatus.COMPLAINED
+    # /metrics counts the refused requests beside the reports.
+    metrics = client.get("/metrics").get_data(as_text=True)
+    for line in ('{source="postmark",result="refused"} 3', '{source="postmark",result="recorded"} 2',
+                 '{source="postmark",result="duplicate"} 1'):
+        assert f"mailer_bounce_reports_total{line}\n" in metrics
 
 
 def test_sendgrid_signed_batches_forged_and_stale(hooks, sendgrid_keys):

@@ -23,6 +23,7 @@ from mailer.db import db
 from mailer.errors import ValidationError
 from mailer.models import Role, SubscriberStatus
 from mailer.runtime import runtime
+from mailer.services import bounces
 from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue
@@ -94,7 +95,19 @@ def show(subscriber_id: int):
         events=admin.events_of(db.session, sub.id), page=page,
         pages=page_count(total, PER_PAGE), pager_args={"subscriber_id": sub.id},
         section_labels=runtime().settings.section_labels,
+        bounce_history=bounces.history(db.session, sub.id),
     )
+
+
+@bp.post("/<int:subscriber_id>/reactivate")
+@auth.login_required(*OPS)
+def reactivate(subscriber_id: int):
+    """A bounced reader's address works again (an operator checked): active, score 0."""
+    sub = admin.get_subscriber(db.session, subscriber_id)
+    bounces.reactivate(db.session, sub, by=f"console: {auth.current_user().email}")
+    db.session.commit()
+    flash(f"{sub.email} is active again.")
+    return redirect(url_for("admin_subscribers.show", subscriber_id=subscriber_id))
 
 
 @bp.get("/<int:subscriber_id>/data.json")

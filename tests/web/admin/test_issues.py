@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import time_machine
 from sqlalchemy import func, select
 
+from mailer.bounces import Kind, Report, Source
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import (
@@ -27,7 +28,7 @@ from mailer.models import (
     IssueStatus,
     Role,
 )
-from mailer.services import after_commit, deliveries, digests
+from mailer.services import after_commit, bounces, deliveries, digests
 from mailer.tasks.console import start_due_issues
 from tests.helpers.console import add_readers, login, post, text_of, token
 from tests.helpers.digests import BROWSER_UA, add_article
@@ -320,6 +321,10 @@ def test_the_report_counts_deliveries_clicks_and_bounces(app, client):
         (DeliveryStatus.FAILED_PERMANENT, 0, "not sent: the reader is unsubscribed"),
     ], strict=True):
         row.status, row.attempts, row.last_error = state, attempts, error
+    # The 5xx answer, recorded the way the sending worker records it: a hard bounce.
+    bounces.record(db.session, rt.settings, Report(
+        source=Source.SMTP, kind=Kind.HARD, key=str(rows[2].id), delivery_id=rows[2].id,
+        diagnostic="550 5.1.1 no such user"))
     read = db.session.scalar(select(IssueItem.id).where(IssueItem.article_id == a))
     db.session.add_all([
         Click(issue_id=made.id, item_id=read, delivery_id=rows[0].id),
@@ -335,7 +340,8 @@ def test_the_report_counts_deliveries_clicks_and_bounces(app, client):
     text = text_of(page)
     assert "Report: Weekly report test" in text
     assert "2 sent" in text and "2 readers clicked (100.0%)" in text and "3 clicks" in text
-    assert "1 bounced" in text and "reader2@example.com 550 5.1.1 no such user" in text
+    assert "1 hard bounces (33.33%)" in text and "0 complaints (0.00%)" in text
+    assert "reader2@example.com hard smtp 550 5.1.1 no such user" in text
     assert "of which readers who left before their turn 1" in text
     assert "Read me Latest 3 2" in text and "Skip me Latest 0 0" in text
     svg = page.get_data(as_text=True)
