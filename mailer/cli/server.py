@@ -20,6 +20,32 @@ def web_options(host: str, port: int, workers: int, proxy_hops: int = 0) -> dict
             "forwarded_allow_ips": "*" if proxy_hops else "127.0.0.1"}
 
 
+def check_port(host: str, port: int) -> None:
+    """Exit 1 with one line naming --port when the address is taken (gunicorn would say
+    "Connection in use" five times, after the banner said the mailer was running)."""
+    import errno
+    import socket
+
+    from mailer.cli import fail
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as e:
+        fail(f"cannot listen on --host {host}: {e.strerror}")
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        probe.bind(address)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            fail(f"port {port} on {host} is already in use by another program; "
+                 f"choose a free one with --port (for example --port {port + 1})")
+        fail(f"cannot listen on {host}:{port}: {e.strerror} (choose another with --port)")
+    finally:
+        probe.close()
+
+
 def _gunicorn(factory, options: dict) -> None:
     from gunicorn.app.base import BaseApplication
 
@@ -37,9 +63,11 @@ def _gunicorn(factory, options: dict) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
+@click.option("--access-log", is_flag=True, help="Log every request to stderr.")
 @pass_ctx
-def run(ctx: Context, host: str, port: int):
+def run(ctx: Context, host: str, port: int, access_log: bool):
     """Run everything in one command: web, worker and scheduler (embedded default)."""
+    check_port(host, port)
     if not os.environ.get("MAILER_BASE_URL"):
         # Links in mail must point at this server; the worker process inherits the setting.
         shown = "localhost" if host in ("127.0.0.1", "0.0.0.0", "::", "localhost") else host
@@ -68,7 +96,7 @@ def run(ctx: Context, host: str, port: int):
         _gunicorn(
             lambda: create_app(settings),
             {"bind": f"{host}:{port}", "workers": 1, "worker_class": "gthread", "threads": 8,
-             "accesslog": None, "loglevel": "warning"},
+             "accesslog": "-" if access_log else None, "loglevel": "warning"},
         )
     finally:
         if worker.poll() is None:
@@ -83,15 +111,19 @@ def run(ctx: Context, host: str, port: int):
 @click.option("--host", default="0.0.0.0", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int)
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log every request to stderr.")
 @pass_ctx
-def web(ctx: Context, host: str, port: int, workers: int):
+def web(ctx: Context, host: str, port: int, workers: int, access_log: bool):
     """The production web process (gunicorn)."""
+    check_port(host, port)
     settings = ctx.settings
     from mailer import create_app
 
-    _gunicorn(
-        lambda: create_app(settings), web_options(host, port, workers, settings.proxy_hops)
-    )
+    options = web_options(host, port, workers, settings.proxy_hops)
+    if not access_log:
+        options["accesslog"] = None
+    _gunicorn(lambda: create_app(settings), options)
 
 
 def _supervised(wanted: bool, what: str) -> None:

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,14 +29,14 @@ def embedded(tmp_path):
 
 
 @contextlib.contextmanager
-def _embedded(tmp_path, **settings):
+def _embedded(tmp_path, *args, **settings):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
     env.update(MAILER_INSTANCE_PATH=str(tmp_path / "instance"), MAILER_FORM_MIN_SECONDS="0",
                **settings)
     log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mailer.cli", "run", "--port", str(port)],
+        [sys.executable, "-m", "mailer.cli", "run", "--port", str(port), *args],
         env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://localhost:{port}"
@@ -238,3 +239,35 @@ def test_a_fresh_mailer_run_syncs_its_feeds_at_once(tmp_path):
             assert len(server.requests_to("/feed.xml")) == 1  # once, not once per tick
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("command", ["run", "web"])
+def test_a_port_in_use_is_one_line_naming_the_option_and_exit_1(tmp_path, command):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env["MAILER_INSTANCE_PATH"] = str(tmp_path / "instance")
+    try:
+        started = time.monotonic()
+        result = subprocess.run(
+            [sys.executable, "-m", "mailer.cli", command, "--host", "127.0.0.1",
+             "--port", str(port)],
+            env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+        )
+    finally:
+        taken.close()
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"port {port} on 127.0.0.1 is already in use" in lines[0] and "--port" in lines[0]
+    assert "running" not in result.stderr and "Connection in use" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_the_access_log_is_there_when_asked_for(tmp_path):
+    with _embedded(tmp_path, "--access-log") as (base, _proc, _path):
+        assert httpx.get(f"{base}/subscribe", timeout=10).status_code == 200
+        wait_until(lambda: "GET /subscribe" in (tmp_path / "run.log").read_text(), 10, 0.2,
+                   what="the request in the access log")
