@@ -37,6 +37,15 @@ def _form_context(values=None, error=None):
     }
 
 
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico whatever the page says: answer it, never a 404."""
+    from flask import current_app, send_from_directory
+
+    return send_from_directory(current_app.static_folder, "favicon.svg",
+                               mimetype="image/svg+xml", max_age=86400)
+
+
 @bp.get("/")
 def index():
     return redirect(url_for("public.subscribe"))

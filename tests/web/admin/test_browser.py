@@ -260,6 +260,19 @@ def seed_console(rt) -> dict:
     return {"sent": sent.id, "draft": draft.id, "reader": sub, "import": 1}
 
 
+def watch_errors(page, origin: str) -> list:
+    """Console errors about our own pages and files, and script errors, as they come."""
+    errors = []
+
+    def console(message):
+        if message.type == "error" and (message.location.get("url") or "").startswith(origin):
+            errors.append((page.url, message.text, message.location.get("url")))
+
+    page.on("console", console)
+    page.on("pageerror", lambda e: errors.append((page.url, str(e), None)))
+    return errors
+
+
 UNLABELLED = """() => Array.from(document.querySelectorAll(
     'input:not([type=hidden]), select, textarea'))
   .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
@@ -288,11 +301,18 @@ def test_every_main_page_at_desktop_and_phone_widths(app, live_server, browser):
         "account": "/admin/account",
         "settings": "/admin/settings",
         "schedules": "/admin/schedules",
+        "feeds": "/admin/feeds",
+        "subscribe": "/subscribe",
+        "archive": "/archive",
+        "archive-issue": f"/archive/{ids['sent']}",
     }
     for width, height in ((1280, 900), (375, 740)):
         context = browser.new_context(viewport={"width": width, "height": height})
         page = context.new_page()
         page.set_default_timeout(15000)
+        # Errors of our own pages and files (the fixture feeds' article images live on hosts
+        # this offline machine cannot reach; the favicon is ours and must load).
+        errors = watch_errors(page, live_server)
         try:
             log_in(page, live_server, "chief@daily.example")
             page.get_by_role("heading", name="Dashboard").wait_for()
@@ -307,6 +327,9 @@ def test_every_main_page_at_desktop_and_phone_widths(app, live_server, browser):
                         shot(page, f"{name}-phone")
                 else:
                     shot(page, name)
+            assert errors == [], errors
+            icon = page.request.get(live_server + "/favicon.ico")
+            assert icon.status == 200 and icon.headers["content-type"].startswith("image/svg+xml")
         finally:
             context.close()
     wait_until(lambda: (ARTIFACTS / "console-dashboard.png").exists(), 5, what="screenshots")
