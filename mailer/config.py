@@ -496,6 +496,17 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("MAILER_BOUNCE_MAX_BYTES", "bounce_max_bytes", 2 * 1024 * 1024, number(int),
              "largest report `mailer bounces receive` and the mailbox poller read; a larger "
              "one is ignored (logged)", group=SENDING, default_text="2097152 (2 MB)"),
+    Variable("MAILER_BOUNCE_MAILBOX", "bounce_mailbox", None, url("imap", "imaps"),
+             "a mailbox the bounces land in, polled: `imaps://user:password@host[:port]/FOLDER` "
+             "(`imap://` uses STARTTLS)", group=SENDING),
+    Variable("MAILER_BOUNCE_MAILBOX_DONE", "bounce_mailbox_done", "Processed", TEXT,
+             "the folder processed bounces are moved to; `delete` deletes them", group=SENDING),
+    Variable("MAILER_BOUNCE_MAILBOX_CA_FILE", "bounce_mailbox_ca_file", None, TEXT,
+             "CA certificates to verify the mailbox's server with (a self-signed one)",
+             group=SENDING, default_text="the system's"),
+    Variable("MAILER_BOUNCE_POLL_SECONDS", "bounce_poll_seconds", 120.0,
+             number(float, minimum=1),
+             "how often the scheduler polls `MAILER_BOUNCE_MAILBOX`", group=SENDING),
     Variable("MAILER_COMPLAINT_WARN_PERCENT", "complaint_warn_percent", 0.1, number(float),
              "the dashboard warns when the last issue's complaint rate is over this",
              group=SENDING),

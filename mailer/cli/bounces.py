@@ -97,3 +97,26 @@ def describe(report, outcome) -> str:
         return f"duplicate: {report.kind} report about {about}, recorded before"
     change = f" (now {outcome.changed_to})" if outcome.changed_to else ""
     return f"recorded: {report.kind} from {report.source} about {about}{change}"
+
+
+@bounces.command("poll")
+@pass_ctx
+def poll(ctx: Context):
+    """Fetch the bounce mailbox's waiting messages now (MAILER_BOUNCE_MAILBOX)."""
+    from mailer.bounces.mailbox import MailboxError
+    from mailer.cli import fail
+    from mailer.tasks.bounces import poll as poll_mailbox
+
+    ctx.web = False
+    if not ctx.settings.bounce_mailbox:
+        fail("no bounce mailbox is set (MAILER_BOUNCE_MAILBOX)")
+    with ctx.app.app_context():
+        try:
+            result = poll_mailbox(ctx.settings)
+        except MailboxError as e:
+            fail(f"the bounce mailbox cannot be read now, nothing was lost: {e}")
+    if result.skipped:
+        click.echo(f"nothing polled: {result.skipped}", err=True)
+        return
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(result.results.items())) or "no reports"
+    click.echo(f"{result.messages} messages: {counts}")

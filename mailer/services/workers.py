@@ -92,12 +92,15 @@ def forget(session: Session, names: list[str]) -> None:
         session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.name.in_(names)))
 
 
-def take_turn(session: Session, holder: str, every: float, now: datetime) -> bool:
-    """True if `holder` runs the housekeeping now: nobody took the turn in `every` seconds."""
+def take_turn(
+    session: Session, holder: str, every: float, now: datetime, name: str = TURN
+) -> bool:
+    """True if `holder` runs the housekeeping now: nobody took the turn in `every` seconds.
+    Other periodic work takes a turn of its own `name` (the bounce mailbox's poll)."""
     taken = session.execute(
         update(HousekeepingTurn)
         .where(
-            HousekeepingTurn.name == TURN,
+            HousekeepingTurn.name == name,
             HousekeepingTurn.taken_at <= now - timedelta(seconds=every * 0.9),
         )
         .values(holder=holder, taken_at=now)
@@ -106,5 +109,32 @@ def take_turn(session: Session, holder: str, every: float, now: datetime) -> boo
         return True
     # The first turn ever (or after the table was emptied) creates the row.
     return _upsert(
-        session, HousekeepingTurn, {"name": TURN, "holder": holder, "taken_at": now}, [], "name"
+        session, HousekeepingTurn, {"name": name, "holder": holder, "taken_at": now}, [], "name"
+    )
+
+
+def take_lock(session: Session, name: str, holder: str, lease: float, now: datetime) -> bool:
+    """Hold `name` until release_lock (or for `lease` seconds, if the holder dies): one
+    holder at a time across hosts. Commit right after, so others see it."""
+    taken = session.execute(
+        update(HousekeepingTurn)
+        .where(
+            HousekeepingTurn.name == name,
+            (HousekeepingTurn.holder == "")
+            | (HousekeepingTurn.taken_at <= now - timedelta(seconds=lease)),
+        )
+        .values(holder=holder, taken_at=now)
+    ).rowcount
+    if taken:
+        return True
+    return _upsert(
+        session, HousekeepingTurn, {"name": name, "holder": holder, "taken_at": now}, [], "name"
+    )
+
+
+def release_lock(session: Session, name: str, holder: str) -> None:
+    session.execute(
+        update(HousekeepingTurn)
+        .where(HousekeepingTurn.name == name, HousekeepingTurn.holder == holder)
+        .values(holder="")
     )

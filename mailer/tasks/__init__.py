@@ -6,6 +6,7 @@ One module per area; importing this package registers them all on the Celery app
 from mailer.tasks import (  # noqa: F401
     articles,  # noqa: F401 - feed sync, popularity roll-up
     base,
+    bounces,  # noqa: F401 - the bounce mailbox's poller (a tick step)
     console,  # noqa: F401 - console imports, issues sent at a time
     delivery,  # noqa: F401 - issue sends and the delivery sweeper
     digest,  # noqa: F401 - test sends of digest issues
