@@ -59,32 +59,42 @@ def _embedded(tmp_path, *args, **settings):
         log.close()
 
 
+def _sign_up(page, base: str, email: str) -> None:
+    page.goto(f"{base}/subscribe")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("heading", name="Almost done: check your inbox").wait_for()
+
+
+def _first_account_then_confirmation(page, base: str, email: str) -> str:
+    """Create the first console account, open the confirmation mail in the outbox and
+    return its link."""
+    page.goto(f"{base}/admin")
+    page.get_by_role("heading", name="Welcome to your mailer").wait_for()
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Password", exact=False).first.fill("a long admin password")
+    page.get_by_label("Password again").fill("a long admin password")
+    page.get_by_role("button", name="Create account").click()
+    page.get_by_role("navigation").get_by_role("link", name="Outbox").click()
+    page.get_by_role("link", name="Please confirm your subscription").click()
+    text = page.locator("#text-part").inner_text()
+    return next(w for w in text.split() if "/confirm/" in w)
+
+
 def test_fresh_install_subscribe_read_outbox_confirm_unsubscribe(embedded, browser):
     base, proc, tmp_path = embedded
     context = browser.new_context()
     page = context.new_page()
     page.set_default_timeout(20000)
     try:
-        page.goto(f"{base}/subscribe")
-        page.get_by_label("Email address").fill("first.reader@example.com")
-        page.get_by_role("button", name="Subscribe").click()
-        page.get_by_role("heading", name="Almost done: check your inbox").wait_for()
+        _sign_up(page, base, "first.reader@example.com")
 
         # The confirmation is written to the outbox folder as an .eml file...
         outbox = tmp_path / "instance" / "outbox"
         wait_until(lambda: list(outbox.glob("*.eml")), 30, 0.2, what="the confirmation .eml")
 
         # ...and shown on the console's outbox page, after creating the first account.
-        page.goto(f"{base}/admin")
-        page.get_by_role("heading", name="Welcome to your mailer").wait_for()
-        page.get_by_label("Email address").fill("admin@example.com")
-        page.get_by_label("Password", exact=False).first.fill("a long admin password")
-        page.get_by_label("Password again").fill("a long admin password")
-        page.get_by_role("button", name="Create account").click()
-        page.get_by_role("navigation").get_by_role("link", name="Outbox").click()
-        page.get_by_role("link", name="Please confirm your subscription").click()
-        text = page.locator("#text-part").inner_text()
-        confirm_url = next(w for w in text.split() if "/confirm/" in w)
+        confirm_url = _first_account_then_confirmation(page, base, "admin@example.com")
         assert confirm_url.startswith(base + "/confirm/")
 
         page.goto(confirm_url)
@@ -125,19 +135,8 @@ def test_the_readme_tour_from_subscribe_to_the_digest_in_the_outbox(embedded, br
     page = context.new_page()
     page.set_default_timeout(20000)
     try:
-        page.goto(f"{base}/subscribe")
-        page.get_by_label("Email address").fill("tour.reader@example.com")
-        page.get_by_role("button", name="Subscribe").click()
-        page.get_by_role("heading", name="Almost done: check your inbox").wait_for()
-        page.goto(f"{base}/admin")
-        page.get_by_label("Email address").fill("editor@example.com")
-        page.get_by_label("Password", exact=False).first.fill("a long editor password")
-        page.get_by_label("Password again").fill("a long editor password")
-        page.get_by_role("button", name="Create account").click()
-        page.get_by_role("navigation").get_by_role("link", name="Outbox").click()
-        page.get_by_role("link", name="Please confirm your subscription").click()
-        confirm_url = next(w for w in page.locator("#text-part").inner_text().split()
-                           if "/confirm/" in w)
+        _sign_up(page, base, "tour.reader@example.com")
+        confirm_url = _first_account_then_confirmation(page, base, "editor@example.com")
         page.goto(confirm_url)
         page.get_by_role("button", name="Yes, subscribe me").click()
         page.get_by_role("heading", name="You are subscribed").wait_for()
