@@ -49,6 +49,8 @@ class Issue(Base):
     subject: Mapped[str] = mapped_column(String(300), default="")
     preheader: Mapped[str] = mapped_column(String(300), default="")
     intro: Mapped[str] = mapped_column(Text, default="")  # Markdown typed by an editor
+    # The automatic "Hello NAME," before the intro; off when the intro greets by itself.
+    greeting: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     status: Mapped[IssueStatus] = mapped_column(enum_column(IssueStatus), default=IssueStatus.DRAFT)
     status_reason: Mapped[str | None] = mapped_column(String(1000))  # why skipped/paused/...
     audience_frequency: Mapped[Frequency] = mapped_column(

@@ -355,6 +355,7 @@ def describe(session: Session, issue: Issue, settings: Settings) -> dict:
         "status_reason": issue.status_reason,
         "subject": issue.subject,
         "preheader": issue.preheader,
+        "greeting": issue.greeting,
         "intro": issue.intro,
         "audience": {
             "frequency": str(issue.audience_frequency),

@@ -131,9 +131,13 @@ def editable(session: Session, issue_id: int) -> Issue:
     return issue
 
 
-def set_text(session: Session, issue_id: int, *, subject=None, preheader=None, intro=None) -> Issue:
-    """Change the editor's text; None leaves a field as it is."""
+def set_text(session: Session, issue_id: int, *, subject=None, preheader=None, intro=None,
+             greeting: bool | None = None) -> Issue:
+    """Change the editor's text (and whether "Hello NAME," opens it); None leaves a field
+    as it is."""
     issue = editable(session, issue_id)
+    if greeting is not None:
+        issue.greeting = greeting
     if subject is not None:
         issue.subject = check_subject(subject)
     if preheader is not None:

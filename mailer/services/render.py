@@ -314,6 +314,7 @@ def render_variant(
         "site_url": settings.base_url,
         "archive_url": archive_url(settings, issue.id),
         "name": ph.NAME,
+        "greeting": issue.greeting,
         "email": ph.EMAIL,
         "unsubscribe_url": ph.UNSUBSCRIBE_URL,
         "preferences_url": ph.PREFERENCES_URL,

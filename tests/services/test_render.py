@@ -334,3 +334,16 @@ def test_a_digest_whose_images_fail_to_load_leaves_no_blank_boxes(app, browser):
                 assert box["image"] <= box["text"], (width, boxes)
         finally:
             context.close()
+
+
+def test_the_greeting_is_an_option_of_each_issue(app):
+    rt = app.extensions["mailer"]
+    _articles(2)
+    issue = _issue(rt, intro="Good morning, {{ name }}!")
+    _s, html, text = render.render_variant(db.session, issue, "", rt.settings)
+    assert f"Hello {ph.NAME}," in html and f"Hello {ph.NAME}," in text  # on by default
+    issue_edits.set_text(db.session, issue.id, greeting=False)
+    db.session.commit()
+    _s, html, text = render.render_variant(db.session, issue, "", rt.settings)
+    assert "Hello" not in html and "Hello" not in text
+    assert f"Good morning, {ph.NAME}!" in html and f"Good morning, {ph.NAME}!" in text

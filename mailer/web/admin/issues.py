@@ -138,7 +138,7 @@ def _compose_page(issue_id: int, error: ValidationError | None = None, typed=Non
     shown, dropped = _items(issue)
     q = request.args.get("q", "")
     text = typed or {"subject": issue.subject, "preheader": issue.preheader,
-                     "intro": issue.intro}
+                     "intro": issue.intro, "greeting": issue.greeting}
     return render_template(
         "admin/compose.html", issue=issue, shown=shown, dropped=dropped,
         section_names=SECTION_NAMES, preview=preview, view=view, q=q, text=text, error=error,
@@ -175,12 +175,14 @@ def save_text(issue_id: int):
     form = request.form
     try:
         issue_edits.set_text(db.session, issue_id, subject=form.get("subject", ""),
-                             preheader=form.get("preheader", ""), intro=form.get("intro", ""))
+                             preheader=form.get("preheader", ""), intro=form.get("intro", ""),
+                             greeting=form.get("greeting") == "on")
         db.session.commit()
     except ValidationError as e:
         # Keep what was typed: the form is shown again with the reason, nothing saved.
         db.session.rollback()
         typed = {k: form.get(k, "") for k in ("subject", "preheader", "intro")}
+        typed["greeting"] = form.get("greeting") == "on"
         return _compose_page(issue_id, e, typed, 400)
     except InvalidTransition as e:
         return _refused(issue_id, e)

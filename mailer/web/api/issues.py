@@ -126,6 +126,7 @@ def edit(issue_id: int):
         subject=data.get("subject"),
         preheader=data.get("preheader"),
         intro=data.get("intro"),
+        greeting=_bool(data, "greeting"),
     )
     db.session.commit()
     return jsonify(_describe(issue))

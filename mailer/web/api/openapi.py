@@ -164,7 +164,7 @@ def _issues() -> dict:
             "get": _op("Show an issue with its items", "issues", "showIssue",
                        responses={"200": _answer("The issue.", issue), **_errors(401, 404)}),
             "patch": _op(
-                "Change subject, preheader or intro", "issues", "editIssue",
+                "Change subject, preheader, intro or greeting", "issues", "editIssue",
                 description="Only while draft or scheduled. Editor role.",
                 body=_json_body(ref("IssueEdit")),
                 responses={"200": _answer("The issue.", issue),

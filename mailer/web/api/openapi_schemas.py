@@ -183,6 +183,8 @@ def schemas() -> dict:
                 "subject": nullable({"type": "string", "maxLength": SUBJECT_MAX}),
                 "preheader": nullable({"type": "string", "maxLength": SUBJECT_MAX}),
                 "intro": nullable({"type": "string", "maxLength": INTRO_MAX}),
+                "greeting": nullable({"type": "boolean", "description":
+                                      'Start with "Hello NAME," (default true).'}),
             },
         },
         "ItemAdd": {
@@ -277,7 +279,7 @@ def schemas() -> dict:
             "type": "object",
             "additionalProperties": False,
             "required": ["id", "status", "status_reason", "subject", "preheader", "intro",
-                         "audience", "latest_n", "popular_m", "min_items", "window_start",
+                         "greeting", "audience", "latest_n", "popular_m", "min_items", "window_start",
                          "window_end", "schedule_id", "author_id", "created_at", "started_at",
                          "finished_at", "archive_url", "items"],
             "properties": {
@@ -287,6 +289,7 @@ def schemas() -> dict:
                 "subject": {"type": "string"},
                 "preheader": {"type": "string"},
                 "intro": {"type": "string"},
+                "greeting": {"type": "boolean"},
                 "audience": {
                     "type": "object", "additionalProperties": False,
                     "required": ["frequency", "sections"],

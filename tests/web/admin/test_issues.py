@@ -387,3 +387,14 @@ def test_an_article_added_by_hand_goes_to_latest_and_popular_waits_for_reading_d
     page = text_of(client.get(f"/admin/issues/{iid}"))
     assert "No reading data yet" not in page
     assert "the articles read in the last 7 days are in Latest already" in page
+
+
+def test_the_composer_and_the_api_turn_the_greeting_off(app, client):
+    stories("One")
+    login(client, Role.EDITOR, "editor@daily.example")
+    iid = new_issue(client)
+    assert 'id="greeting" name="greeting" checked' in client.get(f"/admin/issues/{iid}").text
+    post(client, f"/admin/issues/{iid}/text", subject="Hi", preheader="", intro="Hello all!")
+    assert issue(iid).greeting is False  # an unticked box is not sent
+    post(client, f"/admin/issues/{iid}/text", subject="Hi", preheader="", intro="", greeting="on")
+    assert issue(iid).greeting is True
