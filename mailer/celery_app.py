@@ -9,7 +9,7 @@ from celery.schedules import crontab
 from kombu import Queue
 
 from mailer.config import Settings
-from mailer.tasks.queues import DEFAULT_QUEUE, SEND_QUEUE
+from mailer.tasks.queues import DEFAULT_QUEUE, HOOKS_QUEUE, SEND_QUEUE
 
 
 def celery_config(settings: Settings) -> dict:
@@ -31,8 +31,10 @@ def celery_config(settings: Settings) -> dict:
         "task_queues": [
             Queue(DEFAULT_QUEUE, routing_key=DEFAULT_QUEUE),
             Queue(SEND_QUEUE, routing_key=SEND_QUEUE),
+            Queue(HOOKS_QUEUE, routing_key=HOOKS_QUEUE),
         ],
-        "task_routes": {"mailer.send_batch": {"queue": SEND_QUEUE}},
+        "task_routes": {"mailer.send_batch": {"queue": SEND_QUEUE},
+                        "mailer.deliver_webhook": {"queue": HOOKS_QUEUE}},
         "broker_connection_retry_on_startup": True,
         # A web request that cannot reach the broker gives up quickly; the sweeper enqueues
         # whatever the request committed but could not hand over.

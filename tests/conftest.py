@@ -177,7 +177,11 @@ def worker(base_env, tmp_path_factory):
     Its housekeeping tick is off: tests drive sweeps themselves, at the times they choose
     (the tests of the workers' own tick start workers of their own).
     """
-    proc = WorkerProcess({**base_env, "MAILER_WORKER_TICK": "off"}, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    proc = WorkerProcess(
+        {**base_env, "MAILER_WORKER_TICK": "off"}, tmp_path_factory.mktemp("worker") / "worker.log",
+        # Webhook attempts are left to the webhook tests' own workers, with their settings.
+        args=["--pool", "prefork", "--concurrency", "2", "-Q", "celery,send"],
+    ).start()
     yield proc
     proc.stop()
 

@@ -139,7 +139,7 @@ def _supervised(wanted: bool, what: str) -> None:
 @click.option("--concurrency", "-c", type=int, default=None, help="Processes (default: cores).")
 @click.option("--pool", type=click.Choice(["prefork", "threads", "solo"]), default="prefork",
               show_default=True)
-@click.option("--queues", "-Q", default="celery,send", show_default=True)
+@click.option("--queues", "-Q", default="celery,send,hooks", show_default=True)
 @click.option("--beat", is_flag=True, help="Also run the scheduler in this process.")
 @click.option("--loglevel", default="INFO", show_default=True)
 @click.option("--supervise/--no-supervise", default=True, show_default=True,

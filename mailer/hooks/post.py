@@ -18,6 +18,24 @@ TIMEOUT = 10.0
 EXCERPT = 4096
 
 
+_clients: dict[int, httpx.Client] = {}
+
+
+def _client() -> httpx.Client:
+    """One client per process: building one loads the CA certificates (tens of ms). No
+    connection is kept alive: connections are made to addresses, and a kept one could carry
+    a request for another host name on the same address through the wrong TLS session."""
+    import os
+
+    client = _clients.get(os.getpid())
+    if client is None:
+        client = _clients[os.getpid()] = httpx.Client(
+            timeout=httpx.Timeout(TIMEOUT), follow_redirects=False, trust_env=False,
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+    return client
+
+
 @dataclass(frozen=True)
 class Outcome:
     ok: bool  # a 2xx answer
@@ -49,20 +67,23 @@ def post(url: str, body: bytes, headers: dict[str, str], *, allow_http: bool,
         host_header = f"[{parts.hostname}]"
     request_headers = {**headers, "host": host_header, "user-agent": "mailer-webhooks"}
     try:
-        with httpx.Client(timeout=httpx.Timeout(timeout), follow_redirects=False,
-                          trust_env=False) as client:
-            # The TLS name (SNI and the certificate check) is the URL's host, not the address.
-            request = client.build_request("POST", target, content=body, headers=request_headers,
-                                           extensions={"sni_hostname": parts.hostname})
-            with client.send(request, stream=True) as response:
-                data = b""
-                for chunk in response.iter_raw():
-                    data += chunk
-                    if len(data) >= EXCERPT or time.monotonic() - start > timeout:
-                        break
-                excerpt = data[:EXCERPT].decode("utf-8", "replace")
-                status = response.status_code
-    except httpx.HTTPError as e:
+        client = _client()
+        # The TLS name (SNI and the certificate check) is the URL's host, not the address.
+        request = client.build_request("POST", target, content=body, headers=request_headers,
+                                       timeout=httpx.Timeout(timeout),
+                                       extensions={"sni_hostname": parts.hostname})
+        response = client.send(request, stream=True)
+        try:
+            data = b""
+            for chunk in response.iter_raw():
+                data += chunk
+                if len(data) >= EXCERPT or time.monotonic() - start > timeout:
+                    break
+        finally:
+            response.close()
+        excerpt = data[:EXCERPT].decode("utf-8", "replace")
+        status = response.status_code
+    except (httpx.HTTPError, OSError, ValueError) as e:
         return Outcome(False, None, took(), f"{type(e).__name__}: {e}"[:EXCERPT])
     if 300 <= status < 400:
         location = response.headers.get("location", "")

@@ -305,8 +305,10 @@ def sweep(session: Session, now: datetime | None = None, limit: int = 500) -> di
     released = session.execute(
         update(HookDelivery)
         .where(HookDelivery.status == HookStatus.SENDING, HookDelivery.claimed_until < now)
-        .values(status=HookStatus.PENDING, claimed_until=None, next_attempt_at=now,
-                handed_out_at=None, error="the attempt's worker stopped; sent again")
+        # Due since the attempt began: it is made again at once, with the same webhook-id.
+        .values(status=HookStatus.PENDING, claimed_until=None,
+                next_attempt_at=HookDelivery.last_attempt_at, handed_out_at=None,
+                error="the worker stopped during the attempt; made again")
         .execution_options(synchronize_session=False)
     ).rowcount
     due = list(session.scalars(

@@ -1,7 +1,9 @@
 """The broker's queues: their names, and how many tasks wait in each (for the dashboard).
 
 Issue sends run on their own `send` queue, so a long send never holds up confirmation mails,
-imports and the tick on the default queue; `mailer worker` consumes both.
+imports and the tick on the default queue; webhook attempts (up to 10 s each against a slow
+endpoint) on their own `hooks` queue, so a site can give them workers of their own;
+`mailer worker` consumes all three.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from mailer.config import Settings
 
 DEFAULT_QUEUE = "celery"
 SEND_QUEUE = "send"
-QUEUES = (DEFAULT_QUEUE, SEND_QUEUE)
+HOOKS_QUEUE = "hooks"
+QUEUES = (DEFAULT_QUEUE, SEND_QUEUE, HOOKS_QUEUE)
 
 
 def broker_backlog(settings: Settings) -> dict[str, int] | None:

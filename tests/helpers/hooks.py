@@ -81,6 +81,12 @@ class Receiver:
         self.server.shutdown()
         self.server.server_close()
 
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def of_type(self, event_type: str) -> list[Got]:
         with self.lock:
             return [g for g in self.got if g.type == event_type and g.answered < 300]
