@@ -62,6 +62,7 @@ COMMAND_MODULES = {
     "schedule": ("schedule",),
     "bench": ("bench",),
     "bounces": ("bounces",),
+    "webhook": ("webhook",),
 }
 
 

@@ -56,8 +56,8 @@ def create(session: Session, *, url, events, personal_data: bool = False,
            description: str | None = None, allow_http: bool, allow_private: bool,
            now: datetime | None = None) -> HookEndpoint:
     """A new enabled endpoint with a fresh secret (the caller shows the secret once)."""
+    types = parse_events(events)  # before the address: no DNS lookup for a form that fails
     url = check_address(url, allow_http=allow_http, allow_private=allow_private)
-    types = parse_events(events)
     if description is not None and not isinstance(description, str):
         raise ValidationError("description", "The description must be text.")
     description = (description or "").strip()
@@ -119,13 +119,13 @@ def rotate_secret(session: Session, endpoint_id: int) -> str:
 def recent_deliveries(session: Session, endpoint_id: int, limit: int = RECENT):
     """(delivery, event) pairs, newest first."""
     get(session, endpoint_id)
-    return list(session.execute(
+    return [(delivery, event) for delivery, event in session.execute(
         select(HookDelivery, HookEvent)
         .join(HookEvent, HookEvent.id == HookDelivery.event_id)
         .where(HookDelivery.endpoint_id == endpoint_id)
         .order_by(HookDelivery.id.desc())
         .limit(limit)
-    ).tuples())
+    )]
 
 
 def send_test(session: Session, endpoint_id: int) -> int:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
@@ -336,3 +336,29 @@ def not_handed_out(session: Session, delivery_id: int) -> None:
     session.execute(update(HookDelivery)
                     .where(HookDelivery.id == delivery_id, HookDelivery.status == HookStatus.PENDING)
                     .values(handed_out_at=None).execution_options(synchronize_session=False))
+
+
+RESULTS = ("delivered", "failed", "refused")
+
+
+def attempt_counts(session: Session) -> dict[str, int]:
+    """Attempts since the start by result: delivered (2xx), failed, refused (address check)."""
+    counts = dict.fromkeys(RESULTS, 0)
+    counts.update({result: n for result, n in session.execute(select(HookCount.result, HookCount.n))})
+    return counts
+
+
+def oldest_undelivered_age(session: Session, now: datetime | None = None) -> float:
+    """Seconds since the oldest event still waiting for an endpoint (0 when none waits)."""
+    from sqlalchemy import func
+
+    oldest = session.scalar(
+        select(func.min(HookEvent.created_at))
+        .join(HookDelivery, HookDelivery.event_id == HookEvent.id)
+        .where(HookDelivery.status.in_((HookStatus.PENDING, HookStatus.SENDING)))
+    )
+    if oldest is None:
+        return 0.0
+    if oldest.tzinfo is None:  # min() bypasses the column type on SQLite
+        oldest = datetime.fromisoformat(str(oldest)).replace(tzinfo=UTC)
+    return max(0.0, ((now or utcnow()) - oldest).total_seconds())

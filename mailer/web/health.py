@@ -7,6 +7,7 @@ from sqlalchemy import func, select, text
 
 from mailer.db import db
 from mailer.models import BounceEvent, BounceReportCount, Delivery, Issue, Subscriber
+from mailer.services import hooks
 
 bp = Blueprint("health", __name__)
 
@@ -72,6 +73,17 @@ def metrics():
         ).all(),
         ("source", "result"),
     )
+    counter(
+        "mailer_webhook_deliveries_total",
+        "Webhook delivery attempts, by result (delivered: 2xx; refused: the address check).",
+        sorted(hooks.attempt_counts(db.session).items()),
+        ("result",),
+    )
+    lines.append("# HELP mailer_webhook_oldest_undelivered_seconds Age of the oldest webhook "
+                 "event not yet delivered to every endpoint (0 when none waits).")
+    lines.append("# TYPE mailer_webhook_oldest_undelivered_seconds gauge")
+    lines.append(f"mailer_webhook_oldest_undelivered_seconds "
+                 f"{hooks.oldest_undelivered_age(db.session):.0f}")
     gauge(
         "mailer_subscribers",
         "Subscribers by status.",

@@ -218,3 +218,23 @@ def test_a_hard_bounce_and_a_complaint_are_events_of_the_reader(handed, app):
     assert got[0][1]["subscriber"]["email"] == a
     assert got[0][1]["bounce"] == {"kind": "hard", "source": "pipe", "status": "5.1.1"}
     assert got[1][1]["subscriber"]["status"] == "complained"
+
+
+def test_metrics_count_attempts_and_the_oldest_waiting_event(handed, client, make_email):
+    from datetime import timedelta as td
+
+    from mailer.services.hooks import count
+
+    endpoint("subscriber.created")
+    with db.transaction() as s:
+        signup(s, make_email())
+        count(s, "delivered")
+        count(s, "failed")
+        count(s, "failed")
+    with db.transaction() as s:
+        assert hooks.oldest_undelivered_age(s, now=utcnow() + td(seconds=90)) >= 89
+    body = client.get("/metrics").get_data(as_text=True)
+    assert 'mailer_webhook_deliveries_total{result="delivered"} 1' in body
+    assert 'mailer_webhook_deliveries_total{result="failed"} 2' in body
+    assert 'mailer_webhook_deliveries_total{result="refused"} 0' in body
+    assert "mailer_webhook_oldest_undelivered_seconds " in body
