@@ -273,6 +273,19 @@ def watch_errors(page, origin: str) -> list:
     return errors
 
 
+# Each shown chart: how wide it is against its card, and its smallest label in CSS pixels.
+CHARTS = """() => [...document.querySelectorAll('svg.chart')]
+  .filter(svg => svg.getBoundingClientRect().width > 0)
+  .map(svg => {
+    const card = svg.parentElement, style = getComputedStyle(card);
+    const inner = card.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    const fonts = [...svg.querySelectorAll('text')]
+      .map(t => parseFloat(getComputedStyle(t).fontSize) * scale);
+    return {fill: svg.getBoundingClientRect().width / inner, font: Math.min(...fonts)};
+  })"""
+
+
 UNLABELLED = """() => Array.from(document.querySelectorAll(
     'input:not([type=hidden]), select, textarea'))
   .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
@@ -320,6 +333,12 @@ def test_every_main_page_at_desktop_and_phone_widths(app, live_server, browser):
                 resp = page.goto(live_server + path)
                 assert resp.status == 200, (name, resp.status)
                 assert page.evaluate(UNLABELLED) == [], f"{name}: inputs without a label"
+                if name in ("dashboard", "report-sent"):
+                    shown = page.evaluate(CHARTS)
+                    assert shown, f"{name}: no chart shown at {width} px"
+                    for chart in shown:
+                        assert chart["fill"] > 0.97, f"{name}: chart narrower than its card"
+                        assert chart["font"] >= 10, f"{name}: {chart['font']:.1f} px labels"
                 if width == 375:
                     scroll = page.evaluate("document.documentElement.scrollWidth")
                     assert scroll <= 375, f"{name} scrolls sideways on a phone ({scroll} px)"

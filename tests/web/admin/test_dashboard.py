@@ -3,6 +3,7 @@ and the settings page."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import time_machine
@@ -22,7 +23,7 @@ from mailer.models import (
     SubscriberStatus,
 )
 from mailer.services import reports, schedules
-from mailer.web.admin.charts import bar_chart, line_chart, nice_max
+from mailer.web.admin.charts import bar_chart, count_ticks, line_chart, nice_max
 from tests.helpers.app import make_app
 from tests.helpers.console import add_readers, login, text_of
 
@@ -77,7 +78,7 @@ def test_readers_by_status_over_time_from_their_timestamps_and_events(client):
         login(client, Role.EDITOR, "editor@daily.example")
         page = client.get("/admin/")
     html = page.get_data(as_text=True)
-    assert '<svg class="chart"' in html and 'role="img"' in html
+    assert '<svg class="chart wide"' in html and 'role="img"' in html
     assert "<title id=" in html and "Readers by status, last 30 days" in html
     text = text_of(page)
     assert "2027-03-15 2 0 1 0 1" in text and "2027-03-31 1 1 3 0 0" in text
@@ -195,8 +196,20 @@ def test_charts_are_svg_with_a_title_description_and_round_axes():
                                                                     5000]
     chart = str(line_chart("Readers <all>", "Per day", ["1 Mar", "2 Mar"],
                            [("Active", "s-active", [3, 4])]))
-    assert chart.startswith('<svg class="chart"') and "<title id=" in chart
+    assert chart.startswith('<svg class="chart wide"') and '<svg class="chart narrow"' in chart
+    assert "<title id=" in chart
     assert "Readers &lt;all&gt;" in chart and "<desc id=" in chart and "polyline" in chart
     bars = str(bar_chart("Clicks", "Per article", [("A very long article title " * 3, 7, "s")]))
     assert "…" in bars and ">7</text>" in bars
     assert "<svg" in str(bar_chart("Nothing", "No bars", []))
+
+
+def test_counts_get_whole_number_ticks():
+    assert [count_ticks(v) for v in (0, 1, 2, 3, 7, 130)] == [
+        [0, 1], [0, 1], [0, 1, 2], [0, 1, 2, 3], [0, 2, 4, 6, 8], [0, 50, 100, 150]]
+    # Two readers at most: the axis reads 0, 1, 2 (it read 0, 0.5, 1, 1.5, 2).
+    chart = str(line_chart("Readers", "Per day", ["1 Mar", "2 Mar"], [("Active", "s-a", [1, 2])]))
+    labels = re.findall(r'class="axis" x="\d+" y="[\d.]+" text-anchor="end">([^<]+)</text>',
+                        chart)
+    assert labels and all(label.replace(",", "").isdigit() for label in labels), labels
+    assert set(labels) == {"0", "1", "2"}
