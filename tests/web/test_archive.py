@@ -227,3 +227,45 @@ def test_an_issue_sent_by_the_delivery_engine_is_in_the_archive(app, worker, smt
     for address in readers:
         assert address not in page
     assert "Grace" not in page and "/t/" not in page and "/unsubscribe/" not in page
+
+
+LOOK = """([headline, section, summary]) => {
+  const style = el => { const s = getComputedStyle(el);
+    return [s.fontFamily, s.fontSize, s.fontWeight, s.color, s.textTransform]; };
+  return {
+    headlines: [...document.querySelectorAll(headline)].map(el => el.innerText.trim()),
+    headline: style(document.querySelector(headline)),
+    section: style(document.querySelector(section)),
+    summary: style(document.querySelector(summary)),
+    sections: [...document.querySelectorAll(section)].map(el => el.innerText.trim()),
+  };
+}"""
+
+
+@pytest.mark.browser
+def test_the_web_version_looks_like_the_mail(app, live_server, browser):
+    from mailer.services import render
+
+    rt = app.extensions["mailer"]
+    issue_id = _issue(rt, ["Council votes on the budget", "Storm warning", "Tram line opens"],
+                      intro="Good morning.")
+    issue = db.session.get(Issue, issue_id)
+    _subject, mail_html, _text = render.render_preview(db.session, issue, "", rt.settings)
+    for width in (1280, 375):
+        context = browser.new_context(viewport={"width": width, "height": 900})
+        try:
+            mail = context.new_page()
+            mail.route("**/*", lambda route: route.abort())  # images blocked, as in many inboxes
+            mail.set_content(mail_html)
+            in_mail = mail.evaluate(LOOK, [".headline a", ".section-title", ".summary"])
+            web = context.new_page()
+            web.goto(f"{live_server}/archive/{issue_id}")
+            on_web = web.evaluate(LOOK, [".mail-headline a", ".mail-section", ".mail-summary"])
+            assert on_web["headlines"] == in_mail["headlines"]
+            assert on_web["sections"] == in_mail["sections"] == ["LATEST"]
+            for part in ("headline", "section", "summary"):
+                assert on_web[part] == in_mail[part], (width, part)
+            widths = [pg.evaluate("document.documentElement.scrollWidth") for pg in (mail, web)]
+            assert max(widths) <= width
+        finally:
+            context.close()
