@@ -45,7 +45,7 @@ ERRORS = {
     400: ("BadRequest", "Invalid input: `field` names the offending field. Nothing was written."),
     401: ("Unauthorized", "No bearer token, or one that is unknown or belongs to a disabled user."),
     403: ("Forbidden", "The token's user does not have the role this operation needs."),
-    404: ("NotFound", "There is no such issue, item, article or schedule."),
+    404: ("NotFound", "There is no such issue, item, article, schedule, webhook or delivery."),
     409: ("Conflict", "The current state does not allow this (e.g. the issue is already sending)."),
     413: ("TooLarge", "The body is larger than MAILER_MAX_BODY_BYTES (articles: MAILER_FEED_MAX_BYTES)."),
     415: ("UnsupportedMediaType", "The body is neither JSON nor one of the forms this operation takes."),
@@ -84,6 +84,8 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 ISSUE = _path_id("issue_id", "issue")
 SCHEDULE = _path_id("schedule_id", "schedule")
+WEBHOOK = _path_id("webhook_id", "webhook endpoint")
+HOOK_DELIVERY = _path_id("delivery_id", "webhook delivery")
 ITEM = _path_id("item_id", "issue item")
 
 
@@ -288,20 +290,75 @@ def _schedules() -> dict:
     }
 
 
+def _webhooks() -> dict:
+    one = _answer("The endpoint.", ref("Webhook"))
+    common = _errors(401, 403, 404)
+
+    def action(summary: str, op_id: str, description: str = "", code: str = "200",
+               answer: dict = one, more: tuple = ()) -> dict:
+        return {"parameters": [WEBHOOK], "post": _op(
+            summary, "webhooks", op_id, description=description,
+            responses={code: answer, **common, **_errors(*more)})}
+
+    return {
+        "/api/v1/webhooks": {
+            "get": _op("List webhook endpoints", "webhooks", "listWebhooks",
+                       responses={"200": _answer("Every endpoint (no secrets).",
+                                                 ref("WebhookList")), **_errors(401, 403)}),
+            "post": _op("Add a webhook endpoint", "webhooks", "createWebhook",
+                        description="The answer holds the endpoint's secret, shown this once. "
+                                    "The URL must be https:// and resolve to a public address "
+                                    "(unless MAILER_WEBHOOK_ALLOW_HTTP / _ALLOW_PRIVATE).",
+                        body=_json_body(ref("WebhookCreate"), forms=True),
+                        responses={"201": _answer("The endpoint, with its secret.",
+                                                  ref("Webhook")),
+                                   **_errors(400, 401, 403, 413, 415)}),
+        },
+        "/api/v1/webhooks/{webhook_id}": {
+            "parameters": [WEBHOOK],
+            "get": _op("Show a webhook endpoint", "webhooks", "showWebhook",
+                       responses={"200": one, **common}),
+            "delete": _op("Remove a webhook endpoint and its deliveries", "webhooks",
+                          "deleteWebhook", responses={"204": {"description": "Removed."},
+                                                      **common}),
+        },
+        "/api/v1/webhooks/{webhook_id}/enable": action(
+            "Enable an endpoint", "enableWebhook",
+            "Deliveries that waited while it was disabled go out at the next tick."),
+        "/api/v1/webhooks/{webhook_id}/disable": action("Disable an endpoint", "disableWebhook"),
+        "/api/v1/webhooks/{webhook_id}/rotate-secret": action(
+            "Give the endpoint a new secret", "rotateWebhookSecret",
+            "The old secret stops at once; the answer shows the new one, this once."),
+        "/api/v1/webhooks/{webhook_id}/test": action(
+            "Send a test event", "testWebhook", "A `webhook.test` event to this endpoint.",
+            "202", _answer("The test delivery's id.", ref("WebhookTest")), (409,)),
+        "/api/v1/webhooks/{webhook_id}/deliveries": {"parameters": [WEBHOOK], "get": _op(
+            "The endpoint's last 100 deliveries, newest first", "webhooks", "webhookDeliveries",
+            responses={"200": _answer("Deliveries.", ref("WebhookDeliveryList")), **common})},
+        "/api/v1/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver": {
+            "parameters": [WEBHOOK, HOOK_DELIVERY], "post": _op(
+                "Deliver again", "webhooks", "redeliverWebhook",
+                description="With the same webhook-id; the attempts start over.",
+                responses={"202": _answer("The delivery.", ref("WebhookDelivery")),
+                           **common})},
+    }
+
+
 @cache
 def _static_document() -> dict:
-    paths = {**_subscribers_and_articles(), **_issues(), **_delivery(), **_schedules()}
+    paths = {**_subscribers_and_articles(), **_issues(), **_delivery(), **_schedules(),
+             **_webhooks()}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Newsletter mailer API",
             "version": "1",
             "description": "Signup and page views (public), articles, digest issues, "
-                           "sending and schedules (bearer tokens from `mailer user token "
+                           "sending, schedules and webhooks (bearer tokens from `mailer user token "
                            "EMAIL`). Errors are JSON: `{\"error\", \"message\", \"field\"?}`.",
         },
         "tags": [{"name": n} for n in ("subscribers", "articles", "issues", "delivery",
-                                       "schedules")],
+                                       "schedules", "webhooks")],
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
@@ -309,7 +366,8 @@ def _static_document() -> dict:
                 "type": "http", "scheme": "bearer",
                 "description": "A token from `mailer user token EMAIL`. Issues: editor to "
                                "change, editor or ops to read and control sending; schedules: "
-                               "ops; articles: any role; admin may do everything."}},
+                               "ops; webhooks: ops; articles: any role; admin may do "
+                               "everything."}},
             "schemas": schemas(),
             "responses": _responses(),
         },

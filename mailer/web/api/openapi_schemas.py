@@ -6,8 +6,9 @@ Limits come from the constants the code enforces (see mailer/web/api/openapi.py 
 from __future__ import annotations
 
 from mailer.feeds.push import MAX_ARTICLES
-from mailer.models import DeliveryStatus, Frequency, IssueStatus, ItemSection
+from mailer.models import DeliveryStatus, Frequency, HookStatus, IssueStatus, ItemSection
 from mailer.services.articles import URL_MAX
+from mailer.services.hooks import EVENT_TYPES
 from mailer.services.issue_edits import INTRO_MAX, SUBJECT_MAX
 from mailer.services.schedules import LIMITS, MAX_GRACE_HOURS
 from mailer.services.subscriptions import EMAIL_MAX, NAME_MAX
@@ -428,6 +429,91 @@ def schemas() -> dict:
                 "recent_runs": {"type": "array", "items": ref("ScheduleRun"),
                                 "description": "Only when one schedule is shown."},
             },
+        },
+        "WebhookCreate": {
+            "type": "object",
+            "required": ["url", "events"],
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string", "maxLength": 2000,
+                        "examples": ["https://crm.example.com/mailer-events"]},
+                "events": {
+                    "description": "Event types: a list or one comma-separated string; `*` "
+                                   "for every type.",
+                    "anyOf": [{"type": "string"},
+                              {"type": "array", "items": {"type": "string",
+                                                          "enum": [*EVENT_TYPES, "*"]}}],
+                },
+                "personal_data": {"type": "boolean", "default": False,
+                                  "description": "Send readers' addresses and names."},
+                "description": nullable({"type": "string", "maxLength": 200}),
+            },
+        },
+        "Webhook": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "url", "events", "personal_data", "enabled", "description",
+                         "failing_since", "disabled_reason", "created_at"],
+            "properties": {
+                "id": {"type": "integer"},
+                "url": {"type": "string"},
+                "events": {"type": "array", "items": {"type": "string", "enum": list(EVENT_TYPES)}},
+                "personal_data": {"type": "boolean"},
+                "enabled": {"type": "boolean"},
+                "description": {"type": "string"},
+                "failing_since": WHEN,
+                "disabled_reason": nullable({"type": "string"}),
+                "created_at": {"type": "string", "format": "date-time"},
+                "secret": {"type": "string", "pattern": "^whsec_",
+                           "description": "Only when added or rotated: keep it now."},
+            },
+        },
+        "WebhookList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["webhooks"],
+            "properties": {"webhooks": {"type": "array", "items": ref("Webhook")}},
+        },
+        "WebhookTest": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["delivery_id"],
+            "properties": {"delivery_id": {"type": "integer"}},
+        },
+        "WebhookDelivery": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "event", "status", "attempts", "next_attempt_at",
+                         "last_attempt_at", "response_status", "latency_ms", "response_excerpt",
+                         "error", "delivered_at"],
+            "properties": {
+                "id": {"type": "integer"},
+                "event": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["id", "type", "created_at"],
+                    "properties": {
+                        "id": {"type": "string", "description": "The webhook-id header."},
+                        "type": {"type": "string"},
+                        "created_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "status": enum(HookStatus),
+                "attempts": {"type": "integer", "minimum": 0},
+                "next_attempt_at": WHEN,
+                "last_attempt_at": WHEN,
+                "response_status": nullable({"type": "integer"}),
+                "latency_ms": nullable({"type": "integer"}),
+                "response_excerpt": nullable({"type": "string", "maxLength": 4096}),
+                "error": nullable({"type": "string"}),
+                "delivered_at": WHEN,
+            },
+        },
+        "WebhookDeliveryList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["deliveries"],
+            "properties": {"deliveries": {"type": "array", "items": ref("WebhookDelivery")}},
         },
         "ScheduleList": {
             "type": "object",

@@ -15,7 +15,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Frequency, Role, Schedule, Subscriber, SubscriberStatus
-from mailer.services import digests, users
+from mailer.services import digests, hook_endpoints, users
 from mailer.web.api import openapi
 from tests.helpers.digests import add_article
 
@@ -95,8 +95,12 @@ def _seed(app) -> tuple[str, dict]:
         admin = users.create_user(db.session, "admin@daily.example", "a long enough password",
                                   Role.ADMIN)
         token = users.create_api_token(db.session, admin, "openapi tests")
+        endpoint = hook_endpoints.create(db.session, url="http://127.0.0.1:9/hooks", events="*",
+                                         allow_http=True, allow_private=True)
+        delivery_id = hook_endpoints.send_test(db.session, endpoint.id)
         db.session.commit()
-        ids = {"issue_id": issue.id, "item_id": issue.items[0].id, "schedule_id": schedule.id}
+        ids = {"issue_id": issue.id, "item_id": issue.items[0].id, "schedule_id": schedule.id,
+               "webhook_id": endpoint.id, "delivery_id": delivery_id}
     return token, ids
 
 
