@@ -3,6 +3,7 @@
 from mailer.web.admin import (
     console,
     feeds,
+    hooks,
     issues,
     schedules,
     sending,
@@ -14,5 +15,5 @@ from mailer.web.admin import (
 # console first: its blueprint owns /admin itself (login, dashboard, outbox).
 BLUEPRINTS = (
     console.bp, schedules.bp, issues.bp, sending.bp, subscribers.bp, users.bp, settings.bp,
-    feeds.bp,
+    feeds.bp, hooks.bp,
 )

@@ -27,6 +27,7 @@ NAV: list[tuple[str, str, tuple[Role, ...]]] = [
     ("admin_feeds.index", "Feeds", (Role.EDITOR, Role.OPS)),
     ("admin_subscribers.index", "Subscribers", (Role.OPS,)),
     ("admin_schedules.index", "Schedules", (Role.OPS,)),
+    ("admin_webhooks.index", "Webhooks", (Role.OPS,)),
     ("admin.outbox", "Outbox", (Role.OPS, Role.EDITOR)),
     ("admin_users.index", "Users", (Role.ADMIN,)),
     ("admin_settings.index", "Settings", (Role.OPS,)),
