@@ -5,6 +5,7 @@ attempt made again, thousands of signups each told once."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from datetime import timedelta
@@ -20,7 +21,7 @@ from tests.helpers.app import make_app
 from tests.helpers.delivery import add_readers, make_renderer, new_issue, wait_finished
 from tests.helpers.hooks import Receiver
 from tests.helpers.servers import WorkerProcess, free_port, wait_until
-from tests.helpers.web import link_with, local, post_form, signup
+from tests.helpers.web import form_fields, link_with, local, post_form, signup
 
 OPS = "ops@daily.example"
 # A short test clock: the retries' waits in seconds, and 2.9 s of failing disables.
@@ -81,6 +82,18 @@ def test_a_readers_journey_arrives_signed_event_by_event(
     (confirmed,) = receiver.wait_for("subscriber.confirmed")
     assert confirmed.data["subscriber"] == {**sub, "status": "active"}
 
+    from mailer.runtime import runtime
+
+    with client.application.app_context():
+        prefs = local(runtime().links.preferences(
+            db.session.scalar(select(Subscriber.uid).where(Subscriber.email == email))))
+    page = client.get(prefs)
+    client.post(prefs, data={**form_fields(page.get_data(as_text=True)), "action": "save",
+                             "name": "Ada", "frequency": "daily", "sections": ["sport"]})
+    (updated,) = receiver.wait_for("subscriber.updated")
+    assert updated.data["changed"] == ["name", "frequency", "sections"]
+    assert updated.data["subscriber"]["frequency"] == "daily"
+
     welcome = [m for m in smtp.wait_for(email, 2) if "Welcome" in m.message["Subject"]][0]
     unsubscribe_url = welcome.message["List-Unsubscribe"].split("<", 1)[1].split(">")[0]
     fresh = client.application.test_client()
@@ -89,11 +102,29 @@ def test_a_readers_journey_arrives_signed_event_by_event(
     assert left.data["subscriber"]["status"] == "unsubscribed"
     assert left.data["how"] == "one-click"
 
-    got = receiver.of_type("subscriber.created") + [confirmed, left]
-    assert len({g.msg_id for g in got}) == 3 and all(g.msg_id.startswith("msg_") for g in got)
+    got = receiver.of_type("subscriber.created") + [confirmed, updated, left]
+    assert len({g.msg_id for g in got}) == 4 and all(g.msg_id.startswith("msg_") for g in got)
     assert {g.data["subscriber"]["id"] for g in got} == {sub["id"]}
     assert abs(got[-1].timestamp - time.time()) < 60
     assert receiver.unverified == []
+
+
+@pytest.mark.browser
+def test_a_signup_in_the_browser_is_told(app, live_server, page, hook_worker, receiver,
+                                         make_email):
+    listen(receiver, "subscriber.created", personal=False)
+    email = make_email()
+    page.goto(f"{live_server}/subscribe")
+    page.get_by_label("Email address").fill(email)
+    page.get_by_label("Name").fill("Ada Reader")
+    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("heading", name="Almost done: check your inbox").wait_for()
+    (created,) = receiver.wait_for("subscriber.created")
+    with db.transaction() as s:
+        sub_id = s.scalar(select(Subscriber.id).where(Subscriber.email == email))
+    # This endpoint did not opt in to personal data: the reader's id, not their address.
+    assert created.data["subscriber"]["id"] == sub_id and "email" not in created.data["subscriber"]
+    assert email not in json.dumps(created.body) and receiver.unverified == []
 
 
 def test_a_send_and_a_schedule_run_are_told(app, runner, smtp, worker, hook_worker, receiver):
