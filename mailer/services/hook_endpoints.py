@@ -105,7 +105,8 @@ def set_enabled(session: Session, endpoint_id: int, enabled: bool) -> HookEndpoi
             .execution_options(synchronize_session=False)
         )
     else:
-        endpoint.disabled_reason = "Disabled by an operator."
+        # (Not failing any more as far as the dashboard's warnings go: ops chose this.)
+        endpoint.disabled_reason, endpoint.failing_since = "Disabled by an operator.", None
     return endpoint
 
 

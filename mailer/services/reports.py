@@ -18,6 +18,7 @@ from mailer.models import (
     Delivery,
     DeliveryStatus,
     Feed,
+    HookEndpoint,
     Issue,
     IssueItem,
     IssueStatus,
@@ -260,7 +261,8 @@ def next_runs(session: Session, now: datetime | None = None, limit: int = 5) -> 
 
 @dataclass(frozen=True)
 class Warning:
-    kind: str  # postal_address | dkim | bounces | complaints | paused | uncertain | feed
+    kind: str  # postal_address | dkim | bounces | complaints | paused | uncertain | feed |
+    # webhook
     message: str
     issue_id: int | None = None
 
@@ -319,6 +321,13 @@ def warnings(
         )
     ):
         out.append(Warning("feed", f"The feed {feed.url} cannot be read: {feed.last_error}"))
+    for endpoint in session.scalars(
+        select(HookEndpoint).where(HookEndpoint.enabled.is_(False),
+                                   HookEndpoint.failing_since.is_not(None))
+    ):
+        out.append(Warning("webhook", f"The webhook endpoint {endpoint.url} was disabled: "
+                           f"{endpoint.disabled_reason} Its events wait until it is enabled "
+                           "again (Webhooks)."))
     return out
 
 

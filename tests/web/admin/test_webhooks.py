@@ -89,7 +89,7 @@ def test_ops_manage_an_endpoint_from_the_console(client, make_email, handed):
     assert client.get(f"/admin/webhooks/{endpoint_id}").status_code == 404
 
 
-def test_a_disabled_endpoint_is_a_warning_on_the_page(client, make_email):
+def test_a_disabled_endpoint_is_a_warning_on_the_page_and_the_dashboard(client, make_email):
     from datetime import UTC, datetime
 
     login(client, Role.OPS, make_email("ops"))
@@ -99,6 +99,8 @@ def test_a_disabled_endpoint_is_a_warning_on_the_page(client, make_email):
                                 disabled_reason="Disabled on 2027-01-04 after failing for 72 hours"))
     db.session.commit()
     assert "was disabled: Disabled on 2027-01-04" in text_of(client.get("/admin/webhooks"))
+    dashboard = text_of(client.get("/admin/"))
+    assert "The webhook endpoint https://crm.example/x was disabled: Disabled on 2027-01-04" in dashboard
 
 
 def test_editors_may_not(client, make_email):
