@@ -79,6 +79,25 @@ def visible_text(html: str) -> list[str]:
     return parser.parts
 
 
+# A dateline ("· 6 December 2026") or a bare host name ("daily.example").
+PAGE_LABEL = re.compile(r"(· )?\d{1,2} \w+ \d{4}( ·)?|[\w-]+(\.[\w-]+)+")
+
+
+def is_subsequence(parts: list[str], within: list[str]) -> bool:
+    rest = iter(within)
+    return all(any(p == q for q in rest) for p in parts)
+
+
+def article_links(html: str) -> list[str]:
+    """The addresses the issue's articles lead to (the page's own links are relative), in
+    order, each once."""
+    seen: list[str] = []
+    for href in re.findall(r'href="([^"]+)"', html):
+        if href.startswith("http") and href not in seen:
+            seen.append(href)
+    return seen
+
+
 def _path(url: str) -> str:
     return "/" + url.split("://", 1)[1].split("/", 1)[1]
 
@@ -146,7 +165,14 @@ def test_a_release_database_upgrades_with_its_data_and_links(
     links = before["links"]
     page = client.get(f"/archive/{before['sent']}")
     assert page.status_code == 200
-    assert visible_text(page.get_data(as_text=True)) == visible_text(before["archive_html"])
+    # The issue reads the same: its text in the same order and its links to the same places.
+    # Only the page around it may have changed (the dateline and the per-article host label
+    # are written differently since the web version follows the mail's layout).
+    now_html = page.get_data(as_text=True)
+    content = [p for p in visible_text(before["archive_html"]) if not PAGE_LABEL.fullmatch(p)]
+    assert is_subsequence(content, visible_text(now_html)), (content, visible_text(now_html))
+    links_before = article_links(before["archive_html"])
+    assert len(links_before) == 6 and article_links(now_html) == links_before
 
     # Links in mail already sent still work.
     answer = client.get(_path(links["click"]))
