@@ -18,6 +18,11 @@ one and start it again whenever it exits without being asked to:
 - a child that exits with 0 on its own was stopped deliberately (Celery's remote `shutdown`
   command): the parent exits too.
 
+Celery does not always manage to exit after that error: its shutdown can hang on the lost
+connection, leaving a process that neither consumes nor exits, so the parent would wait for
+ever. `exit_after_unrecoverable_error()`, installed in the child, ends the process when that
+error has been logged and the process is still there `UNRECOVERABLE_GRACE` seconds later.
+
 Nothing is lost while the child is down: claims and owed mail live in SQL, and the sweepers
 hand out again whatever a dead process held (see services/deliveries.py).
 """
@@ -32,6 +37,9 @@ import sys
 import time
 
 log = logging.getLogger("mailer.supervise")
+
+UNRECOVERABLE_GRACE = 10.0
+EX_UNRECOVERABLE = 70  # EX_SOFTWARE: not 0, so the parent starts the process again
 
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
@@ -91,3 +99,35 @@ def main(argv: list[str], what: str) -> None:
         level=logging.INFO, format="[%(asctime)s: %(levelname)s/Supervisor] %(message)s"
     )
     sys.exit(supervise(argv, what))
+
+
+class _ExitAfterUnrecoverable(logging.Handler):
+    """Ends the process a little after Celery logs "Unrecoverable error", in case its own
+    shutdown hangs (see the module docstring)."""
+
+    def __init__(self, grace: float):
+        super().__init__(level=logging.CRITICAL)
+        self.grace = grace
+        self.armed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.armed or not str(record.msg).startswith("Unrecoverable error"):
+            return
+        import threading
+
+        self.armed = True
+
+        def leave() -> None:
+            sys.stderr.write(f"mailer: still here {self.grace:.0f} s after an unrecoverable "
+                             f"error; exiting so the supervisor starts a new worker\n")
+            sys.stderr.flush()
+            os._exit(EX_UNRECOVERABLE)
+
+        timer = threading.Timer(self.grace, leave)
+        timer.daemon = True
+        timer.start()
+
+
+def exit_after_unrecoverable_error(grace: float = UNRECOVERABLE_GRACE) -> None:
+    """Install the guard on Celery's loggers (call it in the process that runs Celery)."""
+    logging.getLogger("celery").addHandler(_ExitAfterUnrecoverable(grace))

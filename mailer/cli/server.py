@@ -157,6 +157,9 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     if beat:
         argv += ["--beat", f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"]
     os.environ.setdefault("C_FORCE_ROOT", "1")  # containers often run as root
+    from mailer import supervise
+
+    supervise.exit_after_unrecoverable_error()
     # Everything imported so far is shared with the prefork children; frozen, the garbage
     # collector never walks (and so never copies) those objects in each child.
     import gc

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from tests.helpers.servers import ROOT, WorkerProcess, wait_until
@@ -62,3 +63,27 @@ def test_pool_processes_die_with_their_worker(env, tmp_path):
                                    for p in pool), 10, 0.1, what="the pool processes to exit")
     finally:
         worker.stop()  # closes its log; the worker is already gone
+
+
+def test_a_worker_that_hangs_after_an_unrecoverable_error_exits_for_its_supervisor(env):
+    """kombu's crash on a lost Redis connection is logged as "Unrecoverable error", and
+    Celery's shutdown after it can hang; the guard ends the process so that the supervising
+    parent starts a new one. Here Celery sets up its logging as a worker does, the error is
+    logged, and the process then hangs."""
+    probe = (
+        "import time\n"
+        "from mailer import create_app, supervise\n"
+        "app = create_app(web=False)\n"
+        "supervise.exit_after_unrecoverable_error(grace=1)\n"
+        "app.extensions['celery'].log.setup(loglevel='INFO')\n"
+        "import logging\n"
+        "logging.getLogger('celery.worker.worker').critical(\n"
+        "    'Unrecoverable error: %r', AttributeError('hostname'))\n"
+        "time.sleep(60)\n"
+    )
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 70, out.stderr[-2000:]
+    assert time.monotonic() - started < 30
+    assert "exiting so the supervisor starts a new worker" in out.stderr
