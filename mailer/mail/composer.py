@@ -85,35 +85,21 @@ class Composer:
         self, *, issue_id: int, variant_id: int, subject: str, html: str, text: str
     ) -> CompiledVariant:
         """An issue variant (placeholders in) ready to be built for each of its readers."""
-        return CompiledVariant(
-            issue_id=issue_id,
-            variant_id=variant_id,
-            subject=subject,
-            html=html,
-            text=text,
-            settings=self.settings,
-            links=self.links,
-            tokens=self.tokens,
-            signer=self.signer,
-            clock=self.clock,
-        )
+        return self._variant(CompiledVariant, issue_id=issue_id, variant_id=variant_id,
+                             subject=subject, html=html, text=text)
 
     def samples(
         self, *, issue_id: int, subject: str, html: str, text: str, test: bool = True
     ) -> SampleVariant:
         """The variant for sample readers; `test` marks the subject `[Test]`."""
-        return SampleVariant(
-            issue_id=issue_id,
-            variant_id=0,
-            subject=(TEST_PREFIX + subject) if test else subject,
-            html=html,
-            text=text,
-            settings=self.settings,
-            links=self.links,
-            tokens=self.tokens,
-            signer=self.signer,
-            clock=self.clock,
-        )
+        return self._variant(SampleVariant, issue_id=issue_id, variant_id=0,
+                             subject=(TEST_PREFIX + subject) if test else subject,
+                             html=html, text=text)
+
+    def _variant(self, kind: type[CompiledVariant], **issue) -> CompiledVariant:
+        """A variant of `kind` with this process's settings, links, tokens, keys and clock."""
+        return kind(**issue, settings=self.settings, links=self.links, tokens=self.tokens,
+                    signer=self.signer, clock=self.clock)
 
     @staticmethod
     def sample_reader(address: str) -> Reader:
