@@ -344,3 +344,11 @@ def stop_mailer(proc: subprocess.Popen, log) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(20)
     log.close()
+
+
+def children(pid: int) -> list[int]:
+    """The processes below `pid` (children first, then theirs), read from /proc."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(p) for p in (task / "children").read_text().split()]
+    return out + [c for p in out for c in children(p)]

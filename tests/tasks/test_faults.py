@@ -11,7 +11,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -34,6 +33,7 @@ from tests.helpers.servers import (
     ROOT,
     RedisServer,
     WorkerProcess,
+    children,
     free_port,
     start_mailer,
     stop_mailer,
@@ -53,13 +53,6 @@ def start_send(steering, readers: int) -> tuple[int, list[str]]:
                 render=make_renderer(size=4000),
             )
     return issue_id, emails
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(p) for p in (task / "children").read_text().split()]
-    return out + [c for p in out for c in children(p)]
 
 
 def held_by(pids: list[int], issue_id: int) -> int:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.helpers.servers import ROOT, WorkerProcess, wait_until
+from tests.helpers.servers import ROOT, WorkerProcess, children, wait_until
 
 # Libraries only feed syncing, rendering or the report webhook need; a prefork worker's
 # parent would otherwise hand them to every sending process.
@@ -39,13 +39,6 @@ def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path
     assert {"httpx", "markdown_it"} <= set(out.stdout.split())
 
 
-def _children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        out += [int(p) for p in (task / "children").read_text().split()]
-    return out
-
-
 def test_pool_processes_die_with_their_worker(env, tmp_path):
     """The pool processes ask the kernel to be killed with their parent (set through ctypes
     rather than billiard's cffi, which costs each of them 6 MB): a worker SIGKILLed alone
@@ -54,7 +47,7 @@ def test_pool_processes_die_with_their_worker(env, tmp_path):
                            args=["--pool", "prefork", "--concurrency", "2", "--no-supervise"])
     worker.start()
     try:
-        pool = _children(worker.proc.pid)
+        pool = children(worker.proc.pid)
         assert len(pool) == 2, worker.log()
         os.kill(worker.proc.pid, signal.SIGKILL)  # the main process only, not its group
         worker.proc.wait(10)
