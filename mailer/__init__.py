@@ -65,7 +65,7 @@ def create_app(config: Settings | dict | None = None, *, web: bool = True) -> Fl
     if settings.embedded:
         from mailer.migrate import upgrade
 
-        upgrade(settings.database_url)
+        upgrade(settings.database_url, settings)
     elif not settings.postal_address:
         logging.getLogger("mailer").warning(
             "MAILER_POSTAL_ADDRESS is not set: many countries require it in newsletters"

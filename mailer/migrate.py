@@ -31,9 +31,23 @@ def head_revision(url: str) -> str:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
-def upgrade(url: str) -> bool:
-    """Bring the schema to the newest revision; returns True if anything was applied."""
+def first_newsletter(settings) -> dict:
+    """What 0013 names the one newsletter an older database's readers all read: the display
+    name of MAILER_FROM and the List-Id its mail already carried."""
+    return {
+        "name": settings.list_name,
+        "list_id": settings.list_id or f"newsletter.{settings.sender_domain}",
+    }
+
+
+def upgrade(url: str, settings=None) -> bool:
+    """Bring the schema to the newest revision; returns True if anything was applied.
+
+    `settings` (the process's settings) name the first newsletter of an older database."""
     if current_revision(url) == head_revision(url):
         return False
-    command.upgrade(alembic_config(url), "head")
+    cfg = alembic_config(url)
+    if settings is not None:
+        cfg.attributes["first_newsletter"] = first_newsletter(settings)
+    command.upgrade(cfg, "head")
     return True

@@ -121,7 +121,7 @@ def base_env(db_kind, tmp_path_factory, smtp, redis_server, pg_database, live_po
     from mailer.config import load_settings
     from mailer.migrate import upgrade
 
-    upgrade(load_settings(env).database_url)
+    upgrade(load_settings(env).database_url, load_settings(env))
     return env
 
 

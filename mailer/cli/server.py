@@ -201,5 +201,5 @@ def upgrade():
     from mailer.migrate import upgrade as do_upgrade
 
     settings = load_settings()
-    applied = do_upgrade(settings.database_url)
+    applied = do_upgrade(settings.database_url, settings)
     click.echo("migrated to the newest schema" if applied else "the schema is up to date")

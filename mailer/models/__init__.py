@@ -14,6 +14,7 @@ from mailer.models.issues import (
     IssueVariant,
     ItemSection,
 )
+from mailer.models.newsletters import Newsletter, Subscription, SubscriptionStatus
 from mailer.models.schedules import Schedule, ScheduleRun
 from mailer.models.subscribers import (
     ConsentRecord,
@@ -35,8 +36,8 @@ __all__ = [
     "Click", "ConsentRecord",
     "Delivery", "DeliveryStatus", "Feed", "Frequency", "HookCount", "HookDelivery", "HookEndpoint",
     "HookEvent", "HookStatus", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus",
-    "IssueVariant", "ItemSection", "LoginThrottle", "Role",
+    "IssueVariant", "ItemSection", "LoginThrottle", "Newsletter", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
-    "SubscriberStatus", "Suppression",
+    "SubscriberStatus", "Subscription", "SubscriptionStatus", "Suppression",
     "User", "VisitorSeen", "WebhookToken", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",
 ]

@@ -62,6 +62,14 @@ class Issue(Base):
     schedule_id: Mapped[int | None] = mapped_column(
         ForeignKey("schedules.id", ondelete="SET NULL")
     )
+    # Always set by the services. NULL is allowed by the column only because SQLite cannot add
+    # a NOT NULL foreign key to an existing table in place (0013 fills every old issue).
+    newsletter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True
+    )
+    # The newsletter's look (JSON) frozen when the send started: the archive keeps showing
+    # what readers got whatever the look becomes later. NULL until then.
+    look: Mapped[str | None] = mapped_column(Text)
     period_start: Mapped[datetime | None] = mapped_column(UTCDateTime)
     latest_n: Mapped[int] = mapped_column(Integer, default=10)
     popular_m: Mapped[int] = mapped_column(Integer, default=5)

@@ -17,6 +17,10 @@ class Schedule(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    # Always set by the services (nullable in SQL only for SQLite's in-place ADD COLUMN).
+    newsletter_id: Mapped[int | None] = mapped_column(
+        ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True
+    )
     cron: Mapped[str] = mapped_column(String(100))  # five fields, in `timezone`
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     audience_frequency: Mapped[Frequency] = mapped_column(
