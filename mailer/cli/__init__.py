@@ -63,6 +63,7 @@ COMMAND_MODULES = {
     "bench": ("bench",),
     "bounces": ("bounces",),
     "webhook": ("webhook",),
+    "newsletter": ("newsletter",),
 }
 
 

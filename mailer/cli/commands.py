@@ -7,6 +7,7 @@ from mailer.cli import (  # noqa: F401
     bounces,  # noqa: F401,E402 - bounces receive
     delivery,  # noqa: F401,E402 - digest send/status/pause/resume/cancel
     digest,
+    newsletter,  # noqa: F401,E402
     people,
     schedule,  # noqa: F401,E402
     server,
