@@ -8,11 +8,20 @@ in it, so each part is exempted here as it is attached, and nowhere else.
 
 from flask import Blueprint
 
-from mailer.web.api import articles, delivery, hooks, issues, openapi, schedules, signup
+from mailer.web.api import (
+    articles,
+    delivery,
+    hooks,
+    issues,
+    newsletters,
+    openapi,
+    schedules,
+    signup,
+)
 from mailer.web.extensions import csrf
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 for part in (signup.bp, articles.bp, issues.bp, delivery.bp, schedules.bp, hooks.bp,
-             openapi.bp):
+             newsletters.bp, openapi.bp):
     bp.register_blueprint(part)
     csrf.exempt(part)

@@ -15,6 +15,7 @@ from functools import cache
 from flask import Blueprint, jsonify
 
 from mailer.models import IssueStatus
+from mailer.services.newsletters import SLUG_MAX
 from mailer.web.api.openapi_schemas import ref, schemas
 from mailer.web.extensions import settings
 
@@ -45,7 +46,8 @@ ERRORS = {
     400: ("BadRequest", "Invalid input: `field` names the offending field. Nothing was written."),
     401: ("Unauthorized", "No bearer token, or one that is unknown or belongs to a disabled user."),
     403: ("Forbidden", "The token's user does not have the role this operation needs."),
-    404: ("NotFound", "There is no such issue, item, article, schedule, webhook or delivery."),
+    404: ("NotFound", "There is no such issue, item, article, schedule, webhook, delivery or "
+                      "newsletter."),
     409: ("Conflict", "The current state does not allow this (e.g. the issue is already sending)."),
     413: ("TooLarge", "The body is larger than MAILER_MAX_BODY_BYTES (articles: MAILER_FEED_MAX_BYTES)."),
     415: ("UnsupportedMediaType", "The body is neither JSON nor one of the forms this operation takes."),
@@ -87,6 +89,9 @@ SCHEDULE = _path_id("schedule_id", "schedule")
 WEBHOOK = _path_id("webhook_id", "webhook endpoint")
 HOOK_DELIVERY = _path_id("delivery_id", "webhook delivery")
 ITEM = _path_id("item_id", "issue item")
+NEWSLETTER = {"name": "slug", "in": "path", "required": True,
+              "description": "The newsletter's slug.",
+              "schema": {"type": "string", "minLength": 1, "maxLength": SLUG_MAX}}
 
 
 def _responses() -> dict:
@@ -344,21 +349,55 @@ def _webhooks() -> dict:
     }
 
 
+def _newsletters() -> dict:
+    one = ref("Newsletter")
+    return {
+        "/api/v1/newsletters": {
+            "get": _op("List newsletters with their readers", "newsletters", "listNewsletters",
+                       description="Every newsletter, archived ones too, oldest first. Editor "
+                                   "or ops role.",
+                       responses={"200": _answer("Every newsletter.", ref("NewsletterList")),
+                                  **_errors(401, 403)}),
+            "post": _op("Add a newsletter", "newsletters", "createNewsletter",
+                        description="Ops role. Fields left out take the site's defaults "
+                                    "(MAILER_FROM, MAILER_DIGEST_*, every section).",
+                        body=_json_body(ref("NewsletterCreate")),
+                        responses={"201": _answer("The newsletter.", one),
+                                   **_errors(400, 401, 403, 409, 413, 415)}),
+        },
+        "/api/v1/newsletters/{slug}": {
+            "parameters": [NEWSLETTER],
+            "get": _op("Show a newsletter and its readers", "newsletters", "showNewsletter",
+                       description="Editor or ops role.",
+                       responses={"200": _answer("The newsletter.", one),
+                                  **_errors(401, 403, 404)}),
+            "patch": _op("Change a newsletter", "newsletters", "updateNewsletter",
+                         description="Ops role. Fields left out stay as they are; `archived` "
+                                     "true archives it (no new issues, its archive stays), "
+                                     "false brings it back. The slug never changes.",
+                         body=_json_body(ref("NewsletterUpdate")),
+                         responses={"200": _answer("The newsletter.", one),
+                                    **_errors(400, 401, 403, 404, 409, 413, 415)}),
+        },
+    }
+
+
 @cache
 def _static_document() -> dict:
     paths = {**_subscribers_and_articles(), **_issues(), **_delivery(), **_schedules(),
-             **_webhooks()}
+             **_webhooks(), **_newsletters()}
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Newsletter mailer API",
             "version": "1",
             "description": "Signup and page views (public), articles, digest issues, "
-                           "sending, schedules and webhooks (bearer tokens from `mailer user token "
-                           "EMAIL`). Errors are JSON: `{\"error\", \"message\", \"field\"?}`.",
+                           "sending, schedules, webhooks and newsletters (bearer tokens from "
+                           "`mailer user token EMAIL`). Errors are JSON: "
+                           "`{\"error\", \"message\", \"field\"?}`.",
         },
         "tags": [{"name": n} for n in ("subscribers", "articles", "issues", "delivery",
-                                       "schedules", "webhooks")],
+                                       "schedules", "webhooks", "newsletters")],
         "security": [{"bearerAuth": []}],
         "paths": paths,
         "components": {
@@ -366,8 +405,8 @@ def _static_document() -> dict:
                 "type": "http", "scheme": "bearer",
                 "description": "A token from `mailer user token EMAIL`. Issues: editor to "
                                "change, editor or ops to read and control sending; schedules: "
-                               "ops; webhooks: ops; articles: any role; admin may do "
-                               "everything."}},
+                               "ops; webhooks: ops; newsletters: editor or ops to read, ops to "
+                               "change; articles: any role; admin may do everything."}},
             "schemas": schemas(),
             "responses": _responses(),
         },

@@ -10,6 +10,14 @@ from mailer.models import DeliveryStatus, Frequency, HookStatus, IssueStatus, It
 from mailer.services.articles import URL_MAX
 from mailer.services.hooks import EVENT_TYPES
 from mailer.services.issue_edits import INTRO_MAX, SUBJECT_MAX
+from mailer.services.newsletters import (
+    COUNT_KEYS,
+    DESCRIPTION_MAX,
+    LIST_ID_MAX,
+    SLUG_MAX,
+)
+from mailer.services.newsletters import LIMITS as NEWSLETTER_LIMITS
+from mailer.services.newsletters import NAME_MAX as NEWSLETTER_NAME_MAX
 from mailer.services.schedules import LIMITS, MAX_GRACE_HOURS
 from mailer.services.subscriptions import EMAIL_MAX, NAME_MAX
 from mailer.web.api.issues import MAX_TEST_RECIPIENTS
@@ -43,10 +51,111 @@ WHEN = nullable({"type": "string", "format": "date-time"})
 COUNT = {"type": "integer", "minimum": 0, "maximum": 100}
 
 
+def _newsletter_fields() -> dict:
+    """What a newsletter's create and update bodies take."""
+    def number(field: str, what: str) -> dict:
+        low, high = NEWSLETTER_LIMITS[field]
+        return nullable({"type": "integer", "minimum": low, "maximum": high,
+                         "description": what + " (null: the site's default)."})
+
+    return {
+        "name": {"type": "string", "minLength": 1, "maxLength": NEWSLETTER_NAME_MAX,
+                 "examples": ["Morning Briefing"]},
+        "description": nullable({"type": "string", "maxLength": DESCRIPTION_MAX}),
+        "from": nullable({"type": "string", "maxLength": 600,
+                          "description": "'Name <address>'; null or '' for MAILER_FROM.",
+                          "examples": ["Morning Desk <morning@daily.example>"]}),
+        "reply_to": nullable({"type": "string", "maxLength": 254,
+                              "description": "An address; null or '' for none."}),
+        "list_id": nullable({"type": "string", "maxLength": LIST_ID_MAX,
+                             "description": "The List-Id identifier, e.g. "
+                                            "morning.daily.example; null or '' for "
+                                            "SLUG.<sender domain>."}),
+        "public": {"type": "boolean", "description": "Offered on public forms and in the "
+                                                    "archive (false: hidden)."},
+        "signup_default": {"type": "boolean",
+                           "description": "A signup that names no newsletter gets it."},
+        "latest_n": number("latest_n", "How many of the latest articles"),
+        "popular_m": number("popular_m", "How many of the most popular articles"),
+        "min_items": number("min_items", "Fewer new articles than this skip the issue"),
+        "sections": nullable({**SECTIONS, "description": "Sections readers may choose in it "
+                                                         "(of MAILER_SECTIONS): a list or one "
+                                                         "comma-separated string; none means "
+                                                         "all."}),
+        "archived": {"type": "boolean",
+                     "description": "Archived: no new issues; its archive stays."},
+    }
+
+
+def _newsletter_schemas() -> dict:
+    fields = _newsletter_fields()
+    slug = {"type": "string", "minLength": 1, "maxLength": SLUG_MAX,
+            "pattern": r"^[a-z0-9]+(-[a-z0-9]+)*$", "examples": ["morning-briefing"],
+            "description": "Lowercase letters, digits and hyphens; it never changes."}
+    return {
+        "NewsletterCreate": {
+            "type": "object",
+            "required": ["slug", "name"],
+            "additionalProperties": False,
+            "properties": {"slug": slug, **fields},
+        },
+        "NewsletterUpdate": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": fields,
+        },
+        "Newsletter": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["id", "slug", "name", "description", "from", "reply_to", "list_id",
+                         "public", "signup_default", "archived", "archived_at", "latest_n",
+                         "popular_m", "min_items", "sections", "readers", "created_at",
+                         "updated_at"],
+            "properties": {
+                "id": {"type": "integer"},
+                "slug": {"type": "string"},
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "from": nullable({"type": "string", "description": "null: MAILER_FROM."}),
+                "reply_to": nullable({"type": "string"}),
+                "list_id": nullable({"type": "string",
+                                     "description": "null: SLUG.<sender domain>."}),
+                "public": {"type": "boolean"},
+                "signup_default": {"type": "boolean"},
+                "archived": {"type": "boolean"},
+                "archived_at": WHEN,
+                "latest_n": {"type": "integer"},
+                "popular_m": {"type": "integer"},
+                "min_items": {"type": "integer"},
+                "sections": {"type": "array", "items": {"type": "string"},
+                             "description": "[]: every section of MAILER_SECTIONS."},
+                "readers": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": list(COUNT_KEYS),
+                    "description": "Subscriptions: active (get the next issue), pending (not "
+                                   "confirmed), unsubscribed, suppressed (subscribed, but the "
+                                   "reader bounced or complained).",
+                    "properties": {k: {"type": "integer", "minimum": 0} for k in COUNT_KEYS},
+                },
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"},
+            },
+        },
+        "NewsletterList": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["newsletters"],
+            "properties": {"newsletters": {"type": "array", "items": ref("Newsletter")}},
+        },
+    }
+
+
 def schemas() -> dict:
     """components.schemas of the document."""
     low, high = LIMITS["latest_n"]
     return {
+        **_newsletter_schemas(),
         "Error": {
             "type": "object",
             "required": ["error", "message"],

@@ -15,7 +15,7 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Frequency, Role, Schedule, Subscriber, SubscriberStatus
-from mailer.services import digests, hook_endpoints, users
+from mailer.services import digests, hook_endpoints, newsletters, users
 from mailer.web.api import openapi
 from tests.helpers.digests import add_article
 
@@ -78,7 +78,8 @@ def test_the_document_is_valid_openapi_3_1(client):
 
 def _seed(app) -> tuple[str, dict]:
     """What generated requests can find (articles, a draft issue with items, a reader, a
-    schedule) and an admin's token as `mailer user token` makes it; the token and the ids."""
+    schedule, a webhook endpoint, a newsletter) and an admin's token as `mailer user token`
+    makes it; the token and the ids."""
     from mailer.runtime import runtime
 
     now = utcnow()
@@ -98,9 +99,10 @@ def _seed(app) -> tuple[str, dict]:
         endpoint = hook_endpoints.create(db.session, url="http://127.0.0.1:9/hooks", events="*",
                                          allow_http=True, allow_private=True)
         delivery_id = hook_endpoints.send_test(db.session, endpoint.id)
+        newsletter = newsletters.create(db.session, {"slug": "morning", "name": "Morning"})
         db.session.commit()
         ids = {"issue_id": issue.id, "item_id": issue.items[0].id, "schedule_id": schedule.id,
-               "webhook_id": endpoint.id, "delivery_id": delivery_id}
+               "webhook_id": endpoint.id, "delivery_id": delivery_id, "slug": newsletter.slug}
     return token, ids
 
 
