@@ -10,7 +10,7 @@ if TYPE_CHECKING:
 
     from mailer.config import Settings
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "open_database"]
 
 
 def create_app(config: Settings | dict | None = None, *, web: bool = True) -> Flask:
@@ -39,7 +39,6 @@ def create_app(config: Settings | dict | None = None, *, web: bool = True) -> Fl
         static_folder=str(PACKAGE_DIR / "static"),
         instance_path=str(settings.instance_path),
     )
-    settings.instance_path.mkdir(parents=True, exist_ok=True)
     app.config.update(
         SECRET_KEY=settings.secret_key,
         MAX_CONTENT_LENGTH=20 * 1024 * 1024,  # the admin's CSV import; public routes use less
@@ -61,15 +60,8 @@ def create_app(config: Settings | dict | None = None, *, web: bool = True) -> Fl
 
     from mailer.db import db
 
+    open_database(settings)
     db.init_app(app)
-    if settings.embedded:
-        from mailer.migrate import upgrade
-
-        upgrade(settings.database_url, settings)
-    elif not settings.postal_address:
-        logging.getLogger("mailer").warning(
-            "MAILER_POSTAL_ADDRESS is not set: many countries require it in newsletters"
-        )
 
     from mailer.runtime import Runtime
 
@@ -84,3 +76,25 @@ def create_app(config: Settings | dict | None = None, *, web: bool = True) -> Fl
 
         init_web(app)
     return app
+
+
+def open_database(settings: Settings) -> None:
+    """What every process does before it uses the database, with or without the app: the
+    instance folder (the embedded database lives there), the engine, and in the embedded
+    mode the schema brought up to date (production runs `mailer db upgrade` when it deploys).
+
+    `mailer bounces receive` calls it alone: an MTA starts one process per bounce, and the
+    app (Flask, Celery, every module of the pages) would be a third of what each one costs.
+    """
+    from mailer.db import db
+
+    settings.instance_path.mkdir(parents=True, exist_ok=True)
+    db.configure(settings.database_url)
+    if settings.embedded:
+        from mailer.migrate import upgrade
+
+        upgrade(settings.database_url, settings)
+    elif not settings.postal_address:
+        logging.getLogger("mailer").warning(
+            "MAILER_POSTAL_ADDRESS is not set: many countries require it in newsletters"
+        )

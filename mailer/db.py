@@ -130,7 +130,8 @@ class Database:
             self.session.remove()
 
     def configure(self, url: str) -> None:
-        if self.engine is not None and str(self.engine.url) == url:
+        # The whole URL: str() hides the password, and would make every call a new engine.
+        if self.engine is not None and self.engine.url.render_as_string(False) == url:
             return
         if self.engine is not None:
             self.engine.dispose()

@@ -12,6 +12,7 @@ class Context:
 
     def __init__(self):
         self._app = None
+        self._settings = None  # without the app: see database()
         self.web = True  # False: the app without its pages and API (worker, beat)
 
     @property
@@ -24,7 +25,39 @@ class Context:
 
     @property
     def settings(self):
+        if self._app is None and self._settings is not None:
+            return self._settings
         return self.app.extensions["mailer.settings"]
+
+    def database(self):
+        """The settings and the database alone, without the app: no Flask, no Celery, no
+        module of the pages or the tasks. For a command started once per event (an MTA's
+        pipe runs `mailer bounces receive` once per bounce), where building the app would be
+        most of the cost. Work a service leaves for the workers still reaches them: the
+        first task handed over after a commit builds the app (and Celery) then."""
+        if self._app is not None:
+            return self.settings
+        if self._settings is None:
+            import os
+
+            from mailer import open_database
+            from mailer.config import load_settings
+            from mailer.services import after_commit
+
+            settings = load_settings(dict(os.environ))
+            open_database(settings)
+            after_commit.install(self._hand_over_with_app)
+            self._settings = settings
+        return self._settings
+
+    def _hand_over_with_app(self, intent) -> bool:
+        # Building the app installs the tasks' own hand-over, which takes this one's place
+        # for the rest of the process.
+        self.web = False
+        with self.app.app_context():
+            from mailer.tasks.base import hand_over
+
+            return hand_over(intent)
 
     @property
     def runtime(self):

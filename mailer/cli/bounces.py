@@ -53,9 +53,9 @@ def _tempfail(e: Exception):
 @pass_ctx
 def receive(ctx: Context, recipient: str | None):
     """Read one report (a DSN, a feedback report, a bounce) on stdin and record it."""
-    ctx.web = False  # nothing of the pages or the API: this runs once per received message
+    # Neither the app nor Celery: an MTA starts this once per received message.
     try:
-        settings = ctx.settings
+        settings = ctx.database()
     except Exception as e:  # a broken configuration: the MTA keeps the message meanwhile
         _tempfail(e)
     from mailer.bounces import Source
@@ -79,7 +79,7 @@ def record_reports(ctx: Context, reports) -> list[str]:
     from mailer.services import bounces as service
 
     try:
-        with ctx.app.app_context(), db.transaction() as s:
+        with db.transaction() as s:
             outcomes = [service.record(s, ctx.settings, r) for r in reports]
     except Exception as e:  # never a traceback to the MTA; the message is kept and retried
         _tempfail(e)
