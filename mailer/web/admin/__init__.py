@@ -5,6 +5,7 @@ from mailer.web.admin import (
     feeds,
     hooks,
     issues,
+    newsletters,
     schedules,
     sending,
     settings,
@@ -15,5 +16,5 @@ from mailer.web.admin import (
 # console first: its blueprint owns /admin itself (login, dashboard, outbox).
 BLUEPRINTS = (
     console.bp, schedules.bp, issues.bp, sending.bp, subscribers.bp, users.bp, settings.bp,
-    feeds.bp, hooks.bp,
+    feeds.bp, hooks.bp, newsletters.bp,
 )

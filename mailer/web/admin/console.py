@@ -9,7 +9,7 @@ from mailer.errors import Conflict, ValidationError
 from mailer.mail.outbox import list_outbox, read_outbox
 from mailer.models import Role
 from mailer.runtime import runtime
-from mailer.services import reports, users
+from mailer.services import newsletters, reports, users
 from mailer.services import subscriptions as subs
 from mailer.tasks.queues import broker_backlog
 from mailer.web import auth
@@ -23,6 +23,7 @@ PAGE_SIZE = 50
 # The console's menu: (endpoint, label, roles allowed). Pages add themselves here.
 NAV: list[tuple[str, str, tuple[Role, ...]]] = [
     ("admin.index", "Dashboard", ()),
+    ("admin_newsletters.index", "Newsletters", (Role.EDITOR, Role.OPS)),
     ("admin_issues.index", "Issues", (Role.EDITOR, Role.OPS)),
     ("admin_feeds.index", "Feeds", (Role.EDITOR, Role.OPS)),
     ("admin_subscribers.index", "Subscribers", (Role.OPS,)),
@@ -152,6 +153,7 @@ def index():
         "admin/index.html",
         chart=chart,
         counts=subs.counts_by_status(db.session),
+        per_newsletter=newsletters.with_counts(db.session),
         embedded=settings.smtp is None,
         history=history,
         recent=recent,
