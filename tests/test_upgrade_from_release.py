@@ -1,9 +1,11 @@
-"""A database made by the previous release's own code upgrades with every row and link intact.
+"""A database made by a previous release's own code upgrades with every row and link intact.
 
-The release (v0.1.0) is taken from this repository's history, run from a scratch folder
-with its own worker process (tests/helpers/release_seed.py), and then the current code
-upgrades the database: `mailer db upgrade` in production, by itself on start in the embedded
-mode.
+Each release (v0.1.0, and the last one before newsletters) is taken from this repository's
+history, run from a scratch folder with its own worker process
+(tests/helpers/release_seed.py), and then the current code upgrades the database: `mailer db
+upgrade` in production, by itself on start in the embedded mode. The upgraded database has
+one newsletter, named after MAILER_FROM's display name, that every reader, issue and
+schedule belongs to.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import subprocess
 import sys
 import tarfile
+from email.utils import parseaddr
 from html.parser import HTMLParser
 
 import pytest
@@ -24,21 +27,26 @@ from mailer.config import load_settings
 from mailer.migrate import head_revision
 from tests.helpers.servers import ROOT, PgDatabase
 
-# The release before this one: tag v0.1.0. The commit is named too, so that a checkout
-# without tags still finds it.
-RELEASE = "ae1ce1439b5cda3e646dc2aa6028482e475e49f7"
+# The releases whose databases must upgrade, by commit (so that a checkout without tags
+# still finds them): v0.1.0, the first; and the last commit before newsletters, whose
+# database has one list that becomes the first newsletter.
+RELEASES = {
+    "v0.1.0": "ae1ce1439b5cda3e646dc2aa6028482e475e49f7",
+    "before-newsletters": "83ef013baf6637543324c35a3ce0365db62d9bef",
+}
 
 
-@pytest.fixture(scope="session")
-def release_tree(tmp_path_factory):
-    """The previous release's source tree, from git history."""
+@pytest.fixture(scope="session", params=list(RELEASES))
+def release_tree(request, tmp_path_factory):
+    """A previous release's source tree, from git history."""
+    release = RELEASES[request.param]
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", RELEASE],
+        ["git", "-C", str(ROOT), "archive", "--format=tar", release],
         capture_output=True,
     )
     if archive.returncode != 0:
         raise RuntimeError(
-            f"release {RELEASE[:12]} is not in this checkout's history (a shallow clone?): "
+            f"release {release[:12]} is not in this checkout's history (a shallow clone?): "
             + archive.stderr.decode(errors="replace")
         )
     folder = tmp_path_factory.mktemp("release")
@@ -108,7 +116,7 @@ def _csrf(page) -> str:
 
 @pytest.mark.slow
 def test_a_release_database_upgrades_with_its_data_and_links(
-    env, db_kind, release_tree, old_database, tmp_path
+    env, db_kind, release_tree, old_database, tmp_path, request
 ):
     instance = tmp_path / "instance"
     old_env = {
@@ -131,6 +139,10 @@ def test_a_release_database_upgrades_with_its_data_and_links(
     assert before["readers"]["gone@example.com"] == "bounced"
     assert before["readers"]["leaver@example.com"] == "unsubscribed"
     assert before["issues"][str(before["sent"])] == "finished"
+    # Complaints came after v0.1.0: the later release's database has a complained reader.
+    assert before["complaints"] == (request.node.callspec.params["release_tree"] != "v0.1.0")
+    if before["complaints"]:
+        assert before["readers"]["reader2@example.com"] == "complained"
 
     new_env = {**old_env, "PYTHONPATH": str(ROOT)}
     if db_kind == "postgres":
@@ -156,10 +168,43 @@ def test_a_release_database_upgrades_with_its_data_and_links(
             issues = {
                 str(k): v for k, v in conn.execute(text("SELECT id, status FROM issues")).all()
             }
+            first = conn.execute(text("SELECT id, name, list_id FROM newsletters")).all()
+            # One newsletter, named after MAILER_FROM's display name, with the List-Id the
+            # mail already carried; every issue, schedule and reader belongs to it.
+            assert [(name, list_id) for _id, name, list_id in first] == [
+                (parseaddr(env["MAILER_FROM"])[0], "newsletter.daily.example")]
+            nid = first[0][0]
+            for owned in ("issues", "schedules"):
+                assert conn.scalar(text(
+                    f"SELECT count(*) FROM {owned} WHERE newsletter_id IS NULL "
+                    "OR newsletter_id <> :n"), {"n": nid}) == 0, owned
+            subscriptions = dict(conn.execute(text(
+                "SELECT s.email, sub.status FROM subscriptions sub"
+                " JOIN subscribers s ON s.id = sub.subscriber_id WHERE sub.newsletter_id = :n"
+            ), {"n": nid}).all())
         assert readers == before["readers"]
         assert issues == before["issues"]
+        # Each reader's standing moved to their subscription; bounced and complained stay
+        # so as persons, with the subscription they had.
+        assert subscriptions == {
+            email: {"unsubscribed": "unsubscribed", "pending": "pending"}.get(status, "active")
+            for email, status in before["readers"].items()}
     finally:
         engine.dispose()
+
+    # The upgraded database's newsletter as the operator sees it.
+    listed = subprocess.run(
+        [sys.executable, "-m", "mailer.cli", "newsletter", "list", "--json"],
+        env=new_env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    (newsletter,) = json.loads(listed.stdout)["newsletters"]
+    people = list(before["readers"].values())
+    assert newsletter["readers"] == {
+        "active": people.count("active"), "pending": people.count("pending"),
+        "unsubscribed": people.count("unsubscribed"),
+        "suppressed": people.count("bounced") + people.count("complained")}
+    assert newsletter["public"] and newsletter["signup_default"]
 
     client = upgraded_app.test_client()
     links = before["links"]

@@ -6,13 +6,16 @@ release's public surfaces are used: its CLI, its HTTP routes (through its own Fl
 client), its services where a person would click, and a real `mailer worker` process of
 the release sending to an SMTP server started here. Writes what the upgraded code must
 still honour: row counts, the archive page of a sent issue and links from mail already
-sent (unsubscribe, preferences, a tracked click, a confirmation).
+sent (unsubscribe, preferences, a tracked click, a confirmation). Where the release knows
+complaints (after v0.1.0), a reader complains through the bounce pipe.
 
-This file must keep working against v0.1.0's code, not against the current code.
+This file must keep working against every release the test names (v0.1.0's code and the
+last one before newsletters), not against the current code.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -50,6 +53,18 @@ class Sink:
             for rcpt in envelope.rcpt_tos:
                 self.messages.append((rcpt, bytes(envelope.content)))
         return "250 Message accepted"
+
+    def raw_to(self, rcpt: str, subject_has: str) -> bytes:
+        import email
+        import email.policy
+
+        with self.lock:
+            found = list(self.messages)
+        for to, data in found:
+            msg = email.message_from_bytes(data, policy=email.policy.default)
+            if to == rcpt and subject_has in str(msg["Subject"]):
+                return data
+        raise AssertionError(f"no message to {rcpt} about {subject_has!r}")
 
     def text_to(self, rcpt: str, subject_has: str) -> str:
         import email
@@ -195,6 +210,14 @@ def seed(app, rt, db, mailer, sink, deliveries, subscriptions) -> dict:
     with app.app_context():
         wait(lambda: _status(db, deliveries, sent) == "finished", "the issue to finish")
 
+    # Someone reports the digest as spam through their mailbox's feedback loop, where the
+    # release reads complaints (`mailer bounces receive`, the MTA's pipe).
+    complaints = importlib.util.find_spec("mailer.cli.bounces") is not None
+    if complaints:
+        mailer("bounces", "receive",
+               input=feedback_report(sink.raw_to("reader2@example.com", "Morning"),
+                                     "reader2@example.com"))
+
     # Someone leaves by the one-click link of the mail they got; someone erases their data.
     digest_text = sink.text_to("reader1@example.com", "Morning")
     unsubscribe = re.search(r"https?://\S+/unsubscribe/\S+", sink.text_to(
@@ -229,6 +252,7 @@ def seed(app, rt, db, mailer, sink, deliveries, subscriptions) -> dict:
         assert conn.scalar(select(func.count()).select_from(Subscriber.__table__).where(
             Subscriber.status == "bounced")) == 1
     return {
+        "complaints": complaints,
         "revision": revision,
         "counts": counts,
         "readers": readers,
@@ -244,6 +268,26 @@ def seed(app, rt, db, mailer, sink, deliveries, subscriptions) -> dict:
         },
         "articles": [a["url"] for a in articles],
     }
+
+
+def feedback_report(original: bytes, recipient: str) -> bytes:
+    """A mailbox provider's complaint about `original` (RFC 5965), as its feedback loop sends
+    it to the bounce address."""
+    boundary = "arf-boundary-1"
+    return (
+        "From: Feedback Loop <feedback@mailbox.example>\n"
+        "To: news@daily.example\nSubject: FW: Complaint\nMIME-Version: 1.0\n"
+        "Message-ID: <complaint-1@mailbox.example>\n"
+        f'Content-Type: multipart/report; report-type=feedback-report; boundary="{boundary}"'
+        "\n\n"
+        f"--{boundary}\nContent-Type: text/plain\n\nThis is an email abuse report.\n\n"
+        f"--{boundary}\nContent-Type: message/feedback-report\n\n"
+        "Feedback-Type: abuse\nUser-Agent: Mailbox-Feedback/1.0\nVersion: 1\n"
+        f"Original-Rcpt-To: {recipient}\n"
+        f"\n--{boundary}\nContent-Type: message/rfc822\n\n"
+        + original.replace(b"\r\n", b"\n").decode()
+        + f"\n--{boundary}--\n"
+    ).encode()
 
 
 def _try(fn, *args):
