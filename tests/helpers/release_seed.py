@@ -5,7 +5,7 @@ release's source tree first on PYTHONPATH and MAILER_* naming an empty database.
 release's public surfaces are used: its CLI, its HTTP routes (through its own Flask test
 client), its services where a person would click, and a real `mailer worker` process of
 the release sending to an SMTP server started here. Writes what the upgraded code must
-still honour: row counts, the archive page of a sent issue and links from mail already
+still honour: row counts, the archive page of every sent issue and links from mail already
 sent (unsubscribe, preferences, a tracked click, a confirmation). Where the release knows
 complaints (after v0.1.0), a reader complains through the bounce pipe.
 
@@ -260,6 +260,9 @@ def seed(app, rt, db, mailer, sink, deliveries, subscriptions) -> dict:
         "draft": draft,
         "sent": sent,
         "archive_html": archive.get_data(as_text=True),
+        # Every finished issue's archive page (the scheduled one too, when it was not skipped).
+        "archives": {str(i): client.get(f"/archive/{i}").get_data(as_text=True)
+                     for i, status in issues.items() if status == "finished"},
         "links": {
             "unsubscribe": re.search(r"https?://\S+/unsubscribe/\S+", digest_text).group(0),
             "preferences": re.search(r"https?://\S+/preferences/\S+", digest_text).group(0),
