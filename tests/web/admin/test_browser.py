@@ -25,7 +25,7 @@ from mailer.models import (
     Role,
     SubscriberImport,
 )
-from mailer.services import after_commit, deliveries, digests
+from mailer.services import after_commit, deliveries, digests, newsletters
 from tests.helpers.app import ARTIFACTS
 from tests.helpers.console import (  # noqa: F401 - a fixture, used by its name
     PASSWORD,
@@ -297,6 +297,10 @@ def test_every_main_page_at_desktop_and_phone_widths(app, live_server, browser):
     ids = seed_console(app.extensions["mailer"])
     add_user(Role.ADMIN, "chief@daily.example")
     import_id = db.session.scalar(select(SubscriberImport.id))
+    for slug, name in (("morning-briefing", "The Morning Briefing"), ("sport", "Sport")):
+        newsletters.create(db.session, {"slug": slug, "name": name,
+                                        "description": "Five stories before breakfast."})
+    db.session.commit()
     pages = {
         "dashboard": "/admin/",
         "issues": "/admin/issues",
@@ -315,6 +319,8 @@ def test_every_main_page_at_desktop_and_phone_widths(app, live_server, browser):
         "settings": "/admin/settings",
         "schedules": "/admin/schedules",
         "feeds": "/admin/feeds",
+        "newsletters": "/admin/newsletters",
+        "newsletter": "/admin/newsletters/morning-briefing",
         "subscribe": "/subscribe",
         "archive": "/archive",
         "archive-issue": f"/archive/{ids['sent']}",
