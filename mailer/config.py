@@ -540,6 +540,8 @@ VARIABLES: tuple[Variable, ...] = (
              "M, most popular articles per issue", group=DIGESTS),
     Variable("MAILER_DIGEST_MIN_ITEMS", "digest_min_items", 1, number(int),
              "K, skip an issue with fewer new articles", group=DIGESTS),
+    Variable("MAILER_LOGO_MAX_BYTES", "logo_max_bytes", 1024 * 1024, number(int),
+             "largest newsletter logo an editor may upload (PNG, JPEG or GIF)", group=DIGESTS),
     Variable("MAILER_SCHEDULE_GRACE_HOURS", "schedule_grace_hours", 6.0, number(float),
              "a scheduled period less late than this is made up once; a later one is missed",
              group=SCHEDULES),

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from mailer.config import Settings
+from mailer.mail.look import Look
 from mailer.mail.templates import render_pair
 
 if TYPE_CHECKING:
@@ -37,48 +38,58 @@ class Notices:
             "base_url": s.base_url,
         }
 
-    def _build(self, template: str, to: str, subject: str, headers=None, **context) -> Outgoing:
-        text, html = render_pair(template, **self._common(), **context)
+    def _build(self, template: str, to: str, subject: str, headers=None, look=None,
+               **context) -> Outgoing:
+        # The look of the newsletter the message is about (the caller's choice); without
+        # one, a plain look named after the list.
+        look = look or Look(title=self.settings.list_name)
+        text, html = render_pair(template, **self._common(), look=look, **context)
         return self.composer.message(to=to, subject=subject, text=text, html=html, headers=headers)
 
-    def confirmation(self, email: str, uid: str, requested: datetime) -> Outgoing:
+    def confirmation(
+        self, email: str, uid: str, requested: datetime, look: Look | None = None
+    ) -> Outgoing:
         hours = self.settings.confirm_ttl_hours
         return self._build(
             "confirm",
             email,
             f"Please confirm your subscription to {self.settings.list_name}",
+            look=look,
             confirm_url=self.links.confirm(uid, requested),
             valid_days=max(1, hours // 24),
         )
 
-    def already_subscribed(self, email: str, uid: str) -> Outgoing:
+    def already_subscribed(self, email: str, uid: str, look: Look | None = None) -> Outgoing:
         """The answer to a signup for an address that is already active (the page said the
         same as for anyone, so the mail is where the owner learns it)."""
         return self._build(
             "already_subscribed",
             email,
             f"You are already subscribed to {self.settings.list_name}",
+            look=look,
             headers=self._list_headers(uid),
             unsubscribe_url=self.links.unsubscribe(uid),
             preferences_url=self.links.preferences(uid),
         )
 
-    def welcome(self, email: str, uid: str) -> Outgoing:
+    def welcome(self, email: str, uid: str, look: Look | None = None) -> Outgoing:
         return self._build(
             "welcome",
             email,
             f"Welcome to {self.settings.list_name}",
+            look=look,
             headers=self._list_headers(uid),
             unsubscribe_url=self.links.unsubscribe(uid),
             preferences_url=self.links.preferences(uid),
             archive_url=self.links.archive(),
         )
 
-    def email_change(self, new_email: str, uid: str) -> Outgoing:
+    def email_change(self, new_email: str, uid: str, look: Look | None = None) -> Outgoing:
         return self._build(
             "change_email",
             new_email,
             f"Confirm your new address for {self.settings.list_name}",
+            look=look,
             confirm_url=self.links.change_email(uid, new_email),
         )
 

@@ -77,7 +77,7 @@ from mailer.models import (
     sections_key,
     sections_list,
 )
-from mailer.services import after_commit, bounces, workers
+from mailer.services import after_commit, bounces, looks, workers
 from mailer.services import issue_states as states
 from mailer.services.render import render_variant
 
@@ -158,6 +158,9 @@ def start_send(
         session, issue_id, states.START, started_at=now, finished_at=None, status_reason=None
     )
     issue = _issue(session, issue_id)
+    # The look its readers get, kept: changing the newsletter's look later never changes
+    # this issue in the archive or in a re-render.
+    looks.freeze(session, issue, settings)
 
     # The distinct section sets of the audience (a handful), with their sizes.
     by_sections = {

@@ -302,6 +302,18 @@ def render_variant(
     if not variant.items:
         return None
     fields_ = render_editor_fields(issue, variant, settings, ph.NAME)
+    return _render_digest(issue, variant, fields_, settings, _issue_look(session, issue, settings))
+
+
+def _issue_look(session: Session, issue: Issue, settings: Settings):
+    from mailer.services import looks  # looks renders its footer with this module
+
+    return looks.of_issue(session, issue, settings)
+
+
+def _render_digest(
+    issue: Issue, variant: Variant, fields_: Rendered, settings: Settings, look
+) -> tuple[str, str, str]:
     sender = settings.from_address
     context = {
         "subject": fields_.subject,
@@ -322,6 +334,7 @@ def render_variant(
         "sender_name": sender.display_name or settings.list_name,
         "sender_address": sender.addr_spec,
         "postal_address": settings.postal_address,
+        "look": look,
     }
     env = email_env()
     html = _inliner().inline(env.get_template("digest.html").render(context))
@@ -363,10 +376,12 @@ def render_preview(
 
 
 def public_view(session: Session, issue: Issue, settings: Settings) -> dict:
-    """The issue for the public archive: every item, plain links, no reader in sight."""
+    """The issue for the public archive: every item, plain links, no reader in sight, in the
+    look its readers got (frozen when its send started)."""
     variant = build_variant(session, issue, "", settings, lambda item: item.url)
     fields_ = render_editor_fields(issue, variant, settings, SAMPLE_NAME)
     return {
+        "look": _issue_look(session, issue, settings),
         "id": issue.id,
         "subject": fields_.subject,
         "preheader": fields_.preheader,
@@ -376,3 +391,51 @@ def public_view(session: Session, issue: Issue, settings: Settings) -> dict:
         "sections": _sections(variant),
         "item_count": len(variant.items),
     }
+
+
+# --- a sample issue, for the look editor's preview ----------------------------------------
+
+_SAMPLE_ITEMS = (
+    ("The council approves the new riverside park after a two-year debate",
+     "The plan keeps the old boathouse, adds a cycle path along the water and opens in "
+     "spring. Residents asked for more trees; the final design doubles them.", "Ana Ruiz"),
+    ("What the new timetable means for your morning commute",
+     "Earlier trains on the main line, fewer buses at night: the changes, line by line.",
+     "Tom Baker"),
+    ("Five places to eat outside this weekend",
+     "From the market's new food hall to a bakery that opens at six.", ""),
+)
+
+
+def render_look_sample(settings: Settings, look, list_name: str) -> str:
+    """A made-up issue in `look` (HTML, CSS inlined), for the look editor's live preview:
+    what a digest of this newsletter will look like, with no issue needed."""
+    from mailer.clock import utcnow
+
+    now = utcnow()
+    issue = Issue(id=None, subject="", preheader="", intro="", greeting=False,
+                  created_at=now, window_end=now)
+    variant = Variant(issue)
+    base = settings.base_url
+    for n, (title, summary, byline) in enumerate(_SAMPLE_ITEMS, start=1):
+        view = ItemView(id=n, section=ItemSection.LATEST, title=title, summary=summary,
+                        url=f"{base}/", link=f"{base}/", host=_host(base) or "example.com",
+                        byline=byline, image=None, published_at=now)
+        (variant.latest if n < 3 else variant.popular).append(
+            view if n < 3 else ItemView(**{**view.__dict__, "section": ItemSection.POPULAR})
+        )
+    intro = Markup(
+        "<p>Good morning. This is how your readers will see the newsletter: the masthead, "
+        '<a href="' + str(escape(base)) + '/">links</a>, section titles and the footer take '
+        "the look you choose.</p>"
+    )
+    fields_ = Rendered(subject=list_name, preheader="", intro_html=intro,
+                       intro_text="")
+    _, html, _ = _render_digest(issue, variant, fields_, settings, look)
+    archive = archive_url(settings)
+    for marker, sample in (
+        (ph.NAME, SAMPLE_NAME), (ph.EMAIL, SAMPLE_EMAIL), (ph.UNSUBSCRIBE_URL, archive),
+        (ph.PREFERENCES_URL, archive), (ph.OPEN_PIXEL_URL, BLANK_GIF),
+    ):
+        html = html.replace(marker, str(escape(sample)))
+    return html

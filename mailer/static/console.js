@@ -54,6 +54,47 @@
     if (!root.hasAttribute("data-final")) { tick(); }
   }
 
+  /* --- the look editor: live preview at desktop and phone width ------------------------- */
+
+  function lookPreview(form) {
+    var frames = document.querySelectorAll(".look-previews iframe");
+    var fields = ["masthead_title", "accent_color", "header_font", "footer_md", "logo_url"];
+    var timer = null;
+    var last = "";
+    function refresh() {
+      var query = new URLSearchParams();
+      fields.forEach(function (name) {
+        var el = form.elements[name];
+        if (el) { query.set(name, el.value); }
+      });
+      var remove = form.elements.remove_logo;
+      if (remove && remove.checked) { query.set("remove_logo", "1"); }
+      var url = form.dataset.preview + "?" + query.toString();
+      if (url === last) { return; }
+      last = url;
+      frames.forEach(function (frame) { frame.src = url; });
+    }
+    function soon() {
+      clearTimeout(timer);
+      timer = setTimeout(refresh, 300);
+    }
+    var picker = form.querySelector("input[type=color][data-sync]");
+    var accent = picker ? form.elements[picker.dataset.sync] : null;
+    if (picker && accent) {
+      picker.addEventListener("input", function () { accent.value = picker.value; soon(); });
+      accent.addEventListener("input", function () {
+        if (/^#[0-9a-fA-F]{6}$/.test(accent.value)) { picker.value = accent.value.toLowerCase(); }
+      });
+    }
+    form.addEventListener("input", soon);
+    form.addEventListener("change", soon);
+    // With the script, the preview button updates both frames in place.
+    var button = document.getElementById("look-refresh");
+    if (button) {
+      button.addEventListener("click", function (event) { event.preventDefault(); refresh(); });
+    }
+  }
+
   /* --- composer: drag-and-drop between and within the two sections ---------------------- */
 
   var dragged = null;
@@ -156,6 +197,8 @@
         if (button) { setTimeout(function () { button.disabled = true; }, 0); }
       });
     });
+    // The look editor: both previews follow the fields as the editor types.
+    document.querySelectorAll("form[data-preview]").forEach(lookPreview);
     // The send-at form suggests the browser's own time zone.
     document.querySelectorAll("input[data-local-zone]").forEach(function (input) {
       try {

@@ -14,7 +14,7 @@ from mailer.db import db
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
 from mailer.models import Subscriber, SubscriberStatus
 from mailer.runtime import runtime
-from mailer.services import subscriptions
+from mailer.services import looks, subscriptions
 from mailer.tasks.base import RETRY, enqueue, register_tick_step
 
 log = logging.getLogger(__name__)
@@ -56,12 +56,13 @@ def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
         previous, requested_at = sub.confirm_sent_at, sub.confirm_requested_at
         claimed = subscriptions.claim_confirmation(s, subscriber_id, requested_at)
         email, uid, active = sub.email, sub.uid, sub.status == SubscriberStatus.ACTIVE
+        look = looks.site_look(s, rt.settings)
     if not claimed:
         return "already sent"
     if active:
-        out = rt.notices.already_subscribed(email, uid)
+        out = rt.notices.already_subscribed(email, uid, look)
     else:
-        out = rt.notices.confirmation(email, uid, requested_at)
+        out = rt.notices.confirmation(email, uid, requested_at, look)
     try:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except TemporaryFailure:
@@ -81,7 +82,7 @@ def send_welcome(subscriber_id: int) -> str:
         sub = s.get(Subscriber, subscriber_id)
         if sub is None or sub.status != SubscriberStatus.ACTIVE:
             return "not active"
-        out = rt.notices.welcome(sub.email, sub.uid)
+        out = rt.notices.welcome(sub.email, sub.uid, looks.site_look(s, rt.settings))
     try:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except PermanentFailure as e:
@@ -97,7 +98,7 @@ def send_email_change(subscriber_id: int, new_email: str) -> str:
         sub = s.get(Subscriber, subscriber_id)
         if sub is None or sub.pending_email != new_email:
             return "withdrawn"
-        out = rt.notices.email_change(new_email, sub.uid)
+        out = rt.notices.email_change(new_email, sub.uid, looks.site_look(s, rt.settings))
     try:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except PermanentFailure:

@@ -20,6 +20,7 @@ from mailer.config import Settings
 from mailer.db import db
 from mailer.errors import MailerError
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
+from mailer.mail.look import Look
 from mailer.mail.templates import render_pair
 from mailer.models import IssueStatus, Schedule
 from mailer.runtime import runtime
@@ -133,8 +134,10 @@ def sweep_reports(now: datetime | None = None) -> int:
 
 def _mail(settings: Settings, report: dict) -> None:
     rt = runtime()
+    # Mail to the site's operators: the plain look, no newsletter's.
     text, html = render_pair("schedule_report", report=report, list_name=settings.list_name,
-                             postal_address=settings.postal_address)
+                             postal_address=settings.postal_address,
+                             look=Look(title=settings.list_name))
     subject = f"[{settings.list_name}] {report['text'].rstrip('.')}"
     for to in [a.strip() for a in settings.ops_email.split(",") if a.strip()]:
         out = rt.composer.message(to=to, subject=subject[:250], text=text, html=html)

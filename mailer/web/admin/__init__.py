@@ -5,6 +5,7 @@ from mailer.web.admin import (
     feeds,
     hooks,
     issues,
+    looks,
     newsletters,
     schedules,
     sending,
@@ -16,5 +17,5 @@ from mailer.web.admin import (
 # console first: its blueprint owns /admin itself (login, dashboard, outbox).
 BLUEPRINTS = (
     console.bp, schedules.bp, issues.bp, sending.bp, subscribers.bp, users.bp, settings.bp,
-    feeds.bp, hooks.bp, newsletters.bp,
+    feeds.bp, hooks.bp, newsletters.bp, looks.bp,
 )

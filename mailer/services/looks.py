@@ -1,0 +1,304 @@
+"""Each newsletter's look: checking and saving it, its logo file, and the `Look` its emails
+and public pages get.
+
+An issue's look is its newsletter's until the send starts; `freeze` then keeps it in
+`Issue.look`, and from then on the archive and any re-render of that issue use the frozen
+look, whatever the newsletter's becomes.
+
+Logos are stored in the instance folder under a name made of their content's hash
+(`logos/<sha256[:16]>.<ext>`): a new logo is a new URL, so the long cache headers of the route
+that serves them never show a stale one, and mail already sent keeps the logo it showed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import re
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import nh3
+from sqlalchemy.orm import Session
+
+from mailer.config import Settings
+from mailer.errors import NotFound, ValidationError
+from mailer.mail.look import (
+    DEFAULT_ACCENT,
+    DEFAULT_FONT,
+    FONTS,
+    Image,
+    Look,
+    check_accent,
+    check_font,
+    check_footer,
+    check_title,
+    sniff_image,
+)
+from mailer.models import Issue, Newsletter
+from mailer.services import newsletters
+from mailer.services.render import INTRO_TAGS, editor_text, markdown_html
+
+__all__ = ["FONTS", "Look"]
+
+LOGO_DIR = "logos"
+_LOGO_NAME = re.compile(r"[0-9a-f]{16}\.(png|jpg|gif)")
+# What the footer may say besides plain text: the newsletter's name.
+FOOTER_VARIABLES = ("list_name",)
+
+
+# --- the footer ---------------------------------------------------------------------------
+
+
+def footer(source: str, name: str) -> tuple[str, str]:
+    """The footer Markdown rendered like the intro (sandboxed, then cleaned): (html, text)."""
+    source = (source or "").strip()
+    if not source:
+        return "", ""
+    values = {"list_name": name}
+    html = markdown_html(editor_text("footer", source, values, html=True))
+    text = editor_text("footer", source, values).strip()
+    return str(html), text
+
+
+def _clean(html: str) -> str:
+    """Frozen footer HTML cleaned again when read back: a row edited by hand cannot inject."""
+    return nh3.clean(html, tags=INTRO_TAGS, attributes={"a": {"href", "title"}},
+                     url_schemes={"http", "https", "mailto"}, link_rel="noopener")
+
+
+# --- the look of a newsletter, of an issue ------------------------------------------------
+
+
+def logo_url(settings: Settings, name: str) -> str:
+    return f"{settings.base_url}/{LOGO_DIR}/{name}"
+
+
+def look_of(newsletter: Newsletter, settings: Settings) -> Look:
+    """The newsletter's look as it is now."""
+    name = newsletter.name
+    title = newsletter.masthead_title or name
+    html, text = footer(newsletter.footer_md or "", name)
+    if newsletter.logo_file:
+        logo = logo_url(settings, newsletter.logo_file)
+    else:
+        logo = newsletter.logo_url or None
+    return Look(
+        title=title,
+        accent=newsletter.accent_color or DEFAULT_ACCENT,
+        font=newsletter.header_font if newsletter.header_font in FONTS else DEFAULT_FONT,
+        logo=logo,
+        logo_alt=title,
+        footer_html=html,
+        footer_text=text,
+    )
+
+
+def plain(settings: Settings) -> Look:
+    """The look before anyone chose one, named after the list (a database with no newsletter
+    at all, emptied by hand; mail to the site's operators)."""
+    return Look(title=settings.list_name)
+
+
+def _current(session: Session, issue: Issue, settings: Settings) -> Look:
+    found = None
+    if issue.newsletter_id is not None:
+        found = session.get(Newsletter, issue.newsletter_id)
+    if found is None:  # only rows made by hand; the services always set it
+        found = _first_or_none(session)
+    return look_of(found, settings) if found is not None else plain(settings)
+
+
+def _first_or_none(session: Session) -> Newsletter | None:
+    try:
+        return newsletters.first(session)
+    except NotFound:
+        return None
+
+
+def of_issue(session: Session, issue: Issue, settings: Settings) -> Look:
+    """The look of an issue: frozen at its send's start, else its newsletter's now."""
+    current = _current(session, issue, settings)
+    if not issue.look:
+        return current
+    frozen = Look.from_json(issue.look, current)
+    return dataclasses.replace(frozen, footer_html=_clean(frozen.footer_html))
+
+
+def freeze(session: Session, issue: Issue, settings: Settings) -> Look:
+    """Keep the issue's look as it is when its send starts (the first start only: a send
+    reopened or resumed keeps what its first readers got)."""
+    if issue.look:
+        return of_issue(session, issue, settings)
+    look = _current(session, issue, settings)
+    issue.look = look.to_json()
+    return look
+
+
+def site_look(session: Session, settings: Settings) -> Look:
+    """The look of pages and messages tied to no single newsletter: the first newsletter's."""
+    found = _first_or_none(session)
+    return look_of(found, settings) if found is not None else plain(settings)
+
+
+def for_newsletters(session: Session, settings: Settings, ids) -> Look:
+    """The look of a message about several newsletters (a confirmation for a signup that
+    chose some): the first chosen one's; none chosen = the site's."""
+    for newsletter_id in ids or ():
+        found = session.get(Newsletter, newsletter_id)
+        if found is not None:
+            return look_of(found, settings)
+    return site_look(session, settings)
+
+
+# --- changing a look ----------------------------------------------------------------------
+
+
+def check_logo_url(raw: str | None) -> str | None:
+    url = (raw or "").strip()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    if len(url) > 2000 or any(c.isspace() for c in url):
+        raise ValidationError("logo_url", "The logo URL is not a valid address.")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ValidationError("logo_url", "The logo URL is not a valid address.") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise ValidationError(
+            "logo_url", "The logo URL must be an https:// address (mail clients block others)."
+        )
+    if parts.username or parts.password or not re.fullmatch(r"[a-z0-9.-]+", parts.hostname):
+        raise ValidationError("logo_url", "The logo URL must name a plain https:// host.")
+    if parts.path.lower().endswith(".svg"):
+        raise ValidationError(
+            "logo_url", "SVG logos are not accepted: an SVG can carry scripts. "
+                        "Use a PNG, JPEG or GIF."
+        )
+    return url
+
+
+def checked(fields: dict, newsletter: Newsletter) -> dict:
+    """The look fields of a form or request, checked; raises the first ValidationError."""
+    values = {
+        "accent_color": check_accent(fields.get("accent_color")),
+        "header_font": check_font(fields.get("header_font")),
+        "masthead_title": check_title(fields.get("masthead_title")),
+        "footer_md": check_footer(fields.get("footer_md")),
+        "logo_url": check_logo_url(fields.get("logo_url")),
+    }
+    # The footer must render (a template error is the editor's to fix, not a 500 later).
+    footer(values["footer_md"], newsletter.name)
+    return values
+
+
+def update(
+    session: Session,
+    settings: Settings,
+    newsletter: Newsletter,
+    fields: dict,
+    *,
+    logo: tuple[bytes, str] | None = None,
+    remove_logo: bool = False,
+) -> Newsletter:
+    """Check and apply a new look. `logo` = (bytes, filename) of an uploaded image, stored
+    under its hash; an uploaded logo wins over a logo URL, which wins over an older upload.
+    Nothing changes unless every field is acceptable."""
+    values = checked(fields, newsletter)
+    stored = store_logo(settings, *logo) if logo is not None else None
+    newsletter.accent_color = values["accent_color"]
+    newsletter.header_font = values["header_font"]
+    newsletter.masthead_title = values["masthead_title"]
+    newsletter.footer_md = values["footer_md"]
+    newsletter.logo_url = values["logo_url"]
+    if stored is not None:
+        newsletter.logo_file = stored
+        newsletter.logo_url = None
+    elif remove_logo or values["logo_url"]:
+        newsletter.logo_file = None
+    session.flush()
+    return newsletter
+
+
+def preview_look(settings: Settings, newsletter: Newsletter, fields: dict) -> Look:
+    """The look an editor is typing, for the preview: checked like a save."""
+    values = checked(fields, newsletter)
+    title = values["masthead_title"] or newsletter.name
+    html, text = footer(values["footer_md"], newsletter.name)
+    if values["logo_url"]:
+        logo = values["logo_url"]
+    elif newsletter.logo_file and not fields.get("remove_logo"):
+        logo = logo_url(settings, newsletter.logo_file)
+    else:
+        logo = None
+    return Look(title=title, accent=values["accent_color"], font=values["header_font"],
+                logo=logo, logo_alt=title, footer_html=html, footer_text=text)
+
+
+# --- logo files ---------------------------------------------------------------------------
+
+
+def logo_dir(settings: Settings) -> Path:
+    return Path(settings.instance_path) / LOGO_DIR
+
+
+def too_large(settings: Settings, size: int) -> ValidationError | None:
+    """The refusal of a logo of `size` bytes, or None when the size is acceptable."""
+    limit = settings.logo_max_bytes
+    if size <= limit:
+        return None
+    return ValidationError(
+        "logo", f"The logo is {_size(size)}; the largest accepted is {_size(limit)}."
+    )
+
+
+def check_logo(settings: Settings, data: bytes, filename: str) -> Image:
+    error = too_large(settings, len(data))
+    if error is not None:
+        raise error
+    if not data:
+        raise ValidationError("logo", "The logo file is empty.")
+    return sniff_image(data, filename)
+
+
+def _size(n: int) -> str:
+    if n >= 1024 * 1024:
+        return f"{n / (1024 * 1024):.1f} MB"
+    if n >= 1024:
+        return f"{n / 1024:.0f} KB"
+    return f"{n} bytes"
+
+
+def store_logo(settings: Settings, data: bytes, filename: str) -> str:
+    """Check the image and keep it under its content's hash; returns the stored name."""
+    image = check_logo(settings, data, filename)
+    name = f"{hashlib.sha256(data).hexdigest()[:16]}.{image.extension}"
+    folder = logo_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    if not path.exists():
+        # Written whole then renamed: a reader never fetches half a logo.
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".logo-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    return name
+
+
+def logo_file(settings: Settings, name: str) -> tuple[Path, str] | None:
+    """(path, content type) of a stored logo, or None for any other name."""
+    match = _LOGO_NAME.fullmatch(name)
+    if match is None:
+        return None
+    path = logo_dir(settings) / name
+    if not path.is_file():
+        return None
+    kind = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif"}[match.group(1)]
+    return path, kind

@@ -1,0 +1,146 @@
+"""The look editor: saving a look, its refusals (contrast, non-images, SVG, a 20 MB upload),
+the live preview, the logo served under its hash, and the look on the public pages."""
+
+from __future__ import annotations
+
+import io
+import re
+
+from werkzeug.datastructures import FileStorage
+from werkzeug.test import encode_multipart
+
+from mailer.db import db
+from mailer.models import Newsletter, Role
+from tests.helpers.console import login, text_of, token
+from tests.services.test_looks import gif, png
+
+LOOK = "/admin/newsletters/daily/look"
+
+
+def _newsletter() -> Newsletter:
+    nl = Newsletter(slug="daily", name="The Daily Test")
+    db.session.add(nl)
+    db.session.commit()
+    return nl
+
+
+def _reload() -> Newsletter:
+    db.session.remove()
+    return db.session.query(Newsletter).filter_by(slug="daily").one()
+
+
+def _save(client, *, logo=None, **fields):
+    data = {"csrf_token": token(client, LOOK), "masthead_title": "", "accent_color": "#1d4ed8",
+            "header_font": "georgia", "footer_md": "", "logo_url": "", **fields}
+    if logo is not None:
+        data["logo"] = FileStorage(io.BytesIO(logo[0]), logo[1])
+    # Encoded here, in memory: the test client would spool a large body to a file it
+    # never closes.
+    boundary, body = encode_multipart(data)
+    return client.post(LOOK, data=body,
+                       content_type=f"multipart/form-data; boundary={boundary}")
+
+
+def test_an_editor_saves_a_look_with_an_uploaded_logo(app, client):
+    rt = app.extensions["mailer"]
+    nl = _newsletter()
+    login(client, Role.EDITOR, "editor@daily.example")
+    page = client.get(LOOK)
+    assert page.status_code == 200 and "Look of The Daily Test" in text_of(page)
+    # The menu entry leads to the first newsletter's look.
+    assert client.get("/admin/newsletters/look").headers["Location"].endswith(LOOK)
+
+    logo = png(40, 20)
+    resp = _save(client, logo=(logo, "brand.png"), accent_color="#0F766E",
+                 header_font="trebuchet", masthead_title="Morning Brief",
+                 footer_md="Made in **Berlin**.")
+    assert resp.status_code == 302
+    nl = _reload()
+    assert (nl.accent_color, nl.header_font, nl.masthead_title) == ("#0f766e", "trebuchet",
+                                                                     "Morning Brief")
+    assert re.fullmatch(r"[0-9a-f]{16}\.png", nl.logo_file)
+    assert "The look of The Daily Test is saved" in text_of(client.get(LOOK))
+
+    served = client.get(f"/logos/{nl.logo_file}")
+    assert served.status_code == 200 and served.data == logo
+    assert served.mimetype == "image/png"
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert "max-age=31536000" in served.headers["Cache-Control"]
+    assert client.get("/logos/0123456789abcdef.png").status_code == 404
+    assert client.get("/logos/..%2Fsecret_key").status_code == 404
+
+    # The public pages wear it: the logo by path (same origin), the accent and font by a
+    # stylesheet of our own (the CSP allows no inline styles).
+    public = client.get("/subscribe").get_data(as_text=True)
+    assert f'src="/logos/{nl.logo_file}"' in public and "Morning Brief" in public
+    assert "Made in <strong>Berlin</strong>." in public
+    css_url = re.search(r'href="(/look/[^"]+\.css)"', public).group(1)
+    assert css_url == "/look/0f766e/trebuchet.css"
+    css = client.get(css_url)
+    assert "--accent: #0f766e" in css.get_data(as_text=True) and css.mimetype == "text/css"
+    assert client.get("/look/0f766e;x/trebuchet.css").status_code == 404
+    assert client.get("/look/0f766e/comic.css").status_code == 404
+    assert rt.settings.logo_max_bytes == 1024 * 1024
+
+
+def test_a_low_contrast_accent_is_refused_and_nothing_changes(client):
+    nl = _newsletter()
+    login(client, Role.EDITOR, "editor@daily.example")
+    resp = _save(client, accent_color="#ffcc00", masthead_title="Changed")
+    assert resp.status_code == 400
+    page = text_of(resp)
+    assert "#ffcc00 has a contrast of 1.5:1 against white; links and buttons need at least 4.5:1" in page
+    assert 'value="Changed"' in resp.get_data(as_text=True)  # what was typed stays
+    nl = _reload()
+    assert (nl.accent_color, nl.masthead_title) == ("#1d4ed8", None)
+
+
+def test_non_images_svg_and_huge_uploads_are_refused_with_a_clear_message(client):
+    nl = _newsletter()
+    login(client, Role.EDITOR, "editor@daily.example")
+    resp = _save(client, logo=(b"name,email\nada,ada@example.com\n", "logo.png"))
+    assert resp.status_code == 400 and "The logo is not an image" in text_of(resp)
+    resp = _save(client, logo=(b'<svg xmlns="http://www.w3.org/2000/svg"/>', "logo.svg"))
+    assert resp.status_code == 400 and "SVG logos are not accepted" in text_of(resp)
+    resp = _save(client, logo=(gif(), "logo.png"))
+    assert resp.status_code == 400 and "named .png but it is a GIF" in text_of(resp)
+    huge = png() + b"\x00" * (20 * 1024 * 1024)
+    resp = _save(client, logo=(huge, "photo.png"))
+    assert resp.status_code == 413
+    assert "The logo is 20.0 MB; the largest accepted is 1.0 MB." in text_of(resp)
+    nl = _reload()
+    assert nl.logo_file is None
+
+
+def test_the_preview_follows_the_typed_look_in_a_sandbox(client):
+    _newsletter()
+    login(client, Role.EDITOR, "editor@daily.example")
+    resp = client.get(LOOK + "/preview.html", query_string={
+        "accent_color": "#7c2d12", "header_font": "verdana", "masthead_title": "Typed Title",
+        "footer_md": "A *typed* footer", "logo_url": "https://cdn.daily.example/l.png"})
+    html = resp.get_data(as_text=True)
+    assert resp.status_code == 200
+    assert "Typed Title" in html and "#7c2d12" in html and "Verdana" in html
+    assert 'src="https://cdn.daily.example/l.png"' in html and "A <em>typed</em> footer" in html
+    assert resp.headers["Content-Security-Policy"].startswith("sandbox")
+    refused = client.get(LOOK + "/preview.html", query_string={
+        "accent_color": "#eeeeee", "header_font": "verdana"})
+    assert "Not accepted: #eeeeee has a contrast of 1.1:1" in text_of(refused)
+
+
+def test_only_editors_edit_looks(client):
+    _newsletter()
+    login(client, Role.OPS, "ops@daily.example")
+    assert client.get(LOOK).status_code == 403
+    assert client.get("/admin/newsletters/nope/look").status_code in (403, 404)
+
+
+def test_an_external_logo_is_allowed_by_the_public_pages_csp(client):
+    nl = _newsletter()
+    nl.logo_url = "https://cdn.daily.example/brand.png"
+    db.session.commit()
+    resp = client.get("/subscribe")
+    assert 'src="https://cdn.daily.example/brand.png"' in resp.get_data(as_text=True)
+    assert "img-src 'self' data: https://cdn.daily.example;" in resp.headers["Content-Security-Policy"]
+    other = client.get("/archive")
+    assert "cdn.daily.example" in other.headers["Content-Security-Policy"]
