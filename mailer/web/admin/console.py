@@ -26,7 +26,6 @@ NAV: list[tuple[str, str, tuple[Role, ...]]] = [
     ("admin_newsletters.index", "Newsletters", (Role.EDITOR, Role.OPS)),
     ("admin_issues.index", "Issues", (Role.EDITOR, Role.OPS)),
     ("admin_feeds.index", "Feeds", (Role.EDITOR, Role.OPS)),
-    ("admin_looks.first", "Look", (Role.EDITOR,)),
     ("admin_subscribers.index", "Subscribers", (Role.OPS,)),
     ("admin_schedules.index", "Schedules", (Role.OPS,)),
     ("admin_webhooks.index", "Webhooks", (Role.OPS,)),
