@@ -77,6 +77,7 @@ def add(ctx: Context, slug, hidden, **given):
             with db.transaction() as s:
                 created = newsletters.create(
                     s, data, known_sections=settings.section_labels,
+                    sender_domain=settings.sender_domain,
                     defaults=(settings.digest_latest, settings.digest_popular,
                               settings.digest_min_items))
                 item = newsletters.as_dict(created)
@@ -171,7 +172,8 @@ def set_(ctx: Context, slug, public, archive, **given):
         try:
             with db.transaction() as s:
                 found = _find(s, slug)
-                newsletters.update(s, found, data, known_sections=settings.section_labels)
+                newsletters.update(s, found, data, known_sections=settings.section_labels,
+                                   sender_domain=settings.sender_domain)
                 item = newsletters.as_dict(found)
         except MailerError as e:
             fail(str(e))

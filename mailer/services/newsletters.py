@@ -241,7 +241,26 @@ def _unknown_fields(data: dict) -> None:
                                                f"{', '.join(FIELDS)}.")
 
 
-def _apply(session: Session, newsletter: Newsletter, data: dict, known_sections, now) -> None:
+def _check_list_id_free(session: Session, newsletter: Newsletter, chosen: str | None,
+                        domain: str | None) -> None:
+    """Conflict when another newsletter's mail carries the same List-Id (mail filters and
+    list software would take two newsletters for one). Without the sender domain only the
+    List-Ids set by hand are compared."""
+    def effective(n: Newsletter, own: str | None) -> str | None:
+        if own:
+            return own.lower()
+        return f"{n.slug}.{domain}".lower() if domain else None
+
+    mine = effective(newsletter, chosen)
+    if mine is None:
+        return
+    for other in all_newsletters(session):
+        if other.id != newsletter.id and effective(other, other.list_id) == mine:
+            raise Conflict(f"The List-Id {mine!r} is already newsletter {other.slug!r}'s.")
+
+
+def _apply(session: Session, newsletter: Newsletter, data: dict, known_sections, now,
+           domain: str | None = None) -> None:
     """Check every given field, then set them; nothing is set when one is refused."""
     changes: dict = {}
     if "name" in data:
@@ -270,23 +289,19 @@ def _apply(session: Session, newsletter: Newsletter, data: dict, known_sections,
         archived = check_flag("archived", data["archived"])
         if archived != (newsletter.archived_at is not None):
             changes["archived_at"] = now if archived else None
-    if changes.get("list_id"):
-        same = select(Newsletter.slug).where(func.lower(Newsletter.list_id) == changes["list_id"])
-        if newsletter.id is not None:
-            same = same.where(Newsletter.id != newsletter.id)
-        taken = session.scalar(same.limit(1))
-        if taken:
-            raise Conflict(f"The List-Id {changes['list_id']!r} is already newsletter "
-                           f"{taken!r}'s.")
+    if newsletter.id is None or "list_id" in changes:
+        _check_list_id_free(session, newsletter, changes.get("list_id", newsletter.list_id),
+                            domain)
     for key, value in changes.items():
         setattr(newsletter, key, value)
 
 
 def create(session: Session, data: dict, *, known_sections=(), defaults=(10, 5, 1),
-           now: datetime | None = None) -> Newsletter:
+           sender_domain: str | None = None, now: datetime | None = None) -> Newsletter:
     """A new newsletter from `data` (the keys of FIELDS); ValidationError, or Conflict for a
     slug or List-Id another newsletter has. `defaults` are the site's digest defaults
-    (MAILER_DIGEST_LATEST, _POPULAR, _MIN_ITEMS) for what `data` leaves out."""
+    (MAILER_DIGEST_LATEST, _POPULAR, _MIN_ITEMS) for what `data` leaves out; `sender_domain`
+    (MAILER_FROM's) lets List-Ids derived from slugs be compared too."""
     _unknown_fields(data)
     now = now or utcnow()
     slug = check_slug(data.get("slug"))
@@ -297,17 +312,17 @@ def create(session: Session, data: dict, *, known_sections=(), defaults=(10, 5, 
         latest_n=defaults[0], popular_m=defaults[1], min_items=defaults[2], sections="",
         created_at=now, updated_at=now,
     )
-    _apply(session, newsletter, {k: v for k, v in data.items() if k != "slug"}, known_sections,
-           now)
     if session.scalar(select(exists().where(Newsletter.slug == slug))):
         raise Conflict(f"There is already a newsletter {slug!r}.")
+    _apply(session, newsletter, {k: v for k, v in data.items() if k != "slug"}, known_sections,
+           now, sender_domain)
     session.add(newsletter)
     session.flush()
     return newsletter
 
 
 def update(session: Session, newsletter: Newsletter, data: dict, *, known_sections=(),
-           now: datetime | None = None) -> Newsletter:
+           sender_domain: str | None = None, now: datetime | None = None) -> Newsletter:
     """Change the fields given in `data` (the others stay); the slug cannot change (its
     archive, feed and signup addresses are out in the world). `archived` true archives it
     (no new issues; its archive stays), false brings it back."""
@@ -317,7 +332,7 @@ def update(session: Session, newsletter: Newsletter, data: dict, *, known_sectio
                                       "and signup addresses would break.")
     now = now or utcnow()
     _apply(session, newsletter, {k: v for k, v in data.items() if k != "slug"}, known_sections,
-           now)
+           now, sender_domain)
     newsletter.updated_at = now
     session.flush()
     return newsletter

@@ -107,6 +107,33 @@ def test_a_slug_or_list_id_taken_is_a_conflict(app):
     assert _count() == 1
 
 
+def test_a_list_id_derived_from_a_slug_is_taken_too(app):
+    # The first newsletter of an upgraded site keeps newsletter.<domain>: a newsletter whose
+    # slug is "newsletter" would derive the same List-Id, and the other way round.
+    _create({"slug": "the-daily", "name": "The Daily", "list_id": "newsletter.daily.example"})
+    _create({"slug": "sport", "name": "Sport"}, sender_domain="daily.example")
+    db.session.commit()
+    with pytest.raises(Conflict, match="'newsletter.daily.example' is already newsletter "
+                                       "'the-daily'"):
+        _create({"slug": "newsletter", "name": "N"}, sender_domain="daily.example")
+    db.session.rollback()
+    with pytest.raises(Conflict, match="already newsletter 'sport'"):
+        _create({"slug": "s", "name": "S", "list_id": "Sport.Daily.Example"},
+                sender_domain="daily.example")
+    db.session.rollback()
+    sport = db.session.scalar(select(Newsletter).where(Newsletter.slug == "sport"))
+    with pytest.raises(Conflict):
+        newsletters.update(db.session, sport, {"list_id": "newsletter.daily.example"},
+                           sender_domain="daily.example")
+    db.session.rollback()
+    # Changing something else never trips over it; an own List-Id elsewhere is fine.
+    newsletters.update(db.session, sport, {"name": "Sport letter"}, sender_domain="daily.example")
+    newsletters.update(db.session, sport, {"list_id": "sport.news.example"},
+                       sender_domain="daily.example")
+    db.session.commit()
+    assert _count() == 2
+
+
 def test_update_changes_only_what_is_given(app):
     nl = _create({"slug": "morning", "name": "Morning", "from": "Desk <desk@daily.example>",
                   "latest_n": 6, "sections": "news"})

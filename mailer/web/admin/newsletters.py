@@ -55,7 +55,7 @@ def create():
     try:
         created = newsletters.create(
             db.session, _form_data(request.form, with_slug=True),
-            known_sections=cfg.section_labels,
+            known_sections=cfg.section_labels, sender_domain=cfg.sender_domain,
             defaults=(cfg.digest_latest, cfg.digest_popular, cfg.digest_min_items))
     except MailerError as e:
         db.session.rollback()
@@ -93,7 +93,8 @@ def update(slug: str):
     found = newsletters.by_slug(db.session, slug)
     try:
         newsletters.update(db.session, found, _form_data(request.form, with_slug=False),
-                           known_sections=settings().section_labels)
+                           known_sections=settings().section_labels,
+                           sender_domain=settings().sender_domain)
     except MailerError as e:
         db.session.rollback()
         return _show(newsletters.by_slug(db.session, slug), request.form,

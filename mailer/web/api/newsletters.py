@@ -34,7 +34,7 @@ def create():
     cfg = settings()
     try:
         created = newsletters.create(
-            db.session, data, known_sections=cfg.section_labels,
+            db.session, data, known_sections=cfg.section_labels, sender_domain=cfg.sender_domain,
             defaults=(cfg.digest_latest, cfg.digest_popular, cfg.digest_min_items))
     except MailerError:
         db.session.rollback()
@@ -55,7 +55,9 @@ def update(slug: str):
     found = newsletters.by_slug(db.session, slug)
     data = dict(request_data())
     try:
-        newsletters.update(db.session, found, data, known_sections=settings().section_labels)
+        cfg = settings()
+        newsletters.update(db.session, found, data, known_sections=cfg.section_labels,
+                           sender_domain=cfg.sender_domain)
     except MailerError:
         db.session.rollback()
         raise
