@@ -321,6 +321,7 @@ def test_every_main_page_at_desktop_and_phone_widths(app, live_server, browser):
         "feeds": "/admin/feeds",
         "newsletters": "/admin/newsletters",
         "newsletter": "/admin/newsletters/morning-briefing",
+        "look": "/admin/newsletters/morning-briefing/look",
         "subscribe": "/subscribe",
         "archive": "/archive",
         "archive-issue": f"/archive/{ids['sent']}",
