@@ -25,13 +25,6 @@ FIELDS = ("masthead_title", "accent_color", "header_font", "footer_md", "logo_ur
 MAX_PREVIEW_FIELD = 6000
 
 
-@bp.get("/look")
-@auth.login_required(*EDITORS)
-def first():
-    """The menu's entry: the first newsletter's look."""
-    return redirect(url_for("admin_looks.edit", slug=newsletters.first(db.session).slug))
-
-
 def _form_of(newsletter: Newsletter) -> dict:
     return {
         "masthead_title": newsletter.masthead_title or "",
@@ -49,8 +42,8 @@ def _page(newsletter: Newsletter, form: dict, error: ValidationError | None = No
     ratio = None
     if re.fullmatch(r"#[0-9a-fA-F]{6}", accent or ""):
         ratio = contrast_with_white(accent.lower())
-    logo = (looks.logo_url(rt.settings, newsletter.logo_file) if newsletter.logo_file
-            else None)
+    # By path: the console may be reached under another host name than MAILER_BASE_URL's.
+    logo = f"/{looks.LOGO_DIR}/{newsletter.logo_file}" if newsletter.logo_file else None
     return render_template(
         "admin/look.html", newsletter=newsletter, form=form, error=error, fonts=FONTS,
         ratio=ratio, stored_logo=logo, max_logo=rt.settings.logo_max_bytes,

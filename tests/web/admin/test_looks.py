@@ -47,8 +47,8 @@ def test_an_editor_saves_a_look_with_an_uploaded_logo(app, client):
     login(client, Role.EDITOR, "editor@daily.example")
     page = client.get(LOOK)
     assert page.status_code == 200 and "Look of The Daily Test" in text_of(page)
-    # The menu entry leads to the first newsletter's look.
-    assert client.get("/admin/newsletters/look").headers["Location"].endswith(LOOK)
+    # The newsletter's page leads to it.
+    assert f'href="{LOOK}"' in client.get("/admin/newsletters/daily").get_data(as_text=True)
 
     logo = png(40, 20)
     resp = _save(client, logo=(logo, "brand.png"), accent_color="#0F766E",
@@ -59,7 +59,9 @@ def test_an_editor_saves_a_look_with_an_uploaded_logo(app, client):
     assert (nl.accent_color, nl.header_font, nl.masthead_title) == ("#0f766e", "trebuchet",
                                                                      "Morning Brief")
     assert re.fullmatch(r"[0-9a-f]{16}\.png", nl.logo_file)
-    assert "The look of The Daily Test is saved" in text_of(client.get(LOOK))
+    editor_page = client.get(LOOK).get_data(as_text=True)
+    assert "The look of The Daily Test is saved" in text_of(editor_page)
+    assert f'src="/logos/{nl.logo_file}"' in editor_page  # the current logo, by path
 
     served = client.get(f"/logos/{nl.logo_file}")
     assert served.status_code == 200 and served.data == logo
