@@ -226,7 +226,11 @@ def test_a_release_database_upgrades_with_its_data_and_links(
     assert answer.status_code == 302 and answer.headers["Location"] in before["articles"]
     page = client.get(_path(links["preferences"]))
     assert page.status_code == 200 and "reader1@example.com" in page.get_data(as_text=True)
+    page = client.get(_path(links["unsubscribe"]))
+    assert page.status_code == 200 and "List-Unsubscribe" in page.get_data(as_text=True)
     answer = client.post(_path(links["unsubscribe"]), data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    answer = client.post(_path(links["one_click"]), data={"List-Unsubscribe": "One-Click"})
     assert answer.status_code == 200
     page = client.get(_path(links["confirm"]))
     assert page.status_code == 200
@@ -234,5 +238,6 @@ def test_a_release_database_upgrades_with_its_data_and_links(
     with upgraded_app.app_context(), db.transaction() as s:
         status = dict(s.execute(text("SELECT email, status FROM subscribers")).all())
     assert status["reader1@example.com"] == "unsubscribed"
+    assert status["reader3@example.com"] == "unsubscribed"
     assert status["pending@example.com"] == "active"
     db.engine.dispose()

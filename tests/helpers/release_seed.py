@@ -268,6 +268,9 @@ def seed(app, rt, db, mailer, sink, deliveries, subscriptions) -> dict:
             "preferences": re.search(r"https?://\S+/preferences/\S+", digest_text).group(0),
             "click": click,
             "confirm": confirm_link,
+            # What a mailbox provider's unsubscribe button POSTs to (RFC 8058), from another
+            # reader's copy.
+            "one_click": _list_unsubscribe(sink.raw_to("reader3@example.com", "Morning")),
         },
         "articles": [a["url"] for a in articles],
     }
@@ -291,6 +294,14 @@ def feedback_report(original: bytes, recipient: str) -> bytes:
         + original.replace(b"\r\n", b"\n").decode()
         + f"\n--{boundary}--\n"
     ).encode()
+
+
+def _list_unsubscribe(raw: bytes) -> str:
+    import email
+    import email.policy
+
+    header = str(email.message_from_bytes(raw, policy=email.policy.default)["List-Unsubscribe"])
+    return re.search(r"<(https?://[^>]+)>", header).group(1)
 
 
 def _try(fn, *args):
