@@ -217,6 +217,17 @@ def sniff_image(data: bytes, filename: str = "") -> Image:
 # --- the value templates consume ----------------------------------------------------------
 
 
+# The box a logo is shown in, at most (CSS pixels): wide logos are limited by the width, tall
+# ones by the height.
+LOGO_BOX = (240, 80)
+
+
+def shown_size(width: int, height: int) -> tuple[int, int]:
+    """The size a width x height logo is shown at: scaled down (never up) into LOGO_BOX."""
+    scale = min(1.0, LOGO_BOX[0] / width, LOGO_BOX[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 @dataclass(frozen=True)
 class Look:
     """The finished look: what the email templates and public pages read."""
@@ -228,6 +239,10 @@ class Look:
     logo_alt: str = ""
     footer_html: str = ""  # already rendered and cleaned
     footer_text: str = ""
+    # The size the logo is shown at (within LOGO_BOX), when known: an uploaded logo's. Mail
+    # clients that ignore CSS sizes (Outlook) go by these attributes.
+    logo_width: int | None = None
+    logo_height: int | None = None
 
     @property
     def font_stack(self) -> Markup:
@@ -258,7 +273,11 @@ class Look:
         accent = data.get("accent")
         font = data.get("font")
         logo = data.get("logo")
+        width, height = data.get("logo_width"), data.get("logo_height")
+        sized = all(isinstance(v, int) and 0 < v <= MAX_LOGO_SIDE for v in (width, height))
         return cls(
+            logo_width=width if sized else None,
+            logo_height=height if sized else None,
             title=str(data.get("title") or fallback.title),
             accent=accent if isinstance(accent, str) and _HEX.fullmatch(accent) else fallback.accent,
             font=font if font in FONTS else fallback.font,

@@ -35,6 +35,7 @@ from mailer.mail.look import (
     check_font,
     check_footer,
     check_title,
+    shown_size,
     sniff_image,
 )
 from mailer.models import Issue, Newsletter
@@ -81,11 +82,15 @@ def look_of(newsletter: Newsletter, settings: Settings) -> Look:
     name = newsletter.name
     title = newsletter.masthead_title or name
     html, text = footer(newsletter.footer_md or "", name)
+    width = height = None
     if newsletter.logo_file:
         logo = logo_url(settings, newsletter.logo_file)
+        width, height = _logo_size(settings, newsletter.logo_file)
     else:
         logo = newsletter.logo_url or None
     return Look(
+        logo_width=width,
+        logo_height=height,
         title=title,
         accent=newsletter.accent_color or DEFAULT_ACCENT,
         font=newsletter.header_font if newsletter.header_font in FONTS else DEFAULT_FONT,
@@ -94,6 +99,18 @@ def look_of(newsletter: Newsletter, settings: Settings) -> Look:
         footer_html=html,
         footer_text=text,
     )
+
+
+def _logo_size(settings: Settings, name: str) -> tuple[int | None, int | None]:
+    """The size a stored logo is shown at (its header read again: logos are small)."""
+    found = logo_file(settings, name)
+    if found is None:  # the instance folder lost it: the mail shows the alt text
+        return None, None
+    try:
+        image = sniff_image(found[0].read_bytes(), name)
+    except (OSError, ValidationError):
+        return None, None
+    return shown_size(image.width, image.height)
 
 
 def plain(settings: Settings) -> Look:

@@ -286,3 +286,19 @@ def test_an_update_with_one_bad_field_changes_nothing(app):
             "accent_color": "#ffcc00", "header_font": "system", "masthead_title": "X",
             "footer_md": "", "logo_url": ""}, logo=(png(), "logo.png"))
     assert (nl.accent_color, nl.masthead_title, nl.logo_file) == ("#0f766e", None, None)
+
+
+def test_an_uploaded_logo_is_shown_at_its_size_within_the_box(app):
+    from mailer.mail.look import shown_size
+
+    assert shown_size(120, 40) == (120, 40)  # small logos are never scaled up
+    assert shown_size(960, 160) == (240, 40)  # wide: limited by the width
+    assert shown_size(100, 400) == (20, 80)  # tall: limited by the height
+    rt = app.extensions["mailer"]
+    nl = _newsletter(logo_file=looks.store_logo(rt.settings, png(600, 100), "wide.png"))
+    issue = _issue(rt, nl)
+    _, html, _ = render.render_variant(db.session, issue, "", rt.settings)
+    assert f'src="{rt.settings.base_url}/logos/{nl.logo_file}"' in html
+    assert 'width="240" height="40"' in html  # for mail clients that ignore CSS sizes
+    look = looks.look_of(nl, rt.settings)
+    assert Look.from_json(look.to_json(), looks.plain(rt.settings)) == look

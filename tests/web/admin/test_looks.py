@@ -146,3 +146,17 @@ def test_an_external_logo_is_allowed_by_the_public_pages_csp(client):
     assert "img-src 'self' data: https://cdn.daily.example;" in resp.headers["Content-Security-Policy"]
     other = client.get("/archive")
     assert "cdn.daily.example" in other.headers["Content-Security-Policy"]
+
+
+def test_the_confirmation_mail_wears_the_first_newsletters_look(client, smtp, worker, make_email):
+    nl = _newsletter()
+    nl.accent_color, nl.masthead_title = "#7c2d12", "The Daily Brief"
+    nl.logo_url, nl.footer_md = "https://cdn.daily.example/brand.png", "From the *newsroom*."
+    db.session.commit()
+    email = make_email()
+    assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
+    (mail,) = smtp.wait_for(email, 1, timeout=45)
+    assert "background:#7c2d12" in mail.html  # the button
+    assert 'src="https://cdn.daily.example/brand.png"' in mail.html
+    assert "The Daily Brief" in mail.html and "From the <em>newsroom</em>." in mail.html
+    assert "/confirm/" in mail.text
