@@ -117,6 +117,10 @@ def check_slug(value) -> str:
     if not SLUG.fullmatch(value):
         raise ValidationError("slug", "The slug may only have lowercase letters, digits and "
                                       "single hyphens between them, e.g. 'morning-briefing'.")
+    if value.isdigit():
+        # /archive/123 is an issue of the archive's older addresses.
+        raise ValidationError("slug", "The slug needs a letter: numbers alone are issue ids "
+                                      "in archive addresses.")
     return value
 
 

@@ -68,6 +68,7 @@ def test_create_takes_every_field_and_defaults_the_rest(app):
     ({"slug": "morning briefing", "name": "Space"}, "slug"),
     ({"slug": "-morning", "name": "Leading hyphen"}, "slug"),
     ({"slug": "a" * 61, "name": "Too long"}, "slug"),
+    ({"slug": "2027", "name": "Digits only, like an issue id"}, "slug"),
     ({"slug": "morning"}, "name"),
     ({"slug": "morning", "name": "   "}, "name"),
     ({"slug": "morning", "name": "x" * 201}, "name"),

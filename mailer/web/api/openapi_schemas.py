@@ -91,7 +91,8 @@ def _newsletter_schemas() -> dict:
     fields = _newsletter_fields()
     slug = {"type": "string", "minLength": 1, "maxLength": SLUG_MAX,
             "pattern": r"^[a-z0-9]+(-[a-z0-9]+)*$", "examples": ["morning-briefing"],
-            "description": "Lowercase letters, digits and hyphens; it never changes."}
+            "description": "Lowercase letters, digits and hyphens, not digits alone; it "
+                           "never changes."}
     return {
         "NewsletterCreate": {
             "type": "object",
