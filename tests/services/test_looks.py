@@ -31,12 +31,20 @@ NOW = datetime(2026, 11, 16, 7, 0, tzinfo=UTC)
 # --- images made byte by byte -------------------------------------------------------------
 
 
-def png(width: int = 3, height: int = 2) -> bytes:
+def png(width: int = 3, height: int = 2, color: str = "#ff0000") -> bytes:
+    """A width x height PNG: a block of `color` with a white bar across its middle."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         body = kind + data
         return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
 
-    raw = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    fill, white = bytes.fromhex(color[1:]), b"\xff\xff\xff"
+
+    def pixel(x: int, y: int) -> bytes:
+        bar = height // 3 <= y < 2 * height // 3 and width // 8 <= x < width - width // 8
+        return white if bar and height >= 6 else fill
+
+    raw = b"".join(b"\x00" + b"".join(pixel(x, y) for x in range(width))
+                   for y in range(height))
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 

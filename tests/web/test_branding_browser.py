@@ -79,7 +79,7 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
 
     # A logo and an accent colour, saved.
     logo = tmp_path / "brand.png"
-    logo.write_bytes(png(120, 40))
+    logo.write_bytes(png(120, 40, "#0f766e"))
     page.get_by_label("Upload a logo").set_input_files(str(logo))
     page.get_by_label("Accent colour").fill("#0f766e")
     page.get_by_label("Masthead title").fill("Morning Brief")
@@ -97,11 +97,15 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
         assert logo_name in frame.locator(".masthead img").get_attribute("src")
         assert _color(frame, ".section-title") == TEAL
     page.get_by_label("Masthead title").fill("Morning Brief, typed live")
-    frame = page.frame_locator("#look-preview-phone")
-    frame.get_by_text("Morning Brief, typed live").wait_for()
-    width = frame.locator("body").evaluate("b => b.clientWidth")
-    assert width <= 375
-    page.screenshot(path=str(ARTIFACTS / "look-editor.png"), full_page=True)
+    for frame_id, widths in (("#look-preview-desktop", (600, 700)),
+                             ("#look-preview-phone", (300, 375))):
+        frame = page.frame_locator(frame_id)
+        frame.get_by_text("Morning Brief, typed live").wait_for()
+        width = frame.locator("body").evaluate("b => b.clientWidth")
+        assert widths[0] <= width <= widths[1], (frame_id, width)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator(".look-previews").scroll_into_view_if_needed()
+    page.locator(".look-previews").screenshot(path=str(ARTIFACTS / "look-editor-preview.png"))
     page.get_by_label("Masthead title").fill("Morning Brief")
 
     # A test send from the composer, through the worker, carries the look. (Enter in the
@@ -149,7 +153,7 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
 
 def test_two_differently_branded_digests_side_by_side(app, page):
     rt = app.extensions["mailer"]
-    logo_name = looks.store_logo(rt.settings, png(160, 48), "brief.png")
+    logo_name = looks.store_logo(rt.settings, png(160, 48, "#0f766e"), "brief.png")
     daily = Newsletter(slug="daily", name="The Morning Brief", accent_color="#0f766e",
                        header_font="georgia", logo_file=logo_name,
                        footer_md="The newsroom's **morning** letter.")
