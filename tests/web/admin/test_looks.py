@@ -137,6 +137,17 @@ def test_only_editors_edit_looks(client):
     assert client.get("/admin/newsletters/nope/look").status_code in (403, 404)
 
 
+def test_every_public_page_wears_the_first_newsletters_look(client):
+    nl = _newsletter()
+    nl.accent_color, nl.header_font, nl.masthead_title = "#7c2d12", "verdana", "Daily Brief"
+    db.session.commit()
+    for path in ("/subscribe", "/archive", "/confirm/not-a-token", "/preferences/not-a-token",
+                 "/unsubscribe/not-a-token"):
+        page = client.get(path).get_data(as_text=True)
+        assert 'href="/look/7c2d12/verdana.css"' in page, path
+        assert "Daily Brief" in text_of(page), path
+
+
 def test_an_external_logo_is_allowed_by_the_public_pages_csp(client):
     nl = _newsletter()
     nl.logo_url = "https://cdn.daily.example/brand.png"
