@@ -34,7 +34,10 @@ from mailer.models import (
     SubscriptionStatus,
 )
 from mailer.models.subscribers import sections_list
-from mailer.services.subscriptions import check_text, normalize_email, parse_sections
+
+# The module, not its names: subscriptions.py uses this module too, and whichever of the two
+# is imported first finds the other half-loaded (its functions are looked up when called).
+from mailer.services import subscriptions as readers
 
 SLUG_MAX = 60
 NAME_MAX = 200
@@ -125,7 +128,7 @@ def check_slug(value) -> str:
 
 
 def check_name(value) -> str:
-    name = check_text("name", value if isinstance(value, str) else None, NAME_MAX)
+    name = readers.check_text("name", value if isinstance(value, str) else None, NAME_MAX)
     if not name:
         raise ValidationError("name", "Give the newsletter a name.")
     return name
@@ -138,7 +141,7 @@ def check_description(value) -> str:
         raise ValidationError("description",
                               f"The description is longer than {DESCRIPTION_MAX} characters.")
     # Line breaks are fine in a description; other control characters are not.
-    lines = [check_text("description", line, DESCRIPTION_MAX) or ""
+    lines = [readers.check_text("description", line, DESCRIPTION_MAX) or ""
              for line in (value or "").replace("\r\n", "\n").split("\n")]
     return "\n".join(lines).strip()
 
@@ -157,10 +160,10 @@ def check_from(value) -> tuple[str | None, str | None]:
         raise ValidationError("from", f"from must look like 'Name <address>', not "
                                       f"{value.strip()[:80]!r}.")
     try:
-        address = normalize_email(address)
+        address = readers.normalize_email(address)
     except ValidationError as e:
         raise ValidationError("from", f"The From address: {e.message}") from None
-    name = check_text("from", name, NAME_MAX)
+    name = readers.check_text("from", name, NAME_MAX)
     return name, address
 
 
@@ -186,7 +189,7 @@ def check_reply_to(value) -> str | None:
     if not isinstance(value, str):
         raise ValidationError("reply_to", "reply_to must be an email address.")
     try:
-        return normalize_email(value)
+        return readers.normalize_email(value)
     except ValidationError as e:
         raise ValidationError("reply_to", f"The Reply-To address: {e.message}") from None
 
@@ -288,7 +291,7 @@ def _apply(session: Session, newsletter: Newsletter, data: dict, known_sections,
     if latest + popular == 0:
         raise ValidationError("latest_n", "A digest needs latest or popular articles (or both).")
     if "sections" in data:
-        changes["sections"] = parse_sections(data["sections"] or None, known_sections)
+        changes["sections"] = readers.parse_sections(data["sections"] or None, known_sections)
     if "archived" in data:
         archived = check_flag("archived", data["archived"])
         if archived != (newsletter.archived_at is not None):
