@@ -86,6 +86,26 @@
         if (/^#[0-9a-fA-F]{6}$/.test(accent.value)) { picker.value = accent.value.toLowerCase(); }
       });
     }
+    // The contrast against white, as the server computes it (WCAG 2.x), said as it is typed.
+    var contrast = form.querySelector("[data-contrast]") || document.querySelector("[data-contrast]");
+    function channel(v) {
+      var c = v / 255;
+      return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4);
+    }
+    function sayContrast() {
+      if (!contrast || !accent) { return; }
+      var hex = accent.value.trim();
+      if (!/^#[0-9a-fA-F]{6}$/.test(hex)) { contrast.textContent = ""; return; }
+      var rgb = [1, 3, 5].map(function (i) { return channel(parseInt(hex.substr(i, 2), 16)); });
+      var lum = 0.2126 * rgb[0] + 0.7152 * rgb[1] + 0.0722 * rgb[2];
+      var ratio = Math.floor(1.05 / (lum + 0.05) * 10) / 10;
+      contrast.textContent = "; this one has " + ratio.toFixed(1) + ":1" +
+        (1.05 / (lum + 0.05) < 4.5 ? ", too light: it would be refused" : "");
+    }
+    if (accent) {
+      accent.addEventListener("input", sayContrast);
+      if (picker) { picker.addEventListener("input", sayContrast); }
+    }
     form.addEventListener("input", soon);
     form.addEventListener("change", soon);
     // With the script, the preview button updates both frames in place.

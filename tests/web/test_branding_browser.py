@@ -73,6 +73,8 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
     assert "The logo is 20.0 MB; the largest accepted is 1.0 MB." in page.locator(
         "#look-error").inner_text()
     page.get_by_label("Accent colour").fill("#ffcc00")
+    # Said while typing, then refused by the server with the same figure.
+    assert "1.5:1, too light" in page.locator("[data-contrast]").inner_text()
     page.get_by_role("button", name="Save the look").click()
     assert ("#ffcc00 has a contrast of 1.5:1 against white; links and buttons need at least "
             "4.5:1") in page.locator("#look-error").inner_text()
