@@ -125,7 +125,8 @@ def test_editors_read_but_do_not_change(client, make_email):
 def test_the_dashboard_shows_readers_per_newsletter(client, make_email):
     morning = Newsletter(slug="morning", name="Morning")
     sport = Newsletter(slug="sport", name="Sport letter", public=False)
-    db.session.add_all([morning, sport])
+    gone = Newsletter(slug="elections", name="Election night", archived_at=utcnow())
+    db.session.add_all([morning, sport, gone])
     db.session.commit()
     for n in range(3):
         _subscribe(morning.id, f"m{n}@example.com")
@@ -134,4 +135,5 @@ def test_the_dashboard_shows_readers_per_newsletter(client, make_email):
     _subscribe(sport.id, "b@example.com", person=SubscriberStatus.BOUNCED)  # gets nothing
     login(client, Role.EDITOR, make_email("editor"))
     page = text_of(client.get("/admin/"))
-    assert "Readers per newsletter Newsletter Active Pending Morning 3 0 Sport letter hidden 1 1" in page
+    assert ("Readers per newsletter Newsletter Active Pending Morning 3 0 Sport letter hidden "
+            "1 1 Readers over") in page  # an archived newsletter is not listed
