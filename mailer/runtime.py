@@ -17,6 +17,7 @@ from mailer.mail.composer import Composer
 from mailer.mail.dkim import DkimSigner, signer_from_settings
 from mailer.mail.notices import Notices
 from mailer.mail.ratelimit import Limiter, limiter_from_settings
+from mailer.mail.sender import Sender
 from mailer.mail.transport import Transport, transport_from_settings
 from mailer.services.popularity import Popularity, store_from_settings
 from mailer.tokens import SUPPRESSION, Tokens
@@ -77,15 +78,17 @@ class Runtime:
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash(SUPPRESSION, email)
 
-    def compile(self, variant) -> CompiledVariant:
+    def compile(self, variant, sender: Sender | None = None) -> CompiledVariant:
         """A stored issue variant (issue_id, id, subject, html, text) compiled for sending
-        from this process: its settings, links, tokens and DKIM signer."""
+        from this process: its settings, links, tokens and DKIM signer, and the From,
+        Reply-To and List-Id of the issue's newsletter (`sender`; None: MAILER_FROM's)."""
         return self.composer.compile(
             issue_id=variant.issue_id,
             variant_id=variant.id,
             subject=variant.subject,
             html=variant.html,
             text=variant.text,
+            sender=sender,
         )
 
 

@@ -28,16 +28,21 @@ def _sections(ctx: Context, raw: str) -> str:
 
 @digest.command("create")
 @click.option(
+    "--newsletter",
+    metavar="SLUG",
+    help="The newsletter the issue belongs to (default: the first one).",
+)
+@click.option(
     "--latest",
     "latest_n",
     type=click.IntRange(0, 100),
-    help="How many of the latest articles (default: MAILER_DIGEST_LATEST, 10).",
+    help="How many of the latest articles (default: the newsletter's).",
 )
 @click.option(
     "--popular",
     "popular_m",
     type=click.IntRange(0, 100),
-    help="How many of the most popular articles (default: MAILER_DIGEST_POPULAR, 5).",
+    help="How many of the most popular articles (default: the newsletter's).",
 )
 @click.option(
     "--subject", help="Subject line; may use {{ list_name }}, {{ date }}, {{ top_story }}."
@@ -60,12 +65,13 @@ def _sections(ctx: Context, raw: str) -> str:
 @click.option(
     "--min-items",
     type=click.IntRange(0, 100),
-    help="Skip the issue with fewer new articles than this (default: MAILER_DIGEST_MIN_ITEMS, 1).",
+    help="Skip the issue with fewer new articles than this (default: the newsletter's).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the issue as JSON.")
 @pass_ctx
 def create(
     ctx: Context,
+    newsletter,
     latest_n,
     popular_m,
     subject,
@@ -88,6 +94,7 @@ def create(
             rt.settings,
             rt.popularity,
             now=utcnow(),
+            newsletter=newsletter,
             subject=subject,
             preheader=preheader,
             intro=intro,
@@ -111,7 +118,8 @@ def _print_issue(data: dict) -> None:
     shown = [i for i in data["items"] if not i["excluded"]]
     click.echo(f"Issue {data['id']} ({data['status']}): {data['subject']}")
     audience = ", ".join(data["audience"]["sections"]) or "all sections"
-    click.echo(f"  for {data['audience']['frequency']} readers of {audience}")
+    click.echo(f"  newsletter {data['newsletter']}, for {data['audience']['frequency']} "
+               f"readers of {audience}")
     for section, label in (("latest", "Latest"), ("popular", "Most popular")):
         items = [i for i in shown if i["section"] == section]
         click.echo(f"  {label}: {len(items)}")
@@ -227,16 +235,21 @@ def test_send(ctx: Context, issue_id: int, addresses, sections: str):
 @click.option(
     "--status", type=click.Choice([s.value for s in IssueStatus]), help="Only issues in this state."
 )
+@click.option("--newsletter", metavar="SLUG", help="Only this newsletter's issues.")
 @click.option("--json", "as_json", is_flag=True, help="Print the issues as a JSON array.")
 @pass_ctx
-def list_(ctx: Context, limit, status, as_json: bool):
+def list_(ctx: Context, limit, status, newsletter, as_json: bool):
     """Issues, newest first."""
-    from mailer.services import digests
+    from mailer.services import digests, newsletters
 
     with ctx.app.app_context(), db.transaction() as s:
         statuses = [IssueStatus(status)] if status else None
+        letter_id = newsletters.by_slug(s, newsletter).id if newsletter else None
         rows = [
-            digests.summary(s, i) for i in digests.list_issues(s, limit=limit, statuses=statuses)
+            digests.summary(s, i)
+            for i in digests.list_issues(
+                s, limit=limit, statuses=statuses, newsletter_id=letter_id
+            )
         ]
     if as_json:
         click.echo(json.dumps(rows))
@@ -244,8 +257,11 @@ def list_(ctx: Context, limit, status, as_json: bool):
     if not rows:
         click.echo("No issues yet. Compose one with `mailer digest create`.")
         return
-    click.echo(f"{'ID':>5}  {'STATUS':<9}  {'CREATED':<16}  {'ITEMS':>5}  SUBJECT")
+    width = max(len("NEWSLETTER"), *(len(r["newsletter"] or "-") for r in rows))
+    click.echo(f"{'ID':>5}  {'STATUS':<9}  {'NEWSLETTER':<{width}}  {'CREATED':<16}  "
+               f"{'ITEMS':>5}  SUBJECT")
     for r in rows:
         created = r["created_at"][:16].replace("T", " ")
         items = r["latest"] + r["popular"]
-        click.echo(f"{r['id']:>5}  {r['status']:<9}  {created:<16}  {items:>5}  {r['subject']}")
+        click.echo(f"{r['id']:>5}  {r['status']:<9}  {r['newsletter'] or '-':<{width}}  "
+                   f"{created:<16}  {items:>5}  {r['subject']}")

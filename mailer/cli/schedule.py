@@ -34,6 +34,8 @@ def _audience(item: dict) -> str:
 
 @schedule.command("add")
 @click.option("--name", required=True, help="A unique name, e.g. 'Weekly digest'.")
+@click.option("--newsletter", metavar="SLUG",
+              help="The newsletter its issues belong to (default: the first one).")
 @click.option("--cron", "cron_text", required=True,
               help="Five cron fields ('0 7 * * mon') or a form like 'mon 07:00', 'daily 06:30'.")
 @click.option("--tz", "timezone", default="UTC", show_default=True,
@@ -41,16 +43,19 @@ def _audience(item: dict) -> str:
 @click.option("--frequency", type=click.Choice(["weekly", "daily"]),
               help="Readers it goes to (default: daily for schedules that fire most days).")
 @click.option("--sections", help="Comma-separated sections of the audience (default: all).")
-@click.option("--latest", "latest_n", type=int, help="How many of the latest articles.")
-@click.option("--popular", "popular_m", type=int, help="How many of the most popular articles.")
+@click.option("--latest", "latest_n", type=int,
+              help="How many of the latest articles (default: the newsletter's).")
+@click.option("--popular", "popular_m", type=int,
+              help="How many of the most popular articles (default: the newsletter's).")
 @click.option("--min-items", type=int,
-              help="Skip the period when fewer new articles than this exist.")
+              help="Skip the period when fewer new articles than this exist "
+                   "(default: the newsletter's).")
 @click.option("--subject", help="Subject line (may use {{ date }}, {{ top_story }}, ...).")
 @click.option("--grace-hours", type=float,
               help="How late a missed period may still be made up (default: "
                    "MAILER_SCHEDULE_GRACE_HOURS, 6).")
 @pass_ctx
-def add(ctx: Context, name, cron_text, timezone, frequency, sections, latest_n, popular_m,
+def add(ctx: Context, name, newsletter, cron_text, timezone, frequency, sections, latest_n, popular_m,
         min_items, subject, grace_hours):
     """Add a schedule; prints its next firing times and, on the last line, its id."""
     settings = ctx.settings
@@ -62,30 +67,32 @@ def add(ctx: Context, name, cron_text, timezone, frequency, sections, latest_n, 
                     s, name=name, cron_text=cron_text, timezone=timezone, frequency=frequency,
                     sections=sections, latest_n=latest_n, popular_m=popular_m,
                     min_items=min_items, subject=subject, grace_hours=grace_hours,
-                    known_sections=settings.section_labels,
-                    defaults=(settings.digest_latest, settings.digest_popular,
-                              settings.digest_min_items),
+                    known_sections=settings.section_labels, newsletter=newsletter,
                 )
                 item = schedules.as_dict(created, now, count=3)
         except MailerError as e:
             fail(str(e))
-    click.echo(f"Added {item['name']!r}: {item['description']} {item['timezone']}, "
-               f"to {_audience(item)}.")
+    click.echo(f"Added {item['name']!r} for {item['newsletter']}: {item['description']} "
+               f"{item['timezone']}, to {_audience(item)}.")
     for when in item["next_runs"]:
         click.echo(f"  next: {when}")
     click.echo(item["id"])
 
 
 @schedule.command("list")
+@click.option("--newsletter", metavar="SLUG", help="Only this newsletter's schedules.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
-def list_(ctx: Context, as_json: bool):
+def list_(ctx: Context, newsletter, as_json: bool):
     """Every schedule with its next firing time (local) and its last run."""
+    from mailer.services import newsletters
+
     now = utcnow()
     with ctx.app.app_context(), db.transaction() as s:
+        letter_id = newsletters.by_slug(s, newsletter).id if newsletter else None
         last = schedules.last_runs(s)
         items = [schedules.as_dict(x, now, count=1, last=last.get(x.id))
-                 for x in schedules.list_schedules(s)]
+                 for x in schedules.list_schedules(s, newsletter_id=letter_id)]
     if as_json:
         click.echo(json.dumps({"schedules": items}, indent=2))
         return
@@ -94,11 +101,12 @@ def list_(ctx: Context, as_json: bool):
                    "  mailer schedule add --name 'Weekly digest' --cron 'mon 07:00' "
                    "--tz Europe/Berlin")
         return
-    rows = [("ID", "NAME", "WHEN", "AUDIENCE", "STATUS", "NEXT RUN", "LAST RUN")]
+    rows = [("ID", "NAME", "NEWSLETTER", "WHEN", "AUDIENCE", "STATUS", "NEXT RUN", "LAST RUN")]
     for i in items:
         last_run = i["last_run"]
         rows.append((
-            str(i["id"]), i["name"], f"{i['description']} {i['timezone']}", _audience(i),
+            str(i["id"]), i["name"], i["newsletter"] or "-",
+            f"{i['description']} {i['timezone']}", _audience(i),
             i["status"], i["next_runs"][0] if i["next_runs"] else "-",
             f"{last_run['status']} {last_run['period_local']}" if last_run else "-",
         ))

@@ -23,7 +23,8 @@ from mailer.links import Links
 from mailer.mail import placeholders as ph
 from mailer.mail.dkim import DkimSigner, body_hash, canon_header
 from mailer.mail.encoding import encode_qp, encode_value, fold, format_address, header_text
-from mailer.mail.notices import Outgoing, list_id
+from mailer.mail.notices import Outgoing
+from mailer.mail.sender import Sender, settings_sender
 from mailer.tokens import BOUNCE, BOUNCE_HEADER, MESSAGE_ID, Tokens
 
 # "Hello there," when a reader gave no name.
@@ -95,16 +96,21 @@ class CompiledVariant:
         tokens: Tokens,
         signer: DkimSigner | None = None,
         clock=time.time,
+        sender: Sender | None = None,
     ):
+        """`sender` is the issue's newsletter's From, Reply-To and List-Id (mail.sender);
+        None: MAILER_FROM's, as before there were newsletters."""
         self.issue_id = issue_id
         self.settings = settings
         self.links = links
         self.tokens = tokens
         self.signer = signer
         self._clock = _Clock(clock)
-        sender = settings.from_address
-        self.domain = sender.domain or "localhost"
-        self.envelope_from = sender.addr_spec
+        letter = sender or settings_sender(settings)
+        self.sender = letter
+        envelope = settings.from_address  # bounces, Message-IDs: the installation's domain
+        self.domain = envelope.domain or "localhost"
+        self.envelope_from = envelope.addr_spec
         self.bounce_domain = settings.bounce_domain
         self.subject = subject
         self.subject_personal = bool(_MARKERS.search(subject))
@@ -113,8 +119,11 @@ class CompiledVariant:
         self._unsub_tail = f", <mailto:{mailto}?subject=unsubscribe>" if mailto else ""
 
         boundary = "=_mlr_" + secrets.token_hex(12)  # '=' never occurs in QP-encoded text
-        self._from_line = "From: " + format_address(sender.display_name, sender.addr_spec)
-        self._list_id_line = list_id_line(list_id(settings))
+        self._from_line = "From: " + letter.from_header
+        self._reply_line = (
+            "Reply-To: " + format_address(None, letter.reply_to) if letter.reply_to else None
+        )
+        self._list_id_line = list_id_line(letter.list_id)
         self._post_line = "List-Unsubscribe-Post: List-Unsubscribe=One-Click"
         self._feedback_line = f"Feedback-ID: {issue_id}:{variant_id}:digest:{self.domain}"
         self._mime_line = "MIME-Version: 1.0"
@@ -157,6 +166,7 @@ class CompiledVariant:
             # The fixed signed headers, canonicalized once.
             self._canon_fixed = {
                 "from": canon_header(self._from_line),
+                "reply-to": canon_header(self._reply_line) if self._reply_line else "",
                 "list-id": canon_header(self._list_id_line),
                 "list-unsubscribe-post": canon_header(self._post_line),
                 "feedback-id": canon_header(self._feedback_line),
@@ -241,11 +251,14 @@ class CompiledVariant:
         ]
         if token_line:
             lines.insert(-2, token_line)
+        if self._reply_line:
+            lines.insert(1, self._reply_line)
         if self.signer is not None:
             c = self._canon_fixed
             canon = "".join(
                 (
                     c["from"],
+                    c["reply-to"],
                     canon_header(to_line),
                     c.get("subject") or canon_header(subject_line),
                     canon_header(date_line),

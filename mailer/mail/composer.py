@@ -21,6 +21,7 @@ from mailer.mail.compiled import CompiledVariant, Reader, list_id_line
 from mailer.mail.dkim import SIGNED_HEADERS, DkimSigner, body_hash, canon_header
 from mailer.mail.encoding import encode_qp, fold, format_address, header_text
 from mailer.mail.notices import Outgoing
+from mailer.mail.sender import Sender
 from mailer.tokens import BOUNCE, Tokens
 
 # The uid signed into a sample reader's unsubscribe and preferences links. '~' never occurs
@@ -82,19 +83,22 @@ class Composer:
         self.clock = clock
 
     def compile(
-        self, *, issue_id: int, variant_id: int, subject: str, html: str, text: str
+        self, *, issue_id: int, variant_id: int, subject: str, html: str, text: str,
+        sender: Sender | None = None,
     ) -> CompiledVariant:
-        """An issue variant (placeholders in) ready to be built for each of its readers."""
+        """An issue variant (placeholders in) ready to be built for each of its readers,
+        from its newsletter's `sender` (None: MAILER_FROM's)."""
         return self._variant(CompiledVariant, issue_id=issue_id, variant_id=variant_id,
-                             subject=subject, html=html, text=text)
+                             subject=subject, html=html, text=text, sender=sender)
 
     def samples(
-        self, *, issue_id: int, subject: str, html: str, text: str, test: bool = True
+        self, *, issue_id: int, subject: str, html: str, text: str, test: bool = True,
+        sender: Sender | None = None,
     ) -> SampleVariant:
         """The variant for sample readers; `test` marks the subject `[Test]`."""
         return self._variant(SampleVariant, issue_id=issue_id, variant_id=0,
                              subject=(TEST_PREFIX + subject) if test else subject,
-                             html=html, text=text)
+                             html=html, text=text, sender=sender)
 
     def _variant(self, kind: type[CompiledVariant], **issue) -> CompiledVariant:
         """A variant of `kind` with this process's settings, links, tokens, keys and clock."""

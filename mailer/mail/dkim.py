@@ -20,6 +20,7 @@ from mailer.config import Settings
 # so a header of those names added in transit breaks the signature instead of being trusted.
 SIGNED_HEADERS = (
     "from",
+    "reply-to",  # a newsletter's own; named even when absent, so none can be added
     "to",
     "subject",
     "date",

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mailer.clock import utcnow
 from mailer.db import Base, BigId, UTCDateTime, enum_column
+from mailer.models.newsletters import FIRST_NEWSLETTER
 from mailer.models.subscribers import Frequency
+
+if TYPE_CHECKING:
+    from mailer.models.newsletters import Newsletter
 
 
 class IssueStatus(enum.StrEnum):
@@ -65,8 +70,10 @@ class Issue(Base):
     # Always set by the services. NULL is allowed by the column only because SQLite cannot add
     # a NOT NULL foreign key to an existing table in place (0013 fills every old issue).
     newsletter_id: Mapped[int | None] = mapped_column(
-        ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True
+        ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True,
+        default=FIRST_NEWSLETTER,
     )
+    newsletter: Mapped[Newsletter | None] = relationship()
     # The newsletter's look (JSON) frozen when the send started: the archive keeps showing
     # what readers got whatever the look becomes later. NULL until then.
     look: Mapped[str | None] = mapped_column(Text)

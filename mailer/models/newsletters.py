@@ -11,7 +11,19 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    column,
+    func,
+    select,
+    table,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mailer.clock import utcnow
@@ -22,6 +34,13 @@ from mailer.models.subscribers import Frequency, Subscriber, sections_list
 # newsletters had a look of their own).
 DEFAULT_ACCENT = "#1d4ed8"
 DEFAULT_FONT = "georgia"
+
+
+# An issue or schedule inserted without a newsletter (a row made by hand, an older script)
+# belongs to the first newsletter, as everything did before there were several.
+FIRST_NEWSLETTER = (
+    select(func.min(column("id"))).select_from(table("newsletters")).scalar_subquery()
+)
 
 
 class SubscriptionStatus(enum.StrEnum):

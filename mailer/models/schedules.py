@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from mailer.clock import utcnow
 from mailer.db import Base, BigId, UTCDateTime, enum_column
+from mailer.models.newsletters import FIRST_NEWSLETTER
 from mailer.models.subscribers import Frequency
+
+if TYPE_CHECKING:
+    from mailer.models.newsletters import Newsletter
 
 
 class Schedule(Base):
@@ -19,8 +24,10 @@ class Schedule(Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     # Always set by the services (nullable in SQL only for SQLite's in-place ADD COLUMN).
     newsletter_id: Mapped[int | None] = mapped_column(
-        ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True
+        ForeignKey("newsletters.id", ondelete="RESTRICT"), index=True,
+        default=FIRST_NEWSLETTER,
     )
+    newsletter: Mapped[Newsletter | None] = relationship()
     cron: Mapped[str] = mapped_column(String(100))  # five fields, in `timezone`
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     audience_frequency: Mapped[Frequency] = mapped_column(

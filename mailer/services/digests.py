@@ -2,8 +2,9 @@
 
 Latest = articles published since the audience's last sent issue (the first issue looks back
 seven days), newest first, up to N. Most popular = the top M of the rolling ranking, minus
-Latest and minus anything this audience already got. An audience is a frequency plus a
-sections key; an issue with fewer than K Latest items is recorded as skipped.
+Latest and minus anything this audience already got. An audience is a newsletter, a frequency
+and a sections key: the windows and the "already sent" memory of one newsletter never look at
+another's issues. An issue with fewer than K Latest items is recorded as skipped.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.config import Settings
-from mailer.errors import NotFound, ValidationError
+from mailer.errors import Conflict, NotFound, ValidationError
 from mailer.links import archive_url
 from mailer.mail.composer import Composer
 from mailer.mail.notices import Outgoing
@@ -27,9 +28,11 @@ from mailer.models import (
     IssueItem,
     IssueStatus,
     ItemSection,
+    Newsletter,
     sections_list,
 )
 from mailer.services import issue_states as states
+from mailer.services import newsletters
 from mailer.services.issue_edits import (
     check_frequency,
     check_intro,
@@ -43,6 +46,7 @@ from mailer.services.popularity import Popularity
 from mailer.services.render import (
     EDITOR_VARIABLES,
     article_sections,
+    issue_sender,
     render_preview,
     render_variant,
 )
@@ -57,29 +61,37 @@ PAGE = 200
 # --- audience history ---------------------------------------------------------------------
 
 
-def _same_audience(frequency: Frequency, sections: str):
-    return (Issue.audience_frequency == frequency) & (Issue.audience_sections == sections)
+def _same_audience(newsletter_id: int, frequency: Frequency, sections: str):
+    return (
+        (Issue.newsletter_id == newsletter_id)
+        & (Issue.audience_frequency == frequency)
+        & (Issue.audience_sections == sections)
+    )
 
 
 def last_sent(
-    session: Session, frequency: Frequency, sections: str, before_id=None
+    session: Session, newsletter_id: int, frequency: Frequency, sections: str, before_id=None
 ) -> Issue | None:
     """The audience's most recent issue that went out (sending, paused or finished)."""
-    stmt = select(Issue).where(Issue.status.in_(SENT), _same_audience(frequency, sections))
+    stmt = select(Issue).where(
+        Issue.status.in_(SENT), _same_audience(newsletter_id, frequency, sections)
+    )
     if before_id is not None:
         stmt = stmt.where(Issue.id != before_id)
     stmt = stmt.order_by(Issue.window_end.desc().nulls_last(), Issue.id.desc()).limit(1)
     return session.scalar(stmt)
 
 
-def already_sent(session: Session, frequency: Frequency, sections: str) -> set[int]:
-    """Every article this audience got in an issue that went out."""
+def already_sent(
+    session: Session, newsletter_id: int, frequency: Frequency, sections: str
+) -> set[int]:
+    """Every article this audience (of this newsletter) got in an issue that went out."""
     rows = session.scalars(
         select(IssueItem.article_id)
         .join(Issue, Issue.id == IssueItem.issue_id)
         .where(
             Issue.status.in_(SENT),
-            _same_audience(frequency, sections),
+            _same_audience(newsletter_id, frequency, sections),
             IssueItem.excluded.is_(False),
         )
     )
@@ -178,7 +190,9 @@ def _compose(
 ) -> int:
     """Fill the issue's unpinned items by the rules; returns the number of Latest items."""
     kept = list(session.scalars(select(IssueItem).where(IssueItem.issue_id == issue.id)))
-    skip = already_sent(session, issue.audience_frequency, issue.audience_sections)
+    skip = already_sent(
+        session, issue.newsletter_id, issue.audience_frequency, issue.audience_sections
+    )
     skip |= {i.article_id for i in kept}
     pinned = {
         s: [i for i in kept if i.pinned and not i.excluded and i.section == s] for s in ItemSection
@@ -213,12 +227,41 @@ def _skip_reason(found: int, needed: int, since: datetime) -> str:
     return f"Only {found} new article(s) since {when}; at least {needed} needed."
 
 
+def newsletter_for_new_issue(session: Session, ref: Newsletter | str | None) -> Newsletter:
+    """The newsletter a new issue or schedule belongs to: a Newsletter, a slug, or None for
+    the first newsletter (what a caller that names none meant before there were several).
+    An archived newsletter takes no new issues (Conflict)."""
+    if ref is None or ref == "":
+        found = newsletters.first(session)
+    elif isinstance(ref, Newsletter):
+        found = ref
+    elif isinstance(ref, str):
+        found = newsletters.by_slug(session, ref.strip())
+    else:
+        raise ValidationError("newsletter", "newsletter must be a newsletter's slug.")
+    if found.archived_at is not None:
+        raise Conflict(f"The newsletter {found.slug!r} is archived: it takes no new issues.")
+    return found
+
+
+def newsletter_options(session: Session) -> list[Newsletter]:
+    """Every newsletter, oldest first: what the console's forms and filters list (the forms
+    only those not archived)."""
+    return list(session.scalars(select(Newsletter).order_by(Newsletter.id)))
+
+
+def newsletter_filter(session: Session, slug: str | None) -> Newsletter | None:
+    """A list filter's `?newsletter=SLUG`: None for no filter, NotFound for an unknown slug."""
+    return newsletters.by_slug(session, slug.strip()) if slug and slug.strip() else None
+
+
 def create_issue(
     session: Session,
     settings: Settings,
     popularity: Popularity,
     *,
     now: datetime,
+    newsletter: Newsletter | str | None = None,
     subject: str | None = None,
     preheader: str = "",
     intro: str = "",
@@ -231,20 +274,23 @@ def create_issue(
     period_start: datetime | None = None,
     author_id: int | None = None,
 ) -> Issue:
-    """Compose a new issue: a draft, or `skipped` (reason in status_reason) when fewer than
-    min_items new articles exist. Flushes, so a duplicate (schedule, period) raises
-    IntegrityError here."""
+    """Compose a new issue of `newsletter` (see newsletter_for_new_issue): a draft, or
+    `skipped` (reason in status_reason) when fewer than min_items new articles exist. The
+    counts not given are the newsletter's digest defaults. Flushes, so a duplicate (schedule,
+    period) raises IntegrityError here."""
     audience_sections = check_sections(audience_sections, settings)
+    letter = newsletter_for_new_issue(session, newsletter)
     issue = Issue(
+        newsletter_id=letter.id,
         subject=check_subject(DEFAULT_SUBJECT if subject is None else subject),
         preheader=check_preheader(preheader or ""),
         intro=check_intro(intro or ""),
         status=IssueStatus.DRAFT,
         audience_frequency=check_frequency(audience_frequency),
         audience_sections=audience_sections,
-        latest_n=_count(latest_n, "latest", settings.digest_latest),
-        popular_m=_count(popular_m, "popular", settings.digest_popular),
-        min_items=_count(min_items, "min_items", settings.digest_min_items),
+        latest_n=_count(latest_n, "latest", letter.latest_n),
+        popular_m=_count(popular_m, "popular", letter.popular_m),
+        min_items=_count(min_items, "min_items", letter.min_items),
         schedule_id=schedule_id,
         period_start=period_start,
         author_id=author_id,
@@ -252,7 +298,7 @@ def create_issue(
         created_at=now,
         updated_at=now,
     )
-    previous = last_sent(session, issue.audience_frequency, audience_sections)
+    previous = last_sent(session, letter.id, issue.audience_frequency, audience_sections)
     issue.window_start = (
         previous.window_end if previous and previous.window_end else now - FIRST_LOOKBACK
     )
@@ -280,7 +326,9 @@ def recompose(
     instead of since the last issue (articles the readers already got still stay out)."""
     issue = editable(session, issue_id)
     now = now or utcnow()
-    previous = last_sent(session, issue.audience_frequency, issue.audience_sections, issue.id)
+    previous = last_sent(
+        session, issue.newsletter_id, issue.audience_frequency, issue.audience_sections, issue.id
+    )
     issue.window_start = (
         now - look_back if look_back is not None
         else previous.window_end if previous and previous.window_end
@@ -305,13 +353,26 @@ def recompose(
 # --- reading ------------------------------------------------------------------------------
 
 
-def list_issues(session: Session, *, limit: int | None = None, offset: int = 0, statuses=None):
+def list_issues(
+    session: Session,
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    statuses=None,
+    newsletter_id: int | None = None,
+):
     stmt = select(Issue).order_by(Issue.id.desc()).offset(offset)
     if statuses:
         stmt = stmt.where(Issue.status.in_(statuses))
+    if newsletter_id is not None:
+        stmt = stmt.where(Issue.newsletter_id == newsletter_id)
     if limit is not None:
         stmt = stmt.limit(limit)
     return list(session.scalars(stmt))
+
+
+def newsletter_slug(issue: Issue) -> str | None:
+    return issue.newsletter.slug if issue.newsletter is not None else None
 
 
 def summary(session: Session, issue: Issue) -> dict:
@@ -329,6 +390,7 @@ def summary(session: Session, issue: Issue) -> dict:
         "status": str(issue.status),
         "status_reason": issue.status_reason,
         "subject": issue.subject,
+        "newsletter": newsletter_slug(issue),
         "frequency": str(issue.audience_frequency),
         "sections": sections_list(issue.audience_sections),
         "latest": counts.get(ItemSection.LATEST, 0),
@@ -357,6 +419,7 @@ def describe(session: Session, issue: Issue, settings: Settings) -> dict:
         "preheader": issue.preheader,
         "greeting": issue.greeting,
         "intro": issue.intro,
+        "newsletter": newsletter_slug(issue),
         "audience": {
             "frequency": str(issue.audience_frequency),
             "sections": sections_list(issue.audience_sections),
@@ -417,5 +480,8 @@ def test_messages(
     if rendered is None:
         raise NotFound("Readers of these sections would get no articles in this issue.")
     subject, html, text = rendered
-    variant = composer.samples(issue_id=issue.id, subject=subject, html=html, text=text, test=test)
+    variant = composer.samples(
+        issue_id=issue.id, subject=subject, html=html, text=text, test=test,
+        sender=issue_sender(session, issue, composer.settings),
+    )
     return [variant.build(composer.sample_reader(address)) for address in addresses]

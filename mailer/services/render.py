@@ -30,8 +30,9 @@ from mailer.config import Settings
 from mailer.errors import ValidationError
 from mailer.links import archive_url
 from mailer.mail import placeholders as ph
+from mailer.mail.sender import Sender, newsletter_sender, settings_sender
 from mailer.mail.templates import email_env
-from mailer.models import Issue, IssueItem, ItemSection, sections_list
+from mailer.models import Issue, IssueItem, ItemSection, Newsletter, sections_list
 from mailer.services.summaries import strip_filler
 
 SECTION_LABELS = {ItemSection.LATEST: "Latest", ItemSection.POPULAR: "Most popular"}
@@ -241,10 +242,22 @@ def issue_date(issue: Issue) -> str:
     return f"{when.day} {when:%B %Y}"
 
 
-def editor_values(issue: Issue, variant: Variant, settings: Settings) -> dict:
+def issue_sender(session: Session, issue: Issue, settings: Settings) -> Sender:
+    """The From, Reply-To and List-Id of the issue's newsletter (MAILER_FROM's for an issue
+    that has none, such as a made-up sample)."""
+    letter = None
+    if issue.newsletter_id is not None:
+        letter = session.get(Newsletter, issue.newsletter_id)
+    return newsletter_sender(settings, letter)
+
+
+def editor_values(
+    issue: Issue, variant: Variant, settings: Settings, sender: Sender | None = None
+) -> dict:
     items = variant.items
     return {
-        "list_name": settings.list_name,
+        # {{ list_name }}: the newsletter's name.
+        "list_name": (sender or settings_sender(settings)).name,
         "date": issue_date(issue),
         "top_story": items[0].title if items else "",
         "item_count": len(items),
@@ -264,10 +277,12 @@ class Rendered:
     intro_text: str
 
 
-def render_editor_fields(issue: Issue, variant: Variant, settings: Settings, name: str) -> Rendered:
-    values = editor_values(issue, variant, settings)
+def render_editor_fields(
+    issue: Issue, variant: Variant, settings: Settings, name: str, sender: Sender | None = None
+) -> Rendered:
+    values = editor_values(issue, variant, settings, sender)
     subject = one_line(editor_text("subject", issue.subject or "", values), 300)
-    subject = subject or settings.list_name
+    subject = subject or values["list_name"]
     preheader = one_line(editor_text("preheader", issue.preheader or "", values), 300)
     preheader = preheader or default_preheader(variant)
     # The intro may greet the reader by name: the placeholder goes in, the delivery fills it.
@@ -301,8 +316,10 @@ def render_variant(
     variant = build_variant(session, issue, sections, settings, link)
     if not variant.items:
         return None
-    fields_ = render_editor_fields(issue, variant, settings, ph.NAME)
-    return _render_digest(issue, variant, fields_, settings, _issue_look(session, issue, settings))
+    sender = issue_sender(session, issue, settings)
+    fields_ = render_editor_fields(issue, variant, settings, ph.NAME, sender)
+    look = _issue_look(session, issue, settings)
+    return _render_digest(issue, variant, fields_, settings, look, sender)
 
 
 def _issue_look(session: Session, issue: Issue, settings: Settings):
@@ -312,16 +329,17 @@ def _issue_look(session: Session, issue: Issue, settings: Settings):
 
 
 def _render_digest(
-    issue: Issue, variant: Variant, fields_: Rendered, settings: Settings, look
+    issue: Issue, variant: Variant, fields_: Rendered, settings: Settings, look,
+    sender: Sender | None = None,
 ) -> tuple[str, str, str]:
-    sender = settings.from_address
+    sender = sender or settings_sender(settings)
     context = {
         "subject": fields_.subject,
         "preheader": fields_.preheader,
         "intro_html": fields_.intro_html,
         "intro_text": fields_.intro_text,
         "sections": _sections(variant),
-        "list_name": settings.list_name,
+        "list_name": sender.name,
         "date": issue_date(issue),
         "site_url": settings.base_url,
         "archive_url": archive_url(settings, issue.id),
@@ -331,8 +349,8 @@ def _render_digest(
         "unsubscribe_url": ph.UNSUBSCRIBE_URL,
         "preferences_url": ph.PREFERENCES_URL,
         "open_pixel_url": ph.OPEN_PIXEL_URL if settings.open_pixel else None,
-        "sender_name": sender.display_name or settings.list_name,
-        "sender_address": sender.addr_spec,
+        "sender_name": sender.from_name or sender.name,
+        "sender_address": sender.from_address,
         "postal_address": settings.postal_address,
         "look": look,
     }
@@ -379,7 +397,9 @@ def public_view(session: Session, issue: Issue, settings: Settings) -> dict:
     """The issue for the public archive: every item, plain links, no reader in sight, in the
     look its readers got (frozen when its send started)."""
     variant = build_variant(session, issue, "", settings, lambda item: item.url)
-    fields_ = render_editor_fields(issue, variant, settings, SAMPLE_NAME)
+    fields_ = render_editor_fields(
+        issue, variant, settings, SAMPLE_NAME, issue_sender(session, issue, settings)
+    )
     return {
         "look": _issue_look(session, issue, settings),
         "id": issue.id,

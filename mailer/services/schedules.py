@@ -25,6 +25,7 @@ from mailer.models import (
     ScheduleRun,
 )
 from mailer.services import hooks, issue_edits
+from mailer.services.digests import newsletter_for_new_issue
 from mailer.services.subscriptions import check_text, parse_sections
 
 ISSUED, SKIPPED, MISSED = "issued", "skipped", "missed"
@@ -85,9 +86,13 @@ def create_schedule(
     subject=None,
     grace_hours=None,
     known_sections: dict[str, str] | None = None,
-    defaults: tuple[int, int, int] = (10, 5, 1),
+    newsletter=None,
 ) -> Schedule:
-    """Validate everything first, then add the schedule (active); ValidationError/Conflict."""
+    """Validate everything first, then add the schedule (active); ValidationError/Conflict.
+    `newsletter` is a Newsletter or a slug (None: the first newsletter); the counts not
+    given are its digest defaults; an archived newsletter takes no new schedule."""
+    letter = newsletter_for_new_issue(session, newsletter)
+    defaults = (letter.latest_n, letter.popular_m, letter.min_items)
     name = check_text("name", name if isinstance(name, str) else None, 100)
     if not name:
         raise ValidationError("name", "Give the schedule a name.")
@@ -111,6 +116,7 @@ def create_schedule(
     # The subject is a template; checking it now spares a failure at firing time.
     subject = issue_edits.check_subject(subject) if subject and subject.strip() else ""
     schedule = Schedule(
+        newsletter_id=letter.id,
         name=name,
         cron=spec.text,
         timezone=tz.key,
@@ -142,8 +148,11 @@ def get_schedule(session: Session, ref) -> Schedule:
     return found
 
 
-def list_schedules(session: Session) -> list[Schedule]:
-    return list(session.scalars(select(Schedule).order_by(Schedule.name)))
+def list_schedules(session: Session, newsletter_id: int | None = None) -> list[Schedule]:
+    stmt = select(Schedule).order_by(Schedule.name)
+    if newsletter_id is not None:
+        stmt = stmt.where(Schedule.newsletter_id == newsletter_id)
+    return list(session.scalars(stmt))
 
 
 def remove_schedule(session: Session, schedule: Schedule) -> None:
@@ -302,7 +311,8 @@ def run_event(session: Session, schedule: Schedule, run: ScheduleRun) -> None:
     """The schedule.run webhook event of a period's outcome (issued, skipped, missed)."""
     iso = lambda d: d.isoformat() if d else None  # noqa: E731
     hooks.emit(session, "schedule.run", {
-        "schedule": {"id": schedule.id, "name": schedule.name, "timezone": schedule.timezone},
+        "schedule": {"id": schedule.id, "name": schedule.name, "timezone": schedule.timezone,
+                     "newsletter": schedule.newsletter.slug if schedule.newsletter else None},
         "run": {"id": run.id, "period_start": iso(run.period_start), "status": run.status,
                 "reason": run.reason, "issue_id": run.issue_id},
     })
@@ -353,6 +363,7 @@ def as_dict(
     return {
         "id": schedule.id,
         "name": schedule.name,
+        "newsletter": schedule.newsletter.slug if schedule.newsletter is not None else None,
         "cron": schedule.cron,
         "description": cron.describe(spec),
         "timezone": schedule.timezone,

@@ -19,8 +19,9 @@ from sqlalchemy import select
 
 from mailer.db import db
 from mailer.mail.compiled import CompiledVariant
+from mailer.mail.sender import newsletter_sender
 from mailer.mail.transport import Transport, transport_from_settings
-from mailer.models import IssueVariant
+from mailer.models import Issue, IssueVariant
 from mailer.runtime import Runtime, runtime
 from mailer.services import deliveries
 from mailer.services.deliveries import Batch
@@ -56,7 +57,9 @@ def _variants(rt: Runtime) -> Callable[[int], CompiledVariant]:
             cached = _compiled.get(key)
             if cached is None or cached[0] != created:
                 v = s.get(IssueVariant, variant_id)
-                compiled = rt.compile(v)
+                issue = s.get(Issue, v.issue_id)
+                # The From, Reply-To and List-Id of the issue's newsletter.
+                compiled = rt.compile(v, newsletter_sender(rt.settings, issue.newsletter))
                 with _compiled_lock:
                     if len(_compiled) >= 64:
                         _compiled.clear()

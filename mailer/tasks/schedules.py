@@ -50,6 +50,7 @@ def fire_period(schedule_id: int, period: datetime, now: datetime, reason: str |
             run = schedules.claim_period(s, schedule, period, reason)
             issue = digests.create_issue(
                 s, rt.settings, rt.popularity, now=now,
+                newsletter=schedule.newsletter,
                 subject=schedule.subject or None,
                 audience_frequency=schedule.audience_frequency,
                 audience_sections=schedule.audience_sections,

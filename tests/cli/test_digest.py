@@ -138,8 +138,9 @@ def test_create_json_skip_and_list(runner):
         (data["id"], "draft"),
     ]
     table = runner.invoke(["digest", "list", "--status", "draft"]).stdout.splitlines()
-    assert table[0].split() == ["ID", "STATUS", "CREATED", "ITEMS", "SUBJECT"]
-    assert len(table) == 2 and table[1].split()[:2] == [str(data["id"]), "draft"]
+    assert table[0].split() == ["ID", "STATUS", "NEWSLETTER", "CREATED", "ITEMS", "SUBJECT"]
+    assert len(table) == 2 and table[1].split()[:3] == [str(data["id"]), "draft",
+                                                         data["newsletter"]]
     shown = json.loads(runner.invoke(["digest", "show", str(data["id"]), "--json"]).stdout)
     assert shown["id"] == data["id"] and shown["subject"] == "{{ list_name }}: {{ top_story }}"
 
@@ -197,3 +198,30 @@ def test_every_digest_command_has_help(runner):
         assert result.exit_code == 0 and f"digest {command} [OPTIONS]" in result.stdout
         summary = result.stdout.split("\n\n")[1].strip()
         assert len(summary) > 20 and "Options:" in result.stdout
+
+
+def test_an_issue_belongs_to_the_newsletter_named(app, runner):
+    from mailer.clock import utcnow
+    from mailer.models import Newsletter
+
+    db.session.add(Newsletter(slug="sport", name="The Sport Letter", latest_n=2))
+    db.session.add(Newsletter(slug="gone", name="Gone", archived_at=utcnow()))
+    add_article(db.session, "Cup final tonight", utcnow())
+    db.session.commit()
+    made = runner.invoke(["digest", "create", "--newsletter", "sport", "--json"])
+    assert made.exit_code == 0, made.output
+    data = json.loads(made.stdout)
+    assert data["newsletter"] == "sport" and data["latest_n"] == 2
+    assert data["subject"] == "{{ list_name }}: {{ top_story }}"
+    shown = runner.invoke(["digest", "show", str(data["id"])]).stdout
+    assert "newsletter sport, for weekly readers" in shown
+    assert runner.invoke(["digest", "create", "--min-items", "0"]).exit_code == 0
+    listed = json.loads(runner.invoke(["digest", "list", "--newsletter", "sport",
+                                       "--json"]).stdout)
+    assert [r["id"] for r in listed] == [data["id"]]
+
+    archived = runner.invoke(["digest", "create", "--newsletter", "gone"])
+    assert archived.exit_code == 1 and "is archived" in archived.stderr
+    unknown = runner.invoke(["digest", "create", "--newsletter", "nope"])
+    assert unknown.exit_code == 1 and "No newsletter 'nope'" in unknown.stderr
+    assert db.session.scalar(select(func.count()).select_from(Issue)) == 2

@@ -22,8 +22,8 @@ def test_add_prints_next_runs_and_the_id_last(runner):
                      "--popular", "4", "--min-items", "2", "--grace-hours", "3")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0] == ("Added 'Weekly digest': Mondays at 07:00 Europe/Berlin, "
-                        "to weekly readers of news, sport.")
+    assert lines[0] == ("Added 'Weekly digest' for the-daily-test: Mondays at 07:00 "
+                        "Europe/Berlin, to weekly readers of news, sport.")
     # The clock change on 28 March moves the offset, not the local hour.
     assert lines[1:4] == ["  next: 2027-03-22T07:00:00+01:00", "  next: 2027-03-29T07:00:00+02:00",
                           "  next: 2027-04-05T07:00:00+02:00"]
@@ -142,3 +142,35 @@ def test_run_now_with_nothing_new_records_a_skip_and_once_per_minute(runner):
         again = runner.invoke(["schedule", "run-now", "Weekly"])
         assert again.exit_code == 1 and "already fired this minute" in again.stderr
         assert db.session.query(Issue).count() == 1
+
+
+def test_a_schedule_belongs_to_the_newsletter_named(runner):
+    from mailer.clock import utcnow
+    from mailer.models import Newsletter
+
+    db.session.add(Newsletter(slug="sport", name="The Sport Letter", latest_n=3, popular_m=1,
+                              min_items=2))
+    db.session.add(Newsletter(slug="gone", name="Gone", archived_at=utcnow()))
+    db.session.commit()
+    made = add(runner, "--name", "Sport", "--newsletter", "sport", "--cron", "mon 07:00")
+    assert made.exit_code == 0, made.output
+    assert made.stdout.startswith("Added 'Sport' for sport: ")
+    schedule = db.session.get(Schedule, int(made.stdout.split()[-1]))
+    assert schedule.newsletter.slug == "sport"
+    assert (schedule.latest_n, schedule.popular_m, schedule.min_items) == (3, 1, 2)
+    assert add(runner, "--name", "Plain", "--cron", "tue 07:00").exit_code == 0
+
+    listing = runner.invoke(["schedule", "list"]).stdout.splitlines()
+    assert listing[0].split()[:3] == ["ID", "NAME", "NEWSLETTER"]
+    assert [line.split()[2] for line in listing[1:]] == ["the-daily-test", "sport"]
+    only = json.loads(runner.invoke(["schedule", "list", "--newsletter", "sport",
+                                     "--json"]).stdout)["schedules"]
+    assert [(s["name"], s["newsletter"]) for s in only] == [("Sport", "sport")]
+
+    archived = add(runner, "--name", "Late", "--newsletter", "gone", "--cron", "mon 07:00")
+    assert archived.exit_code == 1 and "is archived" in archived.stderr
+    unknown = add(runner, "--name", "Late", "--newsletter", "nope", "--cron", "mon 07:00")
+    assert unknown.exit_code == 1 and "No newsletter 'nope'" in unknown.stderr
+    assert runner.invoke(["schedule", "list", "--newsletter", "nope"]).exit_code == 1
+    db.session.expire_all()
+    assert db.session.query(Schedule).count() == 2

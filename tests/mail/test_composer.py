@@ -66,10 +66,12 @@ def _issue(rt):
 
 
 def _digest_for(rt, issue, reader: Reader):
-    """A reader's copy, built as a send batch builds it (Runtime.compile, then build)."""
+    """A reader's copy, built as a send batch builds it (Runtime.compile with the sender of
+    the issue's newsletter, then build)."""
     subject, html, text = render.render_variant(db.session, issue, "", rt.settings)
     compiled = rt.composer.compile(
-        issue_id=issue.id, variant_id=1, subject=subject, html=html, text=text
+        issue_id=issue.id, variant_id=1, subject=subject, html=html, text=text,
+        sender=render.issue_sender(db.session, issue, rt.settings),
     )
     return compiled.build(reader)
 
@@ -191,3 +193,47 @@ def test_a_test_send_is_the_real_message_and_its_links_change_nothing(signed, sm
     assert client.get(f"/t/{token}x/1").status_code == 404
     other = rt.links.sample_click_base(issue_id + 1)
     assert client.get(local(other) + "/" + tracked[0].rsplit("/", 1)[1]).status_code == 404
+
+
+def test_a_newsletters_digest_and_test_send_carry_its_sender_and_still_verify(signed, smtp):
+    """The From, Reply-To, List-Id and {{ list_name }} are the issue's newsletter's; the
+    envelope and the DKIM domain stay the installation's, and the signature covers them."""
+    from mailer.models import Newsletter
+
+    rt = signed.extensions["mailer"]
+    with signed.app_context():
+        sport = Newsletter(slug="sport", name="The Sport Letter", from_name="Sport Desk",
+                           from_address="sport@sport.example", reply_to="desk@daily.example")
+        plain = Newsletter(slug="culture", name="Culture Weekly")
+        db.session.add_all([sport, plain])
+        db.session.commit()
+        now = utcnow()
+        add_article(db.session, "Cup final tonight", now - timedelta(hours=1))
+        issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now,
+                                     newsletter=sport, popular_m=0)
+        other = digests.create_issue(db.session, rt.settings, rt.popularity, now=now,
+                                     newsletter=plain, popular_m=0, min_items=0)
+        db.session.commit()
+        assert send_test(issue.id, EDITOR) == "sent"
+        real = _digest_for(rt, issue, Reader(7, "ada@example.com", "Ada", "uid7"))
+        subject, html, _text = render.render_preview(db.session, other, "", rt.settings)
+        default = _digest_for(rt, other, Reader(8, "bo@example.com", "Bo", "uid8"))
+    (test,) = smtp.wait_for(EDITOR)
+    for raw in (test.data, real.data):
+        msg = _strict(raw)
+        assert msg["From"] == "Sport Desk <sport@sport.example>"
+        assert msg["Reply-To"] == "desk@daily.example"
+        assert msg["List-Id"] == '"The Sport Letter" <sport.daily.example>'
+        assert msg["Subject"].endswith("The Sport Letter: Cup final tonight")
+        assert verified_signatures(raw, signed.dns) == 2
+    assert test.envelope_from == "news@daily.example"
+    assert "Sport Desk &lt;sport@sport.example&gt;" in _strict(real.data).get_body(
+        ("html",)).get_content()
+
+    # A newsletter with no sender of its own sends as MAILER_FROM, under its slug's List-Id,
+    # with no Reply-To.
+    assert subject == "Culture Weekly: Cup final tonight"
+    msg = _strict(default.data)
+    assert msg["From"] == rt.settings.from_address.display_name + " <news@daily.example>"
+    assert msg["List-Id"] == '"Culture Weekly" <culture.daily.example>' and "Reply-To" not in msg
+    assert verified_signatures(default.data, signed.dns) == 2

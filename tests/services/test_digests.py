@@ -13,7 +13,7 @@ from mailer.db import db
 from mailer.errors import Conflict, NotFound
 from mailer.feeds import parse_document
 from mailer.models import Article, Frequency, Issue, IssueItem, IssueStatus, ItemSection, Schedule
-from mailer.services import articles, digests, issue_edits, render
+from mailer.services import articles, digests, issue_edits, newsletters, render
 from tests.helpers.digests import BROWSER_UA, add_article, digest_app, mark_sent
 from tests.helpers.feeds import FEEDS
 
@@ -114,8 +114,9 @@ def test_issues_over_weeks_never_repeat_an_article_and_skip_when_nothing_is_new(
     assert items(daily) == [SALE, POWER, WATCH, RANDOM, REVIEW, CAVE]
 
 
-def test_the_skip_threshold_is_configurable(app, env):
-    rt = digest_app(env, MAILER_DIGEST_MIN_ITEMS="3").extensions["mailer"]
+def test_the_skip_threshold_is_the_newsletters(app, env):
+    rt = digest_app(env).extensions["mailer"]
+    newsletters.first(db.session).min_items = 3
     add_article(db.session, "One", at(5, 9))
     add_article(db.session, "Two", at(5, 10))
     db.session.commit()
@@ -178,7 +179,8 @@ def test_pinned_items_stay_and_excluded_ones_stay_out_when_recomposing(app):
     mark_sent(db.session, issue, at(5, 17))
     db.session.commit()
     # What was excluded was never sent: it may still come in a later issue.
-    sent = digests.already_sent(db.session, Frequency.WEEKLY, "")
+    first = newsletters.first(db.session).id
+    sent = digests.already_sent(db.session, first, Frequency.WEEKLY, "")
     assert {a.id, old.id} <= sent and b.id not in sent
 
 

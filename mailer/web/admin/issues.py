@@ -54,25 +54,35 @@ def index():
             statuses = [IssueStatus(status)]
         except ValueError:
             raise ValidationError("status", "Unknown issue status.") from None
+    letter = digests.newsletter_filter(db.session, request.args.get("newsletter"))
     page, offset = paging(PER_PAGE)
     stmt = select(func.count()).select_from(Issue)
     if statuses:
         stmt = stmt.where(Issue.status.in_(statuses))
+    if letter is not None:
+        stmt = stmt.where(Issue.newsletter_id == letter.id)
     total = db.session.scalar(stmt) or 0
-    issues = digests.list_issues(db.session, limit=PER_PAGE, offset=offset, statuses=statuses)
+    issues = digests.list_issues(db.session, limit=PER_PAGE, offset=offset, statuses=statuses,
+                                 newsletter_id=letter.id if letter else None)
     ids = [i.id for i in issues]
     settings = runtime().settings
+    options = digests.newsletter_options(db.session)
+    open_ = [n for n in options if n.archived_at is None]
+    pager_args = {"status": status} if status else {}
+    if letter is not None:
+        pager_args["newsletter"] = letter.slug
     return render_template(
         "admin/issues.html", issues=issues, counts=reports.issue_counts(db.session, ids),
         subjects=reports.sent_subjects(db.session, ids), status=status,
         statuses=[s.value for s in IssueStatus], total=total, page=page,
-        pages=page_count(total, PER_PAGE), pager_args={"status": status} if status else {},
-        sections=settings.sections, defaults=(settings.digest_latest, settings.digest_popular),
+        pages=page_count(total, PER_PAGE), pager_args=pager_args,
+        sections=settings.sections, newsletters=options, open_newsletters=open_,
+        newsletter=letter.slug if letter else "",
         can_edit=auth.allowed(auth.current_user(), EDITOR_ROLES),
     )
 
 
-def _count(form, name: str, default: int) -> int:
+def _count(form, name: str, default: int | None) -> int | None:
     raw = (form.get(name) or "").strip()
     if not raw:
         return default
@@ -91,13 +101,13 @@ def create():
     """Compose a new issue from the latest and most popular articles, then edit it."""
     rt = runtime()
     form = request.form
-    settings = rt.settings
     issue = digests.create_issue(
         db.session, rt.settings, rt.popularity, now=utcnow(),
+        newsletter=form.get("newsletter") or None,
         audience_frequency=issue_edits.check_frequency(form.get("frequency") or "weekly"),
         audience_sections=form.getlist("sections"),
-        latest_n=_count(form, "latest", settings.digest_latest),
-        popular_m=_count(form, "popular", settings.digest_popular),
+        latest_n=_count(form, "latest", None),
+        popular_m=_count(form, "popular", None),
         # The editor decides what is worth sending: a hand-made issue is never skipped.
         min_items=0,
         author_id=auth.current_user().id,

@@ -8,9 +8,9 @@ from werkzeug.routing import BuildError
 from mailer import cron
 from mailer.clock import utcnow
 from mailer.db import db
-from mailer.errors import Conflict, MailerError, ValidationError
+from mailer.errors import Conflict, MailerError, NotFound, ValidationError
 from mailer.models import Role
-from mailer.services import schedules
+from mailer.services import digests, schedules
 from mailer.web import auth
 from mailer.web.extensions import settings
 
@@ -21,6 +21,7 @@ RUNS_PER_PAGE = 25
 
 def _view(schedule, last=None, count=3) -> dict:
     item = schedules.as_dict(schedule, utcnow(), count, last)
+    item["newsletter_name"] = schedule.newsletter.name if schedule.newsletter else "—"
     tz = cron.zone(schedule.timezone)
     item["next_local"] = [schedules.local_label(t, tz) for t in
                           schedules.next_runs(schedule, utcnow(), count)] if schedule.active else []
@@ -49,13 +50,18 @@ def _run_rows(runs, names: dict[int, tuple[str, str]]) -> list[dict]:
 @bp.get("")
 @auth.login_required(Role.OPS)
 def index():
-    all_schedules = schedules.list_schedules(db.session)
+    letter = digests.newsletter_filter(db.session, request.args.get("newsletter"))
+    all_schedules = schedules.list_schedules(
+        db.session, newsletter_id=letter.id if letter else None)
     last = schedules.last_runs(db.session)
     names = {s.id: (s.name, s.timezone) for s in all_schedules}
     return render_template(
         "admin/schedules.html",
         items=[_view(s, last.get(s.id)) for s in all_schedules],
-        runs=_run_rows(schedules.recent_runs(db.session, limit=20), names),
+        runs=_run_rows([r for r in schedules.recent_runs(db.session, limit=20)
+                        if r.schedule_id in names], names),
+        newsletters=digests.newsletter_options(db.session),
+        newsletter=letter.slug if letter else "",
     )
 
 
@@ -75,18 +81,21 @@ def new():
                 latest_n=form.get("latest_n"), popular_m=form.get("popular_m"),
                 min_items=form.get("min_items"), subject=form.get("subject") or None,
                 grace_hours=form.get("grace_hours"), known_sections=cfg.section_labels,
-                defaults=(cfg.digest_latest, cfg.digest_popular, cfg.digest_min_items),
+                newsletter=form.get("newsletter") or None,
             )
             db.session.commit()
             flash(f"Schedule {schedule.name!r} added.")
             return redirect(url_for("admin_schedules.show", schedule_id=schedule.id))
-        except (ValidationError, Conflict) as e:
+        except (ValidationError, Conflict, NotFound) as e:
             db.session.rollback()
             error = getattr(e, "message", str(e))
+    open_ = [n for n in digests.newsletter_options(db.session) if n.archived_at is None]
+    # One newsletter: its digest defaults fill the form; several: each brings its own.
+    only = open_[0] if len(open_) == 1 else None
     return render_template(
         "admin/schedules_new.html", form=form, error=error, sections=cfg.sections,
-        defaults=(cfg.digest_latest, cfg.digest_popular, cfg.digest_min_items),
-        grace=cfg.schedule_grace_hours,
+        defaults=(only.latest_n, only.popular_m, only.min_items) if only else ("", "", ""),
+        open_newsletters=open_, grace=cfg.schedule_grace_hours,
     ), 400 if error else 200
 
 

@@ -60,6 +60,12 @@ def _section(value) -> ItemSection | None:
         raise ValidationError("section", "section must be latest or popular.") from None
 
 
+def _slug(value) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise ValidationError("newsletter", "newsletter must be a newsletter's slug.")
+    return value
+
+
 def _describe(issue) -> dict:
     return digests.describe(db.session, issue, runtime().settings)
 
@@ -74,6 +80,7 @@ def create():
         rt.settings,
         rt.popularity,
         now=utcnow(),
+        newsletter=_slug(data.get("newsletter")),
         subject=data.get("subject"),
         preheader=data.get("preheader") or "",
         intro=data.get("intro") or "",
@@ -92,7 +99,7 @@ def create():
 def index():
     bearer_user(Role.EDITOR, Role.OPS)
     limit = min(max(request.args.get("limit", 50, type=int), 1), 500)
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    offset = min(max(request.args.get("offset", 0, type=int), 0), MAX_ID)
     status = request.args.get("status")
     statuses = None
     if status:
@@ -100,7 +107,9 @@ def index():
             statuses = [IssueStatus(s) for s in status.split(",")]
         except ValueError:
             raise ValidationError("status", "Unknown issue status.") from None
-    issues = digests.list_issues(db.session, limit=limit, offset=offset, statuses=statuses)
+    letter = digests.newsletter_filter(db.session, request.args.get("newsletter"))
+    issues = digests.list_issues(db.session, limit=limit, offset=offset, statuses=statuses,
+                                 newsletter_id=letter.id if letter else None)
     return jsonify(
         {
             "issues": [digests.summary(db.session, i) for i in issues],

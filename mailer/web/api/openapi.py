@@ -85,6 +85,8 @@ def _query(name: str, schema: dict, description: str) -> dict:
 
 
 ISSUE = _path_id("issue_id", "issue")
+NEWSLETTER_FILTER = _query("newsletter", {"type": "string"},
+                           "Only this newsletter's (its slug); an unknown slug is a 404.")
 SCHEDULE = _path_id("schedule_id", "schedule")
 WEBHOOK = _path_id("webhook_id", "webhook endpoint")
 HOOK_DELIVERY = _path_id("delivery_id", "webhook delivery")
@@ -153,7 +155,7 @@ def _issues() -> dict:
                 body=_json_body(ref("IssueCreate")),
                 responses={"201": _answer("The issue.", issue, {"Location": {
                     "required": True, "schema": {"type": "string"}}}),
-                           **_errors(400, 401, 403, 413, 415)}),
+                           **_errors(400, 401, 403, 404, 409, 413, 415)}),
             "get": _op(
                 "List issues, newest first", "issues", "listIssues",
                 params=[
@@ -162,9 +164,10 @@ def _issues() -> dict:
                     _query("limit", {"type": "integer", "minimum": 1, "maximum": 500,
                                      "default": 50}, "Page size (clamped to 1-500)."),
                     _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "Skip."),
+                    NEWSLETTER_FILTER,
                 ],
                 responses={"200": _answer("A page of issues.", ref("IssueList")),
-                           **_errors(400, 401)}),
+                           **_errors(400, 401, 404)}),
         },
         "/api/v1/issues/{issue_id}": {
             "parameters": [ISSUE],
@@ -250,12 +253,13 @@ def _schedules() -> dict:
     return {
         "/api/v1/schedules": {
             "get": _op("List schedules", "schedules", "listSchedules",
+                       params=[NEWSLETTER_FILTER],
                        responses={"200": _answer("Every schedule, by name.", ref("ScheduleList")),
-                                  **_errors(401, 403)}),
+                                  **_errors(401, 403, 404)}),
             "post": _op("Add a schedule", "schedules", "createSchedule",
                         body=_json_body(ref("ScheduleCreate")),
                         responses={"201": _answer("The schedule (active).", one),
-                                   **_errors(400, 401, 403, 409, 413, 415)}),
+                                   **_errors(400, 401, 403, 404, 409, 413, 415)}),
         },
         "/api/v1/schedules/{schedule_id}": {
             "parameters": [SCHEDULE],

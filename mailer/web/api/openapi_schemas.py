@@ -274,6 +274,9 @@ def schemas() -> dict:
         "IssueCreate": {
             "type": "object",
             "properties": {
+                "newsletter": {"type": "string", "maxLength": 60,
+                               "description": "The newsletter's slug. Default: the first "
+                                              "newsletter. An archived one is refused (409)."},
                 "subject": {"type": "string", "maxLength": SUBJECT_MAX,
                             "description": "One line; a template (`{{ top_story }}` ...). "
                                            "Default: `{{ list_name }}: {{ top_story }}`."},
@@ -282,9 +285,10 @@ def schemas() -> dict:
                           "description": "Markdown; a template that may also use `{{ name }}`."},
                 "frequency": {**enum(Frequency), "default": "weekly"},
                 "sections": SECTIONS,
-                "latest": {**COUNT, "description": "Latest articles (MAILER_DIGEST_LATEST)."},
-                "popular": {**COUNT, "description": "Most popular (MAILER_DIGEST_POPULAR)."},
-                "min_items": {**COUNT, "description": "Fewer new articles: the issue is skipped."},
+                "latest": {**COUNT, "description": "Latest articles (default: the newsletter's)."},
+                "popular": {**COUNT, "description": "Most popular (default: the newsletter's)."},
+                "min_items": {**COUNT, "description": "Fewer new articles: the issue is skipped "
+                                                      "(default: the newsletter's)."},
             },
         },
         "IssueEdit": {
@@ -343,13 +347,15 @@ def schemas() -> dict:
         "IssueSummary": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["id", "status", "status_reason", "subject", "frequency", "sections",
-                         "latest", "popular", "created_at", "started_at", "finished_at"],
+            "required": ["id", "status", "status_reason", "subject", "newsletter", "frequency",
+                         "sections", "latest", "popular", "created_at", "started_at",
+                         "finished_at"],
             "properties": {
                 "id": {"type": "integer"},
                 "status": enum(IssueStatus),
                 "status_reason": nullable({"type": "string"}),
                 "subject": {"type": "string"},
+                "newsletter": {"type": "string", "description": "The newsletter's slug."},
                 "frequency": enum(Frequency),
                 "sections": {"type": "array", "items": {"type": "string"}},
                 "latest": {"type": "integer", "description": "Items in Latest (not excluded)."},
@@ -390,7 +396,7 @@ def schemas() -> dict:
             "type": "object",
             "additionalProperties": False,
             "required": ["id", "status", "status_reason", "subject", "preheader", "intro",
-                         "greeting", "audience", "latest_n", "popular_m", "min_items", "window_start",
+                         "greeting", "newsletter", "audience", "latest_n", "popular_m", "min_items", "window_start",
                          "window_end", "schedule_id", "author_id", "created_at", "started_at",
                          "finished_at", "archive_url", "items"],
             "properties": {
@@ -401,6 +407,7 @@ def schemas() -> dict:
                 "preheader": {"type": "string"},
                 "intro": {"type": "string"},
                 "greeting": {"type": "boolean"},
+                "newsletter": {"type": "string", "description": "The newsletter's slug."},
                 "audience": {
                     "type": "object", "additionalProperties": False,
                     "required": ["frequency", "sections"],
@@ -479,6 +486,11 @@ def schemas() -> dict:
             "properties": {
                 "name": {"type": "string", "maxLength": NAME_MAX,
                          "description": "Unique; not only digits."},
+                "newsletter": nullable({"type": "string", "maxLength": 60,
+                                        "description": "The slug of the newsletter its issues "
+                                                       "belong to. Default: the first "
+                                                       "newsletter. An archived one is refused "
+                                                       "(409)."}),
                 "cron": {"type": "string",
                          "examples": ["0 7 * * mon", "mon,thu 07:00", "weekdays 06:30"],
                          "description": "Five cron fields or a simple form like `mon 07:00` "
@@ -513,13 +525,15 @@ def schemas() -> dict:
         "Schedule": {
             "type": "object",
             "additionalProperties": False,
-            "required": ["id", "name", "cron", "description", "timezone", "frequency",
+            "required": ["id", "name", "newsletter", "cron", "description", "timezone",
+                         "frequency",
                          "sections", "subject", "latest_n", "popular_m", "min_items",
                          "grace_hours", "active", "status", "next_runs", "last_run",
                          "created_at"],
             "properties": {
                 "id": {"type": "integer"},
                 "name": {"type": "string"},
+                "newsletter": {"type": "string", "description": "The newsletter's slug."},
                 "cron": {"type": "string"},
                 "description": {"type": "string"},
                 "timezone": {"type": "string"},

@@ -9,16 +9,16 @@ from flask import Blueprint, jsonify, request
 from mailer import cron
 from mailer.clock import utcnow
 from mailer.db import db
-from mailer.errors import Conflict, ValidationError
+from mailer.errors import Conflict, NotFound, ValidationError
 from mailer.models import Role
-from mailer.services import schedules
+from mailer.services import digests, schedules
 from mailer.web.api.requests import request_data
 from mailer.web.auth import bearer_user
 from mailer.web.extensions import settings
 
 bp = Blueprint("schedules", __name__, url_prefix="/schedules")
 
-FIELDS = {"name", "cron", "timezone", "frequency", "sections", "latest_n", "popular_m",
+FIELDS = {"name", "newsletter", "cron", "timezone", "frequency", "sections", "latest_n", "popular_m",
           "min_items", "subject", "grace_hours"}
 
 
@@ -47,10 +47,11 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 
 @bp.get("")
 def index():
+    letter = digests.newsletter_filter(db.session, request.args.get("newsletter"))
     last = schedules.last_runs(db.session)
     now = utcnow()
-    return jsonify({"schedules": [schedules.as_dict(s, now, 3, last.get(s.id))
-                                  for s in schedules.list_schedules(db.session)]})
+    found = schedules.list_schedules(db.session, newsletter_id=letter.id if letter else None)
+    return jsonify({"schedules": [schedules.as_dict(s, now, 3, last.get(s.id)) for s in found]})
 
 
 @bp.post("")
@@ -69,10 +70,9 @@ def create():
             sections=data.get("sections"), latest_n=data.get("latest_n"),
             popular_m=data.get("popular_m"), min_items=data.get("min_items"),
             subject=data.get("subject"), grace_hours=data.get("grace_hours"),
-            known_sections=cfg.section_labels,
-            defaults=(cfg.digest_latest, cfg.digest_popular, cfg.digest_min_items),
+            known_sections=cfg.section_labels, newsletter=data.get("newsletter"),
         )
-    except (ValidationError, Conflict):
+    except (ValidationError, Conflict, NotFound):
         db.session.rollback()
         raise
     db.session.commit()
