@@ -15,6 +15,16 @@ def archive_url(settings: Settings, issue_id: int | None = None) -> str:
     return f"{settings.base_url}/archive" + (f"/{issue_id}" if issue_id is not None else "")
 
 
+def newsletter_archive_url(settings: Settings, slug: str) -> str:
+    """One newsletter's page of the public archive."""
+    return f"{settings.base_url}/archive/{slug}"
+
+
+def feed_url(settings: Settings, slug: str | None = None) -> str:
+    """The RSS feed of one newsletter's archive, or of every public newsletter's."""
+    return f"{settings.base_url}/archive" + (f"/{slug}" if slug else "") + "/feed.xml"
+
+
 def email_change_key(tokens: Tokens, new_email: str) -> str:
     """What an address-change link says about the new address: a short keyed hash."""
     return tokens.keyed_hash(t.CHANGE_EMAIL, new_email)[:16]
