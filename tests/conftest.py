@@ -156,6 +156,19 @@ def client(app):
 
 
 @pytest.fixture
+def no_newsletters(app):
+    """No newsletter at all, not even the first one every database has: for the tests of
+    newsletters themselves, which make each one they use."""
+    from sqlalchemy import delete
+
+    from mailer.db import db
+    from mailer.models import Newsletter
+
+    with db.transaction() as s:
+        s.execute(delete(Newsletter))
+
+
+@pytest.fixture
 def runner(app):
     return MailerRunner(app)
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import (
@@ -17,6 +19,9 @@ from mailer.models import (
     Subscription,
     SubscriptionStatus,
 )
+
+# These tests make every newsletter they use, the first one too.
+pytestmark = pytest.mark.usefixtures("no_newsletters")
 
 
 def _ok(runner, *args):

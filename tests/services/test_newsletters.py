@@ -23,6 +23,9 @@ from mailer.models import (
 )
 from mailer.services import newsletters
 
+# These tests make every newsletter they use, the first one too.
+pytestmark = pytest.mark.usefixtures("no_newsletters")
+
 SECTIONS = {"news": "News", "business": "Business", "sport": "Sport", "culture": "Culture"}
 
 

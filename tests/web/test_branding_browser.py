@@ -20,7 +20,8 @@ from tests.helpers.console import PASSWORD, add_user
 from tests.helpers.digests import add_article
 from tests.services.test_looks import png
 
-pytestmark = pytest.mark.browser
+# These tests make every newsletter they use, the first one too.
+pytestmark = [pytest.mark.browser, pytest.mark.usefixtures("no_newsletters")]
 
 EDITOR = "editor@daily.example"
 TEAL = "rgb(15, 118, 110)"  # #0f766e

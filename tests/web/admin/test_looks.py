@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
 from werkzeug.datastructures import FileStorage
 from werkzeug.test import encode_multipart
 
@@ -13,6 +14,9 @@ from mailer.db import db
 from mailer.models import Newsletter, Role
 from tests.helpers.console import login, text_of, token
 from tests.services.test_looks import gif, png
+
+# These tests make every newsletter they use, the first one too.
+pytestmark = pytest.mark.usefixtures("no_newsletters")
 
 LOOK = "/admin/newsletters/daily/look"
 

@@ -4,6 +4,8 @@ the dashboard shows readers per newsletter."""
 
 from __future__ import annotations
 
+import pytest
+
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import (
@@ -17,6 +19,9 @@ from mailer.models import (
     SubscriptionStatus,
 )
 from tests.helpers.console import login, post, text_of, token
+
+# These tests make every newsletter they use, the first one too.
+pytestmark = pytest.mark.usefixtures("no_newsletters")
 
 FIELDS = {"name": "Morning Briefing", "description": "Before breakfast.", "from": "",
           "reply_to": "", "list_id": "", "public": "on", "latest_n": "6", "popular_m": "2",

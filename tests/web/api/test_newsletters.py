@@ -17,6 +17,9 @@ from mailer.models import (
 )
 from mailer.services import users
 
+# These tests make every newsletter they use, the first one too.
+pytestmark = pytest.mark.usefixtures("no_newsletters")
+
 
 def token_for(role: Role, email: str) -> dict:
     user = users.create_user(db.session, email, "a long enough password", role)
