@@ -136,6 +136,10 @@ def test_the_readme_tour_from_subscribe_to_the_digest_in_the_outbox(embedded, br
     page.set_default_timeout(20000)
     try:
         _sign_up(page, base, "tour.reader@example.com")
+        # The worker writes the confirmation a moment after the answer; the outbox page
+        # lists what is there when it is opened (a newcomer who looks too early reloads).
+        outbox = tmp_path / "instance" / "outbox"
+        wait_until(lambda: list(outbox.glob("*.eml")), 30, 0.2, what="the confirmation .eml")
         confirm_url = _first_account_then_confirmation(page, base, "editor@example.com")
         page.goto(confirm_url)
         page.get_by_role("button", name="Yes, subscribe me").click()
