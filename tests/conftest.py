@@ -35,19 +35,34 @@ def pytest_addoption(parser):
         default=os.environ.get("MAILER_TEST_DB", "postgres"),
         help="postgres: production stack (PostgreSQL + Redis); sqlite: embedded mode",
     )
+    parser.addoption(
+        "--alone",
+        choices=["include", "exclude", "only"],
+        default="include",
+        help="the tests marked `alone` (timing-sensitive): run them too (default), leave "
+        "them out (the parallel step of scripts/test) or run only them (its serial step)",
+    )
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--db") != "sqlite":
-        return
-    # Redis-only behaviour (the shared rate limiter, broker restarts) does not exist in the
-    # embedded mode; those tests run in the PostgreSQL pass, which CI always runs too.
+    embedded = config.getoption("--db") == "sqlite"
+    alone = config.getoption("--alone")
     keep, drop = [], []
     for item in items:
-        (drop if item.get_closest_marker("redis") else keep).append(item)
+        # Redis-only behaviour (the shared rate limiter, broker restarts) does not exist in
+        # the embedded mode; those tests run in the PostgreSQL pass, which CI always runs too.
+        wanted = not (embedded and item.get_closest_marker("redis"))
+        if alone != "include":
+            wanted = wanted and (alone == "only") == bool(item.get_closest_marker("alone"))
+        (keep if wanted else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    if hasattr(config, "workerinput"):
+        # A pytest-xdist worker: the long runs (marked `slow`) come first, so that the
+        # processes start them at once, side by side, and none is left to run on its own at
+        # the end. Every worker sorts the same way, as xdist requires.
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_report_header(config):

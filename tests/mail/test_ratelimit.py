@@ -43,6 +43,7 @@ def bucket_burst(rate: float) -> float:
     return max(1.0, rate * 0.05)
 
 
+@pytest.mark.alone  # the rate is measured: other tests' load would slow the callers
 def test_the_file_bucket_holds_one_rate_for_threads_and_processes(tmp_path):
     path = tmp_path / "bucket"
     bucket = FileBucket(path, rate=200)
@@ -66,6 +67,7 @@ def test_the_file_bucket_holds_one_rate_for_threads_and_processes(tmp_path):
 
 
 @pytest.mark.redis
+@pytest.mark.alone  # as above
 def test_the_redis_bucket_is_shared_and_waits_out_a_restart(redis_server, tmp_path):
     a = RedisBucket(redis_server.url, rate=300, key="test:bucket")
     b = RedisBucket(redis_server.url, rate=300, key="test:bucket")

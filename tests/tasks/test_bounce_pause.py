@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 
+import pytest
 from sqlalchemy import select
 
 from mailer.bounces import Kind, Report, Source
@@ -19,6 +20,7 @@ from tests.helpers.servers import WorkerProcess, wait_until
 READERS = 2500
 
 
+@pytest.mark.slow
 def test_a_sending_issue_pauses_itself_when_complaints_pass_the_limit(app, env, smtp, tmp_path):
     # Slow enough that the complaints arrive while it sends.
     env = {**own_broker(env, tmp_path), "MAILER_RATE_LIMIT": "150"}

@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from mailer.db import db
 from mailer.services import deliveries
 from tests.helpers.app import make_app
@@ -45,6 +47,7 @@ def without_our_headers(data: bytes) -> bytes:
     return head + b"\r\n\r\n" + body
 
 
+@pytest.mark.slow
 def test_reports_about_a_real_send_reach_the_right_readers(app, env, smtp, tmp_path):
     env = {**own_broker(env, tmp_path), "MAILER_BOUNCE_DOMAIN": BOUNCE_DOMAIN}
     sender = make_app(env)

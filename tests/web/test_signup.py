@@ -95,7 +95,10 @@ def test_confirmation_is_not_sent_inside_the_request(client, smtp, worker, make_
     assert "/confirm/" in mail.text
 
 
+# Alone: it restarts the Redis of the session's shared worker, which then has to reconnect and
+# take the re-enqueued mail within the wait below.
 @pytest.mark.redis
+@pytest.mark.alone
 def test_signup_survives_a_broker_outage(app, client, smtp, worker, redis_server, make_email):
     """Redis is down when the request commits: 2xx, row kept, the sweeper sends it later."""
     email = make_email()

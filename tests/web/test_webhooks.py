@@ -276,6 +276,7 @@ def test_bad_input_is_a_clear_4xx_and_never_a_500(hooks, sendgrid_keys):
     assert _events(hooks) == 0
 
 
+@pytest.mark.slow
 def test_two_thousand_events_from_concurrent_retried_posts_are_each_counted_once(
     hooks, sendgrid_keys
 ):
