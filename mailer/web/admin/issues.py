@@ -39,9 +39,14 @@ def issue_home(issue: Issue) -> str:
     return url_for("admin_sending.report", issue_id=issue.id)
 
 
+def newsletters_taking_issues():
+    """The newsletters that take new issues (queried only when a page asks)."""
+    return [n for n in digests.newsletter_options(db.session) if n.archived_at is None]
+
+
 @bp.app_context_processor
 def _helpers():
-    return {"issue_home": issue_home}
+    return {"issue_home": issue_home, "newsletters_taking_issues": newsletters_taking_issues}
 
 
 @bp.get("")

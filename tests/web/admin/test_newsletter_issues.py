@@ -79,3 +79,14 @@ def test_the_schedule_form_asks_which_newsletter_and_the_list_filters(client):
     only = text_of(client.get("/admin/schedules?newsletter=sport"))
     assert "Sport Monday" in only and "Plain" not in only
     assert client.get("/admin/schedules?newsletter=nope").status_code == 404
+
+
+def test_the_dashboards_compose_button_asks_too_when_there_are_several(client):
+    login(client, Role.EDITOR, "editor@daily.example")
+    one = client.get("/admin/").get_data(as_text=True)
+    first = newsletters.first(db.session)
+    assert f'<input type="hidden" name="newsletter" value="{first.slug}">' in one
+    _two_letters()
+    several = client.get("/admin/").get_data(as_text=True)
+    assert '<a class="button" href="/admin/issues#new-h">Compose a new issue</a>' in several
+    assert f'name="newsletter" value="{first.slug}"' not in several
