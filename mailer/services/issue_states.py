@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.errors import InvalidTransition, NotFound
-from mailer.models import Issue, IssueStatus
+from mailer.models import Issue, IssueStatus, Newsletter
 from mailer.services import hooks
 
 DRAFT, SCHEDULED, SENDING, PAUSED, FINISHED, CANCELLED, SKIPPED = (
@@ -108,11 +108,12 @@ def _emit(session: Session | Connection, issue_id: int, change: Transition) -> N
     if not endpoint_ids:
         return
     row = session.execute(
-        select(Issue.id, Issue.subject, Issue.status_reason, Issue.schedule_id)
+        select(Issue.id, Issue.subject, Issue.status_reason, Issue.schedule_id, Newsletter.slug)
+        .outerjoin(Newsletter, Newsletter.id == Issue.newsletter_id)
         .where(Issue.id == issue_id)
     ).one()
     data = {"issue": {"id": row.id, "subject": row.subject, "status": str(change.target),
-                      "schedule_id": row.schedule_id},
+                      "schedule_id": row.schedule_id, "newsletter": row.slug},
             "change": change.name}
     if change.target in (PAUSED, SKIPPED):
         data["reason"] = row.status_reason

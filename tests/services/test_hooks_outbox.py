@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Frequency, HookDelivery, HookEndpoint, HookEvent, Issue
-from mailer.services import after_commit, hook_endpoints, hooks, issue_states
+from mailer.services import after_commit, hook_endpoints, hooks, issue_states, newsletters
 from mailer.services import subscriptions as subs
 from mailer.tasks.base import hand_over
 
@@ -163,8 +163,9 @@ def test_an_issue_tells_when_it_starts_pauses_finishes_or_is_skipped(handed):
     assert [t for t, _ in got] == [
         "issue.sending", "issue.paused", "issue.sending", "issue.finished", "issue.skipped",
     ]
+    first = newsletters.first(db.session).slug
     assert got[0][1]["issue"] == {"id": issue_id, "subject": "Monday", "status": "sending",
-                                  "schedule_id": None}
+                                  "schedule_id": None, "newsletter": first}
     assert got[1][1]["reason"] == "SMTP down" and got[2][1]["change"] == "resume"
     assert got[4][1]["reason"] == "Only 0 new articles."
 
