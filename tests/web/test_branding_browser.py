@@ -154,7 +154,8 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
     assert db.session.get(Issue, issue_id).look is not None
 
 
-def test_two_differently_branded_digests_side_by_side(app, page):
+def test_two_differently_branded_digests_side_by_side(app, page, live_server):
+    """Two newsletters' real issues of the same stories, each as its readers get it."""
     rt = app.extensions["mailer"]
     logo_name = looks.store_logo(rt.settings, png(160, 48, "#0f766e"), "brief.png")
     daily = Newsletter(slug="daily", name="The Morning Brief", accent_color="#0f766e",
@@ -165,29 +166,39 @@ def test_two_differently_branded_digests_side_by_side(app, page):
                        footer_md="Results, every Monday.")
     db.session.add_all([daily, sport])
     db.session.commit()
+    now = utcnow()
+    stories = ("The council approves the riverside park", "What the new timetable means",
+               "Five places to eat outside this weekend")
+    for i, title in enumerate(stories):
+        add_article(db.session, title, now - timedelta(hours=i + 1),
+                    summary="A few words on what happened, and why it matters to readers.")
+    db.session.commit()
     frames = []
     for nl in (daily, sport):
-        look = looks.look_of(nl, rt.settings)
-        # The logo inline, so the page needs no server.
-        if nl.logo_file:
-            import base64
-            path, kind = looks.logo_file(rt.settings, nl.logo_file)
-            look = type(look)(**{**look.__dict__, "logo": f"data:{kind};base64,"
-                                 + base64.b64encode(path.read_bytes()).decode()})
-        sample = render.render_look_sample(rt.settings, look, nl.name)
-        assert nl.accent_color in sample
-        frames.append(f'<iframe title="{htmllib.escape(nl.name)}" srcdoc="{htmllib.escape(sample)}"></iframe>')
-    page.set_viewport_size({"width": 1320, "height": 1100})
+        issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now,
+                                     newsletter=nl, popular_m=0)
+        db.session.commit()
+        # What a reader gets (sample values in place of the reader's): the logo is served by
+        # the running app, as it is to mail clients.
+        _, html, _ = render.render_preview(db.session, issue, "", rt.settings)
+        assert nl.accent_color in html
+        frames.append(f'<iframe title="{htmllib.escape(nl.name)}" '
+                      f'srcdoc="{htmllib.escape(html)}"></iframe>')
+    assert live_server == rt.settings.base_url
+    page.set_viewport_size({"width": 1320, "height": 1000})
     page.set_content(
         "<!DOCTYPE html><html><body style='margin:0;display:flex;gap:20px;padding:20px;"
         "background:#e4e4e7'>"
-        + "".join(frames).replace("<iframe", "<iframe style='width:630px;height:1060px;border:0'")
+        + "".join(frames).replace("<iframe", "<iframe style='width:630px;height:960px;border:0'")
         + "</body></html>")
     first, second = page.frame_locator("iframe").nth(0), page.frame_locator("iframe").nth(1)
     assert _color(first, ".section-title") == TEAL
     assert _color(second, ".section-title") == "rgb(154, 52, 18)"
-    assert first.locator(".masthead img").evaluate("i => i.complete && i.naturalWidth") == 160
+    logo = first.locator(".masthead img")
+    logo.evaluate("i => i.complete || new Promise(r => i.addEventListener('load', r))")
+    assert logo.evaluate("i => i.naturalWidth") == 160
     assert "SPORT WEEKLY" in second.locator(".masthead").inner_text()
+    assert "Results, every Monday." in second.locator("body").inner_text()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "two-branded-digests.png"), full_page=True)
     assert (ARTIFACTS / "two-branded-digests.png").stat().st_size > 10_000
