@@ -30,6 +30,23 @@ def email_change_key(tokens: Tokens, new_email: str) -> str:
     return tokens.keyed_hash(t.CHANGE_EMAIL, new_email)[:16]
 
 
+def reader_value(uid: str, newsletter_id: int | None) -> str:
+    """What an unsubscribe or preferences link signs: the reader's uid, and the newsletter
+    it is about after a `~` (uids are URL-safe base64: never a `~`)."""
+    return uid if newsletter_id is None else f"{uid}~{newsletter_id}"
+
+
+def parse_reader_value(value: str) -> tuple[str, int | None]:
+    """(uid, newsletter id) of a signed reader link; None for links made before there were
+    several newsletters (they mean the first one). ValueError when malformed."""
+    uid, tilde, newsletter = value.partition("~")
+    if not tilde:
+        return uid, None
+    if not newsletter.isdigit() or not uid:
+        raise ValueError(value)
+    return uid, int(newsletter)
+
+
 class Links:
     def __init__(self, settings: Settings, tokens: Tokens):
         self.base = settings.base_url
@@ -47,11 +64,15 @@ class Links:
         token = self.tokens.sign_issued(t.CHANGE_EMAIL, value, utcnow())
         return f"{self.base}/preferences/email/{token}"
 
-    def unsubscribe(self, uid: str) -> str:
-        return f"{self.base}/unsubscribe/{self.tokens.sign(t.UNSUBSCRIBE, uid)}"
+    def unsubscribe(self, uid: str, newsletter_id: int | None = None) -> str:
+        """Ends the subscription to one newsletter (the person's first one when None)."""
+        token = self.tokens.sign(t.UNSUBSCRIBE, reader_value(uid, newsletter_id))
+        return f"{self.base}/unsubscribe/{token}"
 
-    def preferences(self, uid: str) -> str:
-        return f"{self.base}/preferences/{self.tokens.sign(t.PREFERENCES, uid)}"
+    def preferences(self, uid: str, newsletter_id: int | None = None) -> str:
+        """The reader's preferences, opened at one newsletter (the first one when None)."""
+        token = self.tokens.sign(t.PREFERENCES, reader_value(uid, newsletter_id))
+        return f"{self.base}/preferences/{token}"
 
     def click_base(self, delivery_id: int) -> str:
         """Tracked links of one delivery are click_base + "/" + item id."""
@@ -68,9 +89,11 @@ class Links:
     def archive(self, issue_id: int | None = None) -> str:
         return archive_url(self.settings, issue_id)
 
-    def list_unsubscribe_headers(self, uid: str) -> dict[str, str]:
+    def list_unsubscribe_headers(
+        self, uid: str, newsletter_id: int | None = None
+    ) -> dict[str, str]:
         """RFC 2369 / RFC 8058 headers: the HTTPS link first, a mailto when configured."""
-        value = f"<{self.unsubscribe(uid)}>"
+        value = f"<{self.unsubscribe(uid, newsletter_id)}>"
         if self.settings.unsubscribe_mailto:
             value += f", <mailto:{self.settings.unsubscribe_mailto}?subject=unsubscribe>"
         return {

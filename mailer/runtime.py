@@ -78,10 +78,13 @@ class Runtime:
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash(SUPPRESSION, email)
 
-    def compile(self, variant, sender: Sender | None = None) -> CompiledVariant:
+    def compile(
+        self, variant, sender: Sender | None = None, newsletter_id: int | None = None
+    ) -> CompiledVariant:
         """A stored issue variant (issue_id, id, subject, html, text) compiled for sending
-        from this process: its settings, links, tokens and DKIM signer, and the From,
-        Reply-To and List-Id of the issue's newsletter (`sender`; None: MAILER_FROM's)."""
+        from this process: its settings, links, tokens and DKIM signer, the From, Reply-To
+        and List-Id of the issue's newsletter (`sender`; None: MAILER_FROM's), and that
+        newsletter's id for the readers' unsubscribe and preferences links."""
         return self.composer.compile(
             issue_id=variant.issue_id,
             variant_id=variant.id,
@@ -89,6 +92,7 @@ class Runtime:
             html=variant.html,
             text=variant.text,
             sender=sender,
+            newsletter_id=newsletter_id,
         )
 
 

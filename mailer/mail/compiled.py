@@ -97,10 +97,13 @@ class CompiledVariant:
         signer: DkimSigner | None = None,
         clock=time.time,
         sender: Sender | None = None,
+        newsletter_id: int | None = None,
     ):
         """`sender` is the issue's newsletter's From, Reply-To and List-Id (mail.sender);
         None: MAILER_FROM's, as before there were newsletters."""
         self.issue_id = issue_id
+        # The newsletter the readers' unsubscribe and preferences links are about.
+        self.newsletter_id = newsletter_id
         self.settings = settings
         self.links = links
         self.tokens = tokens
@@ -182,8 +185,8 @@ class CompiledVariant:
         return {
             ph.NAME: reader.name or NEUTRAL_NAME,
             ph.EMAIL: reader.email,
-            ph.UNSUBSCRIBE_URL: self.links.unsubscribe(reader.uid),
-            ph.PREFERENCES_URL: self.links.preferences(reader.uid),
+            ph.UNSUBSCRIBE_URL: self.links.unsubscribe(reader.uid, self.newsletter_id),
+            ph.PREFERENCES_URL: self.links.preferences(reader.uid, self.newsletter_id),
             ph.CLICK_BASE: click_base,
             ph.OPEN_PIXEL_URL: click_base + "/open.gif",
         }

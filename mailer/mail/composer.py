@@ -84,12 +84,14 @@ class Composer:
 
     def compile(
         self, *, issue_id: int, variant_id: int, subject: str, html: str, text: str,
-        sender: Sender | None = None,
+        sender: Sender | None = None, newsletter_id: int | None = None,
     ) -> CompiledVariant:
         """An issue variant (placeholders in) ready to be built for each of its readers,
-        from its newsletter's `sender` (None: MAILER_FROM's)."""
+        from its newsletter's `sender` (None: MAILER_FROM's); the readers' unsubscribe and
+        preferences links name `newsletter_id`."""
         return self._variant(CompiledVariant, issue_id=issue_id, variant_id=variant_id,
-                             subject=subject, html=html, text=text, sender=sender)
+                             subject=subject, html=html, text=text, sender=sender,
+                             newsletter_id=newsletter_id)
 
     def samples(
         self, *, issue_id: int, subject: str, html: str, text: str, test: bool = True,

@@ -51,6 +51,9 @@ class Subscriber(Base):
     status: Mapped[SubscriberStatus] = mapped_column(
         enum_column(SubscriberStatus), default=SubscriberStatus.PENDING
     )
+    # What a reader gets is each Subscription's frequency and sections (0013); these two keep
+    # the person's last choice (a signup's, a preferences change's) for webhook payloads and
+    # the older export columns, and are read by no audience.
     frequency: Mapped[Frequency] = mapped_column(enum_column(Frequency), default=Frequency.WEEKLY)
     # Canonical section key (see sections_key); '' = every section.
     sections: Mapped[str] = mapped_column(String(500), default="")

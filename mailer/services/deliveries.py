@@ -74,10 +74,12 @@ from mailer.models import (
     IssueVariant,
     Subscriber,
     SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
     sections_key,
     sections_list,
 )
-from mailer.services import after_commit, bounces, looks, workers
+from mailer.services import after_commit, bounces, looks, newsletters, workers
 from mailer.services import issue_states as states
 from mailer.services.render import render_variant
 
@@ -134,9 +136,24 @@ def _issue(session: Session, issue_id: int) -> Issue:
 # --- start ------------------------------------------------------------------------------
 
 
-def _audience(issue: Issue):
-    return (Subscriber.status == SubscriberStatus.ACTIVE) & (
-        Subscriber.frequency == issue.audience_frequency
+def newsletter_of(session: Session, issue: Issue) -> int:
+    """The newsletter an issue belongs to; an issue made before issues named one belongs to
+    the first."""
+    if issue.newsletter_id is not None:
+        return issue.newsletter_id
+    return newsletters.first(session).id
+
+
+def audience(session: Session, issue: Issue):
+    """Who gets an issue (a condition on Subscriber and Subscription together): an active
+    person whose subscription to the issue's newsletter is active, with the issue's
+    frequency. Sections are matched on the subscription too (Subscription.sections)."""
+    return (
+        (Subscription.subscriber_id == Subscriber.id)
+        & (Subscription.newsletter_id == newsletter_of(session, issue))
+        & (Subscription.status == SubscriptionStatus.ACTIVE)
+        & (Subscription.frequency == issue.audience_frequency)
+        & (Subscriber.status == SubscriberStatus.ACTIVE)
     )
 
 
@@ -166,9 +183,9 @@ def start_send(
     by_sections = {
         sections: n
         for sections, n in session.execute(
-            select(Subscriber.sections, func.count())
-            .where(_audience(issue))
-            .group_by(Subscriber.sections)
+            select(Subscription.sections, func.count())
+            .where(audience(session, issue))
+            .group_by(Subscription.sections)
         )
     }
     variants: dict[str, IssueVariant] = {}
@@ -223,8 +240,8 @@ def start_send(
 
 def _freeze(session: Session, issue: Issue, sendable: dict[str, int], now: datetime) -> int:
     """INSERT ... SELECT one page of readers at a time, by id: nothing held in memory."""
-    variant_of = case(sendable, value=Subscriber.sections)
-    where = _audience(issue) & Subscriber.sections.in_(list(sendable))
+    variant_of = case(sendable, value=Subscription.sections)
+    where = audience(session, issue) & Subscription.sections.in_(list(sendable))
     columns = ["issue_id", "subscriber_id", "variant_id", "status", "attempts", "created_at"]
     last = 0
     while True:

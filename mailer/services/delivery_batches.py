@@ -49,8 +49,11 @@ from mailer.models import (
     DeliveryStatus,
     Issue,
     IssueStatus,
+    Newsletter,
     Subscriber,
     SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
 )
 from mailer.services import bounces, deliveries
 from mailer.services.deliveries import QUEUED, TRIED, Batch, new_token
@@ -58,6 +61,7 @@ from mailer.services.workers import process_name
 
 log = logging.getLogger(__name__)
 DELIVERIES, ISSUES, SUBSCRIBERS = Delivery.__table__, Issue.__table__, Subscriber.__table__
+SUBSCRIPTIONS = Subscription.__table__
 UNREACHABLE = "unreachable: "
 RELEASE_DELAY = 10.0  # seconds before rows the server never saw are tried again
 
@@ -77,9 +81,22 @@ _OPEN = (
         SUBSCRIBERS.c.name,
         SUBSCRIBERS.c.uid,
         SUBSCRIBERS.c.status,
+        SUBSCRIPTIONS.c.status,
     )
     .select_from(
         DELIVERIES.outerjoin(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+        # The reader's subscription to the issue's newsletter (an issue made before issues
+        # named one belongs to the first): a reader who left it since the send started is
+        # not mailed.
+        .outerjoin(
+            SUBSCRIPTIONS,
+            (SUBSCRIPTIONS.c.subscriber_id == DELIVERIES.c.subscriber_id)
+            & (SUBSCRIPTIONS.c.newsletter_id == func.coalesce(
+                select(ISSUES.c.newsletter_id)
+                .where(ISSUES.c.id == bindparam("b_issue")).scalar_subquery(),
+                select(func.min(Newsletter.__table__.c.id)).scalar_subquery(),
+            )),
+        )
     )
     # The batch is whatever dispatch() claimed for the token: the issue's rows in flight
     # (one index range) filtered by claimed_by, rather than a list of hundreds of ids.
@@ -343,7 +360,7 @@ class BatchRunner:
             _HOLD, {"b_issue": run.issue_id, "b_queued": run.in_broker, "b_held": run.queued}
         )
         claimed, gone = [], []
-        for did, variant_id, attempts, sub_id, email, name, uid, state in conn.execute(
+        for did, variant_id, attempts, sub_id, email, name, uid, state, held in conn.execute(
             _OPEN, {"b_issue": run.issue_id, "b_queued": run.queued}
         ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
@@ -352,6 +369,14 @@ class BatchRunner:
                         "b_id": did,
                         "b_queued": run.queued,
                         "b_err": f"not sent: the reader is {state or 'erased'}",
+                    }
+                )
+            elif held != SubscriptionStatus.ACTIVE:
+                gone.append(
+                    {
+                        "b_id": did,
+                        "b_queued": run.queued,
+                        "b_err": "not sent: the reader left this newsletter",
                     }
                 )
             else:

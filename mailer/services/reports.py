@@ -28,6 +28,7 @@ from mailer.models import (
     SubscriberEvent,
     SubscriberImport,
     SubscriberStatus,
+    Subscription,
 )
 from mailer.services import bounces as bounce_reports
 from mailer.services import deliveries, schedules
@@ -340,9 +341,9 @@ def audience(session: Session, issue: Issue, settings: Settings) -> dict:
     readers = no_items = 0
     has_items: dict[str, bool] = {}
     for sections, n in session.execute(
-        select(S.sections, func.count())
-        .where(S.status == SubscriberStatus.ACTIVE, S.frequency == issue.audience_frequency)
-        .group_by(S.sections)
+        select(Subscription.sections, func.count())
+        .where(deliveries.audience(session, issue))
+        .group_by(Subscription.sections)
     ):
         key = deliveries.variant_key(sections, issue.audience_sections)
         if key is None:

@@ -11,7 +11,7 @@ import io
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import exists, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
@@ -24,6 +24,7 @@ from mailer.models import (
     SubscriberEvent,
     SubscriberImport,
     SubscriberStatus,
+    Subscription,
     Suppression,
 )
 from mailer.services import subscriptions as subs
@@ -57,9 +58,13 @@ def _filters(q: str = "", status: str = "", section: str = "") -> list:
             raise ValidationError("status", f"Unknown status: {status[:40]}.") from None
     if section:
         # The sections key is sorted and comma-joined; '' means every section.
-        s = Subscriber.sections
-        where.append(or_(s == "", s == section, s.like(f"{section},%"), s.like(f"%,{section}"),
-                         s.like(f"%,{section},%")))
+        # (in any of the reader's subscriptions)
+        s = Subscription.sections
+        where.append(exists().where(
+            Subscription.subscriber_id == Subscriber.id,
+            or_(s == "", s == section, s.like(f"{section},%"), s.like(f"%,{section}"),
+                s.like(f"%,{section},%")),
+        ))
     return where
 
 

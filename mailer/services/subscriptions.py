@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,15 +25,19 @@ from mailer.models import (
     HookEndpoint,
     HookEvent,
     HookStatus,
+    Newsletter,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
     Suppression,
     new_uid,
     sections_key,
     sections_list,
 )
 from mailer.services import hooks
+from mailer.services import newsletters as nl
 
 NAME_MAX = 100
 EMAIL_MAX = 254  # RFC 5321 path limit, minus the angle brackets
@@ -56,7 +60,14 @@ _MAY_CONFIRM = Subscriber.status.in_(CONFIRMABLE) & (
     | Subscriber.complained_at.is_(None)
     | (Subscriber.confirm_requested_at > Subscriber.complained_at)
 )
+# An active reader who asked for another newsletter: their pending subscription waits for
+# a confirmation like a new reader's.
+_ASKED_FOR_MORE = (Subscriber.status == SubscriberStatus.ACTIVE) & exists().where(
+    Subscription.subscriber_id == Subscriber.id,
+    Subscription.status == SubscriptionStatus.PENDING,
+)
 UNSUBSCRIBABLE = (SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)
+OPEN_SUBSCRIPTION = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
 # Which statuses a signup answers by mail: a confirmation, or for an active reader a short
 # "you are already subscribed" with the preferences link (rate-limited the same way).
 ANSWERED_BY_MAIL = (*CONFIRMABLE, SubscriberStatus.ACTIVE)
@@ -193,9 +204,15 @@ def subscribe(
     sections: str,
     consent: ConsentInfo,
     cooldown: timedelta,
+    newsletter_ids: Iterable[int] | None = None,
     now: datetime | None = None,
 ) -> SignupResult:
     """Record a signup; the caller answers the same way whatever the address's state was.
+
+    The reader asks for `newsletter_ids` (default: the signup defaults): each gets a pending
+    subscription with this frequency and sections, unless the reader already has one (an
+    active one stays as it is; one they left becomes pending again, keeping its choices),
+    so that one confirmation activates them all.
 
     A new address becomes a pending reader with a consent record and a history line; a
     pending, unsubscribed, bounced or complained one asks for another confirmation, at most
@@ -206,10 +223,15 @@ def subscribe(
     must be cheap).
     """
     now = now or utcnow()
+    if newsletter_ids is not None:
+        newsletter_ids = sorted(set(newsletter_ids))
     if session.get_bind().dialect.name == "postgresql":
         return _subscribe_in_one_statement(
-            session, email, name, frequency, sections, consent, now - cooldown, now
+            session, email, name, frequency, sections, consent, now - cooldown, now,
+            newsletter_ids,
         )
+    if newsletter_ids is None:
+        newsletter_ids = [n.id for n in nl.signup_defaults(session)]
     sub = by_email(session, email)
     if sub is None:
         sub = Subscriber(
@@ -232,6 +254,7 @@ def subscribe(
             if sub is None:  # pragma: no cover - the row that won the race was deleted again
                 raise
         else:
+            _ask_for(session, sub.id, newsletter_ids, frequency, sections, now)
             _consent(session, sub.id, "signup", consent, now)
             _event(session, sub.id, "signup", consent.source, now)
             hooks.emit(session, "subscriber.created", hooks.subscriber_data(sub),
@@ -244,9 +267,32 @@ def subscribe(
     if last is not None and now - last < cooldown:
         return SignupResult(sub.id, False)
     sub.confirm_requested_at = now
+    _ask_for(session, sub.id, newsletter_ids, frequency, sections, now)
     _consent(session, sub.id, "signup", consent, now)
     _event(session, sub.id, "signup-repeated", consent.source, now)
     return SignupResult(sub.id, True)
+
+
+def _ask_for(session: Session, subscriber_id: int, newsletter_ids, frequency, sections, now):
+    """The pending subscriptions a signup asks for (the SQL of the PostgreSQL statement's
+    `asked_for` step, for the embedded database)."""
+    have = {
+        s.newsletter_id: s
+        for s in session.scalars(
+            select(Subscription).where(Subscription.subscriber_id == subscriber_id)
+        )
+    }
+    for newsletter_id in newsletter_ids:
+        found = have.get(newsletter_id)
+        if found is None:
+            session.add(Subscription(
+                subscriber_id=subscriber_id, newsletter_id=newsletter_id,
+                status=SubscriptionStatus.PENDING, frequency=frequency, sections=sections,
+                created_at=now,
+            ))
+        elif found.status == SubscriptionStatus.UNSUBSCRIBED:
+            found.status = SubscriptionStatus.PENDING
+    session.flush()
 
 
 def _signup_statement():
@@ -256,8 +302,8 @@ def _signup_statement():
     data-modifying CTEs). Built once; parameter names are not column names (an UPDATE would
     take those as values to SET); `asked` yields the reader's id when a confirmation is
     owed, beside the ids of the webhook deliveries to hand out."""
-    from sqlalchemy import String, bindparam, cast, literal_column, union_all
-    from sqlalchemy.dialects.postgresql import JSONB, insert
+    from sqlalchemy import BigInteger, String, bindparam, cast, literal_column, true, union_all
+    from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 
     now = bindparam("s_now", type_=Subscriber.__table__.c.created_at.type)
     cutoff = bindparam("s_cutoff", type_=Subscriber.__table__.c.created_at.type)
@@ -299,6 +345,40 @@ def _signup_statement():
         .cte("again")
     )
     asked = union_all(select(new.c.id, new.c.kind), select(again.c.id, again.c.kind)).cte("asked")
+    # The pending subscription to each newsletter asked for; one the reader left becomes
+    # pending again (an active one stays as it is).
+    # Those named (s_newsletters), else the signup defaults (newsletters.signup_defaults in
+    # SQL: saves a round trip).
+    subscriptions, newsletters = Subscription.__table__, Newsletter.__table__
+    named = cast(bindparam("s_newsletters"), ARRAY(BigInteger))
+    defaults = (
+        newsletters.c.signup_default.is_(True) & newsletters.c.archived_at.is_(None)
+    )
+    chosen = union_all(
+        select(func.unnest(named).label("nid")),
+        select(newsletters.c.id).where(named.is_(None), defaults),
+        select(newsletters.c.id).where(
+            named.is_(None),
+            ~select(newsletters.c.id).where(defaults).exists(),
+            newsletters.c.id == select(func.min(newsletters.c.id)).scalar_subquery(),
+        ),
+    ).cte("chosen")
+    pending = literal_column(f"'{SubscriptionStatus.PENDING.value}'")
+    asked_for = insert(subscriptions).from_select(
+        ["subscriber_id", "newsletter_id", "status", "frequency", "sections", "created_at"],
+        select(
+            asked.c.id, chosen.c.nid, pending,
+            bindparam("s_frequency", type_=subscriptions.c.frequency.type),
+            bindparam("s_sections"), now,
+        ).select_from(asked.join(chosen, true())),
+    )
+    asked_for = asked_for.on_conflict_do_update(
+        index_elements=["subscriber_id", "newsletter_id"],
+        set_={"status": pending},
+        where=subscriptions.c.status == literal_column(
+            f"'{SubscriptionStatus.UNSUBSCRIBED.value}'"
+        ),
+    ).cte("asked_for")
     consent = (
         insert(ConsentRecord.__table__)
         .from_select(
@@ -359,14 +439,17 @@ def _signup_statement():
         .cte("hook_deliveries")
     )
     hook_ids = select(func.array_agg(hook_deliveries.c.id)).scalar_subquery()
-    return select(asked.c.id, hook_ids).add_cte(consent, event, hook_event, hook_deliveries)
+    return select(asked.c.id, hook_ids).add_cte(
+        asked_for, consent, event, hook_event, hook_deliveries
+    )
 
 
 _SIGNUP = None
 
 
 def _subscribe_in_one_statement(
-    session: Session, email, name, frequency, sections, consent: ConsentInfo, cutoff, now
+    session: Session, email, name, frequency, sections, consent: ConsentInfo, cutoff, now,
+    newsletter_ids: list[int] | None,
 ) -> SignupResult:
     global _SIGNUP
     if _SIGNUP is None:
@@ -386,6 +469,7 @@ def _subscribe_in_one_statement(
             "s_source": source,
             "s_now": now,
             "s_cutoff": cutoff,
+            "s_newsletters": newsletter_ids,
             "s_ip": consent.ip,
             "s_user_agent": (consent.user_agent or "")[:500] or None,
             "s_wording": consent.wording,
@@ -412,7 +496,7 @@ def _link_is_current(issued: datetime, legacy_email: str | None):
     carry the time they were made (after their request) and the address.
     """
     conditions = [
-        _MAY_CONFIRM,
+        _MAY_CONFIRM | _ASKED_FOR_MORE,
         Subscriber.complained_at.is_(None) | (Subscriber.complained_at < issued),
         Subscriber.confirmed_at.is_(None) | (Subscriber.confirmed_at < issued),
         Subscriber.unsubscribed_at.is_(None) | (Subscriber.unsubscribed_at < issued),
@@ -477,14 +561,48 @@ def confirm(
     session.refresh(sub)
     if result.rowcount == 0:
         raise LinkUsed("This link has been used.")
+    _activate_pending(session, sub.id, now)
     _activated(session, sub, consent, hasher, now)
     return sub
 
 
-def resubscribe(session: Session, sub: Subscriber, consent: ConsentInfo, now=None) -> None:
-    """A reader who left subscribes again from their preferences page (the link came by mail
-    to this address, so it proves they own it)."""
+def _activate_pending(session: Session, subscriber_id: int, now) -> None:
+    """Every subscription the reader asked for and has not had yet starts now."""
+    session.execute(
+        update(Subscription)
+        .where(
+            Subscription.subscriber_id == subscriber_id,
+            Subscription.status == SubscriptionStatus.PENDING,
+        )
+        .values(status=SubscriptionStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def has_pending(session: Session, subscriber_id: int) -> bool:
+    """Whether the reader asked for a newsletter they have not confirmed yet."""
+    return session.scalar(
+        select(Subscription.id).where(
+            Subscription.subscriber_id == subscriber_id,
+            Subscription.status == SubscriptionStatus.PENDING,
+        ).limit(1)
+    ) is not None
+
+
+def resubscribe(
+    session: Session, sub: Subscriber, consent: ConsentInfo, newsletter_id: int | None = None,
+    now=None,
+) -> None:
+    """A reader subscribes again, to `newsletter_id` (default the first), from their
+    preferences page (the link came by mail to this address, so it proves they own it)."""
     now = now or utcnow()
+    if newsletter_id is None:
+        newsletter_id = nl.first(session).id
+    if sub.status == SubscriberStatus.ACTIVE:
+        if _start(session, sub.id, newsletter_id, now):
+            _consent(session, sub.id, "confirm", consent, now)
+            _event(session, sub.id, "subscribed", _slug(session, newsletter_id), now)
+        return
     result = session.execute(
         update(Subscriber)
         .where(Subscriber.id == sub.id, _MAY_CONFIRM)
@@ -499,7 +617,33 @@ def resubscribe(session: Session, sub: Subscriber, consent: ConsentInfo, now=Non
         if sub.status == SubscriberStatus.ACTIVE:
             return
         raise Conflict("This subscription cannot be confirmed any more. Please sign up again.")
+    _start(session, sub.id, newsletter_id, now)
     _activated(session, sub, consent, None, now)
+
+
+def _slug(session: Session, newsletter_id: int) -> str:
+    return session.scalar(select(Newsletter.slug).where(Newsletter.id == newsletter_id)) or "?"
+
+
+def _start(session: Session, subscriber_id: int, newsletter_id: int, now) -> bool:
+    """The reader's subscription to one newsletter is active (made if missing); False when
+    it already was."""
+    found = session.scalar(select(Subscription).where(
+        Subscription.subscriber_id == subscriber_id, Subscription.newsletter_id == newsletter_id
+    ))
+    if found is None:
+        session.add(Subscription(
+            subscriber_id=subscriber_id, newsletter_id=newsletter_id,
+            status=SubscriptionStatus.ACTIVE, created_at=now, confirmed_at=now,
+        ))
+    elif found.status == SubscriptionStatus.ACTIVE:
+        return False
+    else:
+        found.status, found.confirmed_at, found.unsubscribed_at = (
+            SubscriptionStatus.ACTIVE, now, None
+        )
+    session.flush()
+    return True
 
 
 def _activated(session: Session, sub: Subscriber, consent, hasher, now) -> None:
@@ -577,37 +721,116 @@ def confirmations_owed(
     )
 
 
-def unsubscribe(session: Session, uid: str, how: str, now=None) -> bool:
-    """Idempotent: True if this call changed the status, False if already unsubscribed."""
+def unsubscribe(
+    session: Session, uid: str, how: str, newsletter_id: int | None = None, now=None
+) -> bool:
+    """End the reader's subscription to one newsletter (None: the first, what links signed
+    before there were several mean). A reader left with no open subscription is
+    unsubscribed as a person too. Idempotent: True if this call changed anything."""
     now = now or utcnow()
+    # The person's row locked first: a reader's two clicks on their last two newsletters at
+    # once must not each see the other's subscription still open.
+    sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid).with_for_update())
+    if sub is None:
+        raise NotFound("This link belongs to no current subscription.")
+    if newsletter_id is None:
+        newsletter_id = nl.first(session).id
+    ended = session.execute(
+        update(Subscription)
+        .where(
+            Subscription.subscriber_id == sub.id,
+            Subscription.newsletter_id == newsletter_id,
+            Subscription.status.in_(OPEN_SUBSCRIPTION),
+        )
+        .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if ended:
+        _event(session, sub.id, "unsubscribed-from", f"{_slug(session, newsletter_id)}: {how}", now)
+    left = _leave_if_nothing_open(session, sub, how, now)
+    return bool(ended or left)
+
+
+def unsubscribe_all(session: Session, sub: Subscriber, how: str, now=None) -> bool:
+    """Every subscription ends and the person is unsubscribed; True if anything changed."""
+    now = now or utcnow()
+    session.execute(select(Subscriber.id).where(Subscriber.id == sub.id).with_for_update())
+    ended = session.execute(
+        update(Subscription)
+        .where(
+            Subscription.subscriber_id == sub.id,
+            Subscription.status.in_(OPEN_SUBSCRIPTION),
+        )
+        .values(status=SubscriptionStatus.UNSUBSCRIBED, unsubscribed_at=now)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    left = _leave_if_nothing_open(session, sub, how, now)
+    return bool(ended or left)
+
+
+def _leave_if_nothing_open(session: Session, sub: Subscriber, how: str, now) -> bool:
+    """An active or pending person with no active or pending subscription left becomes
+    unsubscribed (one conditional UPDATE: two unsubscribes at once leave once)."""
+    still_open = exists().where(
+        Subscription.subscriber_id == Subscriber.id,
+        Subscription.status.in_(OPEN_SUBSCRIPTION),
+    )
     result = session.execute(
         update(Subscriber)
-        .where(Subscriber.uid == uid, Subscriber.status.in_(UNSUBSCRIBABLE))
+        .where(Subscriber.id == sub.id, Subscriber.status.in_(UNSUBSCRIBABLE), ~still_open)
         .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount:
-        sub = session.scalar(select(Subscriber).where(Subscriber.uid == uid))
-        session.refresh(sub)
-        _event(session, sub.id, "unsubscribed", how, now)
-        hooks.emit(session, "subscriber.unsubscribed", hooks.subscriber_data(sub, how=how),
-                   subscriber_id=sub.id, now=now)
-        return True
-    by_uid(session, uid)  # raises NotFound for a link to an erased reader
-    return False
+    session.refresh(sub)
+    if not result.rowcount:
+        return False
+    _event(session, sub.id, "unsubscribed", how, now)
+    hooks.emit(session, "subscriber.unsubscribed", hooks.subscriber_data(sub, how=how),
+               subscriber_id=sub.id, now=now)
+    return True
+
+
+def subscription(
+    session: Session, sub: Subscriber, newsletter_id: int | None
+) -> Subscription | None:
+    """The reader's subscription to a newsletter (None: the first), if they ever had one."""
+    if newsletter_id is None:
+        newsletter_id = nl.first(session).id
+    return session.scalar(select(Subscription).where(
+        Subscription.subscriber_id == sub.id, Subscription.newsletter_id == newsletter_id
+    ))
+
+
+def subscriptions_of(session: Session, subscriber_id: int) -> list[Subscription]:
+    """A reader's subscriptions, oldest newsletter first (each with its newsletter)."""
+    return list(session.scalars(
+        select(Subscription)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.subscriber_id == subscriber_id)
+        .order_by(Newsletter.id)
+    ))
 
 
 def update_preferences(
-    session: Session, sub: Subscriber, *, name: str | None, frequency: Frequency, sections: str
+    session: Session, sub: Subscriber, *, name: str | None, frequency: Frequency, sections: str,
+    newsletter_id: int | None = None,
 ) -> None:
+    """The reader's name, and the frequency and sections of their subscription to one
+    newsletter (None: the first)."""
     changes = []
     if sub.name != name:
         changes.append("name")
-    if sub.frequency != frequency:
-        changes.append(f"frequency={frequency}")
-    if sub.sections != sections:
-        changes.append(f"sections={sections or 'all'}")
-    sub.name, sub.frequency, sub.sections = name, frequency, sections
+    sub.name = name
+    held = subscription(session, sub, newsletter_id)
+    if held is not None:
+        if held.frequency != frequency:
+            changes.append(f"frequency={frequency}")
+        if held.sections != sections:
+            changes.append(f"sections={sections or 'all'}")
+        held.frequency, held.sections = frequency, sections
+        # The person's own columns keep the last choice made (what webhook payloads
+        # report); deliveries read the subscription.
+        sub.frequency, sub.sections = frequency, sections
     if changes:
         _event(session, sub.id, "preferences", ", ".join(changes))
         hooks.emit(session, "subscriber.updated",
@@ -649,6 +872,7 @@ def export_data(session: Session, sub: Subscriber) -> dict:
         .order_by(Delivery.id)
     ).all()
     iso = lambda d: d.isoformat() if d else None  # noqa: E731
+    held = subscriptions_of(session, sub.id)
     return {
         "email": sub.email,
         "name": sub.name,
@@ -659,6 +883,19 @@ def export_data(session: Session, sub: Subscriber) -> dict:
         "created_at": iso(sub.created_at),
         "confirmed_at": iso(sub.confirmed_at),
         "unsubscribed_at": iso(sub.unsubscribed_at),
+        "newsletters": [
+            {
+                "newsletter": s.newsletter.slug,
+                "name": s.newsletter.name,
+                "status": str(s.status),
+                "frequency": str(s.frequency),
+                "sections": s.section_list,
+                "created_at": iso(s.created_at),
+                "confirmed_at": iso(s.confirmed_at),
+                "unsubscribed_at": iso(s.unsubscribed_at),
+            }
+            for s in held
+        ],
         "consents": [
             {
                 "kind": c.kind,
@@ -733,10 +970,16 @@ def import_rows(
     known_sections: Iterable[str],
     hasher: Hasher,
     report: ImportReport,
+    newsletter_ids: Iterable[int] | None = None,
     now=None,
 ) -> ImportReport:
-    """Add already-consented readers as active; existing and suppressed addresses are left alone."""
+    """Add already-consented readers as active, each with an active subscription to
+    `newsletter_ids` (default: the signup defaults); existing and suppressed addresses are
+    left alone."""
     now = now or utcnow()
+    if newsletter_ids is None:
+        newsletter_ids = [n.id for n in nl.signup_defaults(session)]
+    newsletter_ids = sorted(set(newsletter_ids))
     known = list(known_sections)
     consent = ConsentInfo(source=f"import: {source}", wording=f"Imported; consent source: {source}")
     parsed: dict[str, tuple] = {}
@@ -785,6 +1028,14 @@ def import_rows(
     session.add_all(new)
     session.flush()
     endpoint_ids = hooks.endpoints_for(session, "subscriber.created")
+    session.add_all(
+        Subscription(
+            subscriber_id=sub.id, newsletter_id=newsletter_id, status=SubscriptionStatus.ACTIVE,
+            frequency=sub.frequency, sections=sub.sections, created_at=now, confirmed_at=now,
+        )
+        for sub in new
+        for newsletter_id in newsletter_ids
+    )
     for sub in new:
         _consent(session, sub.id, "import", consent, now)
         _event(session, sub.id, "imported", source[:200], now)

@@ -58,8 +58,10 @@ def _variants(rt: Runtime) -> Callable[[int], CompiledVariant]:
             if cached is None or cached[0] != created:
                 v = s.get(IssueVariant, variant_id)
                 issue = s.get(Issue, v.issue_id)
-                # The From, Reply-To and List-Id of the issue's newsletter.
-                compiled = rt.compile(v, newsletter_sender(rt.settings, issue.newsletter))
+                # The From, Reply-To and List-Id of the issue's newsletter, and its id for
+                # the readers' unsubscribe and preferences links.
+                compiled = rt.compile(v, newsletter_sender(rt.settings, issue.newsletter),
+                                      issue.newsletter_id)
                 with _compiled_lock:
                     if len(_compiled) >= 64:
                         _compiled.clear()

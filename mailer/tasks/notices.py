@@ -55,7 +55,11 @@ def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
             return "not pending"
         previous, requested_at = sub.confirm_sent_at, sub.confirm_requested_at
         claimed = subscriptions.claim_confirmation(s, subscriber_id, requested_at)
-        email, uid, active = sub.email, sub.uid, sub.status == SubscriberStatus.ACTIVE
+        # An active reader who asked for another newsletter confirms it like a new reader.
+        email, uid = sub.email, sub.uid
+        active = sub.status == SubscriberStatus.ACTIVE and not subscriptions.has_pending(
+            s, subscriber_id
+        )
         look = looks.site_look(s, rt.settings)
     if not claimed:
         return "already sent"

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, abort, redirect, render_template, request
 from mailer import tokens as t
 from mailer.db import db
 from mailer.errors import Conflict, NotFound, ValidationError
-from mailer.links import email_change_key
+from mailer.links import email_change_key, parse_reader_value
 from mailer.mail.composer import SAMPLE_UID
 from mailer.models import Frequency, SubscriberStatus
 from mailer.runtime import runtime
@@ -154,6 +154,21 @@ def _load_plain(purpose: str, token: str) -> str | None:
         return None
 
 
+def _load_reader(purpose: str, token: str) -> tuple[str | None, int | None]:
+    """(uid, newsletter id) of an unsubscribe or preferences link; uid None when the token
+    does not verify. Links signed before there were several newsletters name none (None:
+    the first)."""
+    value = _load_plain(purpose, token)
+    if value is None:
+        return None, None
+    if value == SAMPLE_UID or value.startswith(SAMPLE_UID + "~"):
+        return SAMPLE_UID, None  # a test send's link (the sample uid starts with a `~`)
+    try:
+        return parse_reader_value(value)
+    except ValueError:
+        return None, None
+
+
 def _sample_link():
     """A test send's unsubscribe or preferences link: it names no reader, changes nothing."""
     message = (
@@ -166,7 +181,7 @@ def _sample_link():
 @bp.route("/unsubscribe/<token>", methods=["GET", "POST"])
 @bp.route("/unsubscribe/<token>/", methods=["GET", "POST"])
 def unsubscribe(token: str):
-    uid = _load_plain(t.UNSUBSCRIBE, token)
+    uid, newsletter_id = _load_reader(t.UNSUBSCRIBE, token)
     if uid is None:
         return _bad_link(False, "unsubscribe")
     if uid == SAMPLE_UID:
@@ -177,10 +192,12 @@ def unsubscribe(token: str):
             sub = subs.by_uid(db.session, uid)
         except NotFound:
             sub = None  # erased: nothing is held and nothing will be sent
-        left = sub is None or sub.status not in subs.UNSUBSCRIBABLE
+        held = subs.subscription(db.session, sub, newsletter_id) if sub is not None else None
+        left = held is None or held.status not in subs.OPEN_SUBSCRIPTION
         return render_template(
             "unsubscribe.html", token=token, left=left, erased=sub is None,
-            preferences_url=rt.links.preferences(uid),
+            newsletter=held.newsletter if held is not None else None,
+            preferences_url=rt.links.preferences(uid, newsletter_id),
         )
     # RFC 8058: the mailbox provider POSTs exactly this body, with no cookies and no CSRF
     # token; the signed token in the URL is the authorization.
@@ -188,11 +205,13 @@ def unsubscribe(token: str):
         abort(400, "The request must carry List-Unsubscribe=One-Click.")
     how = "one-click" if request.form.get("via") != "page" else "unsubscribe page"
     try:
-        subs.unsubscribe(db.session, uid, how)
+        subs.unsubscribe(db.session, uid, how, newsletter_id)
     except NotFound:
         pass  # an erased reader: nothing left to unsubscribe, and nothing will be sent
     db.session.commit()
-    return render_template("unsubscribed.html", preferences_url=rt.links.preferences(uid))
+    return render_template(
+        "unsubscribed.html", preferences_url=rt.links.preferences(uid, newsletter_id)
+    )
 
 
 # The console's CSRF protection must not stand between a mailbox provider and RFC 8058.
@@ -201,8 +220,7 @@ from mailer.web.extensions import csrf  # noqa: E402
 csrf.exempt(unsubscribe)
 
 
-def _preferences_subscriber(token: str):
-    uid = _load_plain(t.PREFERENCES, token)
+def _preferences_subscriber(uid: str | None):
     if uid is None:
         return None
     try:
@@ -213,9 +231,10 @@ def _preferences_subscriber(token: str):
 
 @bp.route("/preferences/<token>", methods=["GET", "POST"])
 def preferences(token: str):
-    if _load_plain(t.PREFERENCES, token) == SAMPLE_UID:
+    uid, newsletter_id = _load_reader(t.PREFERENCES, token)
+    if uid == SAMPLE_UID:
         return _sample_link()
-    sub = _preferences_subscriber(token)
+    sub = _preferences_subscriber(uid)
     if sub is None:
         return _bad_link(False, "preferences")
     rt = runtime()
@@ -232,6 +251,7 @@ def preferences(token: str):
                     sections=subs.parse_sections(
                         request.form.getlist("sections"), rt.settings.section_labels
                     ),
+                    newsletter_id=newsletter_id,
                 )
                 db.session.commit()
                 notice = "Your preferences are saved."
@@ -257,7 +277,8 @@ def preferences(token: str):
                 db.session.commit()
                 return render_template("erased.html")
             elif action == "resubscribe":
-                subs.resubscribe(db.session, sub, consent_from_request("preferences"))
+                subs.resubscribe(db.session, sub, consent_from_request("preferences"),
+                                 newsletter_id)
                 db.session.commit()
                 notice = "Welcome back: you are subscribed again."
             else:
@@ -269,12 +290,13 @@ def preferences(token: str):
         render_template(
             "preferences.html",
             sub=sub,
+            held=subs.subscription(db.session, sub, newsletter_id),
             token=token,
             notice=notice,
             error=error,
             sections=rt.settings.sections,
             frequencies=list(Frequency),
-            unsubscribe_url=rt.links.unsubscribe(sub.uid),
+            unsubscribe_url=rt.links.unsubscribe(sub.uid, newsletter_id),
             Status=SubscriberStatus,
         ),
         400 if error else 200,

@@ -18,6 +18,7 @@ from mailer.models import Article, Role, Subscriber, SubscriberStatus
 from mailer.services import articles, users
 from tests.helpers.app import make_app
 from tests.helpers.feeds import FEEDS
+from tests.helpers.readers import subscribe_readers
 from tests.helpers.servers import WorkerProcess, free_port
 from tests.helpers.web import form_fields, post_form
 
@@ -65,6 +66,8 @@ def add_readers(count: int, *, prefix: str = "reader", status=SubscriberStatus.A
         for n in range(count)
     ]
     db.session.add_all(rows)
+    db.session.flush()
+    subscribe_readers(db.session)
     db.session.commit()
     return [r.id for r in rows]
 

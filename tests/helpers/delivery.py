@@ -20,6 +20,7 @@ from mailer.models import (
     Subscriber,
     SubscriberStatus,
 )
+from tests.helpers.readers import subscribe_readers
 
 
 def make_renderer(
@@ -97,6 +98,7 @@ def add_readers(
     with db.transaction() as s:
         for k in range(0, len(rows), 5000):
             s.execute(insert(Subscriber), rows[k : k + 5000])
+        subscribe_readers(s)
     return [r["email"] for r in rows]
 
 

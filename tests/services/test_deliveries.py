@@ -22,13 +22,18 @@ from mailer.mail.transport import SmtpTransport
 from mailer.models import (
     BounceEvent,
     Delivery,
+    Frequency,
     Issue,
     IssueVariant,
+    Newsletter,
     Subscriber,
     SubscriberEvent,
     SubscriberStatus,
+    Subscription,
+    SubscriptionStatus,
 )
 from mailer.services import after_commit, deliveries
+from mailer.services import subscriptions as subs
 from mailer.services.delivery_batches import BatchRunner, Run
 from mailer.tasks.delivery import _variants
 from tests.helpers.delivery import add_readers, counts, issue_status, make_renderer, new_issue
@@ -500,3 +505,84 @@ def test_an_unreachable_server_hands_the_batch_to_a_later_retry(rt, smtp, make):
     engine.drain()
     assert issue_status(issue_id) == "finished"
     assert set(per_reader(smtp, emails).values()) == {1}
+
+
+def _newsletter(slug: str) -> int:
+    with db.transaction() as s:
+        n = Newsletter(slug=slug, name=slug.title())
+        s.add(n)
+        s.flush()
+        return n.id
+
+
+def test_an_issue_goes_to_the_active_subscribers_of_its_own_newsletter(rt, smtp, make):
+    first = add_readers(3)  # the first newsletter's readers
+    sport = _newsletter("sport")
+    emails = add_readers(4, prefix="both")
+    with db.transaction() as s:
+        ids = list(s.scalars(select(Subscriber.id).where(Subscriber.email.in_(emails))))
+        # Two read both, one left the first newsletter (and reads sport, weekly), one reads
+        # sport daily only.
+        s.add_all(Subscription(subscriber_id=i, newsletter_id=sport,
+                               status=SubscriptionStatus.ACTIVE) for i in ids[:3])
+        s.add(Subscription(subscriber_id=ids[3], newsletter_id=sport,
+                           status=SubscriptionStatus.ACTIVE, frequency=Frequency.DAILY))
+        s.execute(update(Subscription).where(
+            Subscription.subscriber_id.in_(ids[2:]), Subscription.newsletter_id != sport,
+        ).values(status=SubscriptionStatus.UNSUBSCRIBED))
+    sport_issue = new_issue(newsletter_id=sport)
+    engine = make()
+    assert engine.start(sport_issue).deliveries == 3
+    engine.drain()
+    assert sorted(m.recipient for m in smtp.messages) == sorted(emails[:3])
+    # An issue that names no newsletter (made before issues named one) is the first one's.
+    engine2 = make()
+    assert engine2.start(new_issue()).deliveries == 5
+    with db.transaction() as s:
+        got = set(s.scalars(
+            select(Subscriber.email).join(Delivery, Delivery.subscriber_id == Subscriber.id)
+            .where(Delivery.issue_id == engine2.issue_id)
+        ))
+    assert got == set(first) | set(emails[:2])
+
+
+def test_a_reader_who_leaves_the_newsletter_before_their_turn_gets_nothing(rt, smtp, make):
+    emails = add_readers(6)
+    issue_id = new_issue()
+    engine = make()
+    engine.start(issue_id)
+    with db.transaction() as s:
+        gone = s.scalar(select(Subscriber).where(Subscriber.email == emails[2]))
+        sport = Newsletter(slug="sport", name="Sport")
+        s.add(sport)
+        s.flush()
+        s.add(Subscription(subscriber_id=gone.id, newsletter_id=sport.id,
+                           status=SubscriptionStatus.ACTIVE))
+        s.flush()
+        # Leaves this issue's newsletter, stays a reader of another one.
+        subs.unsubscribe(s, gone.uid, "test")
+        assert s.get(Subscriber, gone.id).status == SubscriberStatus.ACTIVE
+    engine.drain()
+    assert emails[2] not in [m.recipient for m in smtp.messages]
+    with db.transaction() as s:
+        st = deliveries.status(s, issue_id)
+        reason = s.scalar(select(Delivery.last_error).where(Delivery.subscriber_id == gone.id))
+    assert st["status"] == "finished" and st["withdrawn"] == 1 and st["counts"]["sent"] == 5
+    assert reason == "not sent: the reader left this newsletter"
+
+
+def test_the_message_links_name_the_issues_newsletter(rt, smtp, make):
+    sport = _newsletter("sport")
+    emails = add_readers(1)
+    with db.transaction() as s:
+        reader = s.scalar(select(Subscriber).where(Subscriber.email == emails[0]))
+        s.add(Subscription(subscriber_id=reader.id, newsletter_id=sport,
+                           status=SubscriptionStatus.ACTIVE))
+        uid = reader.uid
+    engine = make()
+    engine.start(new_issue(newsletter_id=sport))
+    engine.drain()
+    (message,) = smtp.messages
+    header = message.message["List-Unsubscribe"]
+    assert rt.links.unsubscribe(uid, sport) in header
+    assert rt.links.unsubscribe(uid) not in header

@@ -27,6 +27,7 @@ from mailer.models import (
 )
 from mailer.tasks.schedules import fire_schedules, sweep_reports
 from tests.helpers.app import MailerRunner, make_app
+from tests.helpers.readers import subscribe_readers
 from tests.helpers.servers import ROOT, Webhook, WorkerProcess, wait_until
 
 OPS = "ops@daily.example"
@@ -52,6 +53,8 @@ def readers(make_email) -> dict[Frequency, str]:
             s.add(Subscriber(email=email, status=SubscriberStatus.ACTIVE, frequency=freq,
                              confirmed_at=utcnow(), source="test"))
             out[freq] = email
+        s.flush()
+        subscribe_readers(s)
         now = utcnow()
         for n in range(3):
             s.add(Article(title=f"Story {n} of the day", url=f"https://daily.example/e2e-{n}",

@@ -25,6 +25,7 @@ from mailer.tokens import BadToken
 from mailer.web import CSP
 from mailer.web import archive as archive_view
 from tests.helpers.digests import BROWSER_UA, add_article, mark_sent
+from tests.helpers.readers import subscribe_readers
 from tests.helpers.servers import wait_until
 
 _hours = iter(range(10_000))
@@ -201,6 +202,8 @@ def test_an_issue_sent_by_the_delivery_engine_is_in_the_archive(app, worker, smt
             Subscriber(email=readers[1], status=SubscriberStatus.ACTIVE),
         ]
     )
+    db.session.flush()
+    subscribe_readers(db.session)
     issue = digests.create_issue(db.session, rt.settings, rt.popularity, now=now, popular_m=0, intro="Hi {{ name }}!")
     issue_id = issue.id
     db.session.commit()

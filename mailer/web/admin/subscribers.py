@@ -124,7 +124,7 @@ def data(subscriber_id: int):
 @auth.login_required(*OPS)
 def unsubscribe(subscriber_id: int):
     sub = admin.get_subscriber(db.session, subscriber_id)
-    if subs.unsubscribe(db.session, sub.uid, f"console: {auth.current_user().email}"):
+    if subs.unsubscribe_all(db.session, sub, f"console: {auth.current_user().email}"):
         db.session.commit()
         flash(f"{sub.email} is unsubscribed.")
     else:

@@ -26,6 +26,7 @@ from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
 from tests.helpers.console import add_readers, login, post, text_of, token
 from tests.helpers.digests import add_article
+from tests.helpers.readers import subscribe_readers
 from tests.helpers.servers import wait_until
 from tests.helpers.web import signup
 
@@ -58,6 +59,8 @@ def test_search_filter_by_status_and_section_with_pages(client):
     add_readers(1, prefix="both", sections="news,sport")
     db.session.add(Subscriber(email="lovelace@example.com", name="Ada Lovelace",
                               status=SubscriberStatus.PENDING))
+    db.session.flush()
+    subscribe_readers(db.session)
     db.session.commit()
 
     first = client.get("/admin/subscribers")
