@@ -11,8 +11,9 @@ from mailer.db import db
 from mailer.errors import Conflict, NotFound, ValidationError
 from mailer.links import email_change_key, parse_reader_value
 from mailer.mail.composer import SAMPLE_UID
-from mailer.models import Frequency, SubscriberStatus
+from mailer.models import Frequency, Newsletter, SubscriberStatus
 from mailer.runtime import runtime
+from mailer.services import looks
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue, send_email_change, send_welcome
 from mailer.tokens import BadToken
@@ -198,6 +199,7 @@ def unsubscribe(token: str):
             "unsubscribe.html", token=token, left=left, erased=sub is None,
             newsletter=held.newsletter if held is not None else None,
             preferences_url=rt.links.preferences(uid, newsletter_id),
+            page_look=_newsletter_look(newsletter_id),
         )
     # RFC 8058: the mailbox provider POSTs exactly this body, with no cookies and no CSRF
     # token; the signed token in the URL is the authorization.
@@ -210,8 +212,16 @@ def unsubscribe(token: str):
         pass  # an erased reader: nothing left to unsubscribe, and nothing will be sent
     db.session.commit()
     return render_template(
-        "unsubscribed.html", preferences_url=rt.links.preferences(uid, newsletter_id)
+        "unsubscribed.html", preferences_url=rt.links.preferences(uid, newsletter_id),
+        page_look=_newsletter_look(newsletter_id),
     )
+
+
+def _newsletter_look(newsletter_id: int | None):
+    """The look of the newsletter a link names (the page is about that newsletter); a link
+    that names none: None, the site's look."""
+    found = db.session.get(Newsletter, newsletter_id) if newsletter_id is not None else None
+    return looks.look_of(found, runtime().settings) if found is not None else None
 
 
 # The console's CSRF protection must not stand between a mailbox provider and RFC 8058.

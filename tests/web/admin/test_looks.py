@@ -175,3 +175,20 @@ def test_the_confirmation_mail_wears_the_first_newsletters_look(client, smtp, wo
     assert 'src="https://cdn.daily.example/brand.png"' in mail.html
     assert "The Daily Brief" in mail.html and "From the <em>newsroom</em>." in mail.html
     assert "/confirm/" in mail.text
+
+
+def test_a_newsletters_unsubscribe_pages_wear_its_look(app, client, make_email):
+    from mailer.runtime import runtime
+    from tests.helpers.web import local
+    from tests.web.test_newsletter_links import reader_of_two
+
+    with app.app_context():
+        uid, first, sport = reader_of_two(make_email())
+        letter = db.session.get(Newsletter, sport)
+        letter.accent_color, letter.masthead_title = "#7c2d12", "Sport Letter Masthead"
+        db.session.commit()
+        url = local(runtime().links.unsubscribe(uid, sport))
+    page = client.get(url).get_data(as_text=True)
+    assert 'href="/look/7c2d12/georgia.css"' in page and "Sport Letter Masthead" in page
+    done = app.test_client().post(url, data={"List-Unsubscribe": "One-Click"})
+    assert "Sport Letter Masthead" in done.get_data(as_text=True)
