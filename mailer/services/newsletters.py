@@ -17,7 +17,6 @@ from email.headerregistry import Address
 from email.utils import formataddr, parseaddr
 
 from sqlalchemy import delete, exists, func, or_, select
-from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session, aliased
 
 from mailer.clock import utcnow
@@ -34,6 +33,7 @@ from mailer.models import (
     SubscriptionStatus,
 )
 from mailer.models.subscribers import sections_list
+from mailer.services import hooks
 
 # The module, not its names: subscriptions.py uses this module too, and whichever of the two
 # is imported first finds the other half-loaded (its functions are looked up when called).
@@ -448,34 +448,36 @@ def removal_refused(session: Session, newsletter: Newsletter) -> Conflict | None
 def remove(session: Session, newsletter: Newsletter, now: datetime | None = None) -> None:
     """Delete a newsletter nothing was ever sent from, with its unsent issues (drafts,
     scheduled, skipped, cancelled before sending), its schedules and its subscriptions.
-    Conflict (409) otherwise, saying to archive it. A reader for whom it was the last active
-    subscription is unsubscribed as a person, as if they had left it."""
+    Conflict (409) otherwise, saying to archive it. A reader for whom it was the last open
+    (active or pending) subscription is unsubscribed as a person, as if they had left it."""
     refused = removal_refused(session, newsletter)
     if refused is not None:
         raise refused
     now = now or utcnow()
     nid = newsletter.id
+    # Readers of it with nothing open elsewhere leave as persons, as an unsubscribe from
+    # their last newsletter would make them (subscriptions.py's rule: active or pending).
+    open_states = (SubscriptionStatus.ACTIVE, SubscriptionStatus.PENDING)
     other = aliased(Subscription)
-    other_active = (
+    open_elsewhere = (
         select(other.id).where(
             other.subscriber_id == Subscriber.id, other.newsletter_id != nid,
-            other.status == SubscriptionStatus.ACTIVE)
+            other.status.in_(open_states))
     ).exists()
     left = list(session.scalars(
-        select(Subscriber.id).join(Subscription, Subscription.subscriber_id == Subscriber.id)
-        .where(Subscription.newsletter_id == nid,
-               Subscription.status == SubscriptionStatus.ACTIVE,
-               Subscriber.status == SubscriberStatus.ACTIVE, ~other_active)
+        select(Subscriber).join(Subscription, Subscription.subscriber_id == Subscriber.id)
+        .where(Subscription.newsletter_id == nid, Subscription.status.in_(open_states),
+               Subscriber.status.in_((SubscriberStatus.ACTIVE, SubscriberStatus.PENDING)),
+               ~open_elsewhere)
     ))
-    if left:
-        session.execute(
-            sql_update(Subscriber).where(Subscriber.id.in_(left))
-            .values(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.add_all(SubscriberEvent(subscriber_id=sid, kind="unsubscribed", at=now,
-                                        detail=f"Newsletter {newsletter.slug} removed")
-                        for sid in left)
+    how = f"newsletter {newsletter.slug} removed"
+    for sub in left:
+        sub.status, sub.unsubscribed_at = SubscriberStatus.UNSUBSCRIBED, now
+        session.add(SubscriberEvent(subscriber_id=sub.id, kind="unsubscribed", at=now,
+                                    detail=how))
+        hooks.emit(session, "subscriber.unsubscribed", hooks.subscriber_data(sub, how=how),
+                   subscriber_id=sub.id, now=now)
+    session.flush()
     for statement in (
         delete(Subscription).where(Subscription.newsletter_id == nid),
         delete(Issue).where(Issue.newsletter_id == nid),  # none of them was ever sent

@@ -255,17 +255,23 @@ def test_removing_takes_its_drafts_schedules_and_subscriptions(app):
     only_here = _reader("only@example.com", **{f"n{nl.id}": SubscriptionStatus.ACTIVE})
     both = _reader("both@example.com", **{f"n{nl.id}": SubscriptionStatus.ACTIVE,
                                           f"n{keep.id}": SubscriptionStatus.ACTIVE})
+    # Still to confirm the other one: something open remains, so they stay.
+    waiting = _reader("waiting@example.com", SubscriberStatus.PENDING,
+                      **{f"n{nl.id}": SubscriptionStatus.PENDING,
+                         f"n{keep.id}": SubscriptionStatus.PENDING})
     db.session.commit()
-    only_id, both_id, nl_id = only_here.id, both.id, nl.id
+    only_id, both_id, nl_id, waiting_id = only_here.id, both.id, nl.id, waiting.id
 
     newsletters.remove(db.session, nl)
     db.session.commit()
     assert db.session.get(Newsletter, nl_id) is None
     assert db.session.scalars(select(Issue.id)).all() == [kept_draft.id]
     assert db.session.scalar(select(func.count()).select_from(Schedule)) == 0
-    assert db.session.scalars(select(Subscription.subscriber_id)).all() == [both_id]
+    assert sorted(db.session.scalars(select(Subscription.subscriber_id))) == [both_id,
+                                                                              waiting_id]
     # Whoever read only the removed newsletter has left, as if they had unsubscribed.
     assert db.session.get(Subscriber, only_id).status == SubscriberStatus.UNSUBSCRIBED
     assert db.session.get(Subscriber, both_id).status == SubscriberStatus.ACTIVE
+    assert db.session.get(Subscriber, waiting_id).status == SubscriberStatus.PENDING
     assert db.session.scalars(select(SubscriberEvent.subscriber_id).where(
         SubscriberEvent.kind == "unsubscribed")).all() == [only_id]
