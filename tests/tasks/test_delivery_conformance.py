@@ -17,7 +17,7 @@ from mailer import tokens
 from mailer.db import db
 from mailer.mail import placeholders as ph
 from mailer.mail.dkim import load_key
-from mailer.models import Delivery, Subscriber, SubscriberStatus
+from mailer.models import Delivery, Issue, Subscriber, SubscriberStatus
 from mailer.services import deliveries
 from tests.helpers.app import make_app
 from tests.helpers.delivery import (
@@ -88,6 +88,7 @@ def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, cl
                 )
             )
         }
+        newsletter_id = s.get(Issue, issue_id).newsletter_id
     assert sorted(m.recipient for m in smtp.messages) == sorted(emails)
     for mail in smtp.messages:
         delivery_id, uid, name = rows[mail.recipient]
@@ -107,7 +108,8 @@ def test_messages_parse_strictly_carry_the_headers_and_verify(app, env, smtp, cl
             "@daily.example>"
         )
         assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-        assert f"<{rt.links.unsubscribe(uid)}>" in msg["List-Unsubscribe"]
+        # The link ends the subscription to the issue's newsletter only.
+        assert f"<{rt.links.unsubscribe(uid, newsletter_id)}>" in msg["List-Unsubscribe"]
         assert "<mailto:leave@daily.example?subject=unsubscribe>" in msg["List-Unsubscribe"]
         assert msg["List-Id"].endswith("<newsletter.daily.example>")
         assert msg["Feedback-ID"].startswith(f"{issue_id}:")
