@@ -32,11 +32,15 @@ def head_revision(url: str) -> str:
 
 
 def first_newsletter(settings) -> dict:
-    """What 0013 names the one newsletter an older database's readers all read: the display
-    name of MAILER_FROM and the List-Id its mail already carried."""
+    """What 0013 makes of the one newsletter an older database's readers all read: named after
+    MAILER_FROM's display name, with the List-Id its mail already carried and the digest sizes
+    the site had set (MAILER_DIGEST_*), which composing now takes from the newsletter."""
     return {
         "name": settings.list_name,
         "list_id": settings.list_id or f"newsletter.{settings.sender_domain}",
+        "latest_n": settings.digest_latest,
+        "popular_m": settings.digest_popular,
+        "min_items": settings.digest_min_items,
     }
 
 

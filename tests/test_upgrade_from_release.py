@@ -144,7 +144,9 @@ def test_a_release_database_upgrades_with_its_data_and_links(
     if before["complaints"]:
         assert before["readers"]["reader2@example.com"] == "complained"
 
-    new_env = {**old_env, "PYTHONPATH": str(ROOT)}
+    # The site had set its own digest sizes; composing now takes them from the newsletter.
+    new_env = {**old_env, "PYTHONPATH": str(ROOT), "MAILER_DIGEST_LATEST": "7",
+               "MAILER_DIGEST_POPULAR": "3", "MAILER_DIGEST_MIN_ITEMS": "2"}
     if db_kind == "postgres":
         upgraded = subprocess.run(
             [sys.executable, "-m", "mailer.cli", "db", "upgrade"],
@@ -168,11 +170,14 @@ def test_a_release_database_upgrades_with_its_data_and_links(
             issues = {
                 str(k): v for k, v in conn.execute(text("SELECT id, status FROM issues")).all()
             }
-            first = conn.execute(text("SELECT id, name, list_id FROM newsletters")).all()
+            first = conn.execute(text(
+                "SELECT id, name, list_id, latest_n, popular_m, min_items FROM newsletters"
+            )).all()
             # One newsletter, named after MAILER_FROM's display name, with the List-Id the
-            # mail already carried; every issue, schedule and reader belongs to it.
-            assert [(name, list_id) for _id, name, list_id in first] == [
-                (parseaddr(env["MAILER_FROM"])[0], "newsletter.daily.example")]
+            # mail already carried and the site's digest sizes; every issue, schedule and
+            # reader belongs to it.
+            assert [tuple(row[1:]) for row in first] == [
+                (parseaddr(env["MAILER_FROM"])[0], "newsletter.daily.example", 7, 3, 2)]
             nid = first[0][0]
             for owned in ("issues", "schedules"):
                 assert conn.scalar(text(

@@ -22,16 +22,19 @@ depends_on = None
 
 
 def _first_newsletter() -> dict:
-    """Name and List-Id of the newsletter every existing reader and issue belongs to: given
-    by `mailer db upgrade` and the embedded start (the display name of MAILER_FROM and the
-    List-Id mail already carried); from the environment when Alembic runs by itself."""
+    """Name, List-Id and digest sizes of the newsletter every existing reader and issue
+    belongs to: given by `mailer db upgrade` and the embedded start (mailer.migrate's
+    first_newsletter); from the environment when Alembic runs by itself."""
     given = context.config.attributes.get("first_newsletter")
     if given:
         return given
     name, addr = parseaddr(os.environ.get("MAILER_FROM", ""))
     domain = addr.rpartition("@")[2] or "localhost"
+    sizes = {key: int(os.environ.get(var) or default) for key, var, default in (
+        ("latest_n", "MAILER_DIGEST_LATEST", 10), ("popular_m", "MAILER_DIGEST_POPULAR", 5),
+        ("min_items", "MAILER_DIGEST_MIN_ITEMS", 1))}
     return {"name": name or domain,
-            "list_id": os.environ.get("MAILER_LIST_ID") or f"newsletter.{domain}"}
+            "list_id": os.environ.get("MAILER_LIST_ID") or f"newsletter.{domain}", **sizes}
 
 
 def _slug(name: str) -> str:
@@ -118,7 +121,8 @@ def upgrade() -> None:
     now = datetime.now(UTC)
     bind.execute(newsletters.insert(), [dict(
         slug=_slug(first["name"]), name=first["name"], description="", list_id=first["list_id"],
-        public=True, signup_default=True, latest_n=10, popular_m=5, min_items=1, sections="",
+        public=True, signup_default=True, latest_n=first["latest_n"],
+        popular_m=first["popular_m"], min_items=first["min_items"], sections="",
         accent_color="#1d4ed8", header_font="georgia", footer_md="",
         created_at=now, updated_at=now)])
     nid = bind.execute(sa.select(newsletters.c.id)).scalar_one()
