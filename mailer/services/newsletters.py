@@ -84,6 +84,11 @@ def by_slug(session: Session, slug: str) -> Newsletter:
     return found
 
 
+def by_slugs(session: Session, slugs) -> list[Newsletter]:
+    """The newsletters of these slugs (those that exist), in one query."""
+    return list(session.scalars(select(Newsletter).where(Newsletter.slug.in_(list(slugs)))))
+
+
 def offered(session: Session) -> list[Newsletter]:
     """What public forms list: public and not archived, oldest first."""
     return list(session.scalars(

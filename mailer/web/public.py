@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
@@ -13,11 +14,12 @@ from mailer.links import email_change_key, parse_reader_value
 from mailer.mail.composer import SAMPLE_UID
 from mailer.models import Frequency, Newsletter, SubscriberStatus
 from mailer.runtime import runtime
-from mailer.services import looks
+from mailer.services import looks, newsletters
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue, send_email_change, send_welcome
 from mailer.tokens import BadToken
 from mailer.web.signup import (
+    chosen_newsletters,
     consent_from_request,
     consent_wording,
     handle_signup,
@@ -26,15 +28,38 @@ from mailer.web.signup import (
 bp = Blueprint("public", __name__)
 
 
-def _form_context(values=None, error=None):
+def _offered(only=None) -> list:
+    """What the form offers: one newsletter's own page, else every public one."""
+    if only is not None:
+        return [only]
+    try:
+        return newsletters.offered(db.session)
+    except Exception:  # noqa: BLE001 - an error page's form must render without a database
+        db.session.rollback()
+        return []
+
+
+def _wording(offered: list) -> str:
+    """The consent words: the newsletter's name when the form is about one, else the ones
+    ticked (the record then names them)."""
+    if len(offered) > 1:
+        return consent_wording("the newsletters ticked above")
+    return consent_wording(offered[0].name if offered and len(_offered()) > 1 else None)
+
+
+def _form_context(values=None, error=None, only=None):
     rt = runtime()
+    offered = _offered(only)
     return {
         "values": values or {},
         "error": error,
         "sections": rt.settings.sections,
         "frequencies": list(Frequency),
         "form_ts": rt.tokens.make_timed(t.FORM, "subscribe"),
-        "consent_wording": consent_wording(),
+        "consent_wording": _wording(offered),
+        "newsletters": offered,
+        "only": only,
+        "form_action": url_for("public.subscribe_one", slug=only.slug) if only else None,
     }
 
 
@@ -54,14 +79,34 @@ def index():
 
 @bp.route("/subscribe", methods=["GET", "POST"])
 def subscribe():
+    return _subscribe_page(None)
+
+
+@bp.route("/subscribe/<slug>", methods=["GET", "POST"])
+def subscribe_one(slug: str):
+    """One newsletter's own signup page: public or hidden (a hidden newsletter is offered
+    nowhere else, so its page is how invited readers reach it); archived ones take no
+    readers (404)."""
+    try:
+        found = newsletters.by_slug(db.session, slug)
+    except NotFound:
+        abort(404)
+    if found.archived_at is not None:
+        abort(404)
+    return _subscribe_page(found)
+
+
+def _subscribe_page(only):
+    context = partial(_form_context, only=only)
     if request.method == "GET":
-        return render_template("subscribe.html", **_form_context())
+        return render_template("subscribe.html", **context())
     form = request.form
     values = {
         "email": form.get("email", ""),
         "name": form.get("name", ""),
         "frequency": form.get("frequency", ""),
         "sections": form.getlist("sections"),
+        "newsletters": form.getlist("newsletters"),
     }
     rt = runtime()
     # A signed timestamp from the page: a post made faster than a person can type is a bot.
@@ -71,14 +116,19 @@ def subscribe():
         msg = "The form is too old. Please try again." if e.expired else (
             "The form was not filled in on our page. Please try again."
         )
-        return render_template("subscribe.html", **_form_context(values, msg)), 400
+        return render_template("subscribe.html", **context(values, msg)), 400
     if age < rt.settings.form_min_seconds:
         msg = "That was quicker than a person can type. Please try again."
-        return render_template("subscribe.html", **_form_context(values, msg)), 400
+        return render_template("subscribe.html", **context(values, msg)), 400
     try:
-        handle_signup(form, source="form", consent=consent_from_request("form"))
+        chosen = chosen_newsletters(form, only)
+        consent = consent_from_request(
+            "form" if only is None else f"form: {only.slug}",
+            _wording(_offered(only)), chosen,
+        )
+        handle_signup(form, source="form", consent=consent, chosen=chosen)
     except ValidationError as e:
-        return render_template("subscribe.html", **_form_context(values, e.message)), 400
+        return render_template("subscribe.html", **context(values, e.message)), 400
     return render_template("subscribe_done.html")
 
 

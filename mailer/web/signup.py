@@ -12,8 +12,9 @@ from werkzeug.exceptions import HTTPException, TooManyRequests
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.errors import ValidationError
+from mailer.models import Newsletter
 from mailer.runtime import runtime
-from mailer.services import after_commit
+from mailer.services import after_commit, newsletters
 from mailer.services import subscriptions as subs
 from mailer.tasks import send_confirmation
 from mailer.tasks.base import wire_message
@@ -26,24 +27,57 @@ HONEYPOT = "website"
 WORDING_MAX = 1000
 
 
-def consent_wording() -> str:
-    name = runtime().settings.list_name
+def consent_wording(name: str | None = None) -> str:
+    """The words next to the box: about one newsletter (`name`, default the list's name), or
+    about the ones ticked when the form offers several ("the newsletters I ticked")."""
+    name = name or runtime().settings.list_name
     return (
         f"I want to receive {name} by email. I can unsubscribe at any time "
         "with the link at the bottom of every message."
     )
 
 
-def consent_from_request(source: str, wording: str | None = None) -> subs.ConsentInfo:
+def consent_from_request(
+    source: str, wording: str | None = None, newsletters: list[Newsletter] | None = None
+) -> subs.ConsentInfo:
+    """The consent of this request; the record names the newsletters chosen, after the
+    words the reader saw."""
+    wording = wording or consent_wording()
+    if newsletters:
+        wording += "\nNewsletters: " + ", ".join(n.name for n in newsletters)
     return subs.ConsentInfo(
         source=source,
-        wording=wording or consent_wording(),
+        wording=wording,
         ip=client_ip(),
         user_agent=request.headers.get("User-Agent"),
     )
 
 
-def _get_list(data: Mapping, key: str) -> list[str]:
+OFFERED = "newsletters_offered"  # the page showed checkboxes: one must be ticked
+
+
+def chosen_newsletters(data: Mapping, only: Newsletter | None = None) -> list[Newsletter] | None:
+    """The newsletters a signup asks for: `only` (its own page), else the slugs in
+    `newsletters` (a JSON list, a comma-separated string or the repeated form field);
+    None: nothing named, the signup defaults. Unknown, hidden and archived slugs are
+    refused by name (a hidden one is reached through its own page only)."""
+    if only is not None:
+        return [only]
+    slugs = [s.strip() for s in _get_list(data, "newsletters", "newsletter slugs") if s.strip()]
+    if not slugs:
+        if _get_str(data, OFFERED):
+            raise ValidationError("newsletters", "Please choose at least one newsletter.")
+        return None
+    found = {n.slug: n for n in newsletters.by_slugs(db.session, slugs)}
+    for slug in slugs:
+        n = found.get(slug)
+        if n is None or not n.public or n.archived_at is not None:
+            raise ValidationError("newsletters", f"There is no newsletter {slug[:60]!r} to "
+                                                 "subscribe to.")
+    return sorted({found[s].id: found[s] for s in slugs}.values(), key=lambda n: n.id)
+
+
+def _get_list(data: Mapping, key: str, what: str = "section names") -> list[str]:
     if hasattr(data, "getlist"):
         values = data.getlist(key)
         if len(values) == 1 and "," in values[0]:
@@ -56,7 +90,7 @@ def _get_list(data: Mapping, key: str) -> list[str]:
         return value.split(",")
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return value
-    raise ValidationError(key, f"{key} must be a list of section names.")
+    raise ValidationError(key, f"{key} must be a list of {what}.")
 
 
 def _get_str(data: Mapping, key: str) -> str | None:
@@ -111,7 +145,10 @@ def _admit(confirmation: tuple[int, datetime] | None) -> None:
         raise TooManyRequests(retry_after=verdict.retry_after)
 
 
-def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None:
+def handle_signup(
+    data: Mapping, source: str, consent: subs.ConsentInfo,
+    chosen: list[Newsletter] | None = None,
+) -> None:
     """Validate, record and commit a signup and hand its confirmation mail to a worker.
 
     Raises ValidationError before anything is written, TooManyRequests when a limit is full
@@ -141,6 +178,7 @@ def handle_signup(data: Mapping, source: str, consent: subs.ConsentInfo) -> None
         sections=sections,
         consent=consent,
         cooldown=timedelta(seconds=settings.resend_cooldown_seconds),
+        newsletter_ids=[n.id for n in chosen] if chosen else None,
         now=now,
     )
     owed = (result.subscriber_id, now) if result.send_confirmation else None

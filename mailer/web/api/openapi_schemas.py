@@ -180,6 +180,14 @@ def schemas() -> dict:
                 "name": {"type": "string", "maxLength": NAME_MAX},
                 "frequency": {**enum(Frequency), "default": "weekly"},
                 "sections": SECTIONS,
+                "newsletters": {
+                    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                    "description": "Slugs of the public newsletters chosen: a list or one "
+                                   "comma-separated string (in a form: the field repeated); "
+                                   "one confirmation starts them all. "
+                                   "Without it: the newsletters marked as the default for "
+                                   "plain signups. An unknown, hidden or archived slug is "
+                                   "refused (400) by name."},
                 "source": {"type": "string", "maxLength": SOURCE_MAX,
                            "description": "Which form on the site this is; kept with the consent."},
                 "consent": {"type": "string", "maxLength": WORDING_MAX,

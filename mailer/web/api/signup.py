@@ -7,7 +7,7 @@ from flask import Blueprint, jsonify
 from mailer.errors import ValidationError
 from mailer.services import subscriptions as subs
 from mailer.web.api.requests import cors, request_data
-from mailer.web.signup import consent_from_request, handle_signup
+from mailer.web.signup import chosen_newsletters, consent_from_request, handle_signup
 
 bp = Blueprint("signup", __name__)
 bp.before_request(cors)
@@ -27,7 +27,9 @@ def subscribe():
     tag = _optional_text(data, "source", 100)
     source = f"api: {tag}" if tag else "api"
     wording = _optional_text(data, "consent", 1000)
-    handle_signup(data, source=source, consent=consent_from_request(source, wording))
+    chosen = chosen_newsletters(data)
+    handle_signup(data, source=source, consent=consent_from_request(source, wording, chosen),
+                  chosen=chosen)
     return jsonify(
         {"status": "ok", "message": "Thanks! Check your inbox to confirm your subscription."}
     ), 202
