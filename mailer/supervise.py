@@ -20,8 +20,10 @@ one and start it again whenever it exits without being asked to:
 
 Celery does not always manage to exit after that error: its shutdown can hang on the lost
 connection, leaving a process that neither consumes nor exits, so the parent would wait for
-ever. `exit_after_unrecoverable_error()`, installed in the child, ends the process when that
-error has been logged and the process is still there `UNRECOVERABLE_GRACE` seconds later.
+ever; and when it does exit, its code can be 0, which would stop the parent too.
+`exit_after_unrecoverable_error()`, installed in the child, ends the process when that
+error has been logged and the process is still there `UNRECOVERABLE_GRACE` seconds later,
+and turns any exit after that error into `EX_UNRECOVERABLE`.
 
 Nothing is lost while the child is down: claims and owed mail live in SQL, and the sweepers
 hand out again whatever a dead process held (see services/deliveries.py).
@@ -126,6 +128,11 @@ class _ExitAfterUnrecoverable(logging.Handler):
         timer = threading.Timer(self.grace, leave)
         timer.daemon = True
         timer.start()
+        # Celery sometimes does finish its shutdown, but with exit code 0, which the parent
+        # takes for a deliberate stop: after this error, any exit asks for a new worker.
+        import atexit
+
+        atexit.register(os._exit, EX_UNRECOVERABLE)
 
 
 def exit_after_unrecoverable_error(grace: float = UNRECOVERABLE_GRACE) -> None:

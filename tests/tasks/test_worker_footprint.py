@@ -80,3 +80,25 @@ def test_a_worker_that_hangs_after_an_unrecoverable_error_exits_for_its_supervis
     assert out.returncode == 70, out.stderr[-2000:]
     assert time.monotonic() - started < 30
     assert "exiting so the supervisor starts a new worker" in out.stderr
+
+
+def test_a_worker_that_exits_cleanly_after_an_unrecoverable_error_is_started_again(env):
+    """Celery sometimes finishes its shutdown after kombu's crash, with exit code 0, which the
+    supervising parent would take for a deliberate stop (seen in a fault test: one of two
+    workers was gone for good). After that error, the process's exit code is 70."""
+    probe = (
+        "import sys\n"
+        "from mailer import create_app, supervise\n"
+        "app = create_app(web=False)\n"
+        "supervise.exit_after_unrecoverable_error(grace=30)\n"
+        "app.extensions['celery'].log.setup(loglevel='INFO')\n"
+        "import logging\n"
+        "logging.getLogger('celery.worker.worker').critical(\n"
+        "    'Unrecoverable error: %r', AttributeError('hostname'))\n"
+        "sys.exit(0)\n"
+    )
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 70, out.stderr[-2000:]
+    assert time.monotonic() - started < 25  # not the 30 s guard: the exit itself
