@@ -114,11 +114,13 @@ def test_fresh_install_subscribe_read_outbox_confirm_unsubscribe(embedded, brows
     finally:
         context.close()
 
-    # Ctrl+C stops web and worker together.
+    # Ctrl+C stops web and worker together. The worker may take up to 15 s to finish its
+    # task (then it is killed) after gunicorn's own shutdown; 60 s leaves a busy machine
+    # room for both and still fails a process that hangs.
     os.killpg(proc.pid, signal.SIGINT)
     started = time.monotonic()
-    assert proc.wait(30) == 0 or proc.returncode in (-signal.SIGINT, 130)
-    assert time.monotonic() - started < 30
+    assert proc.wait(60) == 0 or proc.returncode in (-signal.SIGINT, 130)
+    assert time.monotonic() - started < 60
     assert (tmp_path / "instance" / "mailer.sqlite").exists()
 
 
