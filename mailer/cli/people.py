@@ -103,10 +103,13 @@ def _reader(s, email: str) -> Subscriber:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 @pass_ctx
 def subscribers_show(ctx: Context, email: str, as_json: bool):
-    """A reader's status, bounce score, last bounce and bounce and complaint history."""
+    """A reader's status, newsletters, bounce score, last bounce and bounce and complaint
+    history."""
     import json
 
     from mailer.services import bounces
+
+    iso = lambda d: d.isoformat() if d else None  # noqa: E731
 
     with ctx.app.app_context(), db.transaction() as s:
         sub = _reader(s, email)
@@ -115,6 +118,18 @@ def subscribers_show(ctx: Context, email: str, as_json: bool):
             "status": str(sub.status),
             "bounce_score": sub.bounce_score,
             "last_bounce": sub.last_bounce_at.isoformat() if sub.last_bounce_at else None,
+            "newsletters": [
+                {
+                    "slug": held.newsletter.slug,
+                    "name": held.newsletter.name,
+                    "status": str(held.status),
+                    "frequency": str(held.frequency),
+                    "sections": held.section_list,
+                    "confirmed_at": iso(held.confirmed_at),
+                    "unsubscribed_at": iso(held.unsubscribed_at),
+                }
+                for held in subs.subscriptions_of(s, sub.id)
+            ],
             "events": bounces.history(s, sub.id),
         }
     if as_json:
@@ -122,6 +137,11 @@ def subscribers_show(ctx: Context, email: str, as_json: bool):
         return
     click.echo(f"{doc['email']}: {doc['status']}, bounce score {doc['bounce_score']}"
                + (f", last bounce {doc['last_bounce']}" if doc["last_bounce"] else ""))
+    for n in doc["newsletters"]:
+        since = n["unsubscribed_at"] if n["status"] == "unsubscribed" else n["confirmed_at"]
+        click.echo(f"  newsletter {n['slug']} ({n['name']}): {n['status']}, {n['frequency']}"
+                   + (f", sections {';'.join(n['sections'])}" if n["sections"] else "")
+                   + (f", since {since}" if since else ""))
     for e in doc["events"]:
         click.echo(f"  {e['at']}  {e['kind']:<9} {e['source']:<8} {e['detail'] or ''}")
 
@@ -144,9 +164,15 @@ IMPORT_CHUNK = 1000
 @subscribers.command("import")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--source", required=True, help="Where these readers consented (kept as proof).")
+@click.option("--newsletter", "slugs", multiple=True, metavar="SLUG",
+              help="Subscribe them to this newsletter (repeatable; default: the signup "
+                   "defaults). A row's own 'newsletters' column wins.")
 @pass_ctx
-def subscribers_import(ctx: Context, file, source: str):
-    """Import already-consented readers from CSV (email[,name,frequency,sections])."""
+def subscribers_import(ctx: Context, file, source: str, slugs: tuple[str, ...]):
+    """Import already-consented readers from CSV (email[,name,frequency,sections,newsletters])."""
+    from mailer.errors import NotFound
+    from mailer.services import newsletters as nl
+
     source = subs.check_text("source", source, 200) or fail("--source must not be empty")
     text = file.read_text(encoding="utf-8-sig")
     reader = csv.DictReader(io.StringIO(text))
@@ -156,6 +182,19 @@ def subscribers_import(ctx: Context, file, source: str):
     report = subs.ImportReport()
     rt = ctx.runtime
     with ctx.app.app_context():
+        newsletter_ids = None
+        if slugs:
+            # Checked before anything is imported: a mistyped option adds no one.
+            with db.transaction() as s:
+                newsletter_ids = []
+                for slug in slugs:
+                    try:
+                        found = nl.by_slug(s, slug.strip().lower())
+                    except NotFound:
+                        fail(f"no newsletter {slug!r} (see mailer newsletter list)")
+                    if found.archived_at is not None:
+                        fail(f"the newsletter {slug!r} is archived")
+                    newsletter_ids.append(found.id)
         with progress(length=len(rows), label="Importing") as bar:
             for start in range(0, len(rows), IMPORT_CHUNK):
                 chunk = [
@@ -165,6 +204,7 @@ def subscribers_import(ctx: Context, file, source: str):
                         name=r.get("name"),
                         frequency=r.get("frequency"),
                         sections=r.get("sections"),
+                        newsletters=r.get("newsletters"),
                     )
                     for i, r in enumerate(rows[start : start + IMPORT_CHUNK])
                 ]
@@ -172,7 +212,7 @@ def subscribers_import(ctx: Context, file, source: str):
                 with db.transaction() as s:
                     subs.import_rows(
                         s, chunk, source=source, known_sections=rt.settings.section_labels,
-                        hasher=rt.email_hash, report=report,
+                        hasher=rt.email_hash, report=report, newsletter_ids=newsletter_ids,
                     )
                 bar.update(len(chunk))
     for line, message in report.invalid[:20]:
@@ -186,20 +226,23 @@ def subscribers_import(ctx: Context, file, source: str):
 
 
 EXPORT_FIELDS = ["email", "name", "status", "frequency", "sections", "created_at",
-                 "confirmed_at", "unsubscribed_at", "source"]
+                 "confirmed_at", "unsubscribed_at", "source", "newsletters"]
 
 
 @subscribers.command("export")
 @click.argument("file", type=click.File("w", encoding="utf-8"), default="-")
 @pass_ctx
 def subscribers_export(ctx: Context, file):
-    """Write every reader as CSV with a header row (to stdout without FILE)."""
+    """Write every reader as CSV with a header row (to stdout without FILE); `newsletters`
+    holds the slugs of what each reader receives (active subscriptions), `;`-separated."""
     iso = lambda d: d.isoformat() if d else ""  # noqa: E731
     writer = csv.writer(file)
     writer.writerow(EXPORT_FIELDS)
     with ctx.app.app_context(), db.transaction() as s:
+        receives = subs.active_newsletter_slugs(s)
         rows = s.scalars(select(Subscriber).order_by(Subscriber.id).execution_options(yield_per=1000))
         for sub in rows:
             writer.writerow([sub.email, sub.name or "", sub.status.value, sub.frequency.value,
                              sub.sections.replace(",", ";"), iso(sub.created_at),
-                             iso(sub.confirmed_at), iso(sub.unsubscribed_at), sub.source])
+                             iso(sub.confirmed_at), iso(sub.unsubscribed_at), sub.source,
+                             ";".join(receives.get(sub.id, []))])

@@ -960,6 +960,25 @@ class ImportRow:
     name: str | None = None
     frequency: str | None = None
     sections: str | None = None
+    # The row's own newsletters (`;`-separated slugs); empty: the import's.
+    newsletters: str | None = None
+
+
+def _row_newsletters(raw: str | None, by_slug: dict[str, Newsletter]) -> list[int] | None:
+    """The newsletter ids a row's `newsletters` column names (None when it names none)."""
+    slugs = [part.strip().lower() for part in (raw or "").replace(",", ";").split(";")]
+    slugs = [slug for slug in slugs if slug]
+    if not slugs:
+        return None
+    ids = []
+    for slug in slugs:
+        found = by_slug.get(slug)
+        if found is None:
+            raise ValidationError("newsletters", f"No newsletter {slug[:60]!r}.")
+        if found.archived_at is not None:
+            raise ValidationError("newsletters", f"The newsletter {slug[:60]!r} is archived.")
+        ids.append(found.id)
+    return sorted(set(ids))
 
 
 def import_rows(
@@ -973,15 +992,21 @@ def import_rows(
     newsletter_ids: Iterable[int] | None = None,
     now=None,
 ) -> ImportReport:
-    """Add already-consented readers as active, each with an active subscription to
-    `newsletter_ids` (default: the signup defaults); existing and suppressed addresses are
-    left alone."""
+    """Add already-consented readers as active, each with an active subscription to the
+    newsletters its row names (`ImportRow.newsletters`), else to `newsletter_ids` (default:
+    the signup defaults); existing and suppressed addresses are left alone. A row naming an
+    unknown or archived newsletter is invalid and adds nothing."""
     now = now or utcnow()
     if newsletter_ids is None:
         newsletter_ids = [n.id for n in nl.signup_defaults(session)]
     newsletter_ids = sorted(set(newsletter_ids))
     known = list(known_sections)
     consent = ConsentInfo(source=f"import: {source}", wording=f"Imported; consent source: {source}")
+    rows = list(rows)
+    by_slug = (
+        {n.slug: n for n in nl.all_newsletters(session)}
+        if any((row.newsletters or "").strip() for row in rows) else {}
+    )
     parsed: dict[str, tuple] = {}
     for row in rows:
         try:
@@ -989,13 +1014,14 @@ def import_rows(
             name = check_text("name", row.name, NAME_MAX)
             freq = parse_frequency(row.frequency)
             secs = parse_sections((row.sections or "").replace(";", ",").split(","), known)
+            chosen = _row_newsletters(row.newsletters, by_slug) or newsletter_ids
         except ValidationError as e:
             report.invalid.append((row.line, e.message))
             continue
         if email in parsed:
             report.existing += 1
             continue
-        parsed[email] = (name, freq, secs)
+        parsed[email] = (name, freq, secs, chosen)
     if not parsed:
         return report
     # Three queries per chunk, not per row: who exists, who is suppressed, then one flush.
@@ -1007,12 +1033,14 @@ def import_rows(
         )
     )
     new = []
-    for email, (name, freq, secs) in parsed.items():
+    chosen_for: dict[str, list[int]] = {}
+    for email, (name, freq, secs, chosen) in parsed.items():
         if email in present:
             report.existing += 1
         elif hashes[email] in suppressed:
             report.suppressed += 1
         else:
+            chosen_for[email] = chosen
             new.append(
                 Subscriber(
                     email=email,
@@ -1034,7 +1062,7 @@ def import_rows(
             frequency=sub.frequency, sections=sub.sections, created_at=now, confirmed_at=now,
         )
         for sub in new
-        for newsletter_id in newsletter_ids
+        for newsletter_id in chosen_for[sub.email]
     )
     for sub in new:
         _consent(session, sub.id, "import", consent, now)
@@ -1045,6 +1073,20 @@ def import_rows(
     session.flush()
     report.added += len(new)
     return report
+
+
+def active_newsletter_slugs(session: Session) -> dict[int, list[str]]:
+    """Every reader's active subscriptions as newsletter slugs (oldest newsletter first),
+    by subscriber id, in one query: what an export lists."""
+    found: dict[int, list[str]] = {}
+    for subscriber_id, slug in session.execute(
+        select(Subscription.subscriber_id, Newsletter.slug)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.status == SubscriptionStatus.ACTIVE)
+        .order_by(Subscription.subscriber_id, Newsletter.id)
+    ):
+        found.setdefault(subscriber_id, []).append(slug)
+    return found
 
 
 def counts_by_status(session: Session) -> dict[str, int]:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 
 from sqlalchemy import select
 
+from mailer.clock import utcnow
 from mailer.db import db
-from mailer.models import ConsentRecord, Role, Subscriber, SubscriberStatus, User
-from mailer.services import users
+from mailer.models import (
+    ConsentRecord,
+    Newsletter,
+    Role,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+    User,
+)
+from mailer.services import newsletters, subscriptions, users
 
 
 def test_user_add_reads_the_password_from_stdin(runner):
@@ -94,11 +104,140 @@ def test_export_writes_a_header_row_and_every_reader(runner, client, make_email)
     assert result.exit_code == 0
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert list(rows[0]) == ["email", "name", "status", "frequency", "sections", "created_at",
-                             "confirmed_at", "unsubscribed_at", "source"]
-    assert [(r["email"], r["name"], r["status"], r["sections"]) for r in rows] == [
-        (a, "Ada, Countess", "pending", "news"),
-        (b, "", "pending", ""),
+                             "confirmed_at", "unsubscribed_at", "source", "newsletters"]
+    # Pending readers receive nothing yet: their newsletters column is empty.
+    assert [(r["email"], r["name"], r["status"], r["sections"], r["newsletters"])
+            for r in rows] == [
+        (a, "Ada, Countess", "pending", "news", ""),
+        (b, "", "pending", "", ""),
     ]
+
+
+def _two_newsletters():
+    morning = newsletters.create(db.session, {"slug": "morning", "name": "Morning"})
+    evening = newsletters.create(db.session, {"slug": "evening", "name": "Evening"})
+    old = newsletters.create(db.session, {"slug": "old", "name": "Old"})
+    old.archived_at = utcnow()
+    db.session.commit()
+    return morning, evening
+
+
+def _subscribed(email: str) -> dict[str, str]:
+    db.session.expire_all()
+    return {
+        slug: status.value
+        for slug, status in db.session.execute(
+            select(Newsletter.slug, Subscription.status)
+            .join(Subscription, Subscription.newsletter_id == Newsletter.id)
+            .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+            .where(Subscriber.email == email)
+        )
+    }
+
+
+def test_import_subscribes_to_the_option_or_the_rows_own_newsletters(runner, tmp_path, make_email):
+    _two_newsletters()
+    first = newsletters.first(db.session).slug
+    a, b, c, d, e = (make_email() for _ in range(5))
+    path = tmp_path / "list.csv"
+    path.write_text(
+        "email,name,newsletters\n"
+        f"{a},Ada,evening;Morning\n"
+        f"{b},Bo,\n"
+        f"{c},Cy,morning;nosuch\n"
+        f"{d},Di,old\n"
+        f"{e},Ed, evening \n",
+        newline="",
+    )
+    result = runner.invoke(["subscribers", "import", str(path), "--source", "fair",
+                            "--newsletter", "morning", "--newsletter", first])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == (
+        "added 3, already present 0, suppressed 0, invalid 2"
+    )
+    assert "line 4: No newsletter 'nosuch'." in result.stderr
+    assert "line 5: The newsletter 'old' is archived." in result.stderr
+    # The row's column wins; an empty one takes the option's newsletters.
+    assert _subscribed(a) == {"evening": "active", "morning": "active"}
+    assert _subscribed(b) == {"morning": "active", first: "active"}
+    assert _subscribed(e) == {"evening": "active"}
+    # A bad row is not half-written: neither the person nor any subscription.
+    for bad in (c, d):
+        assert db.session.scalar(select(Subscriber).where(Subscriber.email == bad)) is None
+
+
+def test_import_without_newsletters_takes_the_signup_defaults(runner, tmp_path, make_email):
+    _two_newsletters()
+    defaults = {n.slug for n in newsletters.signup_defaults(db.session)}
+    a = make_email()
+    path = tmp_path / "list.csv"
+    path.write_text(f"email\n{a}\n")
+    result = runner.invoke(["subscribers", "import", str(path), "--source", "fair"])
+    assert result.exit_code == 0, result.output
+    assert _subscribed(a) == dict.fromkeys(defaults, "active")
+
+
+def test_import_refuses_an_unknown_or_archived_newsletter_option_before_importing(
+    runner, tmp_path, make_email
+):
+    _two_newsletters()
+    a = make_email()
+    path = tmp_path / "list.csv"
+    path.write_text(f"email\n{a}\n")
+    for slug, reason in (("nosuch", "no newsletter 'nosuch'"), ("old", "'old' is archived")):
+        result = runner.invoke(["subscribers", "import", str(path), "--source", "fair",
+                                "--newsletter", "morning", "--newsletter", slug])
+        assert result.exit_code == 1
+        assert reason in result.stderr and "Traceback" not in result.output
+        assert db.session.scalar(select(Subscriber).where(Subscriber.email == a)) is None
+
+
+def test_export_lists_the_newsletters_a_reader_receives(runner, tmp_path, make_email):
+    _two_newsletters()
+    a, b = make_email(), make_email()
+    path = tmp_path / "list.csv"
+    path.write_text(f"email,newsletters\n{a},evening;morning\n{b},evening;morning\n")
+    assert runner.invoke(["subscribers", "import", str(path), "--source", "fair"]).exit_code == 0
+    reader = db.session.scalar(select(Subscriber).where(Subscriber.email == a))
+    morning = newsletters.by_slug(db.session, "morning")
+    subscriptions.unsubscribe(db.session, reader.uid, "test", newsletter_id=morning.id)
+    db.session.commit()
+    result = runner.invoke(["subscribers", "export"])
+    assert result.exit_code == 0, result.output
+    got = {r["email"]: (r["status"], r["newsletters"])
+           for r in csv.DictReader(io.StringIO(result.stdout))}
+    # Oldest newsletter first; one the reader left is not listed.
+    assert got[a] == ("active", "evening")
+    assert got[b] == ("active", "morning;evening")
+
+
+def test_show_lists_the_readers_newsletters(runner, tmp_path, make_email):
+    _two_newsletters()
+    a = make_email()
+    path = tmp_path / "list.csv"
+    path.write_text(f"email,frequency,sections,newsletters\n{a},daily,news,morning;evening\n")
+    assert runner.invoke(["subscribers", "import", str(path), "--source", "fair"]).exit_code == 0
+    reader = db.session.scalar(select(Subscriber).where(Subscriber.email == a))
+    evening = newsletters.by_slug(db.session, "evening")
+    subscriptions.unsubscribe(db.session, reader.uid, "test", newsletter_id=evening.id)
+    db.session.commit()
+    result = runner.invoke(["subscribers", "show", a, "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "active"
+    by_slug = {n["slug"]: n for n in doc["newsletters"]}
+    assert list(by_slug) == ["morning", "evening"]
+    morning = by_slug["morning"]
+    assert (morning["name"], morning["status"], morning["frequency"], morning["sections"]) == (
+        "Morning", "active", "daily", ["news"]
+    )
+    assert morning["confirmed_at"] and morning["unsubscribed_at"] is None
+    assert by_slug["evening"]["status"] == "unsubscribed"
+    assert by_slug["evening"]["unsubscribed_at"]
+    plain = runner.invoke(["subscribers", "show", a])
+    assert plain.exit_code == 0
+    assert "newsletter morning (Morning): active, daily, sections news" in plain.stdout
+    assert "newsletter evening (Evening): unsubscribed" in plain.stdout
 
 
 def test_user_reset_password_ends_their_sessions_and_unlock_lifts_the_waits(app, runner):
