@@ -838,6 +838,96 @@ def update_preferences(
                    subscriber_id=sub.id)
 
 
+@dataclass
+class Choice:
+    """What the preferences form says about one newsletter: on or off, how often, which
+    sections (a canonical key, already checked against what the newsletter offers)."""
+
+    newsletter_id: int
+    on: bool
+    frequency: Frequency
+    sections: str
+
+
+def sections_offered(newsletter: Newsletter, site_sections: Iterable[str]) -> list[str]:
+    """The sections a reader may choose in a newsletter: its own list, '' = the site's."""
+    site = list(site_sections)
+    own = newsletter.section_list
+    return [s for s in site if s in own] if own else site
+
+
+def preference_newsletters(session: Session, sub: Subscriber) -> list[Newsletter]:
+    """What a reader's preferences page lists: every newsletter they have a subscription to
+    (whatever its status), oldest first."""
+    return [held.newsletter for held in subscriptions_of(session, sub.id)]
+
+
+def apply_preferences(
+    session: Session, sub: Subscriber, *, name: str | None, choices: list[Choice],
+    consent: ConsentInfo, now=None,
+) -> None:
+    """The preferences form, all at once (the caller's one transaction): the name, then per
+    newsletter its frequency and sections, then the toggles. Refused as a whole
+    (ValidationError/Conflict, nothing flushed that the caller must keep) when a choice names
+    a newsletter the reader may not choose here.
+
+    Switching one on follows `resubscribe` (the link came by mail to this address); only a
+    public newsletter that is not archived can be switched back on. New ones are started
+    before any is ended, so a reader moving from one newsletter to another never passes
+    through "unsubscribed" as a person."""
+    now = now or utcnow()
+    held = {s.newsletter_id: s for s in subscriptions_of(session, sub.id)}
+    starting, ending = [], []
+    for choice in choices:
+        current = held.get(choice.newsletter_id)
+        newsletter = current.newsletter if current is not None else session.get(
+            Newsletter, choice.newsletter_id
+        )
+        if newsletter is None:
+            raise ValidationError("newsletter", "That newsletter does not exist.")
+        offered = newsletter.public and newsletter.archived_at is None
+        if current is None and not offered:
+            raise ValidationError(
+                "newsletter", f"{newsletter.name} cannot be chosen on this page."
+            )
+        was_open = current is not None and current.status in OPEN_SUBSCRIPTION
+        if choice.on and not was_open:
+            if not offered:
+                raise ValidationError(
+                    "newsletter",
+                    f"{newsletter.name} takes no new readers; it cannot be switched on again.",
+                )
+            starting.append(choice)
+        elif not choice.on and was_open:
+            ending.append(choice)
+    for choice in starting:
+        resubscribe(session, sub, consent, choice.newsletter_id, now=now)
+    changes = []
+    if sub.name != name:
+        changes.append("name")
+    sub.name = name
+    for choice in choices:
+        current = subscription(session, sub, choice.newsletter_id)
+        if current is None:
+            continue  # unticked and never had: nothing to set
+        slug = current.newsletter.slug
+        if current.frequency != choice.frequency:
+            changes.append(f"frequency={slug}:{choice.frequency}")
+        if current.sections != choice.sections:
+            changes.append(f"sections={slug}:{choice.sections or 'all'}")
+        current.frequency, current.sections = choice.frequency, choice.sections
+        # The person's own columns keep the last choice made (what webhook payloads
+        # report); deliveries read the subscription.
+        sub.frequency, sub.sections = choice.frequency, choice.sections
+    if changes:
+        changed = list(dict.fromkeys(c.split("=")[0] for c in changes))
+        _event(session, sub.id, "preferences", ", ".join(changes), now)
+        hooks.emit(session, "subscriber.updated", hooks.subscriber_data(sub, changed=changed),
+                   subscriber_id=sub.id, now=now)
+    for choice in ending:
+        unsubscribe(session, sub.uid, "preferences", choice.newsletter_id, now=now)
+
+
 def request_email_change(session: Session, sub: Subscriber, new_email: str) -> bool:
     """Remember the new address until it confirms; False if it is the current one."""
     if new_email == sub.email:

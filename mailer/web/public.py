@@ -289,6 +289,65 @@ def _preferences_subscriber(uid: str | None):
         return None
 
 
+_PER_NEWSLETTER = ("shown", "on", "frequency", "sections")
+
+
+def _section_choices(newsletter: Newsletter) -> list[tuple[str, str]]:
+    """(slug, label) of the sections a reader may choose in this newsletter."""
+    settings = runtime().settings
+    offered = subs.sections_offered(newsletter, [slug for slug, _ in settings.sections])
+    return [(slug, settings.section_labels[slug]) for slug in offered]
+
+
+def _preference_rows(sub) -> list[dict]:
+    """One row per newsletter the reader has: its subscription, and what it lets them choose."""
+    rows = []
+    for held in subs.subscriptions_of(db.session, sub.id):
+        newsletter = held.newsletter
+        rows.append({
+            "newsletter": newsletter,
+            "held": held,
+            "on": held.status in subs.OPEN_SUBSCRIPTION,
+            "may_start": newsletter.public and newsletter.archived_at is None,
+            "sections": _section_choices(newsletter),
+        })
+    return rows
+
+
+def _choices(sub) -> list[subs.Choice]:
+    """The form's per-newsletter fields (`shown-ID`, `on-ID`, `frequency-ID`, `sections-ID`)
+    as choices; a field naming no newsletter refuses the whole form."""
+    ids: list[int] = []
+    for key in request.form:
+        prefix, dash, raw = key.partition("-")
+        if not dash or prefix not in _PER_NEWSLETTER:
+            continue
+        if not raw.isdigit() or len(raw) > 18:
+            raise ValidationError("newsletter", "The form names an unknown newsletter.")
+        if int(raw) not in ids:
+            ids.append(int(raw))
+    choices = []
+    for newsletter_id in ids:
+        newsletter = db.session.get(Newsletter, newsletter_id)
+        if newsletter is None:
+            raise ValidationError("newsletter", "The form names an unknown newsletter.")
+        held = subs.subscription(db.session, sub, newsletter_id)
+        raw_frequency = request.form.get(f"frequency-{newsletter_id}")
+        if raw_frequency is None and held is not None:
+            frequency = held.frequency  # a form without the field keeps what is set
+        else:
+            frequency = subs.parse_frequency(raw_frequency)
+        known = [slug for slug, _ in _section_choices(newsletter)]
+        choices.append(subs.Choice(
+            newsletter_id=newsletter_id,
+            on=request.form.get(f"on-{newsletter_id}") == "yes",
+            frequency=frequency,
+            sections=subs.parse_sections(request.form.getlist(f"sections-{newsletter_id}"),
+                                         known),
+        ))
+    return choices
+
+
 @bp.route("/preferences/<token>", methods=["GET", "POST"])
 def preferences(token: str):
     uid, newsletter_id = _load_reader(t.PREFERENCES, token)
@@ -303,18 +362,19 @@ def preferences(token: str):
         action = request.form.get("action", "save")
         try:
             if action == "save":
-                subs.update_preferences(
+                subs.apply_preferences(
                     db.session,
                     sub,
                     name=subs.check_text("name", request.form.get("name"), subs.NAME_MAX),
-                    frequency=subs.parse_frequency(request.form.get("frequency")),
-                    sections=subs.parse_sections(
-                        request.form.getlist("sections"), rt.settings.section_labels
-                    ),
-                    newsletter_id=newsletter_id,
+                    choices=_choices(sub),
+                    consent=consent_from_request("preferences"),
                 )
                 db.session.commit()
                 notice = "Your preferences are saved."
+            elif action == "unsubscribe-all":
+                subs.unsubscribe_all(db.session, sub, "preferences")
+                db.session.commit()
+                notice = "You are unsubscribed from every newsletter."
             elif action == "email":
                 new = subs.normalize_email(request.form.get("new_email"))
                 if subs.request_email_change(db.session, sub, new):
@@ -351,13 +411,14 @@ def preferences(token: str):
             "preferences.html",
             sub=sub,
             held=subs.subscription(db.session, sub, newsletter_id),
+            rows=_preference_rows(sub),
             token=token,
             notice=notice,
             error=error,
-            sections=rt.settings.sections,
             frequencies=list(Frequency),
             unsubscribe_url=rt.links.unsubscribe(sub.uid, newsletter_id),
             Status=SubscriberStatus,
+            page_look=_newsletter_look(newsletter_id),
         ),
         400 if error else 200,
     )

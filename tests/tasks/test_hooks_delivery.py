@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import HookDelivery, HookEndpoint, HookEvent, HookStatus, Subscriber
-from mailer.services import deliveries, hook_endpoints, hooks
+from mailer.services import deliveries, hook_endpoints, hooks, newsletters
 from tests.helpers.app import make_app
 from tests.helpers.delivery import add_readers, make_renderer, new_issue, wait_finished
 from tests.helpers.hooks import Receiver
@@ -88,8 +88,11 @@ def test_a_readers_journey_arrives_signed_event_by_event(
         prefs = local(runtime().links.preferences(
             db.session.scalar(select(Subscriber.uid).where(Subscriber.email == email))))
     page = client.get(prefs)
+    with client.application.app_context():
+        n = newsletters.first(db.session).id
     client.post(prefs, data={**form_fields(page.get_data(as_text=True)), "action": "save",
-                             "name": "Ada", "frequency": "daily", "sections": ["sport"]})
+                             "name": "Ada", f"on-{n}": "yes", f"frequency-{n}": "daily",
+                             f"sections-{n}": ["sport"]})
     (updated,) = receiver.wait_for("subscriber.updated")
     assert updated.data["changed"] == ["name", "frequency", "sections"]
     assert updated.data["subscriber"]["frequency"] == "daily"

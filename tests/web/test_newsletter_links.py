@@ -4,13 +4,22 @@ newsletters name none and mean the first."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 from sqlalchemy import select
 
 from mailer import tokens as t
+from mailer.clock import utcnow
 from mailer.db import db
-from mailer.models import Frequency, Newsletter, Subscriber, SubscriberStatus, Subscription
+from mailer.models import (
+    Frequency,
+    Newsletter,
+    Subscriber,
+    SubscriberEvent,
+    SubscriberStatus,
+    Subscription,
+)
 from mailer.runtime import runtime
 from mailer.services import newsletters
 from mailer.services import subscriptions as subs
@@ -63,36 +72,137 @@ def test_one_click_ends_only_the_newsletter_the_link_names(app, client, make_ema
     assert state(email) == ("unsubscribed", {first_slug: "unsubscribed", "sport": "unsubscribed"})
 
 
-def test_preferences_change_the_subscription_of_the_link(app, client, make_email):
-    email = make_email()
-    with app.app_context():
-        uid, first, sport = reader_of_two(email)
-        sport_url = local(runtime().links.preferences(uid, sport))
-        old_url = local(runtime().links.preferences(uid))
-    page = client.get(sport_url)
-    assert page.status_code == 200 and b"Sport Letter" in page.data
-    resp = client.post(sport_url, data={
-        **form_fields(page.get_data(as_text=True)), "action": "save", "frequency": "daily",
-        "sections": ["sport"],
-    })
-    assert resp.status_code == 200 and b"preferences are saved" in resp.data
-    page = client.get(old_url)
+def prefs(client, url: str, **data):
+    """POST the preferences form as a browser would: its hidden fields (one `shown-ID` per
+    newsletter listed) and the given choices; a toggle not given is unticked."""
+    page = client.get(url)
     assert page.status_code == 200
-    resp = client.post(old_url, data={
-        **form_fields(page.get_data(as_text=True)), "action": "save", "frequency": "weekly",
-        "sections": ["news"],
-    })
-    assert resp.status_code == 200
+    return client.post(url, data={**form_fields(page.get_data(as_text=True)), **data})
+
+
+def toggle(html: str, newsletter_id: int) -> str:
+    """The on/off checkbox of one newsletter on the preferences page."""
+    (tag,) = re.findall(rf'<input type="checkbox" name="on-{newsletter_id}"[^>]*>', html)
+    return tag
+
+
+def choices(email: str) -> dict[str, tuple[str, str, str]]:
     db.session.expire_all()
-    got = {
-        n: (str(f), sec)
-        for n, f, sec in db.session.execute(
-            select(Subscription.newsletter_id, Subscription.frequency, Subscription.sections)
+    return {
+        slug: (str(st), str(f), sec)
+        for slug, st, f, sec in db.session.execute(
+            select(Newsletter.slug, Subscription.status, Subscription.frequency,
+                   Subscription.sections)
+            .join(Subscription, Subscription.newsletter_id == Newsletter.id)
             .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
             .where(Subscriber.email == email)
         )
     }
-    assert got == {first: ("weekly", "news"), sport: ("daily", "sport")}
+
+
+def test_preferences_list_every_newsletter_whatever_link_opens_them(app, client, make_email):
+    email = make_email()
+    with app.app_context():
+        uid, first, sport = reader_of_two(email)
+        subs.unsubscribe(db.session, uid, "test", sport)
+        db.session.commit()
+        sport_url = local(runtime().links.preferences(uid, sport))
+        old_url = local(runtime().links.preferences(uid))
+        first_name = newsletters.first(db.session).name
+    for url in (sport_url, old_url):  # a link naming one, and one mailed before there were several
+        html = client.get(url).get_data(as_text=True)
+        assert "Sport Letter" in html and first_name in html
+        assert "checked" in toggle(html, first)
+        sport_toggle = toggle(html, sport)  # listed, unticked, may be ticked again
+        assert "checked" not in sport_toggle and "disabled" not in sport_toggle
+        assert "Unsubscribe from everything" in html
+
+
+def test_preferences_per_newsletter_frequency_and_sections(app, client, make_email):
+    email = make_email()
+    with app.app_context():
+        uid, first, sport = reader_of_two(email)
+        first_slug = newsletters.first(db.session).slug
+        sport_url = local(runtime().links.preferences(uid, sport))
+        old_url = local(runtime().links.preferences(uid))
+    resp = prefs(client, sport_url, action="save", **{
+        f"on-{first}": "yes", f"frequency-{first}": "weekly", f"sections-{first}": ["news"],
+        f"on-{sport}": "yes", f"frequency-{sport}": "daily", f"sections-{sport}": ["sport"],
+    })
+    assert resp.status_code == 200 and b"preferences are saved" in resp.data
+    assert choices(email) == {first_slug: ("active", "weekly", "news"),
+                              "sport": ("active", "daily", "sport")}
+    resp = prefs(client, old_url, action="save", **{
+        f"on-{first}": "yes", f"frequency-{first}": "daily",
+        f"on-{sport}": "yes", f"frequency-{sport}": "daily", f"sections-{sport}": ["sport"],
+    })
+    assert resp.status_code == 200
+    assert choices(email) == {first_slug: ("active", "daily", ""),
+                              "sport": ("active", "daily", "sport")}
+
+
+def test_preferences_toggle_one_off_and_on_again(app, client, make_email):
+    email = make_email()
+    with app.app_context():
+        uid, first, sport = reader_of_two(email)
+        first_slug = newsletters.first(db.session).slug
+        url = local(runtime().links.preferences(uid, sport))
+    resp = prefs(client, url, action="save", **{f"on-{first}": "yes"})  # sport unticked
+    assert resp.status_code == 200
+    assert state(email) == ("active", {first_slug: "active", "sport": "unsubscribed"})
+    # Ticked again: the reader confirmed their address already, no new confirmation.
+    resp = prefs(client, url, action="save", **{f"on-{first}": "yes", f"on-{sport}": "yes"})
+    assert resp.status_code == 200
+    assert state(email) == ("active", {first_slug: "active", "sport": "active"})
+    # Moving from one to the other in one form never leaves the person unsubscribed.
+    prefs(client, url, action="save", **{f"on-{first}": "yes"})
+    resp = prefs(client, url, action="save", **{f"on-{sport}": "yes"})
+    assert state(email) == ("active", {first_slug: "unsubscribed", "sport": "active"})
+    kinds = list(db.session.scalars(select(SubscriberEvent.kind).join(Subscriber).where(
+        Subscriber.email == email)))
+    assert "unsubscribed" not in kinds and kinds.count("unsubscribed-from") == 3
+    # Both unticked: the last open one ends the person's subscription too.
+    prefs(client, url, action="save")
+    assert state(email) == ("unsubscribed", {first_slug: "unsubscribed", "sport": "unsubscribed"})
+    # And ticking one brings the person back (the link came by mail to this address).
+    prefs(client, url, action="save", **{f"on-{sport}": "yes"})
+    assert state(email) == ("active", {first_slug: "unsubscribed", "sport": "active"})
+
+
+def test_unsubscribe_from_everything(app, client, make_email):
+    email = make_email()
+    with app.app_context():
+        uid, first, sport = reader_of_two(email)
+        first_slug = newsletters.first(db.session).slug
+        url = local(runtime().links.preferences(uid, sport))
+    resp = prefs(client, url, action="unsubscribe-all")
+    assert resp.status_code == 200 and b"unsubscribed from every newsletter" in resp.data
+    assert state(email) == ("unsubscribed", {first_slug: "unsubscribed", "sport": "unsubscribed"})
+
+
+def test_bad_preferences_change_nothing_at_all(app, client, make_email):
+    email = make_email()
+    with app.app_context():
+        uid, first, sport = reader_of_two(email)
+        subs.unsubscribe(db.session, uid, "test", sport)
+        hidden = Newsletter(slug="insiders", name="Insiders", public=False)
+        gone = Newsletter(slug="gone", name="Gone", archived_at=utcnow())
+        db.session.add_all([hidden, gone])
+        db.session.flush()
+        hidden_id, gone_id = hidden.id, gone.id
+        # The sport newsletter is archived after the reader left it: it cannot come back.
+        db.session.get(Newsletter, sport).archived_at = utcnow()
+        db.session.commit()
+        url = local(runtime().links.preferences(uid, sport))
+    before = choices(email)
+    ok = {f"on-{first}": "yes", f"frequency-{first}": "daily"}  # would change something
+    for bad in ({f"on-{hidden_id}": "yes"}, {f"on-{gone_id}": "yes"}, {f"on-{sport}": "yes"},
+                {"on-424242424": "yes"}, {"sections-1x": "news"}):
+        resp = prefs(client, url, action="save", **ok, **bad)
+        assert resp.status_code == 400 and b'role="alert"' in resp.data, bad
+    assert choices(email) == before
+    html = client.get(url).get_data(as_text=True)
+    assert "disabled" in toggle(html, sport)  # still listed, but cannot be switched on
 
 
 def test_a_signed_link_naming_no_valid_newsletter_opens_nothing(app, client, make_email):

@@ -16,6 +16,7 @@ from mailer.models import (
     Suppression,
 )
 from mailer.runtime import runtime
+from mailer.services import newsletters
 from mailer.services import subscriptions as subs
 from tests.helpers.web import form_fields, link_with, local, post_form
 
@@ -44,9 +45,10 @@ def test_change_frequency_sections_and_name(app, client, make_email):
     url = prefs_url(app, sub)
     page = client.get(url)
     assert page.status_code == 200 and email.encode() in page.data
+    n = newsletters.first(db.session).id
     resp = client.post(url, data={
         **form_fields(page.get_data(as_text=True)), "action": "save", "name": "Ada",
-        "frequency": "daily", "sections": ["sport", "news"],
+        f"on-{n}": "yes", f"frequency-{n}": "daily", f"sections-{n}": ["sport", "news"],
     })
     assert resp.status_code == 200 and b"preferences are saved" in resp.data
     sub = fresh(email)
@@ -59,10 +61,14 @@ def test_bad_preferences_change_nothing(app, client, make_email):
     email = make_email()
     sub = active_reader(client, email, name="Ada")
     url = prefs_url(app, sub)
+    n = newsletters.first(db.session).id
     for data in (
-        {"action": "save", "frequency": "hourly"},
-        {"action": "save", "frequency": "daily", "sections": ["gossip"]},
-        {"action": "save", "frequency": "daily", "name": "Ada\r\nBcc: x@example.com"},
+        {"action": "save", f"on-{n}": "yes", f"frequency-{n}": "hourly"},
+        {"action": "save", f"on-{n}": "yes", f"frequency-{n}": "daily", f"sections-{n}": ["gossip"]},
+        {"action": "save", f"on-{n}": "yes", f"frequency-{n}": "daily",
+         "name": "Ada\r\nBcc: x@example.com"},
+        {"action": "save", f"on-{n}": "yes", "on-99999999": "yes"},  # no such newsletter
+        {"action": "save", f"on-{n}": "yes", "frequency-x1": "daily"},
         {"action": "email", "new_email": "not-an-address"},
         {"action": "erase"},  # without ticking the box
     ):
