@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, Response, abort, redirect, render_template, request, url_for
 
 from mailer.db import db
@@ -60,6 +62,20 @@ def may(*roles: str) -> bool:
 @bp.app_context_processor
 def _console_globals():
     return {"nav_current": nav_current, "may": may}
+
+
+def sandboxed_preview(html: str) -> Response:
+    """An email's HTML for a preview iframe: links open in a new tab (the sandbox allows that,
+    never inside the frame), no scripts, nothing on our origin; images from anywhere (the
+    logo, as mail clients show it)."""
+    html = re.sub(r"<head(\s[^>]*)?>", lambda m: m.group(0) + '<base target="_blank">', html,
+                  count=1, flags=re.IGNORECASE)
+    resp = Response(html, mimetype="text/html")
+    resp.headers["Content-Security-Policy"] = (
+        "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
+        "img-src http: https: data:; style-src 'unsafe-inline'"
+    )
+    return resp
 
 
 def paging(per_page: int = PAGE_SIZE) -> tuple[int, int]:

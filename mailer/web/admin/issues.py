@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
@@ -17,7 +16,7 @@ from mailer.services import articles, digests, issue_edits, issue_states, render
 from mailer.services.subscriptions import normalize_email
 from mailer.tasks import enqueue
 from mailer.web import auth
-from mailer.web.admin.console import page_count, paging
+from mailer.web.admin.console import page_count, paging, sandboxed_preview
 
 bp = Blueprint("admin_issues", __name__, url_prefix="/admin/issues")
 
@@ -303,17 +302,7 @@ def _preview(issue_id: int):
 @auth.login_required(*READER_ROLES)
 def preview_html(issue_id: int):
     _, html, _ = _preview(issue_id)
-    # Links open in a new tab (the sandbox allows that), never inside the preview frame.
-    html = re.sub(r"<head(\s[^>]*)?>", lambda m: m.group(0) + '<base target="_blank">', html,
-                  count=1, flags=re.IGNORECASE)
-    resp = Response(html, mimetype="text/html")
-    # Shown in a sandboxed iframe: no scripts, no forms, nothing on our origin; links open
-    # in a new tab outside the sandbox.
-    resp.headers["Content-Security-Policy"] = (
-        "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
-        "img-src http: https: data:; style-src 'unsafe-inline'"
-    )
-    return resp
+    return sandboxed_preview(html)
 
 
 @bp.get("/<int:issue_id>/preview.txt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from mailer.db import db
@@ -16,6 +16,7 @@ from mailer.runtime import runtime
 from mailer.services import looks, newsletters
 from mailer.services.render import render_look_sample
 from mailer.web import auth
+from mailer.web.admin.console import sandboxed_preview
 
 bp = Blueprint("admin_looks", __name__, url_prefix="/admin/newsletters")
 
@@ -110,13 +111,4 @@ def preview(slug: str):
         html = render_template("admin/look_refused.html", error=e)
     else:
         html = render_look_sample(rt.settings, look, newsletter.name)
-    html = re.sub(r"<head(\s[^>]*)?>", lambda m: m.group(0) + '<base target="_blank">', html,
-                  count=1, flags=re.IGNORECASE)
-    resp = Response(html, mimetype="text/html")
-    # Shown in a sandboxed iframe, like the composer's preview: no scripts, nothing on our
-    # origin; images from anywhere (the logo, as mail clients show it).
-    resp.headers["Content-Security-Policy"] = (
-        "sandbox allow-popups allow-popups-to-escape-sandbox; default-src 'none'; "
-        "img-src http: https: data:; style-src 'unsafe-inline'"
-    )
-    return resp
+    return sandboxed_preview(html)
