@@ -594,10 +594,15 @@ def resubscribe(
     now=None,
 ) -> None:
     """A reader subscribes again, to `newsletter_id` (default the first), from their
-    preferences page (the link came by mail to this address, so it proves they own it)."""
+    preferences page (the link came by mail to this address, so it proves they own it).
+    A hidden or archived newsletter is refused (ValidationError)."""
     now = now or utcnow()
     if newsletter_id is None:
         newsletter_id = nl.first(session).id
+    newsletter = session.get(Newsletter, newsletter_id)
+    if newsletter is None or not newsletter.public or newsletter.archived_at is not None:
+        # Only what the public forms offer may start again without an invitation.
+        raise ValidationError("newsletter", "This newsletter takes no new readers.")
     if sub.status == SubscriberStatus.ACTIVE:
         if _start(session, sub.id, newsletter_id, now):
             _consent(session, sub.id, "confirm", consent, now)

@@ -289,6 +289,14 @@ def _preferences_subscriber(uid: str | None):
         return None
 
 
+def _may_start(newsletter_id: int | None) -> bool:
+    """Whether the link's newsletter (None: the first) takes readers back: public, not
+    archived."""
+    found = (db.session.get(Newsletter, newsletter_id) if newsletter_id is not None
+             else newsletters.first(db.session))
+    return found is not None and found.public and found.archived_at is None
+
+
 _PER_NEWSLETTER = ("shown", "on", "frequency", "sections")
 
 
@@ -411,6 +419,7 @@ def preferences(token: str):
             "preferences.html",
             sub=sub,
             held=subs.subscription(db.session, sub, newsletter_id),
+            may_start=_may_start(newsletter_id),
             rows=_preference_rows(sub),
             token=token,
             notice=notice,

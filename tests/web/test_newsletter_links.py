@@ -203,6 +203,11 @@ def test_bad_preferences_change_nothing_at_all(app, client, make_email):
     assert choices(email) == before
     html = client.get(url).get_data(as_text=True)
     assert "disabled" in toggle(html, sport)  # still listed, but cannot be switched on
+    # Nor through the link's own "Subscribe again" (gone from the page, refused if posted).
+    assert "Subscribe again" not in html
+    resp = prefs(client, url, action="resubscribe")
+    assert resp.status_code == 400 and b"takes no new readers" in resp.data
+    assert choices(email) == before
 
 
 def test_a_signed_link_naming_no_valid_newsletter_opens_nothing(app, client, make_email):
