@@ -239,10 +239,9 @@ def subscribers_export(ctx: Context, file):
     writer = csv.writer(file)
     writer.writerow(EXPORT_FIELDS)
     with ctx.app.app_context(), db.transaction() as s:
-        receives = subs.active_newsletter_slugs(s)
-        rows = s.scalars(select(Subscriber).order_by(Subscriber.id).execution_options(yield_per=1000))
-        for sub in rows:
-            writer.writerow([sub.email, sub.name or "", sub.status.value, sub.frequency.value,
-                             sub.sections.replace(",", ";"), iso(sub.created_at),
-                             iso(sub.confirmed_at), iso(sub.unsubscribed_at), sub.source,
-                             ";".join(receives.get(sub.id, []))])
+        for batch, receives in subs.export_batches(s):
+            for sub in batch:
+                writer.writerow([sub.email, sub.name or "", sub.status.value, sub.frequency.value,
+                                 sub.sections.replace(",", ";"), iso(sub.created_at),
+                                 iso(sub.confirmed_at), iso(sub.unsubscribed_at), sub.source,
+                                 ";".join(receives.get(sub.id, []))])

@@ -34,7 +34,7 @@ MAX_PROBLEMS = 100  # invalid lines kept for the page; the count has them all
 # A running import whose worker has not reported for this long is taken over by the sweeper.
 IMPORT_STALE = timedelta(minutes=5)
 EXPORT_FIELDS = ["email", "name", "status", "frequency", "sections", "created_at",
-                 "confirmed_at", "unsubscribed_at", "source"]
+                 "confirmed_at", "unsubscribed_at", "source", "newsletters"]
 
 
 # --- search ---------------------------------------------------------------------------------
@@ -82,16 +82,11 @@ def search(session: Session, *, q: str = "", status: str = "", section: str = ""
 def export_rows(session: Session, *, q: str = "", status: str = "", section: str = ""):
     """Every matching reader as a CSV row (the same columns as `mailer subscribers export`)."""
     iso = lambda d: d.isoformat() if d else ""  # noqa: E731
-    stmt = (
-        select(Subscriber)
-        .where(*_filters(q, status, section))
-        .order_by(Subscriber.id)
-        .execution_options(yield_per=1000)
-    )
-    for sub in session.scalars(stmt):
-        yield [sub.email, sub.name or "", sub.status.value, sub.frequency.value,
-               sub.sections.replace(",", ";"), iso(sub.created_at), iso(sub.confirmed_at),
-               iso(sub.unsubscribed_at), sub.source]
+    for batch, receives in subs.export_batches(session, _filters(q, status, section)):
+        for sub in batch:
+            yield [sub.email, sub.name or "", sub.status.value, sub.frequency.value,
+                   sub.sections.replace(",", ";"), iso(sub.created_at), iso(sub.confirmed_at),
+                   iso(sub.unsubscribed_at), sub.source, ";".join(receives.get(sub.id, []))]
 
 
 def get_subscriber(session: Session, subscriber_id: int) -> Subscriber:
@@ -231,7 +226,8 @@ def import_rows_of(text: str) -> list[subs.ImportRow]:
     """Every data row of the file as an ImportRow, lines numbered as in the file."""
     return [
         subs.ImportRow(line=index + 2, email=row.get("email") or "", name=row.get("name"),
-                       frequency=row.get("frequency"), sections=row.get("sections"))
+                       frequency=row.get("frequency"), sections=row.get("sections"),
+                       newsletters=row.get("newsletters"))
         for index, row in enumerate(_reader(text))
     ]
 

@@ -192,7 +192,10 @@ def test_import_refuses_an_unknown_or_archived_newsletter_option_before_importin
         assert db.session.scalar(select(Subscriber).where(Subscriber.email == a)) is None
 
 
-def test_export_lists_the_newsletters_a_reader_receives(runner, tmp_path, make_email):
+def test_export_lists_the_newsletters_a_reader_receives(runner, tmp_path, make_email,
+                                                        monkeypatch):
+    # One reader a batch: each batch fetches its own readers' newsletters.
+    monkeypatch.setattr(subscriptions, "EXPORT_BATCH", 1)
     _two_newsletters()
     a, b = make_email(), make_email()
     path = tmp_path / "list.csv"

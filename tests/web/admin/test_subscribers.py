@@ -21,7 +21,7 @@ from mailer.models import (
     SubscriberStatus,
     Suppression,
 )
-from mailer.services import after_commit, deliveries, digests
+from mailer.services import after_commit, deliveries, digests, newsletters
 from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
 from tests.helpers.console import add_readers, login, post, text_of, token
@@ -198,15 +198,38 @@ def test_an_import_chunk_is_imported_once_and_a_silent_worker_is_replaced(app):
         assert admin.claim_import(db.session, stuck.id)
 
 
-def test_export_is_a_csv_of_the_readers_shown(client):
+def test_a_chunk_subscribes_each_row_to_the_newsletters_it_names(app):
+    rt = app.extensions["mailer"]
+    morning = newsletters.create(db.session, {"slug": "morning", "name": "Morning"})
+    imp = admin.create_import(
+        db.session, filename="a.csv", source="fair", user_id=None,
+        data=b"email,newsletters\nnl-a@example.com,morning\nnl-b@example.com,nosuch\n",
+    )
+    db.session.commit()
+    assert admin.claim_import(db.session, imp.id)
+    assert admin.import_chunk(db.session, imp.id, 0, admin.import_rows_of(imp.body),
+                              hasher=rt.email_hash, known_sections=rt.settings.section_labels)
+    db.session.commit()
+    db.session.refresh(imp)
+    assert (imp.added, imp.invalid) == (1, 1)
+    assert reader("nl-b@example.com") is None
+    held = subs.subscriptions_of(db.session, reader("nl-a@example.com").id)
+    assert [(h.newsletter_id, h.status.value) for h in held] == [(morning.id, "active")]
+
+
+def test_export_is_a_csv_of_the_readers_shown(client, monkeypatch):
     login(client, Role.OPS, "ops@daily.example")
     add_readers(3, prefix="kept", sections="sport")
     add_readers(2, prefix="left", status=SubscriberStatus.UNSUBSCRIBED)
+    # Batches of two: the newsletters of every batch are fetched, not only the first's.
+    monkeypatch.setattr(subs, "EXPORT_BATCH", 2)
     everyone = client.get("/admin/subscribers/export.csv")
     assert everyone.mimetype == "text/csv"
     assert "attachment; filename=subscribers-" in everyone.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(everyone.get_data(as_text=True))))
     assert len(rows) == 5 and list(rows[0]) == admin.EXPORT_FIELDS
+    first = newsletters.first(db.session).slug
+    assert [r["newsletters"] for r in rows] == [first] * 3 + [""] * 2
     only = client.get("/admin/subscribers/export.csv?status=active")
     rows = list(csv.DictReader(io.StringIO(only.get_data(as_text=True))))
     assert [r["email"] for r in rows] == [f"kept{n}@example.com" for n in range(3)]
