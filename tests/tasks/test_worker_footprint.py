@@ -58,25 +58,30 @@ def test_pool_processes_die_with_their_worker(env, tmp_path):
         worker.stop()  # closes its log; the worker is already gone
 
 
+def _after_unrecoverable_error(env, grace: float, then: str) -> subprocess.CompletedProcess:
+    """A process set up as a worker is (the guard installed, Celery's logging) that logs
+    kombu's "Unrecoverable error" and then runs `then`."""
+    probe = (
+        "from mailer import create_app, supervise\n"
+        "app = create_app(web=False)\n"
+        f"supervise.exit_after_unrecoverable_error(grace={grace})\n"
+        "app.extensions['celery'].log.setup(loglevel='INFO')\n"
+        "import logging\n"
+        "logging.getLogger('celery.worker.worker').critical(\n"
+        "    'Unrecoverable error: %r', AttributeError('hostname'))\n"
+        f"{then}\n"
+    )
+    return subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_a_worker_that_hangs_after_an_unrecoverable_error_exits_for_its_supervisor(env):
     """kombu's crash on a lost Redis connection is logged as "Unrecoverable error", and
     Celery's shutdown after it can hang; the guard ends the process so that the supervising
     parent starts a new one. Here Celery sets up its logging as a worker does, the error is
     logged, and the process then hangs."""
-    probe = (
-        "import time\n"
-        "from mailer import create_app, supervise\n"
-        "app = create_app(web=False)\n"
-        "supervise.exit_after_unrecoverable_error(grace=1)\n"
-        "app.extensions['celery'].log.setup(loglevel='INFO')\n"
-        "import logging\n"
-        "logging.getLogger('celery.worker.worker').critical(\n"
-        "    'Unrecoverable error: %r', AttributeError('hostname'))\n"
-        "time.sleep(60)\n"
-    )
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = _after_unrecoverable_error(env, grace=1, then="import time; time.sleep(60)")
     assert out.returncode == 70, out.stderr[-2000:]
     assert time.monotonic() - started < 30
     assert "exiting so the supervisor starts a new worker" in out.stderr
@@ -86,19 +91,7 @@ def test_a_worker_that_exits_cleanly_after_an_unrecoverable_error_is_started_aga
     """Celery sometimes finishes its shutdown after kombu's crash, with exit code 0, which the
     supervising parent would take for a deliberate stop (seen in a fault test: one of two
     workers was gone for good). After that error, the process's exit code is 70."""
-    probe = (
-        "import sys\n"
-        "from mailer import create_app, supervise\n"
-        "app = create_app(web=False)\n"
-        "supervise.exit_after_unrecoverable_error(grace=30)\n"
-        "app.extensions['celery'].log.setup(loglevel='INFO')\n"
-        "import logging\n"
-        "logging.getLogger('celery.worker.worker').critical(\n"
-        "    'Unrecoverable error: %r', AttributeError('hostname'))\n"
-        "sys.exit(0)\n"
-    )
     started = time.monotonic()
-    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = _after_unrecoverable_error(env, grace=30, then="import sys; sys.exit(0)")
     assert out.returncode == 70, out.stderr[-2000:]
     assert time.monotonic() - started < 25  # not the 30 s guard: the exit itself
