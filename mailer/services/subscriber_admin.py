@@ -20,12 +20,15 @@ from mailer.models import (
     Delivery,
     Issue,
     IssueVariant,
+    Newsletter,
     Subscriber,
     SubscriberEvent,
     SubscriberImport,
     SubscriberStatus,
     Subscription,
+    SubscriptionStatus,
     Suppression,
+    sections_list,
 )
 from mailer.services import subscriptions as subs
 
@@ -45,33 +48,57 @@ def _like(text: str) -> str:
     return f"%{escaped}%"
 
 
-def _filters(q: str = "", status: str = "", section: str = "") -> list:
+# Bounced and complained hold for the person, across every newsletter they read: in one
+# newsletter's list a reader shows these, else their subscription's status there.
+PERSON_STATES = (SubscriberStatus.BOUNCED, SubscriberStatus.COMPLAINED)
+
+
+def status_in(person: SubscriberStatus, held: SubscriptionStatus) -> str:
+    """A reader's status in one newsletter: the person's when bounced or complained, else
+    their subscription's."""
+    return str(person) if person in PERSON_STATES else str(held)
+
+
+def _filters(q: str = "", status: str = "", section: str = "",
+             newsletter_id: int | None = None) -> list:
+    """Conditions on Subscriber. With a newsletter, the reader has a subscription there and
+    the status and section are those of that subscription (status_in); without, the status
+    is the person's and the section any subscription's."""
     where = []
     if q:
         pattern = _like(q.strip().lower())
         where.append(or_(func.lower(Subscriber.email).like(pattern, escape="\\"),
                          func.lower(Subscriber.name).like(pattern, escape="\\")))
+    # Conditions on one subscription of the reader, tested with one EXISTS.
+    held = []
+    if newsletter_id is not None:
+        held.append(Subscription.newsletter_id == newsletter_id)
     if status:
         try:
-            where.append(Subscriber.status == SubscriberStatus(status))
+            person = SubscriberStatus(status)
         except ValueError:
             raise ValidationError("status", f"Unknown status: {status[:40]}.") from None
+        if newsletter_id is None or person in PERSON_STATES:
+            where.append(Subscriber.status == person)
+        else:
+            where.append(Subscriber.status.not_in(PERSON_STATES))
+            held.append(Subscription.status == SubscriptionStatus(status))
     if section:
         # The sections key is sorted and comma-joined; '' means every section.
-        # (in any of the reader's subscriptions)
         s = Subscription.sections
-        where.append(exists().where(
-            Subscription.subscriber_id == Subscriber.id,
-            or_(s == "", s == section, s.like(f"{section},%"), s.like(f"%,{section}"),
-                s.like(f"%,{section},%")),
-        ))
+        held.append(or_(s == "", s == section, s.like(f"{section},%"), s.like(f"%,{section}"),
+                        s.like(f"%,{section},%")))
+    if held:
+        where.append(exists().where(Subscription.subscriber_id == Subscriber.id, *held))
     return where
 
 
 def search(session: Session, *, q: str = "", status: str = "", section: str = "",
-           offset: int = 0, limit: int = 50) -> tuple[list[Subscriber], int]:
-    """Readers matching an address or name fragment, a status and a section; newest first."""
-    where = _filters(q, status, section)
+           newsletter_id: int | None = None, offset: int = 0,
+           limit: int = 50) -> tuple[list[Subscriber], int]:
+    """Readers matching an address or name fragment, a status, a section and a newsletter;
+    newest first."""
+    where = _filters(q, status, section, newsletter_id)
     total = session.scalar(select(func.count()).select_from(Subscriber).where(*where)) or 0
     rows = session.scalars(
         select(Subscriber).where(*where).order_by(Subscriber.id.desc()).offset(offset).limit(limit)
@@ -79,10 +106,47 @@ def search(session: Session, *, q: str = "", status: str = "", section: str = ""
     return list(rows), total
 
 
-def export_rows(session: Session, *, q: str = "", status: str = "", section: str = ""):
+def list_rows(session: Session, readers: list[Subscriber],
+              newsletter_id: int | None = None) -> list[dict]:
+    """A page of readers as the list shows them, their subscriptions read in one query: each
+    reader's newsletters, and the status, frequency and sections in the chosen newsletter
+    (without one, the person's status and last choice)."""
+    held = subs.subscriptions_by_reader(session, [sub.id for sub in readers])
+    out = []
+    for sub in readers:
+        mine = held.get(sub.id, [])
+        here = next((h for h in mine if h.newsletter_id == newsletter_id), None)
+        row = {"sub": sub, "newsletters": mine, "status": str(sub.status),
+               "frequency": str(sub.frequency), "sections": sub.section_list}
+        if here is not None:
+            row.update(status=status_in(sub.status, here.status), frequency=str(here.frequency),
+                       sections=sections_list(here.sections))
+        out.append(row)
+    return out
+
+
+def counts_by_status(session: Session, newsletter_id: int | None = None) -> dict[str, int]:
+    """Readers per status: the people's, or in one newsletter the status_in of each of its
+    subscriptions (one grouped query either way)."""
+    if newsletter_id is None:
+        return subs.counts_by_status(session)
+    counts = {str(s): 0 for s in SubscriberStatus}
+    for held, person, n in session.execute(
+        select(Subscription.status, Subscriber.status, func.count())
+        .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
+        .where(Subscription.newsletter_id == newsletter_id)
+        .group_by(Subscription.status, Subscriber.status)
+    ):
+        counts[status_in(person, held)] += n
+    return counts
+
+
+def export_rows(session: Session, *, q: str = "", status: str = "", section: str = "",
+                newsletter_id: int | None = None):
     """Every matching reader as a CSV row (the same columns as `mailer subscribers export`)."""
     iso = lambda d: d.isoformat() if d else ""  # noqa: E731
-    for batch, receives in subs.export_batches(session, _filters(q, status, section)):
+    where = _filters(q, status, section, newsletter_id)
+    for batch, receives in subs.export_batches(session, where):
         for sub in batch:
             yield [sub.email, sub.name or "", sub.status.value, sub.frequency.value,
                    sub.sections.replace(",", ";"), iso(sub.created_at), iso(sub.confirmed_at),
@@ -104,8 +168,9 @@ def deliveries_of(session: Session, subscriber_id: int, offset: int = 0, limit: 
     ) or 0
     rows = session.execute(
         select(Delivery.issue_id, Delivery.status, Delivery.sent_at, Delivery.attempts,
-               Delivery.last_error, IssueVariant.subject, Issue.subject)
+               Delivery.last_error, IssueVariant.subject, Issue.subject, Newsletter.name)
         .join(Issue, Issue.id == Delivery.issue_id)
+        .outerjoin(Newsletter, Newsletter.id == Issue.newsletter_id)
         .outerjoin(IssueVariant, IssueVariant.id == Delivery.variant_id)
         .where(Delivery.subscriber_id == subscriber_id)
         .order_by(Delivery.id.desc())
@@ -114,9 +179,22 @@ def deliveries_of(session: Session, subscriber_id: int, offset: int = 0, limit: 
     ).all()
     return [
         {"issue": issue_id, "status": str(state), "sent_at": sent_at, "attempts": attempts,
-         "error": error, "subject": variant_subject or subject}
-        for issue_id, state, sent_at, attempts, error, variant_subject, subject in rows
+         "error": error, "subject": variant_subject or subject, "newsletter": newsletter}
+        for issue_id, state, sent_at, attempts, error, variant_subject, subject, newsletter
+        in rows
     ], total
+
+
+def newsletter_names(session: Session, issue_ids: Iterable[int]) -> dict[int, str]:
+    """The name of each issue's newsletter, by issue id, in one query (a reader's bounce
+    history names the issue each report was about)."""
+    ids = {i for i in issue_ids if i is not None}
+    if not ids:
+        return {}
+    return {issue_id: name for issue_id, name in session.execute(
+        select(Issue.id, Newsletter.name).join(Newsletter, Newsletter.id == Issue.newsletter_id)
+        .where(Issue.id.in_(ids))
+    )}
 
 
 def events_of(session: Session, subscriber_id: int, limit: int = 100) -> list[SubscriberEvent]:

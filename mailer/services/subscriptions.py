@@ -1190,19 +1190,37 @@ def export_batches(session: Session, where=()):
         last = batch[-1].id
 
 
+def subscriptions_by_reader(
+    session: Session, subscriber_ids: Iterable[int], *, active_only: bool = False
+) -> dict[int, list]:
+    """These readers' subscriptions (oldest newsletter first), by subscriber id, in one query:
+    rows with the subscription's newsletter_id, status, frequency, sections, created_at,
+    confirmed_at and unsubscribed_at, and the newsletter's slug and name."""
+    stmt = (
+        select(Subscription.subscriber_id, Subscription.newsletter_id, Subscription.status,
+               Subscription.frequency, Subscription.sections, Subscription.created_at,
+               Subscription.confirmed_at, Subscription.unsubscribed_at, Newsletter.slug,
+               Newsletter.name)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.subscriber_id.in_(list(subscriber_ids)))
+        .order_by(Subscription.subscriber_id, Newsletter.id)
+    )
+    if active_only:
+        stmt = stmt.where(Subscription.status == SubscriptionStatus.ACTIVE)
+    found: dict[int, list] = {}
+    for row in session.execute(stmt):
+        found.setdefault(row.subscriber_id, []).append(row)
+    return found
+
+
 def active_newsletter_slugs(session: Session, subscriber_ids: Iterable[int]) -> dict[int, list[str]]:
     """These readers' active subscriptions as newsletter slugs (oldest newsletter first), by
     subscriber id, in one query: what an export lists for a batch of readers."""
-    found: dict[int, list[str]] = {}
-    for subscriber_id, slug in session.execute(
-        select(Subscription.subscriber_id, Newsletter.slug)
-        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
-        .where(Subscription.status == SubscriptionStatus.ACTIVE,
-               Subscription.subscriber_id.in_(list(subscriber_ids)))
-        .order_by(Subscription.subscriber_id, Newsletter.id)
-    ):
-        found.setdefault(subscriber_id, []).append(slug)
-    return found
+    return {
+        subscriber_id: [row.slug for row in rows]
+        for subscriber_id, rows in subscriptions_by_reader(
+            session, subscriber_ids, active_only=True).items()
+    }
 
 
 def counts_by_status(session: Session) -> dict[str, int]:

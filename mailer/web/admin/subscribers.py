@@ -23,7 +23,7 @@ from mailer.db import db
 from mailer.errors import ValidationError
 from mailer.models import Role, SubscriberStatus
 from mailer.runtime import runtime
-from mailer.services import bounces
+from mailer.services import bounces, digests
 from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
 from mailer.tasks import enqueue
@@ -36,27 +36,35 @@ PER_PAGE = 50
 OPS = (Role.OPS,)
 
 
-def _filters() -> dict[str, str]:
+def _filters() -> tuple[dict[str, str], dict]:
+    """The list's filters as its links repeat them, and as the search takes them (the
+    chosen newsletter by id)."""
     args = request.args
     out = {"q": args.get("q", "").strip()[:200], "status": args.get("status", ""),
            "section": args.get("section", "")}
     if out["section"] and out["section"] not in runtime().settings.section_labels:
         raise ValidationError("section", f"Unknown section: {out['section'][:40]}.")
-    return out
+    letter = digests.newsletter_filter(db.session, args.get("newsletter"))
+    criteria = {**out, "newsletter_id": letter.id if letter else None}
+    out["newsletter"] = letter.slug if letter else ""
+    return out, criteria
 
 
 @bp.get("")
 @auth.login_required(*OPS)
 def index():
-    filters = _filters()
+    filters, criteria = _filters()
     page, offset = paging(PER_PAGE)
-    rows, total = admin.search(db.session, offset=offset, limit=PER_PAGE, **filters)
+    readers, total = admin.search(db.session, offset=offset, limit=PER_PAGE, **criteria)
     return render_template(
-        "admin/subscribers.html", rows=rows, total=total, page=page,
-        pages=page_count(total, PER_PAGE), filters=filters,
+        "admin/subscribers.html",
+        rows=admin.list_rows(db.session, readers, criteria["newsletter_id"]),
+        total=total, page=page, pages=page_count(total, PER_PAGE), filters=filters,
         pager_args={k: v for k, v in filters.items() if v},
         statuses=[s.value for s in SubscriberStatus],
-        sections=runtime().settings.sections, counts=subs.counts_by_status(db.session),
+        sections=runtime().settings.sections, section_labels=runtime().settings.section_labels,
+        counts=admin.counts_by_status(db.session, criteria["newsletter_id"]),
+        newsletters=digests.newsletter_options(db.session), newsletter=filters["newsletter"],
         filtered=any(filters.values()),
     )
 
@@ -65,13 +73,13 @@ def index():
 @auth.login_required(*OPS)
 def export():
     """The readers the list shows (all of them without filters), as CSV."""
-    filters = _filters()
+    _, criteria = _filters()
 
     def rows():
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(admin.EXPORT_FIELDS)
-        for n, row in enumerate(admin.export_rows(db.session, **filters)):
+        for n, row in enumerate(admin.export_rows(db.session, **criteria)):
             writer.writerow(row)
             if n % 500 == 0:
                 yield out.getvalue()
@@ -90,12 +98,15 @@ def show(subscriber_id: int):
     sub = admin.get_subscriber(db.session, subscriber_id)
     page, offset = paging(PER_PAGE)
     sent, total = admin.deliveries_of(db.session, sub.id, offset, PER_PAGE)
+    bounce_history = bounces.history(db.session, sub.id)
     return render_template(
         "admin/subscriber.html", sub=sub, consents=sub.consents, deliveries=sent, total=total,
         events=admin.events_of(db.session, sub.id), page=page,
         pages=page_count(total, PER_PAGE), pager_args={"subscriber_id": sub.id},
         section_labels=runtime().settings.section_labels,
-        bounce_history=bounces.history(db.session, sub.id),
+        subscriptions=subs.subscriptions_by_reader(db.session, [sub.id]).get(sub.id, []),
+        bounce_history=bounce_history,
+        bounce_newsletters=admin.newsletter_names(db.session, (b["issue"] for b in bounce_history)),
     )
 
 
