@@ -22,7 +22,7 @@ from mailer.models import (
     SubscriberEvent,
     SubscriberStatus,
 )
-from mailer.services import reports, schedules
+from mailer.services import newsletters, reports, schedules
 from mailer.web.admin.charts import bar_chart, count_ticks, line_chart, nice_max
 from tests.helpers.app import make_app
 from tests.helpers.console import add_readers, login, text_of
@@ -150,7 +150,8 @@ def test_warnings_bounces_rising_paused_uncertain_and_broken_feeds(client):
     assert "Uncertain messages 1" in text
     row = f"Issue of {latest.started_at:%d %b} #{latest.id}"
     assert row in text and f"{row} " in text
-    assert f"#{latest.id} {latest.started_at:%Y-%m-%d %H:%M} finished 17 0 3" in text
+    letter = newsletters.first(db.session).name
+    assert f"#{latest.id} {letter} {latest.started_at:%Y-%m-%d %H:%M} finished 17 0 3" in text
 
 
 def test_a_steady_bounce_rate_is_no_warning_but_a_high_one_is():

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from mailer.clock import utcnow
 from mailer.db import db
-from mailer.models import Issue, Newsletter, Role, Schedule
+from mailer.models import Issue, IssueStatus, Newsletter, Role, Schedule
 from mailer.services import newsletters
 from tests.helpers.console import login, post, text_of
 from tests.helpers.digests import add_article
@@ -90,3 +90,31 @@ def test_the_dashboards_compose_button_asks_too_when_there_are_several(client):
     several = client.get("/admin/").get_data(as_text=True)
     assert '<a class="button" href="/admin/issues#new-h">Compose a new issue</a>' in several
     assert f'name="newsletter" value="{first.slug}"' not in several
+
+
+def test_the_dashboard_names_the_newsletter_of_each_issue_and_what_comes_next(client):
+    first = _two_letters()
+    sport = newsletters.by_slug(db.session, "sport")
+    now = utcnow()
+    cup = Issue(subject="Cup final", status=IssueStatus.FINISHED, newsletter_id=sport.id,
+                started_at=now - timedelta(hours=2))
+    daily = Issue(subject="Morning news", status=IssueStatus.FINISHED,
+                  newsletter_id=newsletters.first(db.session).id,
+                  started_at=now - timedelta(hours=1))
+    later = Issue(subject="Match preview", status=IssueStatus.SCHEDULED, newsletter_id=sport.id,
+                  send_at=now + timedelta(days=1))
+    db.session.add_all([cup, daily, later])
+    db.session.commit()
+    login(client, Role.EDITOR, "editor@daily.example")
+    text = text_of(client.get("/admin/"))
+    last = text.split("Last issues")[1]
+    assert f"Morning news #{daily.id} {first} {daily.started_at:%Y-%m-%d %H:%M}" in last
+    assert f"Cup final #{cup.id} The Sport Letter {cup.started_at:%Y-%m-%d %H:%M}" in last
+    assert f"issue #{later.id} · The Sport Letter" in text.split("Coming up")[1]
+
+
+def test_the_newsletter_page_leads_ops_to_its_readers(client):
+    _two_letters()
+    login(client, Role.OPS, "ops@daily.example")
+    page = client.get("/admin/newsletters/sport").get_data(as_text=True)
+    assert '<a href="/admin/subscribers?newsletter=sport">Its readers</a>' in page
