@@ -3,6 +3,7 @@ redeliver, and their last deliveries. One set of calls for the console, the API 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 from sqlalchemy import select, update
@@ -127,6 +128,30 @@ def recent_deliveries(session: Session, endpoint_id: int, limit: int = RECENT):
         .order_by(HookDelivery.id.desc())
         .limit(limit)
     )]
+
+
+def about(event: HookEvent, newsletter_names: dict[str, str]) -> str | None:
+    """What an issue or schedule event is about, for the console's list of deliveries: the
+    issue or schedule and its newsletter (named by `newsletter_names`, slug → name, as it is
+    now; the slug the event carried if the newsletter is gone). None for other events."""
+    try:
+        data = json.loads(event.payload)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if isinstance(data.get("issue"), dict):
+        item = data["issue"]
+        what = f"issue #{item.get('id')} “{item.get('subject') or ''}”"
+    elif isinstance(data.get("schedule"), dict):
+        item = data["schedule"]
+        run = data.get("run") if isinstance(data.get("run"), dict) else {}
+        what = f"schedule “{item.get('name') or ''}”" + (
+            f", {run['status']}" if run.get("status") else "")
+    else:
+        return None
+    slug = item.get("newsletter")
+    return f"{what} · {newsletter_names.get(slug, slug)}" if slug else what
 
 
 def send_test(session: Session, endpoint_id: int) -> int:

@@ -7,7 +7,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from mailer.db import db
 from mailer.errors import MailerError, ValidationError
 from mailer.models import Role
-from mailer.services import hook_endpoints, hooks
+from mailer.services import digests, hook_endpoints, hooks
 from mailer.web import auth
 from mailer.web.extensions import settings
 
@@ -51,8 +51,10 @@ def create():
 @auth.login_required(Role.OPS)
 def show(endpoint_id: int):
     endpoint = hook_endpoints.get(db.session, endpoint_id)
+    names = {n.slug: n.name for n in digests.newsletter_options(db.session)}
     return render_template("admin/webhooks_show.html", endpoint=endpoint,
-                           deliveries=hook_endpoints.recent_deliveries(db.session, endpoint_id))
+                           deliveries=hook_endpoints.recent_deliveries(db.session, endpoint_id),
+                           about=lambda event: hook_endpoints.about(event, names))
 
 
 def _act(endpoint_id: int, done: str, action):

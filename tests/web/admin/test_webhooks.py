@@ -106,3 +106,33 @@ def test_a_disabled_endpoint_is_a_warning_on_the_page_and_the_dashboard(client, 
 def test_editors_may_not(client, make_email):
     login(client, Role.EDITOR, make_email("editor"))
     assert client.get("/admin/webhooks").status_code == 403
+
+
+def test_an_issue_or_schedule_event_names_its_newsletter(client, make_email, handed):
+    from datetime import UTC, datetime
+
+    from mailer.models import Issue, IssueStatus, Newsletter, ScheduleRun
+    from mailer.services import issue_states, schedules
+
+    login(client, Role.OPS, make_email("ops"))
+    endpoint = HookEndpoint(url="https://crm.example/x", secret="whsec_AAAA",
+                            events=",issue.finished,schedule.run,subscriber.created,")
+    sport = Newsletter(slug="sport", name="The Sport Letter")
+    db.session.add_all([endpoint, sport])
+    db.session.flush()
+    issue = Issue(subject="Cup final", status=IssueStatus.SENDING, newsletter_id=sport.id)
+    db.session.add(issue)
+    db.session.flush()
+    issue_states.transition(db.session, issue.id, issue_states.FINISH)
+    schedule = schedules.create_schedule(db.session, name="Sport Monday", cron_text="mon 07:00",
+                                         newsletter="sport")
+    run = ScheduleRun(schedule_id=schedule.id, period_start=datetime(2027, 1, 4, 7, tzinfo=UTC),
+                      status="skipped", reason="Nothing new to send.")
+    db.session.add(run)
+    db.session.flush()
+    schedules.run_event(db.session, schedule, run)
+    db.session.commit()
+
+    shown = text_of(client.get(f"/admin/webhooks/{endpoint.id}"))
+    assert f'issue.finished issue #{issue.id} “Cup final” · The Sport Letter' in shown
+    assert 'schedule.run schedule “Sport Monday”, skipped · The Sport Letter' in shown
