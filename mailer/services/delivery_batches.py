@@ -307,7 +307,12 @@ class BatchRunner:
                     self._tx(partial(self._release, rows=claimed[start:]))
                     run.report.stopped = "issue paused or cancelled"
                     break
-                continue  # the sweeper took these rows back: another task sends them
+                # Sending again: paused and resumed in between (the resume found these rows
+                # held, not pending, so nobody else sends them), or the sweeper took them
+                # back (then this finds none of them and another task sends them).
+                begun = self._tx(partial(self._begin, group=group))
+                if not begun:
+                    continue
             batch = [c for c in group if c.id in begun]
             outcomes = list(zip(batch, self._send([messages[c.id] for c in batch]), strict=True))
             unsent = [c for c, o in outcomes if isinstance(o, NotAttempted)]

@@ -304,6 +304,42 @@ def test_pause_stops_between_groups_resume_sends_the_rest_once(rt, smtp, make):
     assert set(per_reader(smtp, emails).values()) == {1}
 
 
+def test_a_pause_and_resume_between_two_groups_leaves_no_row_waiting_for_the_lease(
+    rt, smtp, make
+):
+    emails = add_readers(50)
+    issue_id = new_issue()
+    engine = make(send_batch=50, send_group=10)
+    engine.start(issue_id)
+    runner = engine.runner()
+    paused = []
+
+    def pause_after_first_group(messages, _orig=engine.transport.send_many):
+        out = _orig(messages)
+        if not paused:
+            paused.append(True)
+            with db.transaction() as s:
+                deliveries.pause(s, issue_id)
+        return out
+
+    def resumed_meanwhile(conn, _orig=runner._issue_status):
+        # The operator resumes between the refused group and the runner's look at the issue.
+        if paused and paused[-1]:
+            paused.append(False)
+            engine.resume()
+        return _orig(conn)
+
+    runner.transport = type("T", (), {"send_many": staticmethod(pause_after_first_group)})()
+    runner._issue_status = resumed_meanwhile
+    batch = engine.queue.pop(0)
+    report = runner.run(issue_id, batch.ids, batch.token)
+    # The batch still holds its rows, so the resume found none pending: the runner itself
+    # sends them, rather than leaving them held until the send lease runs out.
+    assert report.sent == 50 and report.stopped is None
+    assert counts(issue_id)["sent"] == 50 and issue_status(issue_id) == "finished"
+    assert set(per_reader(smtp, emails).values()) == {1}
+
+
 def test_cancel_stops_for_good(rt, smtp, make):
     add_readers(20)
     issue_id = new_issue()
