@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -47,8 +48,11 @@ class Notices:
         return self.composer.message(to=to, subject=subject, text=text, html=html, headers=headers)
 
     def confirmation(
-        self, email: str, uid: str, requested: datetime, look: Look | None = None
+        self, email: str, uid: str, requested: datetime, look: Look | None = None,
+        newsletters: Sequence[tuple[str, str | None]] = (),
     ) -> Outgoing:
+        """The request to confirm; `newsletters` are the (name, description) of what the
+        reader asked for, which the message lists (none: it speaks of the list's name)."""
         hours = self.settings.confirm_ttl_hours
         return self._build(
             "confirm",
@@ -57,6 +61,8 @@ class Notices:
             look=look,
             confirm_url=self.links.confirm(uid, requested),
             valid_days=max(1, hours // 24),
+            newsletters=[{"name": name, "description": description}
+                         for name, description in newsletters],
         )
 
     def already_subscribed(self, email: str, uid: str, look: Look | None = None) -> Outgoing:

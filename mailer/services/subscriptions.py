@@ -6,7 +6,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
@@ -212,7 +212,8 @@ def subscribe(
     The reader asks for `newsletter_ids` (default: the signup defaults): each gets a pending
     subscription with this frequency and sections, unless the reader already has one (an
     active one stays as it is; one they left becomes pending again, keeping its choices),
-    so that one confirmation activates them all.
+    so that one confirmation activates them all. The consent record names them, after the
+    words the reader saw (`newsletters_named`), the defaults too when the reader chose none.
 
     A new address becomes a pending reader with a consent record and a history line; a
     pending, unsubscribed, bounced or complained one asks for another confirmation, at most
@@ -232,6 +233,9 @@ def subscribe(
         )
     if newsletter_ids is None:
         newsletter_ids = [n.id for n in nl.signup_defaults(session)]
+    consent = newsletters_named(consent, session.scalars(
+        select(Newsletter.name).where(Newsletter.id.in_(newsletter_ids)).order_by(Newsletter.id)
+    ))
     sub = by_email(session, email)
     if sub is None:
         sub = Subscriber(
@@ -273,6 +277,18 @@ def subscribe(
     return SignupResult(sub.id, True)
 
 
+NAMED = "\nNewsletters: "  # how a consent record's wording names the newsletters asked for
+
+
+def newsletters_named(consent: ConsentInfo, names: Iterable[str]) -> ConsentInfo:
+    """The consent with the newsletters it is about named after the words the reader saw
+    (the statement of _signup_statement does the same in SQL)."""
+    names = list(names)
+    if not names:
+        return consent
+    return replace(consent, wording=consent.wording + NAMED + ", ".join(names))
+
+
 def _ask_for(session: Session, subscriber_id: int, newsletter_ids, frequency, sections, now):
     """The pending subscriptions a signup asks for (the SQL of the PostgreSQL statement's
     `asked_for` step, for the embedded database)."""
@@ -302,8 +318,18 @@ def _signup_statement():
     data-modifying CTEs). Built once; parameter names are not column names (an UPDATE would
     take those as values to SET); `asked` yields the reader's id when a confirmation is
     owed, beside the ids of the webhook deliveries to hand out."""
-    from sqlalchemy import BigInteger, String, bindparam, cast, literal_column, true, union_all
-    from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
+    from sqlalchemy import (
+        BigInteger,
+        String,
+        Text,
+        bindparam,
+        cast,
+        literal,
+        literal_column,
+        true,
+        union_all,
+    )
+    from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, insert
 
     now = bindparam("s_now", type_=Subscriber.__table__.c.created_at.type)
     cutoff = bindparam("s_cutoff", type_=Subscriber.__table__.c.created_at.type)
@@ -379,6 +405,16 @@ def _signup_statement():
             f"'{SubscriptionStatus.UNSUBSCRIBED.value}'"
         ),
     ).cte("asked_for")
+    # The words the reader saw, then the newsletters asked for by name (newsletters_named).
+    names = (
+        select(func.string_agg(newsletters.c.name,
+                               aggregate_order_by(literal(", ", Text), newsletters.c.id)))
+        .select_from(chosen.join(newsletters, newsletters.c.id == chosen.c.nid))
+        .scalar_subquery()
+    )
+    wording = bindparam("s_wording", type_=Text) + func.coalesce(
+        literal(NAMED, Text) + names, literal("", Text)
+    )
     consent = (
         insert(ConsentRecord.__table__)
         .from_select(
@@ -390,7 +426,7 @@ def _signup_statement():
                 bindparam("s_ip"),
                 bindparam("s_user_agent"),
                 bindparam("s_source"),
-                bindparam("s_wording"),
+                wording,
             ),
         )
         .cte("consent")
@@ -577,6 +613,21 @@ def _activate_pending(session: Session, subscriber_id: int, now) -> None:
         .values(status=SubscriptionStatus.ACTIVE, confirmed_at=now, unsubscribed_at=None)
         .execution_options(synchronize_session=False)
     )
+
+
+def to_confirm(session: Session, subscriber_id: int) -> list[Newsletter]:
+    """What a confirmation mail lists, oldest newsletter first: the newsletters the reader
+    asked for and has not confirmed; when none is pending (a bounced reader whose
+    subscriptions stayed as they were), the ones confirming brings back."""
+    rows = session.execute(
+        select(Newsletter, Subscription.status)
+        .join(Subscription, Subscription.newsletter_id == Newsletter.id)
+        .where(Subscription.subscriber_id == subscriber_id,
+               Subscription.status.in_(OPEN_SUBSCRIPTION))
+        .order_by(Newsletter.id)
+    ).all()
+    pending = [n for n, status in rows if status == SubscriptionStatus.PENDING]
+    return pending or [n for n, _ in rows]
 
 
 def has_pending(session: Session, subscriber_id: int) -> bool:

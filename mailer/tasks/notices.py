@@ -61,12 +61,15 @@ def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
             s, subscriber_id
         )
         look = looks.site_look(s, rt.settings)
+        asked = [] if active or not claimed else [
+            (n.name, n.description) for n in subscriptions.to_confirm(s, subscriber_id)
+        ]
     if not claimed:
         return "already sent"
     if active:
         out = rt.notices.already_subscribed(email, uid, look)
     else:
-        out = rt.notices.confirmation(email, uid, requested_at, look)
+        out = rt.notices.confirmation(email, uid, requested_at, look, asked)
     try:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except TemporaryFailure:

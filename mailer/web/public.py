@@ -123,8 +123,7 @@ def _subscribe_page(only):
     try:
         chosen = chosen_newsletters(form, only)
         consent = consent_from_request(
-            "form" if only is None else f"form: {only.slug}",
-            _wording(_offered(only)), chosen,
+            "form" if only is None else f"form: {only.slug}", _wording(_offered(only)),
         )
         handle_signup(form, source="form", consent=consent, chosen=chosen)
     except ValidationError as e:

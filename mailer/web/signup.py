@@ -37,17 +37,12 @@ def consent_wording(name: str | None = None) -> str:
     )
 
 
-def consent_from_request(
-    source: str, wording: str | None = None, newsletters: list[Newsletter] | None = None
-) -> subs.ConsentInfo:
-    """The consent of this request; the record names the newsletters chosen, after the
-    words the reader saw."""
-    wording = wording or consent_wording()
-    if newsletters:
-        wording += "\nNewsletters: " + ", ".join(n.name for n in newsletters)
+def consent_from_request(source: str, wording: str | None = None) -> subs.ConsentInfo:
+    """The consent of this request, with the words the reader saw (a signup's record names
+    the newsletters too: subscriptions.subscribe adds them)."""
     return subs.ConsentInfo(
         source=source,
-        wording=wording,
+        wording=wording or consent_wording(),
         ip=client_ip(),
         user_agent=request.headers.get("User-Agent"),
     )

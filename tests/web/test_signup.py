@@ -12,6 +12,7 @@ from sqlalchemy import func, select, update
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import ConsentRecord, Subscriber, SubscriberStatus
+from mailer.services import newsletters
 from tests.helpers.app import make_app
 from tests.helpers.web import form_fields, signup
 
@@ -55,7 +56,9 @@ def test_consent_record_keeps_the_words_shown_and_the_source(client, make_email)
     )
     assert resp.status_code == 202
     consent = db.session.scalar(select(ConsentRecord))
-    assert consent.source == "api: footer box" and consent.wording == "Yes, send me the digest."
+    first = newsletters.first(db.session)  # a signup naming none: the signup defaults
+    assert consent.source == "api: footer box"
+    assert consent.wording == f"Yes, send me the digest.\nNewsletters: {first.name}"
     assert consent.user_agent == "ReaderBrowser/1.0" and consent.ip == "127.0.0.1"
     assert consent.at is not None
 

@@ -136,3 +136,66 @@ def test_the_api_refuses_unknown_hidden_and_archived_newsletters_by_name(
     resp = client.post("/api/v1/subscribe", json={"email": email, "newsletters": [1, 2]})
     assert resp.status_code == 400 and resp.json["field"] == "newsletters"
     assert held(email) == {}
+
+
+def consent_of(email: str) -> ConsentRecord:
+    db.session.expire_all()
+    return db.session.scalar(select(ConsentRecord).join(Subscriber).where(
+        Subscriber.email == email))
+
+
+def test_a_plain_signups_consent_names_the_default_newsletters(app, client, make_email):
+    """A signup that names no newsletter gets the signup defaults, and its consent record
+    says which (on PostgreSQL inside the one signup statement)."""
+    three()
+    for slug in ("morning", "politics"):
+        newsletters.by_slug(db.session, slug).signup_default = True
+    newsletters.first(db.session).signup_default = False
+    db.session.commit()
+    email = make_email()
+    resp = client.post("/api/v1/subscribe", json={"email": email, "consent": "Yes, please."})
+    assert resp.status_code == 202
+    assert held(email) == {"morning": "pending", "politics": "pending"}
+    assert consent_of(email).wording == "Yes, please.\nNewsletters: Morning Briefing, Politics Weekly"
+    # Named ones are named the same way, whatever the defaults are.
+    named = make_email()
+    assert client.post("/api/v1/subscribe", json={
+        "email": named, "newsletters": ["sport"]}).status_code == 202
+    assert consent_of(named).wording.endswith("\nNewsletters: Sport Letter")
+
+
+def test_a_plain_signup_on_a_site_of_one_newsletter_names_it(app, client, make_email):
+    email = make_email()
+    assert post_page(client, "/subscribe", email).status_code == 200
+    first = newsletters.first(db.session)
+    wording = consent_of(email).wording
+    assert "unsubscribe at any time" in wording
+    assert wording.endswith(f"\nNewsletters: {first.name}")
+
+
+def test_the_confirmation_mail_lists_the_newsletters_asked_for(
+    app, client, smtp, worker, make_email
+):
+    three()
+    email = make_email()
+    resp = post_page(client, "/subscribe", email, newsletters=["morning", "sport"])
+    assert resp.status_code == 200
+    (mail,) = smtp.wait_for(email, match="/confirm/")
+    for part in (mail.text, mail.html):
+        assert "asked to receive these newsletters" in part
+        assert "Morning Briefing" in part and "Before breakfast." in part
+        assert "Sport Letter" in part
+        assert "Politics Weekly" not in part and "Insiders" not in part
+    text = mail.text.replace("\r\n", "\n")
+    assert re.search(r"\n- Morning Briefing\n  Before breakfast\.\n- Sport Letter\n", text)
+    assert re.search(r"<li[^>]*><strong>Morning Briefing</strong><br><span[^>]*>"
+                     r"Before breakfast\.</span></li>", mail.html)
+
+    # One newsletter: the mail names it, with its description.
+    one = make_email()
+    assert post_page(client, "/subscribe/morning", one).status_code == 200
+    (mail,) = smtp.wait_for(one, match="/confirm/")
+    assert "asked to receive Morning Briefing at this address." in mail.text
+    assert "Before breakfast." in mail.text and "Sport Letter" not in mail.text
+    assert "asked to receive <strong>Morning Briefing</strong> at this address." in mail.html
+    assert "Before breakfast." in mail.html and "Sport Letter" not in mail.html

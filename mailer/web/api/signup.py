@@ -28,7 +28,7 @@ def subscribe():
     source = f"api: {tag}" if tag else "api"
     wording = _optional_text(data, "consent", 1000)
     chosen = chosen_newsletters(data)
-    handle_signup(data, source=source, consent=consent_from_request(source, wording, chosen),
+    handle_signup(data, source=source, consent=consent_from_request(source, wording),
                   chosen=chosen)
     return jsonify(
         {"status": "ok", "message": "Thanks! Check your inbox to confirm your subscription."}
