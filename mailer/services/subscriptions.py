@@ -644,9 +644,10 @@ def resubscribe(
     session: Session, sub: Subscriber, consent: ConsentInfo, newsletter_id: int | None = None,
     now=None,
 ) -> None:
-    """A reader subscribes again, to `newsletter_id` (default the first), from their
-    preferences page (the link came by mail to this address, so it proves they own it).
-    A hidden or archived newsletter is refused (ValidationError)."""
+    """A reader subscribes again, or for the first time, to `newsletter_id` (default the
+    first), from their preferences page (the link came by mail to this address, so it proves
+    they own it): active at once, with a consent record naming the newsletter. A hidden or
+    archived newsletter is refused (ValidationError)."""
     now = now or utcnow()
     if newsletter_id is None:
         newsletter_id = nl.first(session).id
@@ -654,10 +655,11 @@ def resubscribe(
     if newsletter is None or not newsletter.public or newsletter.archived_at is not None:
         # Only what the public forms offer may start again without an invitation.
         raise ValidationError("newsletter", "This newsletter takes no new readers.")
+    consent = newsletters_named(consent, [newsletter.name])
     if sub.status == SubscriberStatus.ACTIVE:
         if _start(session, sub.id, newsletter_id, now):
             _consent(session, sub.id, "confirm", consent, now)
-            _event(session, sub.id, "subscribed", _slug(session, newsletter_id), now)
+            _event(session, sub.id, "subscribed", newsletter.slug, now)
         return
     result = session.execute(
         update(Subscriber)

@@ -321,6 +321,27 @@ def _preference_rows(sub) -> list[dict]:
     return rows
 
 
+def _not_yet_held(rows: list[dict]) -> list[Newsletter]:
+    """The public newsletters the reader has never had: what the page offers to join."""
+    have = {row["newsletter"].id for row in rows}
+    return [n for n in newsletters.offered(db.session) if n.id not in have]
+
+
+def _newsletter_id(raw: str) -> int:
+    """A newsletter id as a form names it; anything else refuses the form."""
+    if not raw.isdigit() or len(raw) > 18:
+        raise ValidationError("newsletter", "The form names an unknown newsletter.")
+    return int(raw)
+
+
+def _newsletter_named_by_form() -> Newsletter:
+    """The newsletter of the form's `newsletter` field (its id)."""
+    found = db.session.get(Newsletter, _newsletter_id(request.form.get("newsletter", "")))
+    if found is None:
+        raise ValidationError("newsletter", "The form names an unknown newsletter.")
+    return found
+
+
 def _choices(sub) -> list[subs.Choice]:
     """The form's per-newsletter fields (`shown-ID`, `on-ID`, `frequency-ID`, `sections-ID`)
     as choices; a field naming no newsletter refuses the whole form."""
@@ -329,10 +350,9 @@ def _choices(sub) -> list[subs.Choice]:
         prefix, dash, raw = key.partition("-")
         if not dash or prefix not in _PER_NEWSLETTER:
             continue
-        if not raw.isdigit() or len(raw) > 18:
-            raise ValidationError("newsletter", "The form names an unknown newsletter.")
-        if int(raw) not in ids:
-            ids.append(int(raw))
+        newsletter_id = _newsletter_id(raw)
+        if newsletter_id not in ids:
+            ids.append(newsletter_id)
     choices = []
     for newsletter_id in ids:
         newsletter = db.session.get(Newsletter, newsletter_id)
@@ -403,6 +423,15 @@ def preferences(token: str):
                 subs.erase(db.session, sub, rt.email_hash)
                 db.session.commit()
                 return render_template("erased.html")
+            elif action == "join":
+                joining = _newsletter_named_by_form()
+                subs.resubscribe(
+                    db.session, sub,
+                    consent_from_request("preferences", consent_wording(joining.name)),
+                    joining.id,
+                )
+                db.session.commit()
+                notice = f"You are subscribed to {joining.name}."
             elif action == "resubscribe":
                 subs.resubscribe(db.session, sub, consent_from_request("preferences"),
                                  newsletter_id)
@@ -413,13 +442,15 @@ def preferences(token: str):
         except (ValidationError, Conflict) as e:
             db.session.rollback()
             error = getattr(e, "message", str(e))
+    rows = _preference_rows(sub)
     return (
         render_template(
             "preferences.html",
             sub=sub,
             held=subs.subscription(db.session, sub, newsletter_id),
             may_start=_may_start(newsletter_id),
-            rows=_preference_rows(sub),
+            rows=rows,
+            more=_not_yet_held(rows),
             token=token,
             notice=notice,
             error=error,

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
+import urllib.request
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import select
 
+from mailer.clock import utcnow
 from mailer.db import db
-from mailer.models import Subscriber, SubscriberStatus
+from mailer.models import Article, Newsletter, Subscriber, SubscriberStatus
+from mailer.services import newsletters
+from mailer.services import subscriptions as subs
+from tests.helpers.app import ARTIFACTS
+from tests.helpers.delivery import wait_finished
 from tests.helpers.web import link_with
 
 pytestmark = pytest.mark.browser
@@ -106,3 +114,124 @@ def test_a_confirmation_link_from_before_an_unsubscribe_changes_nothing(
     assert status_of(email) == SubscriberStatus.UNSUBSCRIBED
     time.sleep(1)
     assert len(smtp.to(email, match="preferences")) == 1, "no second welcome"
+
+
+LETTERS = {  # slug: (name, From, List-Id)
+    "morning": ("Morning Briefing", "Morning Desk <morning@daily.example>",
+                "morning.daily.example"),
+    "sport": ("Sport Letter", "Sport Desk <sport@daily.example>", "sport.daily.example"),
+    "politics": ("Politics Weekly", "Politics Desk <politics@daily.example>",
+                 "politics.daily.example"),
+}
+
+
+def three_newsletters() -> None:
+    """Three public newsletters, each with its own sender; the site's first newsletter is
+    hidden, so /subscribe offers exactly these three."""
+    newsletters.first(db.session).public = False
+    for slug, (name, sender, list_id) in LETTERS.items():
+        from_name, _, address = sender.partition(" <")
+        db.session.add(Newsletter(slug=slug, name=name, description=f"About {name}.",
+                                  from_name=from_name, from_address=address.rstrip(">"),
+                                  list_id=list_id))
+    db.session.commit()
+
+
+def add_stories(label: str, ago: timedelta) -> None:
+    """Two new stories, published `ago` (an issue takes those since its newsletter's last)."""
+    at = utcnow() - ago
+    for n in range(2):
+        db.session.add(Article(title=f"{label} story {n}", url=f"https://daily.example/{label}-{n}",
+                               summary="What happened.", published_at=at))
+    db.session.commit()
+
+
+def send_an_issue_of_each(runner) -> None:
+    """Compose and send an issue of every newsletter with the command line's own commands;
+    the real worker sends them."""
+    issue_ids = []
+    for slug in LETTERS:
+        made = runner.invoke(["digest", "create", "--newsletter", slug, "--popular", "0",
+                              "--min-items", "1", "--json"])
+        assert made.exit_code == 0, made.output
+        issue = json.loads(made.output)
+        assert issue["status"] == "draft", issue
+        issue_ids.append(issue["id"])
+        sent = runner.invoke(["digest", "send", str(issue_ids[-1])])
+        assert sent.exit_code == 0, sent.output
+    for issue_id in issue_ids:
+        assert wait_finished(issue_id) == "finished"
+
+
+def issues_to(smtp, email: str) -> list:
+    """The issues of the three newsletters a reader got (no transactional mail), by List-Id."""
+    ours = {f'"{name}" <{list_id}>' for name, _, list_id in LETTERS.values()}
+    return sorted((m for m in smtp.to(email) if m.message["List-Id"] in ours),
+                  key=lambda m: m.message["List-Id"])
+
+
+def test_reader_picks_two_of_three_newsletters_and_leaves_one_with_one_click(
+    app, live_server, page, smtp, worker, runner, make_email
+):
+    rt = app.extensions["mailer"]
+    three_newsletters()
+    add_stories("first", timedelta(hours=1))
+    email, other = make_email(), make_email("all-three")
+    # Another reader of all three: each issue goes out to someone.
+    subs.import_rows(db.session, [subs.ImportRow(line=1, email=other)], source="test",
+                     known_sections=[], hasher=rt.email_hash, report=subs.ImportReport(),
+                     newsletter_ids=[n.id for n in newsletters.offered(db.session)])
+    db.session.commit()
+
+    page.goto(f"{live_server}/subscribe")
+    page.get_by_label("Email address").fill(email)
+    boxes = page.locator('input[name="newsletters"]')
+    assert boxes.count() == 3
+    page.get_by_label("Morning Briefing").check()
+    page.get_by_label("Sport Letter").check()
+    page.screenshot(path=str(ARTIFACTS / "newsletters-journey-1-form.png"), full_page=True)
+    page.get_by_role("button", name="Subscribe").click()
+    page.get_by_role("heading", name="Almost done: check your inbox").wait_for()
+
+    (mail,) = smtp.wait_for(email, match="/confirm/")
+    for part in (mail.text, mail.html):
+        assert "Morning Briefing" in part and "Sport Letter" in part
+        assert "Politics Weekly" not in part
+    page.goto(link_with(mail, "/confirm/"))
+    page.get_by_role("button", name="Yes, subscribe me").click()
+    page.get_by_role("heading", name="You are subscribed").wait_for()
+    page.screenshot(path=str(ARTIFACTS / "newsletters-journey-2-confirmed.png"), full_page=True)
+
+    send_an_issue_of_each(runner)
+    assert len(issues_to(smtp, other)) == 3  # every issue went out
+    got = issues_to(smtp, email)
+    assert [(m.message["From"], m.message["List-Id"]) for m in got] == [
+        (LETTERS[slug][1], f'"{LETTERS[slug][0]}" <{LETTERS[slug][2]}>')
+        for slug in ("morning", "sport")
+    ]
+    assert len(smtp.to(email, match="/confirm/")) == 1, "one confirmation for both"
+
+    # The mailbox provider's unsubscribe button: RFC 8058's POST to the message's
+    # List-Unsubscribe address, without cookies.
+    sport_mail = got[1].message
+    assert sport_mail["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    url = re.search(r"<(https?://[^>]+)>", sport_mail["List-Unsubscribe"]).group(1)
+    request = urllib.request.Request(url, data=b"List-Unsubscribe=One-Click", method="POST",
+                                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+    time.sleep(1)  # the new stories are newer than the first issues
+    add_stories("second", timedelta(0))
+    send_an_issue_of_each(runner)
+    assert len(issues_to(smtp, other)) == 6
+    got = issues_to(smtp, email)
+    assert [m.message["List-Id"] for m in got] == [
+        '"Morning Briefing" <morning.daily.example>',
+        '"Morning Briefing" <morning.daily.example>',
+        '"Sport Letter" <sport.daily.example>',
+    ]
+    assert status_of(email) == SubscriberStatus.ACTIVE
+    page.goto(rt.links.preferences(subs.by_email(db.session, email).uid))
+    assert page.get_by_label("Receive Morning Briefing").is_checked()
+    assert not page.get_by_label("Receive Sport Letter").is_checked()

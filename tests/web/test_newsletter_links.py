@@ -13,6 +13,7 @@ from mailer import tokens as t
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import (
+    ConsentRecord,
     Frequency,
     Newsletter,
     Subscriber,
@@ -249,6 +250,8 @@ def test_an_active_reader_asking_for_another_newsletter_gets_a_confirmation(
             runtime().transport.close()
     (mail,) = smtp.wait_for(email)
     assert mail.message["Subject"].startswith("Please confirm")
+    # It asks about the newsletter waiting for a confirmation, not the one already held.
+    assert "asked to receive Politics Weekly at this address." in mail.text
     confirm_url = next(u for u in mail.links() if "/confirm/" in u)
     page = client.get(local(confirm_url))
     resp = client.post(local(confirm_url), data=form_fields(page.get_data(as_text=True)))
@@ -256,3 +259,59 @@ def test_an_active_reader_asking_for_another_newsletter_gets_a_confirmation(
     assert state(email) == ("active", {newsletters.first(db.session).slug: "active",
                                        "politics": "active"})
     assert subs.by_email(db.session, email).status == SubscriberStatus.ACTIVE
+
+
+def test_preferences_offer_the_public_newsletters_the_reader_has_not_got(
+    app, client, make_email
+):
+    """Joining from the page: active at once (the signed link proves the address), with a
+    consent record naming the newsletter; hidden and archived ones are never offered."""
+    email = make_email()
+    with app.app_context():
+        uid, first, sport = reader_of_two(email)
+        first_slug = newsletters.first(db.session).slug
+        morning = Newsletter(slug="morning", name="Morning Briefing",
+                             description="Before breakfast.")
+        politics = Newsletter(slug="politics", name="Politics Weekly")
+        hidden = Newsletter(slug="insiders", name="Insiders", public=False)
+        gone = Newsletter(slug="gone", name="Gone Letter", archived_at=utcnow())
+        db.session.add_all([morning, politics, hidden, gone])
+        db.session.commit()
+        ids = {n.slug: n.id for n in (morning, politics, hidden, gone)}
+        url = local(runtime().links.preferences(uid, sport))
+    html = client.get(url).get_data(as_text=True)
+    offered = re.findall(r'name="newsletter" value="(\d+)"', html)
+    assert offered == [str(ids["morning"]), str(ids["politics"])]
+    assert "Subscribe to Morning Briefing" in html and "Before breakfast." in html
+    assert "Subscribe to Politics Weekly" in html
+    assert "Subscribe to Sport Letter" not in html  # held: it has its toggle instead
+    assert "Insiders" not in html and "Gone Letter" not in html
+
+    resp = prefs(client, url, action="join", newsletter=str(ids["morning"]))
+    assert resp.status_code == 200
+    assert "You are subscribed to Morning Briefing." in resp.get_data(as_text=True)
+    assert state(email) == ("active", {first_slug: "active", "sport": "active",
+                                       "morning": "active"})
+    consent = db.session.scalar(select(ConsentRecord).join(Subscriber).where(
+        Subscriber.email == email).order_by(ConsentRecord.id.desc()).limit(1))
+    assert consent.source == "preferences" and consent.kind == "confirm"
+    assert "I want to receive Morning Briefing by email" in consent.wording
+    assert consent.wording.endswith("\nNewsletters: Morning Briefing")
+    html = client.get(url).get_data(as_text=True)
+    assert "checked" in toggle(html, ids["morning"])  # now one of the reader's own
+    assert re.findall(r'name="newsletter" value="(\d+)"', html) == [str(ids["politics"])]
+
+    # Hidden, archived, unknown: refused with a message, nothing written.
+    before = choices(email)
+    for bad in (ids["insiders"], ids["gone"], "424242", "x1", ""):
+        resp = prefs(client, url, action="join", newsletter=str(bad))
+        assert resp.status_code == 400 and b'role="alert"' in resp.data, bad
+    assert choices(email) == before
+
+    # A reader who left everything may join one from the page: active again, with it only.
+    subs.unsubscribe_all(db.session, subs.by_email(db.session, email), "test")
+    db.session.commit()
+    assert prefs(client, url, action="join",
+                 newsletter=str(ids["politics"])).status_code == 200
+    assert state(email) == ("active", {first_slug: "unsubscribed", "sport": "unsubscribed",
+                                       "morning": "unsubscribed", "politics": "active"})
