@@ -274,23 +274,30 @@ def test_too_many_failures_pause_the_issue_and_say_why(rt, smtp, make):
     assert counts(issue_id)["pending"] > 0  # the rest waits for an operator
 
 
+def pausing_after_the_first_group(runner: BatchRunner, engine: Engine, issue_id: int) -> list:
+    """The runner's SMTP connection, with an operator pausing the issue once its first group
+    went out; the returned list is non-empty from then on."""
+    paused: list[bool] = []
+
+    def send_many(messages, _orig=engine.transport.send_many):
+        out = _orig(messages)
+        if not paused:
+            paused.append(True)
+            with db.transaction() as s:
+                deliveries.pause(s, issue_id)
+        return out
+
+    runner.transport = type("T", (), {"send_many": staticmethod(send_many)})()
+    return paused
+
+
 def test_pause_stops_between_groups_resume_sends_the_rest_once(rt, smtp, make):
     emails = add_readers(50)
     issue_id = new_issue()
     engine = make(send_batch=50, send_group=10)
     engine.start(issue_id)
     runner = engine.runner()
-    sent_before_pause = []
-
-    def pause_after_first_group(messages, _orig=engine.transport.send_many):
-        out = _orig(messages)
-        if not sent_before_pause:
-            sent_before_pause.append(len(messages))
-            with db.transaction() as s:
-                deliveries.pause(s, issue_id)
-        return out
-
-    runner.transport = type("T", (), {"send_many": staticmethod(pause_after_first_group)})()
+    pausing_after_the_first_group(runner, engine, issue_id)
     batch = engine.queue.pop(0)
     report = runner.run(issue_id, batch.ids, batch.token)
     assert report.stopped == "issue paused or cancelled"
@@ -312,24 +319,16 @@ def test_a_pause_and_resume_between_two_groups_leaves_no_row_waiting_for_the_lea
     engine = make(send_batch=50, send_group=10)
     engine.start(issue_id)
     runner = engine.runner()
-    paused = []
-
-    def pause_after_first_group(messages, _orig=engine.transport.send_many):
-        out = _orig(messages)
-        if not paused:
-            paused.append(True)
-            with db.transaction() as s:
-                deliveries.pause(s, issue_id)
-        return out
+    paused = pausing_after_the_first_group(runner, engine, issue_id)
+    resumed = []
 
     def resumed_meanwhile(conn, _orig=runner._issue_status):
         # The operator resumes between the refused group and the runner's look at the issue.
-        if paused and paused[-1]:
-            paused.append(False)
+        if paused and not resumed:
+            resumed.append(True)
             engine.resume()
         return _orig(conn)
 
-    runner.transport = type("T", (), {"send_many": staticmethod(pause_after_first_group)})()
     runner._issue_status = resumed_meanwhile
     batch = engine.queue.pop(0)
     report = runner.run(issue_id, batch.ids, batch.token)
