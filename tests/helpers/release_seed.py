@@ -30,6 +30,8 @@ from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+LIVENESS = {"worker_heartbeats", "housekeeping_turns"}
+
 PASSWORD = "correct horse battery staple"
 
 
@@ -242,9 +244,13 @@ def seed(app, rt, db, mailer, sink, deliveries, subscriptions) -> dict:
     archive = client.get(f"/archive/{sent}")
     assert archive.status_code == 200
     with app.app_context(), db.engine.connect() as conn:
+        # Every table of the readers' and editors' data. The workers' liveness rows
+        # (heartbeats, housekeeping turns) are not data: the release's worker, still running
+        # here, may forget a lapsed heartbeat at its next tick.
         counts = {
             t.name: conn.scalar(select(func.count()).select_from(t))
             for t in Base.metadata.sorted_tables
+            if t.name not in LIVENESS
         }
         readers = dict(conn.execute(text("SELECT email, status FROM subscribers")).all())
         issues = dict(conn.execute(text("SELECT id, status FROM issues")).all())
