@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass, field, fields, make_dataclass, replace
 from email.headerregistry import Address
 from email.utils import parseaddr
+from functools import cached_property
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
@@ -570,7 +571,7 @@ class _Derived:
     def smtp(self) -> SmtpSettings | None:
         return parse_smtp_url(self.smtp_url) if self.smtp_url else None
 
-    @property
+    @cached_property  # the settings are frozen; every signup's consent wording asks for it
     def from_address(self) -> Address:
         name, addr = parseaddr(self.from_addr)
         local, _, domain = addr.rpartition("@")

@@ -128,7 +128,14 @@ def wire_message(task, *args) -> tuple[str, bytes]:
         connection = app.connection_for_write()
         channel = _channels[os.getpid()] = connection.default_channel
     queue = app.amqp.router.route({}, task.name, args, {})["queue"]
-    message = app.amqp.as_task_v2(uuid(), task.name, args=list(args), kwargs={})
+    args = list(args)
+    # The repr the worker logs: plain repr() when short, as Celery's own saferepr would
+    # give it (which walks the arguments piece by piece, a sizeable part of a signup's CPU).
+    shown = repr(args)
+    message = app.amqp.as_task_v2(
+        uuid(), task.name, args=args, kwargs={}, kwargsrepr="{}",
+        argsrepr=shown if len(shown) <= app.amqp.argsrepr_maxsize else None,
+    )
     content_type, encoding, body = dumps(message.body, serializer=app.conf.task_serializer)
     properties = {**message.properties, "delivery_mode": 2}
     envelope = channel.prepare_message(

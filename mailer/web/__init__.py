@@ -7,6 +7,7 @@ import re
 from urllib.parse import urlsplit
 
 from flask import Flask, g, request
+from flask.sessions import SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from mailer.db import db
@@ -30,6 +31,17 @@ BLUEPRINTS = (
 # so the editor answers with its own message instead of a connection cut mid-upload.
 LOOK_FORM = re.compile(r"/admin/newsletters/[^/]+/look")
 LOOK_FORM_MAX_BYTES = 32 * 1024 * 1024
+
+
+class CookieFirstSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, which build their signer before they look for the
+    cookie: a request without one (every signup, beacon and API call) gets its empty
+    session without that work."""
+
+    def open_session(self, app, request):
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def init_web(app: Flask) -> None:
@@ -57,6 +69,7 @@ def init_web(app: Flask) -> None:
 
     csrf.init_app(app)
     limiter.init_app(app)
+    app.session_interface = CookieFirstSessions()
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     init_errors(app)

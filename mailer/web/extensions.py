@@ -16,3 +16,11 @@ def settings():
 
 csrf = CSRFProtect()
 limiter = Limiter(key_func=client_ip, default_limits=[])
+
+
+@limiter.request_filter
+def _outside_console() -> bool:
+    """The limiter guards the console's login alone (web/admin/console.py); elsewhere its
+    hooks only looked for limits that are not there, on every signup and beacon. Public
+    signups have limits of their own (web/signup_gate.py)."""
+    return not request.path.startswith("/admin")
