@@ -11,6 +11,7 @@ class Source(enum.StrEnum):
     """Where a report came in (the `source` label of mailer_bounce_reports_total)."""
 
     PIPE = "pipe"  # `mailer bounces receive`, fed by the MTA
+    LMTP = "lmtp"  # `mailer bounces lmtp`, the MTA's LMTP deliveries
     IMAP = "imap"  # MAILER_BOUNCE_MAILBOX, polled
     SES = "ses"
     POSTMARK = "postmark"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
 
 import click
+
+_building = threading.Lock()
 
 
 class Context:
@@ -52,9 +55,12 @@ class Context:
 
     def _hand_over_with_app(self, intent) -> bool:
         # Building the app installs the tasks' own hand-over, which takes this one's place
-        # for the rest of the process.
-        self.web = False
-        with self.app.app_context():
+        # for the rest of the process. Once, even when threads commit at once (the LMTP
+        # server's).
+        with _building:
+            self.web = False
+            app = self.app
+        with app.app_context():
             from mailer.tasks.base import hand_over
 
             return hand_over(intent)

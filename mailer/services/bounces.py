@@ -268,9 +268,10 @@ def _by_address(session: Session, settings: Settings, report: Report, now) -> _T
 
 
 def _key(report: Report) -> str:
-    # A report mailed to us is the same report whether the MTA piped it or the poller
-    # fetched it from the mailbox; a provider's event ids are its own.
-    prefix = "mail" if report.source in (Source.PIPE, Source.IMAP) else str(report.source)
+    # A report mailed to us is the same report whether the MTA piped it, delivered it over
+    # LMTP or the poller fetched it from the mailbox; a provider's event ids are its own.
+    prefix = ("mail" if report.source in (Source.PIPE, Source.LMTP, Source.IMAP)
+              else str(report.source))
     key = f"{prefix}:{report.key}"
     if len(key) <= KEY_MAX:
         return key
