@@ -13,7 +13,8 @@ and what a bounce receiver needs:
 - a message larger than `max_bytes` is not read into memory: `deliver(None, recipient)`
   says what to answer (the bounce receiver ignores it and answers 250, like the pipe), and
   the limit is not announced with SIZE, so an MTA never turns it into a bounce of a bounce;
-- SIGTERM or Ctrl+C: stop listening, finish the messages in hand, close, return.
+- SIGTERM or Ctrl+C: stop listening, finish the messages in hand (a connection asking to
+  start another gets 421 and is closed), close, return.
 
 A leaf: no database here; `mailer bounces lmtp` (cli/bounces.py) gives the callable.
 """
@@ -88,13 +89,25 @@ class _Lmtp(LMTP):
             self.data_size_limit = limit
 
     async def smtp_MAIL(self, arg: str) -> None:  # noqa: N802
+        if await self._closing():
+            return
         limit, self.data_size_limit = self.data_size_limit, None  # a SIZE= is never refused
         try:
             await super().smtp_MAIL(arg)
         finally:
             self.data_size_limit = limit
 
+    async def _closing(self) -> bool:
+        """Stopping: no new message on a connection either (RFC 5321's 421 closes it)."""
+        if not self.mailer_server.stopping:
+            return False
+        await self.push("421 4.3.2 the bounce receiver is stopping, try again later")
+        self.transport.close()
+        return True
+
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802
+        if await self._closing():
+            return
         # In hand from the first byte of DATA until its replies are written: SIGTERM waits.
         self.mailer_server.taking(+1)
         try:
@@ -202,6 +215,10 @@ class LmtpServer:
             await self._stop.wait()
         finally:
             server.close()  # no new connections
+            if isinstance(self.listen, str):
+                path = Path(self.listen)
+                if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
+                    path.unlink()
             try:
                 await asyncio.wait_for(self._idle.wait(), FINISH_SECONDS)
             except TimeoutError:
@@ -213,10 +230,6 @@ class LmtpServer:
                 if not self.connections:
                     break
                 await asyncio.sleep(0.05)
-            if isinstance(self.listen, str):
-                path = Path(self.listen)
-                if path.exists() and stat.S_ISSOCK(path.stat().st_mode):
-                    path.unlink()
 
     @property
     def stopping(self) -> bool:

@@ -3,8 +3,14 @@ feedback reports (ARF, RFC 5965), headers-only returns and auto-replies."""
 
 from __future__ import annotations
 
+import os
 import secrets
+import signal
+import smtplib
+import threading
+import time
 from email.utils import format_datetime
+from pathlib import Path
 
 from sqlalchemy import insert, select, update
 
@@ -12,7 +18,9 @@ from mailer.bounces import Kind, Report, Source
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Delivery, DeliveryStatus, Issue, IssueStatus, Subscriber
+from mailer.tokens import BOUNCE
 from tests.helpers.delivery import add_readers, new_issue
+from tests.helpers.servers import free_port, start_mailer, wait_until
 
 
 def _head(message: bytes) -> bytes:
@@ -125,3 +133,133 @@ def report(kind: Kind, delivery_id: int, key: str | None = None) -> Report:
     return Report(source=Source.PIPE, kind=kind, key=key or f"{kind}-{delivery_id}",
                   delivery_id=delivery_id, status="5.1.1" if kind == Kind.HARD else None,
                   diagnostic="550 5.1.1 no such user" if kind == Kind.HARD else None)
+
+
+def returned(tokens, delivery_id: int, email: str, *, ours: bool = True) -> bytes:
+    """The head of the message we sent for `delivery_id`, as a report returns it; with our
+    signed delivery token unless `ours` is False (then only the address names the reader)."""
+    token = f"X-Delivery-Token: {tokens.sign(BOUNCE, str(delivery_id))}\r\n" if ours else ""
+    return (f"From: The Daily <news@daily.example>\r\nTo: <{email}>\r\nSubject: Today\r\n"
+            f"{token}\r\nHi\r\n").encode()
+
+
+def crlf(message: bytes) -> bytes:
+    return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+class LmtpReceiver:
+    """`mailer bounces lmtp` as an MTA meets it: a real process, on a free port or a unix
+    socket, with its output in a log file."""
+
+    def __init__(self, env: dict, log_path: Path, *, socket_path: Path | None = None,
+                 threads: int = 4):
+        self.env, self.log_path, self.socket_path = env, log_path, socket_path
+        self.port = free_port()
+        where = ["--socket", str(socket_path)] if socket_path else [
+            "--listen", f"127.0.0.1:{self.port}"]
+        self.args = ["bounces", "lmtp", *where, "--threads", str(threads)]
+        self.proc = self.log = None
+
+    def start(self) -> LmtpReceiver:
+        if self.log is not None:
+            self.log.close()
+        self.proc, self.log = start_mailer(self.args, self.env, self.log_path)
+        wait_until(self._ready, timeout=30, what="mailer bounces lmtp listening")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc.poll() is None, self.output()
+        try:
+            self.connect().quit()
+        except OSError:
+            return False
+        return True
+
+    def connect(self) -> smtplib.LMTP:
+        client = (smtplib.LMTP(str(self.socket_path), timeout=30) if self.socket_path
+                  else smtplib.LMTP("127.0.0.1", self.port, timeout=30))
+        client.ehlo("mx.daily.example")  # smtplib's LMTP says LHLO
+        return client
+
+    def deliver(self, message: bytes, *recipients: str) -> list[tuple[int, str]]:
+        """One message, as an MTA delivers it (lines end in CRLF on the wire): one reply per
+        recipient."""
+        message = crlf(message)
+        client = self.connect()
+        try:
+            client.mail("<>")
+            for recipient in recipients:
+                client.rcpt(recipient)
+            replies = [client.data(message)]
+            replies += [client.getreply() for _ in recipients[1:]]
+        finally:
+            client.close()
+        return [(code, text.decode()) for code, text in replies]
+
+    def kill(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(20)
+
+    def stop(self) -> int:
+        """SIGTERM, as systemd and Ctrl+C stop it: its exit code."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(30)
+        self.log.close()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Mta:
+    """What an MTA does with a queue of messages for the LMTP server: several connections,
+    each message kept and delivered again until it gets a 250 (a 451, a dropped connection
+    or no answer at all mean: again, later)."""
+
+    def __init__(self, receiver, items, order):
+        self.receiver, self.items = receiver, items
+        self.queue = list(reversed(order))  # indexes into items; popped from the end
+        self.lock = threading.Lock()
+        self.answers: list[list[str]] = [[] for _ in items]  # each report's 250s, in words
+        self.answered = 0
+        self.again = {"451": 0, "dropped": 0}
+
+    def run(self, connections: int) -> None:
+        threads = [threading.Thread(target=self._connection) for _ in range(connections)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _next(self):
+        with self.lock:
+            return self.queue.pop() if self.queue else None
+
+    def _connection(self) -> None:
+        client = None
+        while (i := self._next()) is not None:
+            message, recipient = self.items[i]
+            deadline = time.monotonic() + 60
+            while True:
+                assert time.monotonic() < deadline, f"message {i} never taken"
+                try:
+                    client = client or self.receiver.connect()
+                    client.mail("<>")
+                    client.rcpt(recipient)
+                    code, text = client.data(message)
+                except (OSError, smtplib.SMTPException):
+                    code, text = None, b""
+                if code == 250:
+                    break
+                with self.lock:
+                    self.again["451" if code == 451 else "dropped"] += 1
+                if client is not None:
+                    client.close()
+                    client = None
+                time.sleep(0.05)
+            with self.lock:
+                self.answers[i].append(text.decode().split()[1].rstrip(":"))
+                self.answered += 1
+        if client is not None:
+            client.quit()
