@@ -110,7 +110,7 @@ def test_stop_finishes_the_message_in_hand(served):
     client = connect(port)
     client.mail("<>")
     client.rcpt("bounces+a@b.test")
-    idle = connect(port)  # an idle connection is closed at stop
+    idle = connect(port)  # another connection, between messages
     result = {}
     sender = threading.Thread(target=lambda: result.update(
         answer=client.data(b"Subject: in hand\r\n\r\nx\r\n")))
@@ -118,6 +118,8 @@ def test_stop_finishes_the_message_in_hand(served):
     wait_until(lambda: server.in_hand == 1, what="the message in hand")
     server.stop()
     wait_until(lambda: server.stopping, what="the server stopping")
+    code, words = idle.mail("<>")  # no new message once stopping: 421, and closed
+    assert (code, words) == (421, b"4.3.2 the bounce receiver is stopping, try again later")
     recorder.release.set()
     sender.join(10)
     assert result["answer"] == (250, b"2.0.0 recorded: for bounces+a@b.test\n"
@@ -125,7 +127,7 @@ def test_stop_finishes_the_message_in_hand(served):
     client.close()
     wait_until(lambda: not server.connections, what="the connections closed")
     with pytest.raises(smtplib.SMTPServerDisconnected):
-        idle.noop()  # closes the client's side too
+        idle.noop()  # the server closed it; this closes the client's side too
 
 
 def test_replies_keep_to_one_line_each():

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from mailer.db import db
 from mailer.models import BounceEvent, BounceReportCount, Subscriber, SubscriberStatus
-from tests.helpers.bounces import LmtpReceiver, crlf, dsn, returned, sending_issue
+from tests.helpers.bounces import LmtpReceiver, crlf, dsn, returned, sending_issue, verp
 from tests.helpers.servers import ROOT, free_port, wait_until
 
 BOUNCE_DOMAIN = "bounces.daily.example"
@@ -44,10 +44,8 @@ def pipe(env: dict, message: bytes, recipient: str | None = None) -> list[str]:
     return done.stdout.decode().splitlines()
 
 
-def verp(app, delivery_id: int) -> str:
-    from mailer.tokens import BOUNCE
-
-    return f"bounces+{app.extensions['mailer'].tokens.sign(BOUNCE, str(delivery_id))}@{BOUNCE_DOMAIN}"
+def verp_of(app, delivery_id: int) -> str:
+    return verp(app.extensions["mailer"].tokens, delivery_id, BOUNCE_DOMAIN)
 
 
 def counted(source: str) -> dict[str, int]:
@@ -65,19 +63,19 @@ def test_a_report_is_recorded_once_whichever_way_it_came(app, lmtp_env, receiver
     # the VERP address the MTA delivered it to, says who it is about.
     message = dsn(returned(tokens, first, "someone@example.org", ours=False),
                   "someone@example.org")
-    assert receiver.deliver(message, verp(app, first)) == [(250, (
+    assert receiver.deliver(message, verp_of(app, first)) == [(250, (
         f"2.0.0 recorded: hard from lmtp about reader {ids[email]}, issue {issue_id} "
         "(now bounced)"))]
     again = (250, f"2.0.0 duplicate: hard report about reader {ids[email]}, issue {issue_id}, "
                   "recorded before")
-    assert receiver.deliver(message, verp(app, first)) == [again]
-    assert pipe(lmtp_env, message, verp(app, first)) == [again[1].removeprefix("2.0.0 ")]
+    assert receiver.deliver(message, verp_of(app, first)) == [again]
+    assert pipe(lmtp_env, message, verp_of(app, first)) == [again[1].removeprefix("2.0.0 ")]
 
     # One message for two recipients: a reply each, in their order; the envelope
     # recipient comes first, and a forged one names nobody.
     soft = dsn(returned(tokens, second, other), other, status="4.2.2")
     forged = f"bounces+{'x' * 40}@{BOUNCE_DOMAIN}"
-    assert receiver.deliver(soft, verp(app, second), forged) == [
+    assert receiver.deliver(soft, verp_of(app, second), forged) == [
         (250, f"2.0.0 recorded: soft from lmtp about reader {ids[other]}, issue {issue_id}"),
         (250, "2.0.0 ignored: forged or unknown bounce token"),
     ]
@@ -134,7 +132,7 @@ def test_a_stop_finishes_the_message_in_hand_on_a_unix_socket(app, lmtp_env, tmp
     conversation.connect(str(path))
     lines = conversation.makefile("rb")
     assert lines.readline().startswith(b"220 ")
-    for command in (b"LHLO mx.daily.example", b"MAIL FROM:<>", f"RCPT TO:<{verp(app, did)}>"
+    for command in (b"LHLO mx.daily.example", b"MAIL FROM:<>", f"RCPT TO:<{verp_of(app, did)}>"
                     .encode(), b"DATA"):
         conversation.sendall(command + b"\r\n")
         while (line := lines.readline())[3:4] == b"-":

@@ -17,8 +17,16 @@ from sqlalchemy import func, select, text
 from mailer.db import db
 from mailer.models import BounceEvent, BounceReportCount, Subscriber
 from mailer.services import subscriptions as subs
-from mailer.tokens import BOUNCE
-from tests.helpers.bounces import LmtpReceiver, Mta, arf, crlf, dsn, returned, sending_issue
+from tests.helpers.bounces import (
+    LmtpReceiver,
+    Mta,
+    arf,
+    crlf,
+    dsn,
+    returned,
+    sending_issue,
+    verp,
+)
 from tests.helpers.servers import ROOT, wait_until
 
 REPORTS = 15  # each piped twice by 6 processes at once: 30 processes (CI-sized)
@@ -82,13 +90,13 @@ def lmtp_reports(rt, dids, emails):
     plain = f"bounces@{BOUNCE_DOMAIN}"
     items, expected = [], {}
     for k, (did, email) in enumerate(zip(dids, emails, strict=True)):
-        verp = f"bounces+{rt.tokens.sign(BOUNCE, str(did))}@{BOUNCE_DOMAIN}"
+        to = verp(rt.tokens, did, BOUNCE_DOMAIN)
         theirs = returned(rt.tokens, did, email, ours=False)
         if k % 4 == 0:
-            items.append((dsn(theirs, email, headers_only=True), verp))
+            items.append((dsn(theirs, email, headers_only=True), to))
             expected[email] = ("bounced", 0)
         elif k % 4 == 1:
-            items.append((dsn(theirs, email, status="4.2.2", headers_only=True), verp))
+            items.append((dsn(theirs, email, status="4.2.2", headers_only=True), to))
             expected[email] = ("active", 1)
         elif k % 4 == 2:
             items.append((arf(returned(rt.tokens, did, email), None), plain))

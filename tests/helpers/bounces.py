@@ -143,6 +143,11 @@ def returned(tokens, delivery_id: int, email: str, *, ours: bool = True) -> byte
             f"{token}\r\nHi\r\n").encode()
 
 
+def verp(tokens, delivery_id: int, domain: str) -> str:
+    """The envelope sender we gave the delivery's message: where its bounces come back to."""
+    return f"bounces+{tokens.sign(BOUNCE, str(delivery_id))}@{domain}"
+
+
 def crlf(message: bytes) -> bytes:
     return message.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
