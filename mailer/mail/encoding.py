@@ -57,6 +57,14 @@ def _encode_line(data: bytes, out: list[str], ends_line: bool) -> None:
     out.append("".join(line))
 
 
+def _as_is(line: str) -> bool:
+    """Whether _encode_line would write this line unchanged on one physical line: most lines
+    of a mail, which then skip the byte-by-byte walk."""
+    return not line or (
+        len(line) <= MAX_LINE and line[0] != "." and _PLAIN_VALUE.fullmatch(line) is not None
+    )
+
+
 def encode_qp(text: str, ends_part: bool = True) -> str:
     """Quoted-printable for a piece of a part that starts at the beginning of a line.
 
@@ -67,7 +75,10 @@ def encode_qp(text: str, ends_part: bool = True) -> str:
     out: list[str] = []
     for k, line in enumerate(lines):
         last = k == len(lines) - 1
-        _encode_line(line.encode("utf-8"), out, ends_line=(not last) or ends_part)
+        if _as_is(line):
+            out.append(line)
+        else:
+            _encode_line(line.encode("utf-8"), out, ends_line=(not last) or ends_part)
         if not last:
             out[-1] += CRLF
     if not ends_part and out[-1]:

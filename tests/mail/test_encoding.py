@@ -11,6 +11,7 @@ import pytest
 from dkim.canonicalization import Relaxed
 
 from mailer.mail.encoding import (
+    _encode_line,
     encode_qp,
     encode_value,
     encoded_words,
@@ -25,6 +26,8 @@ SAMPLES = [
     "=3D is not an escape here = really  ",
     ". \n..\n.\n" + "a " * 120,
     "",
+    # Plain lines at the one-physical-line limit and just past it, and their neighbours.
+    "y" * 75 + "\n" + "y" * 76 + "\n" + "a b " * 18 + "c\n" + "a b" * 26 + "\n.y\nlast ",
 ]
 
 
@@ -48,6 +51,20 @@ def test_quoted_printable_round_trips_within_the_wire_rules(text):
     body = wire.encode() + b"\r\n--boundary--\r\n"  # as in a message: a part never ends it
     # DKIM's relaxed body canonicalization leaves it unchanged: bh= is SHA-256 of the bytes.
     assert Relaxed.canonicalize_body(body) == body
+
+
+@pytest.mark.parametrize("text", SAMPLES + [
+    "Please confirm your subscription to The Daily.\nhttps://daily.example/confirm/abc_DEF-123",
+    "Hello Ada,\n\nTop stories: council votes; bridge (again) & more!\n-- \nThe Daily",
+])
+def test_lines_written_as_they_are_match_the_byte_by_byte_encoder(text):
+    expected = []
+    lines = normalized(text).split("\n")
+    for k, line in enumerate(lines):
+        out: list[str] = []
+        _encode_line(line.encode("utf-8"), out, ends_line=True)
+        expected.append("".join(out) if k == len(lines) - 1 else "".join(out) + "\r\n")
+    assert encode_qp(text) == "".join(expected)
 
 
 @pytest.mark.parametrize("column", [0, 1, 37, 74, 75, 76, 150])
