@@ -16,7 +16,7 @@ from datetime import datetime
 from email.headerregistry import Address
 from email.utils import formataddr, parseaddr
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import delete, exists, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from mailer.clock import utcnow
@@ -354,18 +354,30 @@ def update(session: Session, newsletter: Newsletter, data: dict, *, known_sectio
 
 
 def reader_counts(session: Session) -> dict[int, dict[str, int]]:
-    """Readers per newsletter, in one grouped query: `active` get its next issue, `pending`
-    have not confirmed, `unsubscribed` left it, `suppressed` kept their subscription but
-    bounced or complained as a person (they get nothing until reactivated)."""
-    rows = session.execute(
-        select(Subscription.newsletter_id, Subscription.status, Subscriber.status, func.count())
+    """Readers per newsletter, in one query: `active` get its next issue, `pending` have not
+    confirmed, `unsubscribed` left it, `suppressed` kept their subscription but bounced or
+    complained as a person (they get nothing until reactivated)."""
+    # Subscriptions by status need no reader; only the few active subscriptions of readers
+    # who are not active themselves (suppressed) are looked up, instead of joining every
+    # subscription to its reader.
+    by_status = (
+        select(Subscription.newsletter_id, Subscription.status, func.count(),
+               literal(False).label("suppressed"))
+        .group_by(Subscription.newsletter_id, Subscription.status)
+    )
+    suppressed = (
+        select(Subscription.newsletter_id, Subscription.status, func.count(),
+               literal(True).label("suppressed"))
         .join(Subscriber, Subscriber.id == Subscription.subscriber_id)
-        .group_by(Subscription.newsletter_id, Subscription.status, Subscriber.status)
+        .where(Subscription.status == SubscriptionStatus.ACTIVE,
+               Subscriber.status.in_([s for s in SubscriberStatus if s != SubscriberStatus.ACTIVE]))
+        .group_by(Subscription.newsletter_id, Subscription.status)
     )
     out: dict[int, dict[str, int]] = {}
-    for newsletter_id, status, person, n in rows:
+    for newsletter_id, status, n, is_suppressed in session.execute(union_all(by_status, suppressed)):
         counts = out.setdefault(newsletter_id, dict.fromkeys(COUNT_KEYS, 0))
-        if status == SubscriptionStatus.ACTIVE and person != SubscriberStatus.ACTIVE:
+        if is_suppressed:
+            counts["active"] -= n
             counts["suppressed"] += n
         else:
             counts[str(status)] += n

@@ -12,7 +12,6 @@ from mailer.mail.outbox import list_outbox, read_outbox
 from mailer.models import Role
 from mailer.runtime import runtime
 from mailer.services import newsletters, reports, users
-from mailer.services import subscriptions as subs
 from mailer.tasks.queues import broker_backlog
 from mailer.web import auth
 from mailer.web.admin import charts
@@ -168,7 +167,7 @@ def index():
     return render_template(
         "admin/index.html",
         chart=chart,
-        counts=subs.counts_by_status(db.session),
+        counts=history["counts"],
         per_newsletter=newsletters.with_counts(db.session),
         embedded=settings.smtp is None,
         history=history,
