@@ -13,6 +13,7 @@ from sqlalchemy import select
 from mailer.cli import Context, cli, fail, pass_ctx, progress
 from mailer.db import db
 from mailer.models import Subscriber, User
+from mailer.services import subscriber_admin as admin
 from mailer.services import subscriptions as subs
 from mailer.services import users
 
@@ -225,23 +226,13 @@ def subscribers_import(ctx: Context, file, source: str, slugs: tuple[str, ...]):
     )
 
 
-EXPORT_FIELDS = ["email", "name", "status", "frequency", "sections", "created_at",
-                 "confirmed_at", "unsubscribed_at", "source", "newsletters"]
-
-
 @subscribers.command("export")
 @click.argument("file", type=click.File("w", encoding="utf-8"), default="-")
 @pass_ctx
 def subscribers_export(ctx: Context, file):
     """Write every reader as CSV with a header row (to stdout without FILE); `newsletters`
     holds the slugs of what each reader receives (active subscriptions), `;`-separated."""
-    iso = lambda d: d.isoformat() if d else ""  # noqa: E731
     writer = csv.writer(file)
-    writer.writerow(EXPORT_FIELDS)
+    writer.writerow(admin.EXPORT_FIELDS)
     with ctx.app.app_context(), db.transaction() as s:
-        for batch, receives in subs.export_batches(s):
-            for sub in batch:
-                writer.writerow([sub.email, sub.name or "", sub.status.value, sub.frequency.value,
-                                 sub.sections.replace(",", ";"), iso(sub.created_at),
-                                 iso(sub.confirmed_at), iso(sub.unsubscribed_at), sub.source,
-                                 ";".join(receives.get(sub.id, []))])
+        writer.writerows(admin.export_rows(s))

@@ -143,14 +143,16 @@ def counts_by_status(session: Session, newsletter_id: int | None = None) -> dict
 
 def export_rows(session: Session, *, q: str = "", status: str = "", section: str = "",
                 newsletter_id: int | None = None):
-    """Every matching reader as a CSV row (the same columns as `mailer subscribers export`)."""
+    """Every matching reader as a CSV row (EXPORT_FIELDS: `mailer subscribers export` and the
+    console's export)."""
     iso = lambda d: d.isoformat() if d else ""  # noqa: E731
     where = _filters(q, status, section, newsletter_id)
-    for batch, receives in subs.export_batches(session, where):
-        for sub in batch:
-            yield [sub.email, sub.name or "", sub.status.value, sub.frequency.value,
-                   sub.sections.replace(",", ";"), iso(sub.created_at), iso(sub.confirmed_at),
-                   iso(sub.unsubscribed_at), sub.source, ";".join(receives.get(sub.id, []))]
+    for batch in subs.export_batches(session, where):
+        for (_id, email, name, person, frequency, sections, created_at, confirmed_at,
+             unsubscribed_at, source, _slug), slugs in batch:
+            yield [email, name or "", person.value, frequency.value, sections.replace(",", ";"),
+                   iso(created_at), iso(confirmed_at), iso(unsubscribed_at), source,
+                   ";".join(slugs)]
 
 
 def get_subscriber(session: Session, subscriber_id: int) -> Subscriber:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import delete, exists, func, select, update
+from sqlalchemy import and_, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from mailer.clock import utcnow
 from mailer.errors import Conflict, NotFound, ValidationError
@@ -1226,23 +1226,48 @@ def import_rows(
 
 
 EXPORT_BATCH = 500  # readers an export reads at a time, their newsletters with them
+# What an export reads of a reader (besides their newsletters).
+EXPORT_COLUMNS = (Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status,
+                  Subscriber.frequency, Subscriber.sections, Subscriber.created_at,
+                  Subscriber.confirmed_at, Subscriber.unsubscribed_at, Subscriber.source)
 
 
 def export_batches(session: Session, where=()):
-    """The readers matching `where`, by id, in batches of EXPORT_BATCH, each with
-    active_newsletter_slugs of its readers. Each batch is a query of its own (keyset, by id),
-    not a page of one streamed query: a query run while PostgreSQL streams another made an
-    export of 100,000 readers take minutes."""
+    """The readers matching `where`, by id, in batches of up to EXPORT_BATCH readers: lists
+    of (row, slugs), row the reader's EXPORT_COLUMNS (then one newsletter's slug, to ignore)
+    and slugs the newsletters of their active subscriptions, oldest newsletter first.
+
+    Each batch is one query of its own (keyset, by id), not a page of one streamed query: a
+    query run while PostgreSQL streams another made an export of 100,000 readers take
+    minutes. The batch's readers come with their newsletters joined (a reader of three
+    newsletters is three rows), as plain rows: no ORM object per reader, no second query.
+    """
+    held = aliased(Subscription)
     last = 0
     while True:
-        batch = list(session.scalars(
-            select(Subscriber).where(*where, Subscriber.id > last)
-            .order_by(Subscriber.id).limit(EXPORT_BATCH)
-        ))
+        readers = (
+            select(*EXPORT_COLUMNS).where(*where, Subscriber.id > last)
+            .order_by(Subscriber.id).limit(EXPORT_BATCH).subquery("readers")
+        )
+        batch: list[tuple] = []
+        reader = None
+        # Through the connection: Core rows, without the ORM's loading machinery.
+        for row in session.connection().execute(
+            select(readers, Newsletter.slug)
+            .outerjoin(held, and_(held.subscriber_id == readers.c.id,
+                                  held.status == SubscriptionStatus.ACTIVE))
+            .outerjoin(Newsletter, Newsletter.id == held.newsletter_id)
+            .order_by(readers.c.id, Newsletter.id)
+        ):
+            if reader is None or reader[0][0] != row[0]:
+                reader = (row, [])
+                batch.append(reader)
+            if row[-1] is not None:
+                reader[1].append(row[-1])
         if not batch:
             return
-        yield batch, active_newsletter_slugs(session, [sub.id for sub in batch])
-        last = batch[-1].id
+        yield batch
+        last = batch[-1][0][0]
 
 
 def subscriptions_by_reader(
@@ -1266,16 +1291,6 @@ def subscriptions_by_reader(
     for row in session.execute(stmt):
         found.setdefault(row.subscriber_id, []).append(row)
     return found
-
-
-def active_newsletter_slugs(session: Session, subscriber_ids: Iterable[int]) -> dict[int, list[str]]:
-    """These readers' active subscriptions as newsletter slugs (oldest newsletter first), by
-    subscriber id, in one query: what an export lists for a batch of readers."""
-    return {
-        subscriber_id: [row.slug for row in rows]
-        for subscriber_id, rows in subscriptions_by_reader(
-            session, subscriber_ids, active_only=True).items()
-    }
 
 
 def counts_by_status(session: Session) -> dict[str, int]:
