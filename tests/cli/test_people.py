@@ -6,7 +6,7 @@ import csv
 import io
 import json
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -212,6 +212,32 @@ def test_export_lists_the_newsletters_a_reader_receives(runner, tmp_path, make_e
     # Oldest newsletter first; one the reader left is not listed.
     assert got[a] == ("active", "evening")
     assert got[b] == ("active", "morning;evening")
+
+
+def test_export_reads_a_batch_of_readers_and_their_newsletters_in_one_query(
+        runner, tmp_path, make_email, monkeypatch):
+    monkeypatch.setattr(subscriptions, "EXPORT_BATCH", 2)
+    _two_newsletters()
+    emails = [make_email() for _ in range(5)]
+    path = tmp_path / "list.csv"
+    path.write_text("email,newsletters\n" + "".join(f"{e},morning;evening\n" for e in emails))
+    assert runner.invoke(["subscribers", "import", str(path), "--source", "fair"]).exit_code == 0
+    statements = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        result = runner.invoke(["subscribers", "export"])
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert [(r["email"], r["newsletters"]) for r in rows] == [
+        (e, "morning;evening") for e in emails
+    ]
+    # Five readers, two a batch: three batches and the empty one that ends the export, each
+    # one query (not one more per batch for the newsletters).
+    assert len([s for s in statements if "FROM subscribers" in s]) == 4
+    assert len(statements) == 4
 
 
 def test_show_lists_the_readers_newsletters(runner, tmp_path, make_email):

@@ -73,6 +73,9 @@ def test_readers_by_status_over_time_from_their_timestamps_and_events(client):
     assert at(25) == (1, 1, 2, 0, 0)  # c is pending
     assert at(28) == (2, 1, 2, 0, 0)  # e arrived ...
     assert at(31) == (1, 1, 3, 0, 0)  # ... and complained on the 30th
+    # The same pass over the readers counts them by status for the tiles.
+    assert h["counts"] == {"pending": 1, "active": 1, "unsubscribed": 1, "bounced": 1,
+                           "complained": 1}
 
     with time_machine.travel(NOW, tick=False):
         login(client, Role.EDITOR, "editor@daily.example")
@@ -152,6 +155,17 @@ def test_warnings_bounces_rising_paused_uncertain_and_broken_feeds(client):
     assert row in text and f"{row} " in text
     letter = newsletters.first(db.session).name
     assert f"#{latest.id} {letter} {latest.started_at:%Y-%m-%d %H:%M} finished 17 0 3" in text
+
+
+def test_an_issues_bounces_are_the_refusals_it_tried_not_the_readers_who_had_left(client):
+    issue = issue_with({DeliveryStatus.SENT: 3, DeliveryStatus.FAILED_PERMANENT: 2,
+                        DeliveryStatus.PENDING: 1}, started=utcnow())
+    # A reader who left before their turn: refused without being tried.
+    db.session.add(Delivery(issue_id=issue.id, subscriber_id=add_readers(1, prefix="gone")[0],
+                            status=DeliveryStatus.FAILED_PERMANENT, attempts=0))
+    db.session.commit()
+    counts = reports.issue_counts(db.session, [issue.id])[issue.id]
+    assert (counts["total"], counts["sent"], counts["bounced"]) == (7, 3, 2)
 
 
 def test_a_steady_bounce_rate_is_no_warning_but_a_high_one_is():
