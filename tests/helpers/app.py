@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from contextlib import contextmanager
+
+from sqlalchemy import event, text
 
 from tests.helpers.servers import ROOT
 
@@ -66,3 +68,19 @@ class MailerRunner:
         from mailer.cli import cli
 
         return CliRunner().invoke(cli, args, obj=self.context, input=input, catch_exceptions=False)
+
+
+@contextmanager
+def statements(engine):
+    """The SQL statements run on `engine` inside the block, in order: for tests that bound a
+    page's or a command's cost by its number of queries."""
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_):
+        seen.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -5,7 +5,7 @@ removed only when nothing was ever sent from it."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -22,6 +22,7 @@ from mailer.models import (
     SubscriptionStatus,
 )
 from mailer.services import newsletters
+from tests.helpers.app import statements
 
 # These tests make every newsletter they use, the first one too.
 pytestmark = pytest.mark.usefixtures("no_newsletters")
@@ -196,14 +197,9 @@ def test_the_list_counts_readers_per_newsletter_in_one_grouped_query(app):
     _reader("bounced@example.com", SubscriberStatus.BOUNCED, **{f"n{b.id}": active})
     db.session.commit()
 
-    statements = []
-    listener = lambda *args: statements.append(args[2])  # noqa: E731
-    event.listen(db.engine, "before_cursor_execute", listener)
-    try:
+    with statements(db.engine) as ran:
         listed = newsletters.with_counts(db.session)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", listener)
-    assert len(statements) == 2  # the counts, the newsletters: no query per newsletter
+    assert len(ran) == 2  # the counts, the newsletters: no query per newsletter
     counts = {n.slug: c for n, c in listed}
     assert counts == {
         "a": {"active": 3, "pending": 1, "unsubscribed": 1, "suppressed": 0},

@@ -10,8 +10,6 @@ import io
 import re
 from datetime import timedelta
 
-from sqlalchemy import event
-
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import (
@@ -29,6 +27,7 @@ from mailer.models import (
     SubscriptionStatus,
 )
 from mailer.services import newsletters
+from tests.helpers.app import statements
 from tests.helpers.console import add_readers, login, text_of
 
 SPORT = "The Sport Letter"
@@ -62,13 +61,8 @@ def _readers_of_two_letters() -> str:
 
 def _statements(client, url: str) -> tuple[int, str]:
     """(SQL statements the page ran, its text)."""
-    seen = []
-    listener = lambda *args: seen.append(args[2])  # noqa: E731
-    event.listen(db.engine, "before_cursor_execute", listener)
-    try:
+    with statements(db.engine) as seen:
         resp = client.get(url)
-    finally:
-        event.remove(db.engine, "before_cursor_execute", listener)
     assert resp.status_code == 200
     return len(seen), text_of(resp)
 
