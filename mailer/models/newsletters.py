@@ -89,6 +89,12 @@ class Newsletter(Base):
     def section_list(self) -> list[str]:
         return sections_list(self.sections)
 
+    @property
+    def takes_readers(self) -> bool:
+        """Offered to anyone without an invitation: public and not archived (the condition
+        of services.newsletters.offered, for one newsletter at hand)."""
+        return self.public and self.archived_at is None
+
 
 class Subscription(Base):
     """One reader's subscription to one newsletter."""

@@ -654,7 +654,7 @@ def resubscribe(
     if newsletter_id is None:
         newsletter_id = nl.first(session).id
     newsletter = session.get(Newsletter, newsletter_id)
-    if newsletter is None or not newsletter.public or newsletter.archived_at is not None:
+    if newsletter is None or not newsletter.takes_readers:
         # Only what the public forms offer may start again without an invitation.
         raise ValidationError("newsletter", "This newsletter takes no new readers.")
     consent = newsletters_named(consent, [newsletter.name])
@@ -871,33 +871,6 @@ def subscriptions_of(session: Session, subscriber_id: int) -> list[Subscription]
     ))
 
 
-def update_preferences(
-    session: Session, sub: Subscriber, *, name: str | None, frequency: Frequency, sections: str,
-    newsletter_id: int | None = None,
-) -> None:
-    """The reader's name, and the frequency and sections of their subscription to one
-    newsletter (None: the first)."""
-    changes = []
-    if sub.name != name:
-        changes.append("name")
-    sub.name = name
-    held = subscription(session, sub, newsletter_id)
-    if held is not None:
-        if held.frequency != frequency:
-            changes.append(f"frequency={frequency}")
-        if held.sections != sections:
-            changes.append(f"sections={sections or 'all'}")
-        held.frequency, held.sections = frequency, sections
-        # The person's own columns keep the last choice made (what webhook payloads
-        # report); deliveries read the subscription.
-        sub.frequency, sub.sections = frequency, sections
-    if changes:
-        _event(session, sub.id, "preferences", ", ".join(changes))
-        hooks.emit(session, "subscriber.updated",
-                   hooks.subscriber_data(sub, changed=[c.split("=")[0] for c in changes]),
-                   subscriber_id=sub.id)
-
-
 @dataclass
 class Choice:
     """What the preferences form says about one newsletter: on or off, how often, which
@@ -914,12 +887,6 @@ def sections_offered(newsletter: Newsletter, site_sections: Iterable[str]) -> li
     site = list(site_sections)
     own = newsletter.section_list
     return [s for s in site if s in own] if own else site
-
-
-def preference_newsletters(session: Session, sub: Subscriber) -> list[Newsletter]:
-    """What a reader's preferences page lists: every newsletter they have a subscription to
-    (whatever its status), oldest first."""
-    return [held.newsletter for held in subscriptions_of(session, sub.id)]
 
 
 def apply_preferences(
@@ -945,7 +912,7 @@ def apply_preferences(
         )
         if newsletter is None:
             raise ValidationError("newsletter", "That newsletter does not exist.")
-        offered = newsletter.public and newsletter.archived_at is None
+        offered = newsletter.takes_readers
         if current is None and not offered:
             raise ValidationError(
                 "newsletter", f"{newsletter.name} cannot be chosen on this page."

@@ -293,7 +293,7 @@ def _may_start(newsletter_id: int | None) -> bool:
     archived."""
     found = (db.session.get(Newsletter, newsletter_id) if newsletter_id is not None
              else newsletters.first(db.session))
-    return found is not None and found.public and found.archived_at is None
+    return found is not None and found.takes_readers
 
 
 _PER_NEWSLETTER = ("shown", "on", "frequency", "sections")
@@ -315,7 +315,7 @@ def _preference_rows(sub) -> list[dict]:
             "newsletter": newsletter,
             "held": held,
             "on": held.status in subs.OPEN_SUBSCRIPTION,
-            "may_start": newsletter.public and newsletter.archived_at is None,
+            "may_start": newsletter.takes_readers,
             "sections": _section_choices(newsletter),
         })
     return rows

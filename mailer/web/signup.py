@@ -66,7 +66,7 @@ def chosen_newsletters(data: Mapping, only: Newsletter | None = None) -> list[Ne
     found = {n.slug: n for n in newsletters.by_slugs(db.session, slugs)}
     for slug in slugs:
         n = found.get(slug)
-        if n is None or not n.public or n.archived_at is not None:
+        if n is None or not n.takes_readers:
             raise ValidationError("newsletters", f"There is no newsletter {slug[:60]!r} to "
                                                  "subscribe to.")
     return sorted({found[s].id: found[s] for s in slugs}.values(), key=lambda n: n.id)

@@ -119,7 +119,9 @@ def test_each_change_of_a_reader_is_an_event_and_erasure_takes_the_address_out(
         subs.confirm(s, uid, s.get(subs.Subscriber, sub_id).confirm_requested_at)
     with db.transaction() as s:
         sub = s.get(subs.Subscriber, sub_id)
-        subs.update_preferences(s, sub, name="Ada L.", frequency=Frequency.DAILY, sections="")
+        first = newsletters.first(s).id
+        subs.apply_preferences(s, sub, name="Ada L.", consent=CONSENT,
+                               choices=[subs.Choice(first, True, Frequency.DAILY, "")])
     with db.transaction() as s:
         subs.unsubscribe(s, uid, "one-click")
     with db.transaction() as s:

@@ -183,8 +183,8 @@ def test_preferences_and_resubscribe_are_per_newsletter(rt, make_email):
         sub = s.scalar(select(Subscriber).where(Subscriber.email == email))
         # From a link of sport's: the reader starts it, then picks its frequency.
         subs.resubscribe(s, sub, CONSENT, sport)
-        subs.update_preferences(s, sub, name="Ann", frequency=Frequency.DAILY, sections="",
-                                newsletter_id=sport)
+        subs.apply_preferences(s, sub, name="Ann", consent=CONSENT,
+                               choices=[subs.Choice(sport, True, Frequency.DAILY, "")])
     assert held(email) == {first: ("active", "weekly", ""), sport: ("active", "daily", "")}
     with db.transaction() as s:
         kinds = list(s.scalars(select(ConsentRecord.kind).where(
