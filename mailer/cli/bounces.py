@@ -95,16 +95,13 @@ def record_reports(ctx: Context, reports) -> list[str]:
 
 def record_now(ctx: Context, reports) -> list[str]:
     """record_reports() for a caller that answers a failure itself: raises it."""
-    from collections import Counter
-
     from mailer.db import db
     from mailer.services import bounces as service
 
-    tally: Counter[str] = Counter()  # counted at the end, in one order: no lock-order waits
+    if not reports:
+        return []
     with db.transaction() as s:
-        outcomes = [service.record(s, ctx.settings, r, tally=tally) for r in reports]
-        if reports:
-            service.count_tally(s, reports[0].source, tally)
+        outcomes = service.record_many(s, ctx.settings, reports[0].source, reports)
     return [describe(r, o) for r, o in zip(reports, outcomes, strict=True)]
 
 

@@ -144,6 +144,18 @@ def record(
     return outcome
 
 
+def record_many(
+    session: Session, settings: Settings, source: Source | str, reports: list[Report], *,
+    now: datetime | None = None,
+) -> list[Outcome]:
+    """Record several reports of one way in, in the caller's one transaction, in the order
+    given; their outcomes are counted at the end (count_tally), not as they come."""
+    tally: Counter[str] = Counter()
+    outcomes = [record(session, settings, r, now=now, tally=tally) for r in reports]
+    count_tally(session, source, tally)
+    return outcomes
+
+
 def count_tally(session: Session, source: Source | str, tally: Counter[str]) -> None:
     """Count a transaction's outcomes, one row each, always in the same order."""
     for result in sorted(tally):

@@ -59,8 +59,6 @@ def record_reports(
     rows in the same order, and counted at the end (bounces.count_tally): a provider posting
     batches in parallel cannot make two requests wait on each other.
     """
-    tally: Counter[str] = Counter()
-    for report in sorted(reports, key=lambda r: (r.addresses, r.key)):
-        bounces.record(session, settings, report, now=now, tally=tally)
-    bounces.count_tally(session, source, tally)
-    return dict(tally)
+    ordered = sorted(reports, key=lambda r: (r.addresses, r.key))
+    outcomes = bounces.record_many(session, settings, source, ordered, now=now)
+    return dict(Counter(o.result for o in outcomes))
