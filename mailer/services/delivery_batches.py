@@ -98,13 +98,11 @@ _OPEN = (
             )),
         )
     )
-    # The batch is whatever dispatch() claimed for the token: the issue's rows in flight
-    # (one index range) filtered by claimed_by, rather than a list of hundreds of ids.
-    .where(
-        DELIVERIES.c.issue_id == bindparam("b_issue"),
-        DELIVERIES.c.status == DeliveryStatus.SENDING,
-        DELIVERIES.c.claimed_by == bindparam("b_queued"),
-    )
+    # The batch is whatever dispatch() claimed for the token among the ids the task was
+    # given: primary-key lookups. (Not the issue's rows in flight filtered by claimed_by:
+    # every update of a row leaves an entry in the status indexes until vacuum, so that
+    # range holds several dead entries per row of the issue and grows with the send.)
+    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
     .order_by(DELIVERIES.c.id)
 )
 _WITHDRAW = (
@@ -149,11 +147,7 @@ _OUTCOME = (
 )
 _HOLD = (
     update(DELIVERIES)
-    .where(
-        DELIVERIES.c.issue_id == bindparam("b_issue"),
-        DELIVERIES.c.status == DeliveryStatus.SENDING,
-        DELIVERIES.c.claimed_by == bindparam("b_queued"),
-    )
+    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
     .values(claimed_by=bindparam("b_held"))
 )
 _RELEASE = (
@@ -361,12 +355,10 @@ class BatchRunner:
             conn.execute(_RELEASE, {"b_ids": ids, "b_queued": run.in_broker})
             return None, []
         # From here on the rows name this process: if it dies, they go back at once.
-        conn.execute(
-            _HOLD, {"b_issue": run.issue_id, "b_queued": run.in_broker, "b_held": run.queued}
-        )
+        conn.execute(_HOLD, {"b_ids": ids, "b_queued": run.in_broker, "b_held": run.queued})
         claimed, gone = [], []
         for did, variant_id, attempts, sub_id, email, name, uid, state, held in conn.execute(
-            _OPEN, {"b_issue": run.issue_id, "b_queued": run.queued}
+            _OPEN, {"b_ids": ids, "b_issue": run.issue_id, "b_queued": run.queued}
         ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
                 gone.append(
