@@ -77,23 +77,53 @@ def logo_url(settings: Settings, name: str) -> str:
     return f"{settings.base_url}/{LOGO_DIR}/{name}"
 
 
+# The columns a newsletter's look is made of: a query that needs only the look reads these.
+LOOK_COLUMNS = (
+    Newsletter.name, Newsletter.masthead_title, Newsletter.footer_md, Newsletter.logo_file,
+    Newsletter.logo_url, Newsletter.accent_color, Newsletter.header_font,
+)
+
+# Finished looks by what they are made of (LOOK_COLUMNS and the two settings they read):
+# rendering the footer costs more than the rest of a confirmation's build, and the values
+# themselves are the key, so an edited newsletter is simply another entry.
+_LOOKS: dict[tuple, Look] = {}
+_LOOKS_MAX = 64
+
+
 def look_of(newsletter: Newsletter, settings: Settings) -> Look:
     """The newsletter's look as it is now."""
-    name = newsletter.name
-    title = newsletter.masthead_title or name
-    html, text = footer(newsletter.footer_md or "", name)
+    return look_from(tuple(getattr(newsletter, c.key) for c in LOOK_COLUMNS), settings)
+
+
+def look_from(values: tuple, settings: Settings) -> Look:
+    """The look made of a newsletter's LOOK_COLUMNS values (a row of them, in that order)."""
+    key = (*values, settings.base_url, str(settings.instance_path))
+    found = _LOOKS.get(key)
+    if found is None:
+        found = _build_look(*values, settings)
+        if found.logo_width is not None or not values[3]:  # a lost logo file: look again
+            if len(_LOOKS) >= _LOOKS_MAX:
+                _LOOKS.clear()
+            _LOOKS[key] = found
+    return found
+
+
+def _build_look(name, masthead_title, footer_md, logo_file, linked_logo, accent_color,
+                header_font, settings: Settings) -> Look:
+    title = masthead_title or name
+    html, text = footer(footer_md or "", name)
     width = height = None
-    if newsletter.logo_file:
-        logo = logo_url(settings, newsletter.logo_file)
-        width, height = _logo_size(settings, newsletter.logo_file)
+    if logo_file:
+        logo = logo_url(settings, logo_file)
+        width, height = _logo_size(settings, logo_file)
     else:
-        logo = newsletter.logo_url or None
+        logo = linked_logo or None
     return Look(
         logo_width=width,
         logo_height=height,
         title=title,
-        accent=newsletter.accent_color or DEFAULT_ACCENT,
-        font=newsletter.header_font if newsletter.header_font in FONTS else DEFAULT_FONT,
+        accent=accent_color or DEFAULT_ACCENT,
+        font=header_font if header_font in FONTS else DEFAULT_FONT,
         logo=logo,
         logo_alt=title,
         footer_html=html,

@@ -7,10 +7,10 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, delete, exists, func, select, update
+from sqlalchemy import and_, bindparam, delete, exists, func, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -617,21 +617,6 @@ def _activate_pending(session: Session, subscriber_id: int, now) -> None:
     )
 
 
-def to_confirm(session: Session, subscriber_id: int) -> list[Newsletter]:
-    """What a confirmation mail lists, oldest newsletter first: the newsletters the reader
-    asked for and has not confirmed; when none is pending (a bounced reader whose
-    subscriptions stayed as they were), the ones confirming brings back."""
-    rows = session.execute(
-        select(Newsletter, Subscription.status)
-        .join(Subscription, Subscription.newsletter_id == Newsletter.id)
-        .where(Subscription.subscriber_id == subscriber_id,
-               Subscription.status.in_(OPEN_SUBSCRIPTION))
-        .order_by(Newsletter.id)
-    ).all()
-    pending = [n for n, status in rows if status == SubscriptionStatus.PENDING]
-    return pending or [n for n, _ in rows]
-
-
 def has_pending(session: Session, subscriber_id: int) -> bool:
     """Whether the reader asked for a newsletter they have not confirmed yet."""
     return session.scalar(
@@ -729,33 +714,122 @@ _CONFIRMATION_OWED = (Subscriber.confirm_sent_at.is_(None)) | (
 )
 
 
-def claim_confirmation(session: Session, subscriber_id: int, requested: datetime | None) -> bool:
-    """Take the confirmation mail owed for the request made at `requested`; False if taken.
+@dataclass(frozen=True)
+class Confirmation:
+    """A confirmation mail claimed (take_confirmation): what it says and to whom."""
 
-    A conditional UPDATE: of two copies of the sending task (or a task and the sweeper's),
-    only one passes. The claim stores the request time it serves, not this host's clock,
-    so clock skew between hosts cannot re-open it.
-    """
-    return session.execute(
+    email: str
+    uid: str
+    requested: datetime  # the request it answers (its link is signed for it)
+    # An active reader with nothing left to confirm gets "you are already subscribed".
+    already_subscribed: bool
+    # (name, description) of what the mail lists, oldest newsletter first: the newsletters
+    # asked for and not confirmed; when none is pending (a bounced reader whose
+    # subscriptions stayed as they were), the ones confirming brings back.
+    newsletters: list[tuple[str, str | None]]
+    look: tuple | None  # the site look's looks.LOOK_COLUMNS (the first newsletter's)
+
+
+def _confirmation_claim():
+    """Take the mail owed for the reader's request if it is `c_since` or newer: a
+    conditional UPDATE, so of two copies of the sending task (or a task and the sweeper's)
+    only one passes. The claim stores the request time it serves, not this host's clock, so
+    clock skew between hosts cannot re-open it. Parameter names are not column names."""
+    return (
         update(Subscriber)
         .where(
-            Subscriber.id == subscriber_id,
-            Subscriber.confirm_requested_at == requested,
+            Subscriber.id == bindparam("c_id"),
+            Subscriber.confirm_requested_at >= bindparam("c_since"),
             _CONFIRMATION_OWED,
+            _MAY_CONFIRM | (Subscriber.status == SubscriberStatus.ACTIVE),
         )
-        .values(confirm_sent_at=requested)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+        .values(confirm_sent_at=Subscriber.confirm_requested_at)
+        .returning(Subscriber.id, Subscriber.email, Subscriber.uid, Subscriber.status,
+                   Subscriber.confirm_requested_at)
+    )
 
 
-def release_confirmation(
-    session: Session, subscriber_id: int, requested: datetime | None, previous: datetime | None
-) -> None:
-    """Give a claim back (the mail was not sent), so a retry can take it."""
+def _confirmation_details(claimed):
+    """What the mail needs, one row per open subscription of the `claimed` reader (at least
+    one row), each with the site look's columns."""
+    from mailer.services.looks import LOOK_COLUMNS
+
+    opened = (
+        select(Subscription.subscriber_id, Subscription.newsletter_id,
+               Subscription.status.label("subscription_status"),
+               Newsletter.name.label("newsletter_name"), Newsletter.description)
+        .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
+        .where(Subscription.status.in_(OPEN_SUBSCRIPTION))
+        .subquery("opened")
+    )
+    site = select(*LOOK_COLUMNS).order_by(Newsletter.id).limit(1).subquery("site")
+    return (
+        select(claimed.c.email, claimed.c.uid, claimed.c.status, claimed.c.confirm_requested_at,
+               opened.c.subscription_status, opened.c.newsletter_name, opened.c.description,
+               *site.c)
+        .select_from(
+            claimed.outerjoin(opened, opened.c.subscriber_id == claimed.c.id)
+            .outerjoin(site, true())
+        )
+        .order_by(opened.c.newsletter_id)
+    )
+
+
+_TAKE: dict[str, tuple] = {}
+# `since` for a claim of whatever request is owed.
+_ANY_REQUEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def take_confirmation(
+    session: Session, subscriber_id: int, since: datetime | None
+) -> Confirmation | None:
+    """Claim the confirmation mail owed for the reader's request made at `since` or later
+    (None: whichever is owed) and read what the mail says; None if nothing is owed (or the
+    request is not committed yet). PostgreSQL: one statement (a data-modifying CTE)."""
+    from mailer.services.looks import LOOK_COLUMNS
+
+    dialect = session.bind.dialect.name
+    statements = _TAKE.get(dialect)
+    if statements is None:
+        claim = _confirmation_claim()
+        if dialect == "postgresql":
+            statements = _TAKE[dialect] = (None, _confirmation_details(claim.cte("claimed")))
+        else:
+            reader = (select(Subscriber.id, Subscriber.email, Subscriber.uid, Subscriber.status,
+                             Subscriber.confirm_requested_at)
+                      .where(Subscriber.id == bindparam("c_id")).subquery("claimed"))
+            statements = _TAKE[dialect] = (claim, _confirmation_details(reader))
+    claim, details = statements
+    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST}
+    # Core, through the session's connection: the statements touch no ORM object.
+    connection = session.connection()
+    if claim is not None and connection.execute(claim, params).first() is None:
+        return None
+    rows = connection.execute(details, params).all()
+    if not rows:
+        return None
+    first = rows[0]
+    statuses = [row.subscription_status for row in rows if row.subscription_status is not None]
+    pending = SubscriptionStatus.PENDING in statuses
+    listed = [(row.newsletter_name, row.description) for row in rows
+              if row.subscription_status == SubscriptionStatus.PENDING or not pending]
+    already = first.status == SubscriberStatus.ACTIVE and not pending
+    look = tuple(first[-len(LOOK_COLUMNS):])
+    return Confirmation(
+        email=first.email, uid=first.uid, requested=first.confirm_requested_at,
+        already_subscribed=already,
+        newsletters=[] if already else [(n, d) for n, d in listed if n is not None],
+        look=look if look[0] is not None else None,
+    )
+
+
+def release_confirmation(session: Session, subscriber_id: int, requested: datetime) -> None:
+    """Give a claim back (the mail was not sent), so a retry or the sweeper can take it: a
+    mail is owed while nothing was sent since the request."""
     session.execute(
         update(Subscriber)
         .where(Subscriber.id == subscriber_id, Subscriber.confirm_sent_at == requested)
-        .values(confirm_sent_at=previous)
+        .values(confirm_sent_at=None)
         .execution_options(synchronize_session=False)
     )
 

@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timedelta
 
 from celery import shared_task
-from sqlalchemy import select
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -21,21 +20,35 @@ log = logging.getLogger(__name__)
 
 
 # A signup pushes its confirmation just before its COMMIT (web.signup_gate): a worker that
-# is quicker than the COMMIT waits for it, this often, this long apart.
+# is quicker than the COMMIT finds nothing to claim yet and tries again, this often, this
+# long apart.
 COMMIT_WAITS = 10
 COMMIT_WAIT = 0.3
 
 
-def _wait_for_commit(subscriber_id: int, requested: datetime) -> None:
-    for _ in range(COMMIT_WAITS):
+def _take(subscriber_id: int, since: datetime | None):
+    """The claimed confirmation (subscriptions.take_confirmation), or why there is none.
+
+    The common case is one transaction: the claim itself is conditional on the request
+    `since` being committed and visible. Only when it claims nothing does a second look
+    tell a request not committed yet (wait, then claim again) from a mail not owed."""
+    for attempt in range(COMMIT_WAITS + 1):
+        if attempt == COMMIT_WAITS:
+            since = None  # rolled back, or replaced meanwhile: whatever is owed now
         with db.transaction() as s:
-            asked = s.scalar(
-                select(Subscriber.confirm_requested_at).where(Subscriber.id == subscriber_id)
-            )
-        if asked is not None and asked >= requested:
-            return
+            taken = subscriptions.take_confirmation(s, subscriber_id, since)
+            if taken is not None:
+                return taken, None
+            sub = s.get(Subscriber, subscriber_id)
+            asked = sub.confirm_requested_at if sub is not None else None
+            if since is None or (asked is not None and asked >= since):
+                if sub is None or not (
+                    subscriptions.may_confirm(sub) or sub.status == SubscriberStatus.ACTIVE
+                ):
+                    return None, "not pending"
+                return None, "already sent"
         time.sleep(COMMIT_WAIT)
-    # Rolled back, or replaced meanwhile: whatever is owed now is handled below.
+    raise AssertionError("unreachable: the last attempt claims whatever is owed")
 
 
 @shared_task(name="mailer.send_confirmation", **RETRY)
@@ -45,36 +58,20 @@ def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
     names the request the message was pushed for; until that request is committed and
     visible, the task waits."""
     rt = runtime()
-    if requested:
-        _wait_for_commit(subscriber_id, datetime.fromisoformat(requested))
-    with db.transaction() as s:
-        sub = s.get(Subscriber, subscriber_id)
-        if sub is None or not (
-            subscriptions.may_confirm(sub) or sub.status == SubscriberStatus.ACTIVE
-        ):
-            return "not pending"
-        previous, requested_at = sub.confirm_sent_at, sub.confirm_requested_at
-        claimed = subscriptions.claim_confirmation(s, subscriber_id, requested_at)
-        # An active reader who asked for another newsletter confirms it like a new reader.
-        email, uid = sub.email, sub.uid
-        active = sub.status == SubscriberStatus.ACTIVE and not subscriptions.has_pending(
-            s, subscriber_id
-        )
-        look = looks.site_look(s, rt.settings)
-        asked = [] if active or not claimed else [
-            (n.name, n.description) for n in subscriptions.to_confirm(s, subscriber_id)
-        ]
-    if not claimed:
-        return "already sent"
-    if active:
-        out = rt.notices.already_subscribed(email, uid, look)
+    taken, why_not = _take(subscriber_id, datetime.fromisoformat(requested) if requested else None)
+    if taken is None:
+        return why_not
+    look = looks.look_from(taken.look, rt.settings) if taken.look else looks.plain(rt.settings)
+    if taken.already_subscribed:
+        out = rt.notices.already_subscribed(taken.email, taken.uid, look)
     else:
-        out = rt.notices.confirmation(email, uid, requested_at, look, asked)
+        out = rt.notices.confirmation(taken.email, taken.uid, taken.requested, look,
+                                      taken.newsletters)
     try:
         rt.transport.send(out.envelope_from, out.recipient, out.data)
     except TemporaryFailure:
         with db.transaction() as s:  # give the claim back so a retry can take it
-            subscriptions.release_confirmation(s, subscriber_id, requested_at, previous)
+            subscriptions.release_confirmation(s, subscriber_id, taken.requested)
         raise
     except PermanentFailure as e:
         log.info("confirmation to subscriber %s refused: %s", subscriber_id, e)
