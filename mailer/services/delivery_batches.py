@@ -29,8 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from types import SimpleNamespace
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import BigInteger, any_, bindparam, exists, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -69,69 +71,13 @@ RELEASE_DELAY = 10.0  # seconds before rows the server never saw are tried again
 # claimed_by alone says which rows a run holds: "q:<token>" = queued for it, not tried;
 # its tried marker = tried by it. Conditions on the indexed status column would tempt the
 # planner into scanning every row in flight instead of using the primary key.
-_IDS = bindparam("b_ids", expanding=True)
 _ISSUE_STATUS = select(ISSUES.c.status).where(ISSUES.c.id == bindparam("b_issue"))
-_OPEN = (
-    select(
-        DELIVERIES.c.id,
-        DELIVERIES.c.variant_id,
-        DELIVERIES.c.attempts,
-        SUBSCRIBERS.c.id,
-        SUBSCRIBERS.c.email,
-        SUBSCRIBERS.c.name,
-        SUBSCRIBERS.c.uid,
-        SUBSCRIBERS.c.status,
-        SUBSCRIPTIONS.c.status,
-    )
-    .select_from(
-        DELIVERIES.outerjoin(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
-        # The reader's subscription to the issue's newsletter (an issue made before issues
-        # named one belongs to the first): a reader who left it since the send started is
-        # not mailed.
-        .outerjoin(
-            SUBSCRIPTIONS,
-            (SUBSCRIPTIONS.c.subscriber_id == DELIVERIES.c.subscriber_id)
-            & (SUBSCRIPTIONS.c.newsletter_id == func.coalesce(
-                select(ISSUES.c.newsletter_id)
-                .where(ISSUES.c.id == bindparam("b_issue")).scalar_subquery(),
-                select(func.min(Newsletter.__table__.c.id)).scalar_subquery(),
-            )),
-        )
-    )
-    # The batch is whatever dispatch() claimed for the token among the ids the task was
-    # given: primary-key lookups. (Not the issue's rows in flight filtered by claimed_by:
-    # every update of a row leaves an entry in the status indexes until vacuum, so that
-    # range holds several dead entries per row of the issue and grows with the send.)
-    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
-    .order_by(DELIVERIES.c.id)
-)
 _WITHDRAW = (
     update(DELIVERIES)
     .where(DELIVERIES.c.id == bindparam("b_id"), DELIVERIES.c.claimed_by == bindparam("b_queued"))
     .values(
         status=DeliveryStatus.FAILED_PERMANENT, last_error=bindparam("b_err"), claimed_by=None
     )
-)
-_BEGIN = (
-    update(DELIVERIES)
-    .where(
-        DELIVERIES.c.id.in_(_IDS),
-        DELIVERIES.c.claimed_by == bindparam("b_queued"),
-        exists().where(
-            ISSUES.c.id == bindparam("b_issue"), ISSUES.c.status == IssueStatus.SENDING
-        ),
-    )
-    .values(
-        claimed_by=bindparam("b_tried"),
-        attempts=DELIVERIES.c.attempts + 1,
-        claimed_at=bindparam("b_now"),
-    )
-    .returning(DELIVERIES.c.id)
-)
-_SENT = (
-    update(DELIVERIES)
-    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_tried"))
-    .values(status=DeliveryStatus.SENT, sent_at=bindparam("b_now"), last_error=None)
 )
 _OUTCOME = (
     update(DELIVERIES)
@@ -145,21 +91,95 @@ _OUTCOME = (
         claimed_at=bindparam("b_now"),
     )
 )
-_HOLD = (
-    update(DELIVERIES)
-    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
-    .values(claimed_by=bindparam("b_held"))
-)
-_RELEASE = (
-    update(DELIVERIES)
-    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
-    .values(status=DeliveryStatus.PENDING, claimed_by=None, claimed_at=None)
-)
-_REQUEUE = (
-    update(DELIVERIES)
-    .where(DELIVERIES.c.id.in_(_IDS), DELIVERIES.c.claimed_by == bindparam("b_queued"))
-    .values(claimed_by=bindparam("b_new"), claimed_at=bindparam("b_now"))
-)
+
+
+def _by_ids(by_ids) -> SimpleNamespace:
+    """The statements that name rows by id, with `by_ids` as the condition on the ids."""
+    open_ = (
+        select(
+            DELIVERIES.c.id,
+            DELIVERIES.c.variant_id,
+            DELIVERIES.c.attempts,
+            SUBSCRIBERS.c.id,
+            SUBSCRIBERS.c.email,
+            SUBSCRIBERS.c.name,
+            SUBSCRIBERS.c.uid,
+            SUBSCRIBERS.c.status,
+            SUBSCRIPTIONS.c.status,
+        )
+        .select_from(
+            DELIVERIES.outerjoin(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+            # The reader's subscription to the issue's newsletter (an issue made before issues
+            # named one belongs to the first): a reader who left it since the send started is
+            # not mailed.
+            .outerjoin(
+                SUBSCRIPTIONS,
+                (SUBSCRIPTIONS.c.subscriber_id == DELIVERIES.c.subscriber_id)
+                & (SUBSCRIPTIONS.c.newsletter_id == func.coalesce(
+                    select(ISSUES.c.newsletter_id)
+                    .where(ISSUES.c.id == bindparam("b_issue")).scalar_subquery(),
+                    select(func.min(Newsletter.__table__.c.id)).scalar_subquery(),
+                )),
+            )
+        )
+        # The batch is whatever dispatch() claimed for the token among the ids the task was
+        # given: primary-key lookups. (Not the issue's rows in flight filtered by claimed_by:
+        # every update of a row leaves an entry in the status indexes until vacuum, so that
+        # range holds several dead entries per row of the issue and grows with the send.)
+        .where(by_ids, DELIVERIES.c.claimed_by == bindparam("b_queued"))
+        .order_by(DELIVERIES.c.id)
+    )
+    begin = (
+        update(DELIVERIES)
+        .where(
+            by_ids,
+            DELIVERIES.c.claimed_by == bindparam("b_queued"),
+            exists().where(
+                ISSUES.c.id == bindparam("b_issue"), ISSUES.c.status == IssueStatus.SENDING
+            ),
+        )
+        .values(
+            claimed_by=bindparam("b_tried"),
+            attempts=DELIVERIES.c.attempts + 1,
+            claimed_at=bindparam("b_now"),
+        )
+        .returning(DELIVERIES.c.id)
+    )
+    sent = (
+        update(DELIVERIES)
+        .where(by_ids, DELIVERIES.c.claimed_by == bindparam("b_tried"))
+        .values(status=DeliveryStatus.SENT, sent_at=bindparam("b_now"), last_error=None)
+    )
+    hold = (
+        update(DELIVERIES)
+        .where(by_ids, DELIVERIES.c.claimed_by == bindparam("b_queued"))
+        .values(claimed_by=bindparam("b_held"))
+    )
+    release = (
+        update(DELIVERIES)
+        .where(by_ids, DELIVERIES.c.claimed_by == bindparam("b_queued"))
+        .values(status=DeliveryStatus.PENDING, claimed_by=None, claimed_at=None)
+    )
+    requeue = (
+        update(DELIVERIES)
+        .where(by_ids, DELIVERIES.c.claimed_by == bindparam("b_queued"))
+        .values(claimed_by=bindparam("b_new"), claimed_at=bindparam("b_now"))
+    )
+    return SimpleNamespace(
+        open=open_, begin=begin, sent=sent, hold=hold, release=release, requeue=requeue
+    )
+
+
+# A list of ids is one array parameter on PostgreSQL: the statement's text stays the same
+# whatever the number of ids, so SQLAlchemy and psycopg reuse it (and PostgreSQL prepares it)
+# instead of rendering and parsing one placeholder per id at every execution. SQLite has
+# no arrays: an IN list there.
+_SQL = {
+    "postgresql": _by_ids(DELIVERIES.c.id == any_(bindparam("b_ids", type_=ARRAY(BigInteger)))),
+    None: _by_ids(DELIVERIES.c.id.in_(bindparam("b_ids", expanding=True))),
+}
+
+
 _TRIED_COUNTS = (
     select(DELIVERIES.c.status, func.count())
     .where(
@@ -247,6 +267,7 @@ class BatchRunner:
         self.settings = settings
         self.enqueue = enqueue
         self.clock = clock
+        self.sql = _SQL.get(engine.dialect.name, _SQL[None])
         self._conn: Connection | None = None
 
     # --- transactions -------------------------------------------------------------------
@@ -329,7 +350,7 @@ class BatchRunner:
 
     def _release(self, conn: Connection, rows: list[Claimed]) -> None:
         """The issue was paused or cancelled: rows not tried go back to pending."""
-        conn.execute(_RELEASE, self._ids(rows))
+        conn.execute(self.sql.release, self._ids(rows))
 
     def _hand_to_retry(self, unsent: list[Claimed], rest: list[Claimed]) -> None:
         """The server (or the rate limiter) is unreachable: the rows it never saw and the
@@ -338,7 +359,7 @@ class BatchRunner:
         run.retry = Batch(new_token(), [c.id for c in unsent + rest], chain=False)
         if rest:
             moved = {**self._ids(rest), "b_new": QUEUED + run.retry.token, "b_now": self.clock()}
-            self._tx(lambda conn: conn.execute(_REQUEUE, moved))
+            self._tx(lambda conn: conn.execute(self.sql.requeue, moved))
         run.report.released += len(rest)
         run.report.stopped = "server unreachable"
 
@@ -352,13 +373,13 @@ class BatchRunner:
         """The rows queued for this task with their readers; the next batch of the chain."""
         run = self.current
         if self._issue_status(conn) != IssueStatus.SENDING:
-            conn.execute(_RELEASE, {"b_ids": ids, "b_queued": run.in_broker})
+            conn.execute(self.sql.release, {"b_ids": ids, "b_queued": run.in_broker})
             return None, []
         # From here on the rows name this process: if it dies, they go back at once.
-        conn.execute(_HOLD, {"b_ids": ids, "b_queued": run.in_broker, "b_held": run.queued})
+        conn.execute(self.sql.hold, {"b_ids": ids, "b_queued": run.in_broker, "b_held": run.queued})
         claimed, gone = [], []
         for did, variant_id, attempts, sub_id, email, name, uid, state, held in conn.execute(
-            _OPEN, {"b_ids": ids, "b_issue": run.issue_id, "b_queued": run.queued}
+            self.sql.open, {"b_ids": ids, "b_issue": run.issue_id, "b_queued": run.queued}
         ):
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
                 gone.append(
@@ -404,7 +425,7 @@ class BatchRunner:
         """Mark the group as tried, only while the issue is sending; the ids marked."""
         return set(
             conn.scalars(
-                _BEGIN,
+                self.sql.begin,
                 {
                     **self._ids(group),
                     "b_issue": self.current.issue_id,
@@ -489,7 +510,7 @@ class BatchRunner:
         now = prepared["now"]
         if prepared["sent"]:
             tried = {"b_ids": prepared["sent"], "b_tried": self.current.tried, "b_now": now}
-            conn.execute(_SENT, tried)
+            conn.execute(self.sql.sent, tried)
         if prepared["rows"]:
             conn.execute(_OUTCOME, prepared["rows"])
         if prepared["bounced"]:
