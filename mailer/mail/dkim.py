@@ -45,8 +45,10 @@ class DkimError(ValueError):
 def canon_header(line: str) -> str:
     """Relaxed canonical form of one header line `Name: value` (possibly folded), with CRLF."""
     name, _, value = line.partition(":")
-    value = _WSP.sub(" ", value.replace("\r\n", "")).strip(" ")
-    return f"{name.strip().lower()}:{value}\r\n"
+    value = value.replace("\r\n", "")
+    if "  " in value or "\t" in value:  # most lines have single spaces: no regex for them
+        value = _WSP.sub(" ", value)
+    return f"{name.strip().lower()}:{value.strip(' ')}\r\n"
 
 
 def body_hash(body: bytes) -> str:

@@ -16,7 +16,7 @@ from mailer.config import load_settings
 from mailer.links import Links
 from mailer.mail import placeholders as ph
 from mailer.mail.compiled import NEUTRAL_NAME, CompiledVariant, Reader
-from mailer.mail.dkim import DkimError, DkimSigner, load_key
+from mailer.mail.dkim import DkimError, DkimSigner, canon_header, load_key
 from mailer.tokens import Tokens
 from tests.helpers.delivery import make_renderer
 
@@ -170,6 +170,26 @@ def test_dkim_rsa_and_ed25519_verify_and_cover_the_one_click_headers(settings, t
     for message in (changed_body, changed_header, changed_token, added):
         assert message != data
         assert not verifies(message, 0) and not verifies(message, 1)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Subject: plain single spaces",
+        "Subject:  two  spaces, a\ttab and a trailing one ",
+        "To:\t\t Ada  <ada@example.com>\t",
+        "List-Unsubscribe: <https://daily.example/u/x>,\r\n <mailto:u@daily.example>",
+        "DKIM-Signature: v=1; a=rsa-sha256;\r\n\t h=from:to;\r\n bh=abc=;\r\n b=",
+        "Date:Mon, 7 Dec 2026 05:00:00 +0000",
+        "X-Empty: ",
+    ],
+)
+def test_header_canonicalization_is_dkimpys_relaxed(line):
+    from dkim.canonicalization import Relaxed
+
+    name, _, value = line.partition(":")
+    [(cname, cvalue)] = Relaxed.canonicalize_headers([(name.encode(), value.encode() + b"\r\n")])
+    assert canon_header(line) == (cname + b":" + cvalue).decode()
 
 
 def test_unusable_dkim_keys_are_refused_with_a_reason(tmp_path):

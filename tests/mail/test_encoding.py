@@ -11,6 +11,7 @@ import pytest
 from dkim.canonicalization import Relaxed
 
 from mailer.mail.encoding import (
+    _as_is,
     _encode_line,
     encode_qp,
     encode_value,
@@ -88,6 +89,25 @@ def test_a_value_fits_wherever_the_placeholder_lands(column, value):
     assert all(len(line) <= 76 and not line.startswith(".") for line in wire.split("\r\n"))
     body = wire.encode() + b"\r\n--boundary--\r\n"
     assert Relaxed.canonicalize_body(body) == body
+
+
+def test_the_plain_value_shortcut_writes_what_the_byte_by_byte_encoder_writes():
+    # Every string of up to four characters from an alphabet of the cases that matter
+    # (space, tab, '=', a leading dot, non-ASCII, the ends of the printable range).
+    alphabet = [" ", "\t", "=", ".", "a", "~", "!", "é"]
+    values = [""]
+    for _ in range(4):
+        values += [v + c for v in values if len(v) == len(values[-1]) for c in alphabet]
+    values += ["a" * 75, "a" * 76, " " + "a" * 74, "a " * 40, "x.y" * 30]
+    assert sum(map(_as_is, values)) > 100  # the shortcut is taken, not only refused
+    for value in values:
+        line: list[str] = []
+        _encode_line(value.encode("utf-8"), line, ends_line=True)
+        assert not _as_is(value) or value == "".join(line), value
+        if value and "\t" not in value:
+            out: list[str] = []
+            _encode_line(value.encode("utf-8"), out, ends_line=False)
+            assert encode_value(value) == "".join(out) + "=\r\n", value
 
 
 def test_headers_encode_fold_and_parse_back():
