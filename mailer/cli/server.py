@@ -150,20 +150,10 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     _supervised(supervise, "the worker")
     ctx.web = False
     celery = ctx.app.extensions["celery"]
-    argv = ["worker", f"--loglevel={loglevel}", f"--pool={pool}", "-Q", queues,
-            "--without-gossip", "--without-mingle"]
-    if concurrency:
-        argv.append(f"--concurrency={concurrency}")
-    if beat:
-        argv += ["--beat", f"--schedule={ctx.settings.instance_path / 'celerybeat-schedule'}"]
     os.environ.setdefault("C_FORCE_ROOT", "1")  # containers often run as root
     from mailer import supervise
 
     supervise.exit_after_unrecoverable_error()
-    # Everything imported so far is shared with the prefork children; frozen, the garbage
-    # collector never walks (and so never copies) those objects in each child.
-    import gc
-
     if ctx.settings.dkim_key_file or ctx.settings.dkim_ed25519_key_file:
         from mailer.mail import dkim
 
@@ -171,8 +161,24 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     from sqlalchemy.orm import configure_mappers
 
     configure_mappers()  # once here, instead of at each pool process's first query
+    # Celery's worker class itself, as its `celery worker` command builds it, rather than
+    # that command: its module loads every other Celery command too, among them an
+    # interactive shell (click_repl, prompt_toolkit) and a syntax highlighter (pygments),
+    # 8 MB that each prefork child would carry.
+    options = {"pool_cls": pool, "loglevel": loglevel, "queues": queues,
+               "without_gossip": True, "without_mingle": True, "concurrency": concurrency}
+    if beat:
+        options.update(beat=True,
+                       schedule_filename=str(ctx.settings.instance_path / "celerybeat-schedule"))
+    process = celery.Worker(**options)
+    # Everything loaded by now (the app, Celery's worker and pool, the broker's transport)
+    # is what each prefork child starts with: frozen, the garbage collector never walks (and
+    # so never copies) those objects in the children.
+    import gc
+
     gc.freeze()
-    celery.worker_main(argv)
+    process.start()
+    sys.exit(process.exitcode)
 
 
 @cli.command()

@@ -39,6 +39,60 @@ def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path
     assert {"httpx", "markdown_it"} <= set(out.stdout.split())
 
 
+# Celery's command line (celery.bin): every `celery` subcommand, with an interactive shell
+# and a highlighter.
+CELERY_COMMAND_LINE = ("click_repl", "prompt_toolkit", "pygments")
+
+# Run in a real `mailer worker`: each pool process, once forked, writes what it carries.
+POOL_PROBE = """
+import gc, os, sys
+from pathlib import Path
+from celery import signals
+
+@signals.worker_process_init.connect(weak=False)
+def report(**_):
+    import celery.concurrency.prefork as prefork
+    frozen = not any(o is prefork.TaskPool.on_start for o in gc.get_objects())
+    Path(sys.argv[1], str(os.getpid())).write_text(
+        " ".join(sorted(sys.modules)) + "\\nfrozen:" + str(frozen))
+
+from mailer.cli import main
+main(["worker", "--pool", "prefork", "--concurrency", "1", "-Q", "send", "--no-supervise"])
+"""
+
+
+def test_a_pool_process_carries_no_command_line_and_starts_frozen(env, tmp_path):
+    """What a prefork child of `mailer worker` has loaded: not Celery's command line (its
+    shell and highlighter, 8 MB), nor what only other work needs; and the objects of the
+    worker's own machinery, loaded when Celery builds its worker, are frozen for the
+    garbage collector like the app's."""
+    report = tmp_path / "report"
+    report.mkdir()
+    (tmp_path / "probe.py").write_text(POOL_PROBE)
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "probe.py"), str(report)],
+                            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_until(lambda: any(report.iterdir()) or proc.poll() is not None, 60, 0.1,
+                   what="a pool process to start")
+        found = list(report.iterdir())
+        assert found, (tmp_path / "worker.log").read_text()[-3000:]
+        wait_until(lambda: "frozen:" in found[0].read_text(), 10, 0.1, what="the report")
+        modules, frozen = found[0].read_text().split("\n")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+    loaded = set(modules.split())
+    carried = sorted(m for m in loaded
+                     if m.split(".")[0] in NOT_FOR_SENDING + CELERY_COMMAND_LINE
+                     or m.startswith("celery.bin"))
+    assert carried == [], f"a pool process carries {carried}"
+    assert "celery.concurrency.prefork" in loaded and "mailer.tasks.delivery" in loaded
+    assert frozen == "frozen:True"
+
+
 def test_pool_processes_die_with_their_worker(env, tmp_path):
     """The pool processes ask the kernel to be killed with their parent (set through ctypes
     rather than billiard's cffi, which costs each of them 6 MB): a worker SIGKILLed alone
