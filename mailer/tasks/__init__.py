@@ -16,6 +16,14 @@ from mailer.tasks import (  # noqa: F401
     webhooks,  # noqa: F401 - forgetting old webhook request tokens
 )
 from mailer.tasks.base import enqueue, tick
-from mailer.tasks.notices import send_confirmation, send_email_change, send_welcome
+from mailer.tasks.notices import (
+    send_confirmation,
+    send_confirmations,
+    send_email_change,
+    send_welcome,
+)
 
-__all__ = ["enqueue", "send_confirmation", "send_email_change", "send_welcome", "tick"]
+__all__ = [
+    "enqueue", "send_confirmation", "send_confirmations", "send_email_change", "send_welcome",
+    "tick",
+]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 
 from celery import shared_task
@@ -24,17 +26,17 @@ log = logging.getLogger(__name__)
 # long apart.
 COMMIT_WAITS = 10
 COMMIT_WAIT = 0.3
+NOT_COMMITTED = "not committed"
 
 
-def _take(subscriber_id: int, since: datetime | None):
+def _take(subscriber_id: int, since: datetime | None, waits: int):
     """The claimed confirmation (subscriptions.take_confirmation), or why there is none.
 
     The common case is one transaction: the claim itself is conditional on the request
     `since` being committed and visible. Only when it claims nothing does a second look
-    tell a request not committed yet (wait, then claim again) from a mail not owed."""
-    for attempt in range(COMMIT_WAITS + 1):
-        if attempt == COMMIT_WAITS:
-            since = None  # rolled back, or replaced meanwhile: whatever is owed now
+    tell a request not committed yet (wait, `waits` times at most, then NOT_COMMITTED) from
+    a mail not owed."""
+    for attempt in range(waits + 1):
         with db.transaction() as s:
             taken = subscriptions.take_confirmation(s, subscriber_id, since)
             if taken is not None:
@@ -47,18 +49,15 @@ def _take(subscriber_id: int, since: datetime | None):
                 ):
                     return None, "not pending"
                 return None, "already sent"
-        time.sleep(COMMIT_WAIT)
-    raise AssertionError("unreachable: the last attempt claims whatever is owed")
+        if attempt < waits:
+            time.sleep(COMMIT_WAIT)
+    return None, NOT_COMMITTED
 
 
-@shared_task(name="mailer.send_confirmation", **RETRY)
-def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
-    """Mail the confirmation owed to a reader (to an active reader who signed up again: a
-    short "you are already subscribed" with the preferences link). `requested` (ISO time)
-    names the request the message was pushed for; until that request is committed and
-    visible, the task waits."""
-    rt = runtime()
-    taken, why_not = _take(subscriber_id, datetime.fromisoformat(requested) if requested else None)
+def _mail(rt, subscriber_id: int, since: datetime | None, waits: int) -> str:
+    """Claim and send one confirmation; its outcome ("sent", "already sent", ...). Raises
+    TemporaryFailure after giving the claim back."""
+    taken, why_not = _take(subscriber_id, since, waits)
     if taken is None:
         return why_not
     look = looks.look_from(taken.look, rt.settings) if taken.look else looks.plain(rt.settings)
@@ -77,6 +76,104 @@ def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
         log.info("confirmation to subscriber %s refused: %s", subscriber_id, e)
         return "refused"
     return "sent"
+
+
+@shared_task(name="mailer.send_confirmation", **RETRY)
+def send_confirmation(subscriber_id: int, requested: str | None = None) -> str:
+    """Mail the confirmation owed to a reader (to an active reader who signed up again: a
+    short "you are already subscribed" with the preferences link). `requested` (ISO time)
+    names the request the message was pushed for; until that request is committed and
+    visible, the task waits."""
+    rt = runtime()
+    since = datetime.fromisoformat(requested) if requested else None
+    outcome = _mail(rt, subscriber_id, since, COMMIT_WAITS)
+    if outcome == NOT_COMMITTED:  # rolled back, or replaced meanwhile: whatever is owed now
+        outcome = _mail(rt, subscriber_id, None, 0)
+    return outcome
+
+
+# With Redis, a signup does not push a task per confirmation. Its script (web.signup_gate)
+# pushes the confirmation (reader and request) onto the CONFIRMATIONS list, and a
+# `send_confirmations` task only when no task is draining that list (DRAINING, set by the
+# script, renewed by the task while it works, dropped when it finds the list empty). Under
+# load one task mails many confirmations, so the broker's and Celery's work per task (a
+# good half of a worker's CPU per confirmation) is paid per drain, not per mail. Each
+# confirmation is still claimed in a transaction of its own before it is sent. A worker
+# that dies holding entries loses nothing: their confirmations stay owed in SQL and the
+# sweeper hands them over (CONFIRMATION_GRACE); DRAINING expires and the next signup
+# starts a new drain.
+CONFIRMATIONS = "mailer-confirmations"
+DRAINING = "mailer-confirmations-draining"
+DRAINING_TTL = 30  # seconds
+DRAIN_TAKE = 20  # entries taken from the list at a time
+
+
+def confirmation_entry(subscriber_id: int, requested: datetime) -> bytes:
+    """A confirmation on the CONFIRMATIONS list: the reader and the request it answers."""
+    return f"{subscriber_id} {requested.isoformat()}".encode()
+
+
+_clients: dict[tuple[int, str], object] = {}
+
+
+def _redis(settings):
+    """This process's client of the Redis the signups push onto."""
+    key = (os.getpid(), settings.redis_url)
+    client = _clients.get(key)
+    if client is None:
+        import redis
+
+        client = _clients[key] = redis.Redis.from_url(
+            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+    return client
+
+
+@shared_task(name="mailer.send_confirmations", **RETRY)
+def send_confirmations() -> dict:
+    """Mail the confirmations on the CONFIRMATIONS list until it is empty: the outcomes."""
+    rt = runtime()
+    client = _redis(rt.settings)
+    done: Counter = Counter()
+    while True:
+        entries = client.rpop(CONFIRMATIONS, DRAIN_TAKE)  # the oldest first
+        if not entries:
+            client.delete(DRAINING)
+            # A signup that pushed after the last pop and before the delete saw DRAINING
+            # and queued no task: if the list is not empty, take it up again (unless that
+            # signup's own task has it already).
+            if not client.llen(CONFIRMATIONS) or not client.set(
+                DRAINING, 1, nx=True, ex=DRAINING_TTL
+            ):
+                return dict(done)
+            continue
+        client.expire(DRAINING, DRAINING_TTL)
+        later = []
+        for entry in entries:
+            sub_id, requested = entry.decode().split(" ", 1)
+            confirmation = (int(sub_id), datetime.fromisoformat(requested))
+            # A request not committed yet waits after the others, not before them.
+            outcome = _drained(rt, *confirmation, waits=0)
+            if outcome == NOT_COMMITTED:
+                later.append(confirmation)
+            else:
+                done[outcome] += 1
+        for sub_id, since in later:
+            outcome = _drained(rt, sub_id, since, COMMIT_WAITS)
+            if outcome == NOT_COMMITTED:
+                outcome = _drained(rt, sub_id, None, 0)
+            done[outcome] += 1
+
+
+def _drained(rt, subscriber_id: int, since: datetime | None, waits: int) -> str:
+    """One confirmation of a drain; one the SMTP server deferred goes back to a task of
+    its own, with the usual retries."""
+    try:
+        return _mail(rt, subscriber_id, since, waits)
+    except TemporaryFailure as e:
+        log.info("confirmation to subscriber %s deferred: %s", subscriber_id, e)
+        enqueue(send_confirmation, subscriber_id, countdown=RETRY["retry_backoff"])
+        return "deferred"
 
 
 @shared_task(name="mailer.send_welcome", **RETRY)

@@ -16,10 +16,10 @@ from mailer.models import Newsletter
 from mailer.runtime import runtime
 from mailer.services import after_commit, newsletters
 from mailer.services import subscriptions as subs
-from mailer.tasks import send_confirmation
+from mailer.tasks import notices, send_confirmation, send_confirmations
 from mailer.tasks.base import wire_message
 from mailer.web.extensions import client_ip
-from mailer.web.signup_gate import SignupGate
+from mailer.web.signup_gate import Handoff, SignupGate
 
 log = logging.getLogger(__name__)
 
@@ -126,15 +126,17 @@ def _admit(confirmation: tuple[int, datetime] | None) -> None:
     """Count this request against the limits; with Redis, hand over the confirmation in
     the same round trip. Raises 429 (after a rollback) when a limit is full."""
     idents = {"ip": client_ip(), "address": address_key()}
-    queue = message = None
+    handoff = None
     if confirmation and runtime().settings.redis_url:
         try:
-            queue, message = wire_message(send_confirmation, confirmation[0],
-                                          confirmation[1].isoformat())
+            queue, message = wire_message(send_confirmations)
+            handoff = Handoff(queue, message, notices.CONFIRMATIONS,
+                              notices.confirmation_entry(*confirmation), notices.DRAINING,
+                              notices.DRAINING_TTL)
         except Exception as e:  # noqa: BLE001 - no broker: the sweeper sends it
             log.warning("confirmation of subscriber %s left to the sweeper: %s",
                         confirmation[0], e)
-    verdict = gate().admit(idents, queue, message)
+    verdict = gate().admit(idents, handoff)
     if not verdict.allowed:
         db.session.rollback()
         raise TooManyRequests(retry_after=verdict.retry_after)

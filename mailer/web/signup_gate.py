@@ -8,11 +8,13 @@ Lua script, run after the signup's SQL statement and before its COMMIT:
 1. if any window is full, nothing is counted or queued and the request is refused (the
    caller rolls back and answers 429 with the window's time left);
 2. otherwise every window is counted (fixed windows, expiring with the window) and, when a
-   confirmation is owed, the task's message is pushed onto the worker's queue.
+   confirmation is owed, it is pushed onto the list of confirmations to mail, and the
+   task that mails them (its message built by the caller) onto the worker's queue unless
+   a task is already draining that list (tasks.notices.CONFIRMATIONS, DRAINING).
 
-The message reaches the queue just before the COMMIT, so a worker can pick it up before
-the reader's row is visible; the message names the request it serves and the task waits
-for it (tasks.notices.send_confirmation). The alternative, pushing after the COMMIT, costs a
+The confirmation reaches the list just before the COMMIT, so a worker can take it before
+the reader's row is visible; the entry names the request it serves and the task waits for
+it (tasks.notices.send_confirmations). The alternative, pushing after the COMMIT, costs a
 second round trip on every signup.
 
 Redis down, restarting or slow (timeouts of half a second): limits fall back to counters in
@@ -39,10 +41,12 @@ BACKOFF = 5.0  # seconds without Redis after it failed
 TIMEOUT = 0.5  # seconds: a signup must not hang on an unreachable Redis
 PREFIX = "mailer-signup"
 
-# KEYS: the windows' counters, then the queue; ARGV: each window's size, then each window's
-# length in milliseconds, then the message ('' = nothing to queue).
+# KEYS: the windows' counters, then the queue, the confirmations' list and the key that says
+# a task is draining it; ARGV: each window's size, then each window's length in
+# milliseconds, then the task's message, the confirmation ('' = nothing to queue) and the
+# draining key's lifetime in seconds.
 SCRIPT = """
-local n = #KEYS - 1
+local n = #KEYS - 3
 for i = 1, n do
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
   if used >= tonumber(ARGV[i]) then
@@ -54,9 +58,12 @@ for i = 1, n do
     redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
   end
 end
-local message = ARGV[2 * n + 1]
-if message ~= '' then
-  redis.call('LPUSH', KEYS[n + 1], message)
+local entry = ARGV[2 * n + 2]
+if entry ~= '' then
+  redis.call('LPUSH', KEYS[n + 2], entry)
+  if redis.call('SET', KEYS[n + 3], '1', 'NX', 'EX', ARGV[2 * n + 3]) then
+    redis.call('LPUSH', KEYS[n + 1], ARGV[2 * n + 1])
+  end
   return {1, 1}
 end
 return {1, 0}
@@ -67,7 +74,20 @@ return {1, 0}
 class Verdict:
     allowed: bool
     retry_after: int = 0  # seconds, when refused
-    queued: bool = False  # the message is on the worker's queue
+    queued: bool = False  # the confirmation is on its list (and a task to mail it queued)
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """A confirmation for the worker: `entry` goes onto the `entries` list, and `message`
+    (the task that drains the list) onto `queue` unless the `draining` key is set."""
+
+    queue: str
+    message: bytes
+    entries: str
+    entry: bytes
+    draining: str
+    draining_ttl: int
 
 
 class SignupGate:
@@ -89,13 +109,12 @@ class SignupGate:
                 key = f"{PREFIX}/{scope}/{item.amount}/{item.get_expiry()}/{ident}"
                 yield key, item, scope, ident
 
-    def admit(self, idents: dict[str, str], queue: str | None = None,
-              message: bytes | None = None) -> Verdict:
-        """Count one request against every window of `idents` (scope -> who); push
-        `message` onto `queue` if all allow it."""
+    def admit(self, idents: dict[str, str], handoff: Handoff | None = None) -> Verdict:
+        """Count one request against every window of `idents` (scope -> who); if all allow
+        it, hand over the confirmation (`handoff`)."""
         if self.redis_url and time.monotonic() >= self._down_until:
             try:
-                return self._admit_redis(idents, queue, message)
+                return self._admit_redis(idents, handoff)
             except Exception as e:  # noqa: BLE001 - any Redis failure: degrade, never a 500
                 self._down_until = time.monotonic() + BACKOFF
                 log.warning("signup limits without Redis for %.0f s: %s", BACKOFF, e)
@@ -112,12 +131,17 @@ class SignupGate:
                 self._script = self._client.register_script(SCRIPT)
         return self._script
 
-    def _admit_redis(self, idents, queue, message) -> Verdict:
+    def _admit_redis(self, idents, handoff: Handoff | None) -> Verdict:
         windows = list(self._windows(idents))
-        keys = [key for key, *_ in windows] + [queue or f"{PREFIX}/no-queue"]
+        keys = [key for key, *_ in windows]
         args = [item.amount for _, item, *_ in windows]
         args += [item.get_expiry() * 1000 for _, item, *_ in windows]
-        args.append(message or b"")
+        if handoff is None:
+            keys += [f"{PREFIX}/no-queue", f"{PREFIX}/no-list", f"{PREFIX}/no-key"]
+            args += [b"", b"", 0]
+        else:
+            keys += [handoff.queue, handoff.entries, handoff.draining]
+            args += [handoff.message, handoff.entry, handoff.draining_ttl]
         allowed, extra = self._redis()(keys=keys, args=args)
         if not allowed:
             return Verdict(False, retry_after=max(1, -(-int(extra) // 1000)))

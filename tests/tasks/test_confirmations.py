@@ -19,7 +19,7 @@ from mailer.models import Frequency, Newsletter, Subscriber
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
 from mailer.tasks import notices
-from mailer.tasks.notices import send_confirmation
+from mailer.tasks.notices import send_confirmation, send_confirmations
 from tests.helpers.app import make_app, statements
 from tests.helpers.delivery import own_broker
 
@@ -144,3 +144,90 @@ def test_an_active_reader_gets_the_short_answer_in_the_sites_look(quiet, smtp, m
     with db.transaction() as s:
         s.execute(update(Newsletter).where(Newsletter.id == first.id)
                   .values(masthead_title=None))
+
+
+# --- with Redis: confirmations drained from a list, one task for many ----------------------
+
+
+def _queued(emails: list[str]) -> list[int]:
+    """Signups whose confirmations are on the list, as the signup's script leaves them."""
+    client = notices._redis(runtime().settings)
+    ids = []
+    for email in emails:
+        sub_id, requested = _signed_up(email)
+        client.lpush(notices.CONFIRMATIONS, notices.confirmation_entry(sub_id, requested))
+        ids.append(sub_id)
+    client.set(notices.DRAINING, 1, ex=notices.DRAINING_TTL)
+    return ids
+
+
+@pytest.mark.redis
+def test_one_drain_mails_every_confirmation_on_the_list_once(quiet, smtp, make_email):
+    emails = [make_email() for _ in range(notices.DRAIN_TAKE + 5)]
+    ids = _queued(emails)
+    client = notices._redis(runtime().settings)
+    client.lpush(notices.CONFIRMATIONS, notices.confirmation_entry(ids[0], utcnow()
+                                                                   - timedelta(hours=1)))
+    with statements(db.engine) as seen:
+        assert send_confirmations() == {"sent": len(emails), "already sent": 1}
+    assert len(seen) == len(emails) + 2  # one statement per mail; the repeat looks again
+    assert not client.exists(notices.DRAINING) and not client.llen(notices.CONFIRMATIONS)
+    for email in emails:
+        smtp.wait_for(email)
+    time.sleep(0.3)
+    assert all(len(smtp.to(email)) == 1 for email in emails)
+
+
+@pytest.mark.redis
+def test_a_signup_between_the_last_pop_and_the_end_of_the_drain_is_mailed(
+    quiet, smtp, make_email, monkeypatch
+):
+    first, late = make_email(), make_email()
+    _queued([first])
+    client = notices._redis(runtime().settings)
+    delete = type(client).delete
+
+    def signup_meanwhile(self, *keys):
+        # The late signup's script runs just before the drain lets go: it sees DRAINING
+        # and queues no task of its own.
+        if late not in (m.recipient for m in smtp.messages) and not _late:
+            _late.extend(_queued([late]))
+        return delete(self, *keys)
+
+    _late: list[int] = []
+    monkeypatch.setattr(type(client), "delete", signup_meanwhile)
+    assert send_confirmations() == {"sent": 2}
+    assert len(smtp.wait_for(late)) == 1 and len(smtp.wait_for(first)) == 1
+
+
+@pytest.mark.redis
+def test_confirmations_a_dead_drain_held_are_sent_by_the_sweeper(quiet, smtp, make_email,
+                                                                monkeypatch):
+    emails = [make_email() for _ in range(3)]
+    ids = _queued(emails)
+    client = notices._redis(runtime().settings)
+    client.rpop(notices.CONFIRMATIONS, 3)  # a worker took them and died
+    monkeypatch.setattr(notices, "CONFIRMATION_GRACE", 0)
+    monkeypatch.setattr(notices, "enqueue", lambda task, *args: task(*args))
+    time.sleep(0.01)
+    assert sorted(ids) == sorted(_owed())
+    assert notices.sweep_confirmations() == 3
+    assert _owed() == []
+    for email in emails:
+        assert len(smtp.wait_for(email)) == 1
+
+
+@pytest.mark.redis
+def test_a_deferred_confirmation_in_a_drain_goes_to_a_task_of_its_own(quiet, smtp, make_email,
+                                                                     monkeypatch):
+    deferred, other = make_email(), make_email()
+    ids = _queued([deferred, other])
+    smtp.once[deferred] = "451 try again later"
+    retried = []
+    monkeypatch.setattr(notices, "enqueue", lambda task, *args, **options: retried.append(
+        (task.name, args, options)))
+    assert send_confirmations() == {"deferred": 1, "sent": 1}
+    assert retried == [("mailer.send_confirmation", (ids[0],), {"countdown": 5})]
+    assert ids[0] in _owed()  # the claim was given back
+    assert send_confirmation(ids[0]) == "sent"
+    assert len(smtp.wait_for(deferred)) == 1 and len(smtp.wait_for(other)) == 1

@@ -8,6 +8,7 @@ from sqlalchemy import event, func, select
 
 from mailer.db import db
 from mailer.models import ConsentRecord, Subscriber, SubscriberEvent
+from mailer.tasks import notices
 from tests.helpers.app import make_app
 from tests.helpers.delivery import own_broker
 
@@ -68,13 +69,16 @@ def test_one_signup_is_three_database_round_trips_and_one_redis(app, env, tmp_pa
         assert db.session.scalar(
             select(func.count()).select_from(model).where(model.subscriber_id == sub.id)
         ) == 1
-    # The script queued the confirmation's task (the worker's end is in tests/tasks/test_faults
-    # and tests/cli/test_server_production), naming the request it serves.
+    # The script put the confirmation on the list of confirmations to mail, naming the
+    # request it serves, and queued one task to drain that list: the second signup found it
+    # queued (the worker's end is in tests/tasks/test_confirmations and test_faults).
     messages = [json.loads(m) for m in queue.lrange("celery", 0, -1)]
+    entries = queue.lrange(notices.CONFIRMATIONS, 0, -1)
     queue.close()
-    assert [m["headers"]["task"] for m in messages] == ["mailer.send_confirmation"] * 2
-    args = json.loads(base64.b64decode(messages[0]["body"]))[0]
-    assert args == [sub.id, sub.confirm_requested_at.isoformat()]
+    assert [m["headers"]["task"] for m in messages] == ["mailer.send_confirmations"]
+    assert json.loads(base64.b64decode(messages[0]["body"]))[0] == []
+    assert len(entries) == 2
+    assert entries[0] == notices.confirmation_entry(sub.id, sub.confirm_requested_at)
 
 
 def test_a_repeated_signup_within_the_cooldown_costs_the_same_and_queues_nothing(
