@@ -134,6 +134,16 @@ def send_confirmations() -> dict:
     """Mail the confirmations on the CONFIRMATIONS list until it is empty: the outcomes."""
     rt = runtime()
     client = _redis(rt.settings)
+    try:
+        return _drain(rt, client)
+    except Exception:
+        # The entries taken stay owed in SQL (the sweeper's); the next signup may start a
+        # drain at once instead of after DRAINING_TTL.
+        client.delete(DRAINING)
+        raise
+
+
+def _drain(rt, client) -> dict:
     done: Counter = Counter()
     while True:
         entries = client.rpop(CONFIRMATIONS, DRAIN_TAKE)  # the oldest first

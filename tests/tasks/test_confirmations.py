@@ -87,7 +87,7 @@ def test_a_task_quicker_than_the_signups_commit_waits_for_it(quiet, smtp, make_e
     time.sleep(0.3)
     web.commit()
     web.close()
-    worker.join(10)
+    worker.join(30)
     assert outcome == ["sent"]
     assert len(smtp.wait_for(email)) == 1
 
@@ -231,3 +231,17 @@ def test_a_deferred_confirmation_in_a_drain_goes_to_a_task_of_its_own(quiet, smt
     assert ids[0] in _owed()  # the claim was given back
     assert send_confirmation(ids[0]) == "sent"
     assert len(smtp.wait_for(deferred)) == 1 and len(smtp.wait_for(other)) == 1
+
+
+@pytest.mark.redis
+def test_a_drain_that_fails_lets_the_next_signup_start_another(quiet, make_email, monkeypatch):
+    ids = _queued([make_email()])
+
+    def broken(*_args):
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(notices, "_mail", broken)
+    with pytest.raises(RuntimeError):
+        send_confirmations()
+    assert not notices._redis(runtime().settings).exists(notices.DRAINING)
+    assert ids == _owed()  # still owed: the sweeper's
