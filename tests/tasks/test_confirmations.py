@@ -245,3 +245,26 @@ def test_a_drain_that_fails_lets_the_next_signup_start_another(quiet, make_email
         send_confirmations()
     assert not notices._redis(runtime().settings).exists(notices.DRAINING)
     assert ids == _owed()  # still owed: the sweeper's
+
+
+@pytest.mark.redis
+def test_a_request_not_committed_yet_holds_up_no_other_mail(quiet, smtp, make_email,
+                                                           monkeypatch):
+    committed, pending = make_email(), make_email()
+    _queued([committed])
+    web = db.session_factory()  # its COMMIT still to come
+    sub_id, requested = _signup(web, pending)
+    client = notices._redis(runtime().settings)
+    client.rpush(notices.CONFIRMATIONS, notices.confirmation_entry(sub_id, requested))  # first
+    handed = []
+    monkeypatch.setattr(notices, "enqueue", lambda task, *args, **options: handed.append(
+        (task.name, args)))
+    try:
+        assert send_confirmations() == {"sent": 1, "handed over": 1}
+    finally:
+        web.commit()
+        web.close()
+    assert handed == [("mailer.send_confirmation", (sub_id, requested.isoformat()))]
+    assert len(smtp.wait_for(committed)) == 1
+    assert send_confirmation(*handed[0][1]) == "sent"  # the task of its own, once committed
+    assert len(smtp.wait_for(pending)) == 1
