@@ -6,7 +6,10 @@ confirmations to a small SMTP server in this process, then
 1. the bare endpoint (one INSERT and one Redis INCR per request) under gunicorn with the
    settings of `mailer web` (cli.server.web_options), loaded by N clients;
 2. `mailer web` with the same settings, loaded the same way with JSON signups;
-and compares the two. Absolute figures move with the machine's load; the ratio much less.
+and compares the two. Each server is loaded only once all its workers have started, after a
+warm-up of ten requests per client that is not counted (for the signups, until their
+confirmations are mailed): the figures are a running server's, not its start.
+Absolute figures move with the machine's load; the ratio much less.
 Then it checks what a reader would: every accepted signup has its row and exactly one
 confirmation mail.
 """
@@ -154,6 +157,20 @@ class SmtpProcess:
         self.proc.wait(10)
 
 
+def wait_for(smtp: SmtpProcess, addresses: list[str], wait: float) -> None:
+    """Until every address has mail. A loaded machine's worker may still be sending: wait
+    as long as confirmations keep arriving, and give up only after `wait` seconds without
+    a new one (the caller's check then says what is missing)."""
+    received = smtp.counts()
+    missing, quiet_since = sum(received[e] < 1 for e in addresses), time.monotonic()
+    while missing and time.monotonic() - quiet_since < wait:
+        time.sleep(0.5)
+        received = smtp.counts()
+        if (now_missing := sum(received[e] < 1 for e in addresses)) < missing:
+            quiet_since = time.monotonic()
+        missing = now_missing
+
+
 # --- the load ----------------------------------------------------------------------------
 
 
@@ -238,6 +255,36 @@ def start_server(argv: list[str], env: dict, log: Path, port: int) -> subprocess
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"{argv[3]} did not answer:\n{log.read_text()[-3000:]}")
+
+
+def settle(proc: subprocess.Popen, workers: int, timeout: float = 120.0) -> None:
+    """Wait until the gunicorn master `proc` has its `workers` workers and none of them is
+    still starting (importing the app): a worker's CPU time stands still for half a second.
+    The first worker answers while the others may still be loading the app, and a load
+    started then measures their start-up (and lets the first take every connection)."""
+    deadline = time.monotonic() + timeout
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+
+    def cpu(pid: str) -> int | None:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return int(fields[11]) + int(fields[12])
+
+    last: dict[str, int | None] = {}
+    while time.monotonic() < deadline:
+        try:
+            pids = children.read_text().split()
+        except OSError:  # not Linux: nothing to read, a fixed pause instead
+            time.sleep(5)
+            return
+        now = {pid: cpu(pid) for pid in pids}
+        if len(pids) >= workers and now == last:
+            return
+        last = now
+        time.sleep(0.5)
 
 
 def python(*args: str) -> list[str]:

@@ -356,7 +356,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
             conn.execute(text("CREATE TABLE bench_bare (id bigserial PRIMARY KEY, email text)"))
         load = os.getloadavg()
         running += b.start_workers(env, folder, 1, 2, queues="celery")
-        results = {}
+        results, warmed = {}, {}
         for name, argv, path in [
             ("bare", bs.python("mailer.bench_signups"), "/bare"),
             ("signup", bs.python("mailer.cli", "web", "--host", "127.0.0.1"),
@@ -370,19 +370,17 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
             click.echo(f"Loading the {name} endpoint: {count} requests, {clients} clients...",
                        err=True)
             servers.append(bs.start_server(argv, env, folder / f"{name}.log", port))
+            bs.settle(servers[-1], web_workers)
+            # Warm-up, not counted: every worker thread's first requests (its pool's
+            # connections, statements compiled and prepared) and, for the signups, their
+            # confirmations mailed before the measured load starts.
+            warmed[name] = bs.load(port, path, clients, clients * 10, prefix=f"warm-{name}-")
+            if name == "signup":
+                bs.wait_for(smtp, warmed[name].accepted, wait)
             results[name] = bs.load(port, path, clients, count, prefix=f"{name}-")
             b.stop_workers([b.Worker(servers[-1], folder / f"{name}.log")])
         accepted = results["signup"].accepted
-        # A loaded machine's worker may still be sending: wait as long as confirmations keep
-        # arriving, and call the rest lost only after `wait` seconds without a new one.
-        received = smtp.counts()
-        missing, quiet_since = sum(received[e] < 1 for e in accepted), time.monotonic()
-        while missing and time.monotonic() - quiet_since < wait:
-            time.sleep(0.5)
-            received = smtp.counts()
-            if (now_missing := sum(received[e] < 1 for e in accepted)) < missing:
-                quiet_since = time.monotonic()
-            missing = now_missing
+        bs.wait_for(smtp, accepted, wait)
         time.sleep(1.0)  # a second copy would arrive now
         received = smtp.counts()
         with engine.connect() as conn:
@@ -404,6 +402,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         "accepted": len(accepted), "rows": rows,
         "confirmations": {str(k): v for k, v in sorted(confirmations.items())},
         "clients": clients, "web_workers": web_workers, "cores": os.cpu_count(),
+        "warm_up": {name: len(w.latencies) for name, w in warmed.items()},
         "load_before": [round(x, 2) for x in load],
     }
     ok = rows == len(accepted) and set(confirmations) <= {1} and len(accepted) > 0

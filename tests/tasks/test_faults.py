@@ -252,3 +252,5 @@ def test_the_signup_benchmark_checks_every_signup(pg_database, redis_server):
     assert result["confirmations"] == {"1": 60}
     assert result["bare"]["codes"] == {"202": 60} and result["signup"]["requests"] == 60
     assert result["ratio"] > 0
+    # Both servers were warmed up (not counted) once all their workers had started.
+    assert result["warm_up"] == {"bare": 40, "signup": 40}
