@@ -19,21 +19,30 @@ QUEUES = (DEFAULT_QUEUE, SEND_QUEUE, HOOKS_QUEUE)
 
 
 def broker_backlog(settings: Settings) -> dict[str, int] | None:
-    """Tasks waiting in the broker per queue, or None when the broker cannot be asked."""
+    """Tasks waiting in the broker per queue, or None when the broker cannot be asked;
+    `confirmations`: the signups' confirmations waiting on their list for a drain (with
+    Redis; the embedded mode queues a task per confirmation)."""
     names = QUEUES
     try:
         if settings.redis_url:
             import redis
 
+            from mailer.tasks.notices import CONFIRMATIONS
+
             client = redis.Redis.from_url(settings.redis_url, socket_timeout=1,
                                           socket_connect_timeout=1)
             try:
-                return {name: int(client.llen(name)) for name in names}
+                with client.pipeline(transaction=False) as pipe:
+                    for name in (*names, CONFIRMATIONS):
+                        pipe.llen(name)
+                    *tasks, confirmations = pipe.execute()
+                return {**dict(zip(names, map(int, tasks), strict=True)),
+                        "confirmations": int(confirmations)}
             finally:
                 client.close()
         path = settings.instance_path / "broker.sqlite"
         if not path.exists():
-            return {name: 0 for name in names}
+            return {**{name: 0 for name in names}, "confirmations": 0}
         # Kombu's SQL transport: one row per message, `visible` until a worker takes it.
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
         try:
@@ -45,6 +54,6 @@ def broker_backlog(settings: Settings) -> dict[str, int] | None:
             conn.close()
         counts = {name: 0 for name in names}
         counts.update({name: n for name, n in rows if name in counts})
-        return counts
+        return {**counts, "confirmations": 0}
     except Exception:  # noqa: BLE001 - the dashboard shows "unknown" rather than failing
         return None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import time_machine
 
 from mailer.clock import utcnow
@@ -97,6 +98,7 @@ def test_a_fresh_install_says_what_to_do_next(client):
     assert "Mail is not DKIM-signed" in text
     assert "No postal address is set" not in text
     assert "Tasks in the broker" in text and "unknown" not in text
+    assert "0 webhook attempts; 0 confirmations waiting" in text
 
 
 def test_missing_postal_address_is_a_warning(app, env):
@@ -228,3 +230,29 @@ def test_counts_get_whole_number_ticks():
                         chart)
     assert labels and all(label.replace(",", "").isdigit() for label in labels), labels
     assert set(labels) == {"0", "1", "2"}
+
+
+@pytest.mark.redis
+def test_the_broker_line_counts_confirmations_waiting_on_their_list(app):
+    """With Redis, signups leave their confirmations on a list for a drain: ops see them
+    beside the tasks in each queue."""
+    import dataclasses
+
+    import redis
+
+    from mailer.tasks.notices import CONFIRMATIONS
+    from mailer.tasks.queues import broker_backlog
+
+    settings = app.extensions["mailer.settings"]
+    url = settings.redis_url.rsplit("/", 1)[0] + "/13"  # a database no worker reads
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    try:
+        client.lpush(CONFIRMATIONS, b"1 2027-01-01T00:00:00", b"2 2027-01-01T00:00:00",
+                     b"3 2027-01-01T00:00:00")
+        client.lpush("send", b"{}")
+        backlog = broker_backlog(dataclasses.replace(settings, redis_url=url))
+        assert backlog == {"celery": 0, "send": 1, "hooks": 0, "confirmations": 3}
+    finally:
+        client.flushdb()
+        client.close()
