@@ -429,6 +429,11 @@ VARIABLES: tuple[Variable, ...] = (
              "made at once; after the last retry it has failed for good)"),
     Variable("MAILER_WEBHOOK_DISABLE_HOURS", "webhook_disable_hours", 72.0, number(float),
              "an endpoint failing without a success for this long is disabled and ops told"),
+    Variable("MAILER_WEBHOOK_KEEP_DAYS", "webhook_keep_days", 30, number(int),
+             "days a finished outgoing webhook delivery (delivered, or failed for good) is "
+             "kept for the console and the API, then deleted with its event by the "
+             "housekeeping tick; `0` keeps them forever (the attempt counters of `/metrics` "
+             "never go down)"),
     # Provider webhooks (web.webhooks): each endpoint answers 404 until its key is set.
     Variable("MAILER_SES_TOPIC_ARNS", "ses_topic_arns", (), LIST,
              "the SNS topics (ARNs, comma-separated) whose SES notifications "

@@ -20,7 +20,7 @@ from email.utils import parseaddr
 from html.parser import HTMLParser
 
 import pytest
-from sqlalchemy import create_engine, func, select, table, text
+from sqlalchemy import create_engine, func, inspect, select, table, text
 
 from mailer import create_app
 from mailer.config import load_settings
@@ -194,6 +194,9 @@ def test_a_release_database_upgrades_with_its_data_and_links(
         assert subscriptions == {
             email: {"unsubscribed": "unsubscribed", "pending": "pending"}.get(status, "active")
             for email, status in before["readers"].items()}
+        # The index the webhook history's retention looks old events up by (0014).
+        assert "ix_hook_events_created_at" in {
+            i["name"] for i in inspect(engine).get_indexes("hook_events")}
     finally:
         engine.dispose()
 

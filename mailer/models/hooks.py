@@ -61,7 +61,8 @@ class HookEvent(Base):
     # an erasure can strip the address from events not yet delivered.
     subscriber_id: Mapped[int | None] = mapped_column(BigId, index=True)
     payload: Mapped[str] = mapped_column(Text)  # JSON: the `data` object, all of it
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Indexed for the retention's prune (services.hooks.prune), which looks up old events.
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
 class HookDelivery(Base):

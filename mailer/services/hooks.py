@@ -17,6 +17,11 @@ countdown, longer ones are the sweeper's.
 
 An endpoint that has failed without a success for MAILER_WEBHOOK_DISABLE_HOURS is disabled;
 the caller tells ops. Its pending rows wait, and go out if it is enabled again.
+
+History. A finished delivery (delivered, or failed for good) is kept MAILER_WEBHOOK_KEEP_DAYS
+after its last attempt, then `prune` deletes it, and an event once no delivery of it is left
+and it is as old; pending and sending rows, and their events, stay however old. The attempt
+counters (`hook_counts`, /metrics) are kept apart from the rows, so pruning never lowers them.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -336,6 +341,37 @@ def not_handed_out(session: Session, delivery_id: int) -> None:
     session.execute(update(HookDelivery)
                     .where(HookDelivery.id == delivery_id, HookDelivery.status == HookStatus.PENDING)
                     .values(handed_out_at=None).execution_options(synchronize_session=False))
+
+
+FINISHED = (HookStatus.DELIVERED, HookStatus.FAILED)
+
+
+def prune(session: Session, keep: timedelta, now: datetime | None = None,
+          limit: int = 1000) -> dict:
+    """One bounded batch of the history's retention: at most `limit` finished deliveries
+    whose last attempt is older than `keep`, then at most `limit` events as old that no
+    delivery is left of. The caller commits each batch and calls again while one is full.
+
+    The deliveries are found through the due index (status, next_attempt_at): a finished
+    row's next_attempt_at is when its last attempt was due, never after it was made. The
+    conditions are repeated on the DELETE itself, so a row an operator redelivers meanwhile
+    (pending again) is not deleted on PostgreSQL's re-check either."""
+    cutoff = (now or utcnow()) - keep
+    old_finished = (HookDelivery.status.in_(FINISHED), HookDelivery.next_attempt_at < cutoff,
+                    HookDelivery.last_attempt_at < cutoff)
+    batch = select(HookDelivery.id).where(*old_finished).limit(limit).scalar_subquery()
+    deliveries = session.execute(
+        delete(HookDelivery).where(HookDelivery.id.in_(batch), *old_finished)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    left = select(HookDelivery.id).where(HookDelivery.event_id == HookEvent.id).exists()
+    freed = (select(HookEvent.id).where(HookEvent.created_at < cutoff, ~left)
+             .order_by(HookEvent.created_at).limit(limit).scalar_subquery())
+    events = session.execute(
+        delete(HookEvent).where(HookEvent.id.in_(freed), HookEvent.created_at < cutoff, ~left)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    return {"deliveries": deliveries, "events": events}
 
 
 RESULTS = ("delivered", "failed", "refused")

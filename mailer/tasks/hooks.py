@@ -1,5 +1,5 @@
-"""Outgoing webhooks: one task per delivery attempt, the sweeper, and telling ops when an
-endpoint is disabled. The protocol (claim, attempt, record) is in services.hooks."""
+"""Outgoing webhooks: one task per delivery attempt, the sweeper, the retention of the
+history, and telling ops when an endpoint is disabled. The protocol (claim, attempt, record) is in services.hooks."""
 
 from __future__ import annotations
 
@@ -85,6 +85,30 @@ def sweep_webhooks() -> dict:
         return hooks.sweep(s)
 
 
+# The retention's work per tick: batches of PRUNE_BATCH rows, one transaction each, at most
+# PRUNE_BATCHES of them (a backlog of years goes in steps, never one long transaction).
+PRUNE_BATCH = 1000
+PRUNE_BATCHES = 10
+
+
+def prune_webhook_history() -> dict | None:
+    """The tick step: finished deliveries and their events older than
+    MAILER_WEBHOOK_KEEP_DAYS are deleted (services.hooks.prune); None when kept forever."""
+    keep_days = runtime().settings.webhook_keep_days
+    if not keep_days:
+        return None
+    keep, now = timedelta(days=keep_days), utcnow()
+    done = {"deliveries": 0, "events": 0}
+    for _ in range(PRUNE_BATCHES):
+        with db.transaction() as s:
+            batch = hooks.prune(s, keep, now, limit=PRUNE_BATCH)
+        for what, n in batch.items():
+            done[what] += n
+        if max(batch.values()) < PRUNE_BATCH:
+            break
+    return done
+
+
 def _refused(delivery_id: int) -> None:
     with db.transaction() as s:
         hooks.not_handed_out(s, delivery_id)
@@ -92,3 +116,4 @@ def _refused(delivery_id: int) -> None:
 
 REFUSED[hooks.TASK] = _refused
 register_tick_step(sweep_webhooks)
+register_tick_step(prune_webhook_history)
