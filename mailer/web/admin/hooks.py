@@ -54,7 +54,8 @@ def show(endpoint_id: int):
     names = {n.slug: n.name for n in digests.newsletter_options(db.session)}
     return render_template("admin/webhooks_show.html", endpoint=endpoint,
                            deliveries=hook_endpoints.recent_deliveries(db.session, endpoint_id),
-                           about=lambda event: hook_endpoints.about(event, names))
+                           about=lambda event: hook_endpoints.about(event, names),
+                           keep_days=settings().webhook_keep_days)
 
 
 def _act(endpoint_id: int, done: str, action):

@@ -136,3 +136,21 @@ def test_an_issue_or_schedule_event_names_its_newsletter(client, make_email, han
     shown = text_of(client.get(f"/admin/webhooks/{endpoint.id}"))
     assert f'issue.finished issue #{issue.id} “Cup final” · The Sport Letter' in shown
     assert 'schedule.run schedule “Sport Monday”, skipped · The Sport Letter' in shown
+
+
+def test_the_deliveries_page_says_how_long_they_are_kept(app, env, make_email):
+    from tests.helpers.app import make_app
+
+    with app.app_context():
+        db.session.add(HookEndpoint(url="https://crm.example/x", events=",issue.finished,",
+                                    secret="whsec_AAAA"))
+        db.session.commit()
+        endpoint_id = db.session.query(HookEndpoint).one().id
+    for keep, said in (("30", "Finished deliveries are kept 30 days after their last attempt"),
+                       ("1", "Finished deliveries are kept 1 day after"),
+                       ("0", "Deliveries are kept forever")):
+        configured = make_app(env, MAILER_WEBHOOK_KEEP_DAYS=keep)
+        client = configured.test_client()
+        with configured.app_context():
+            login(client, Role.OPS, make_email("ops"))
+        assert said in text_of(client.get(f"/admin/webhooks/{endpoint_id}")), keep
