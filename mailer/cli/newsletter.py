@@ -9,7 +9,7 @@ import click
 from mailer.cli import Context, cli, fail, pass_ctx
 from mailer.db import db
 from mailer.errors import MailerError
-from mailer.services import newsletters
+from mailer.services import looks, newsletters
 
 
 @cli.group()
@@ -191,9 +191,12 @@ def remove(ctx: Context, slug):
         try:
             with db.transaction() as s:
                 found = _find(s, slug)
+                logo = found.logo_file
                 newsletters.remove(s, found)
         except newsletters.WasSent as e:
             fail(f"{e} (`mailer newsletter set {slug} --archive`)")
         except MailerError as e:
             fail(str(e))
+        with db.transaction() as s:  # after the commit: its logo's file, unless shown elsewhere
+            looks.forget_logos(s, ctx.settings, [logo])
     click.echo(f"Removed newsletter {slug!r}.")

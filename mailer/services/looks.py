@@ -7,13 +7,17 @@ look, whatever the newsletter's becomes.
 
 Logos are stored in the instance folder under a name made of their content's hash
 (`logos/<sha256[:16]>.<ext>`): a new logo is a new URL, so the long cache headers of the route
-that serves them never show a stale one, and mail already sent keeps the logo it showed.
+that serves them never show a stale one, and mail already sent keeps the logo it showed. A
+file stays while a newsletter's look or an issue's frozen look (an issue that was sent) shows
+it; the caller that dropped the last such reference deletes it after its commit
+(`forget_logos`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -21,6 +25,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import nh3
+from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from mailer.config import Settings
@@ -43,6 +49,8 @@ from mailer.services import newsletters
 from mailer.services.render import INTRO_TAGS, editor_text, markdown_html
 
 __all__ = ["FONTS", "Look"]
+
+log = logging.getLogger(__name__)
 
 LOGO_DIR = "logos"
 _LOGO_NAME = re.compile(r"[0-9a-f]{16}\.(png|jpg|gif)")
@@ -349,3 +357,39 @@ def logo_file(settings: Settings, name: str) -> tuple[Path, str] | None:
         return None
     kind = {"png": "image/png", "jpg": "image/jpeg", "gif": "image/gif"}[match.group(1)]
     return path, kind
+
+
+def logo_in_use(session: Session, name: str) -> bool:
+    """Whether a newsletter's look, or the look an issue froze when its send started (its
+    mail and its archive page show the logo by URL), names the stored logo `name`."""
+    if session.scalar(select(Newsletter.id).where(Newsletter.logo_file == name).limit(1)):
+        return True
+    # The frozen look keeps the logo's full URL (whatever MAILER_BASE_URL was then): its
+    # path and the closing quote of the JSON string. A name is hex, a dot and an extension,
+    # nothing LIKE reads as a wildcard.
+    frozen = Issue.look.like(f'%/{LOGO_DIR}/{name}"%')
+    return session.scalar(select(Issue.id).where(frozen).limit(1)) is not None
+
+
+def forget_logos(session: Session, settings: Settings, names) -> list[str]:
+    """Delete the stored logo files among `names` that no look shows any more: call it after
+    the commit that dropped their references, never before (a rollback would leave a look
+    without its file). A file that cannot be deleted is logged and left; the names deleted."""
+    deleted = []
+    for name in dict.fromkeys(n for n in names if n):
+        if _LOGO_NAME.fullmatch(name) is None:
+            continue
+        try:
+            if logo_in_use(session, name):
+                continue
+        except SQLAlchemyError as e:  # the change is committed: the file may wait, not the page
+            log.warning("could not tell whether the logo file %s is still shown: %s", name, e)
+            break
+        try:
+            (logo_dir(settings) / name).unlink(missing_ok=True)
+        except OSError as e:
+            log.warning("could not delete the logo file %s, which no look shows any more: %s",
+                        name, e)
+            continue
+        deleted.append(name)
+    return deleted

@@ -130,3 +130,21 @@ def test_remove_only_what_was_never_sent_from(runner):
                                                  "mistake").stdout
     db.session.expire_all()
     assert sorted(n.slug for n in db.session.query(Newsletter)) == ["evening", "morning"]
+
+
+def test_remove_deletes_the_logo_file_no_other_look_shows(app, runner):
+    from mailer.services import looks
+    from tests.services.test_looks import png
+
+    settings = app.extensions["mailer"].settings
+    logo = looks.store_logo(settings, png(48, 28, "#654321"), "brand.png")
+    for slug in ("morning", "mistake", "again"):
+        _ok(runner, "newsletter", "add", "--slug", slug, "--name", slug.title())
+    for found in db.session.query(Newsletter).filter(Newsletter.slug != "morning"):
+        found.logo_file = logo
+    db.session.commit()
+    path = looks.logo_dir(settings) / logo
+    _ok(runner, "newsletter", "remove", "mistake")
+    assert path.is_file()  # `again` still shows it
+    _ok(runner, "newsletter", "remove", "again")
+    assert not path.exists()

@@ -1,7 +1,8 @@
 """Branding, in headless Chromium: an editor uploads a logo and picks an accent colour; the
 live preview, a test send and the public archive show them; a low-contrast colour, a 20 MB
 upload and a file that is no image are refused with a clear message; a sent issue keeps its
-old look in the archive after the look changes. And a screenshot of two differently branded
+old look in the archive after the look changes, its logo's file with it, while a replaced or
+removed logo no issue was sent with is deleted. And a screenshot of two differently branded
 digests side by side, kept in test-artifacts/two-branded-digests.png."""
 
 from __future__ import annotations
@@ -146,12 +147,34 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
     page.goto(f"{live_server}/archive/{issue_id}")
     assert "Morning Brief" in page.locator(".masthead").inner_text()
     assert _color(page, ".mail-section") == TEAL
+    # Its logo's file too: the newsletter no longer shows it, the sent issue does.
     assert logo_name in page.locator(".masthead-logo").get_attribute("src")
+    assert page.locator(".masthead-logo").evaluate("i => i.complete && i.naturalWidth") == 120
+    assert (looks.logo_dir(rt.settings) / logo_name).is_file()
     page.goto(f"{live_server}/subscribe")
     assert "The New Brief" in page.locator(".masthead").inner_text()
     assert page.locator(".masthead-logo").count() == 0
     db.session.expire_all()
     assert db.session.get(Issue, issue_id).look is not None
+
+    # A logo no issue was sent with: replaced, its file goes; removed, the next one goes.
+    stored = []
+    for shade in ("#7c2d12", "#1d4ed8"):
+        upload = tmp_path / f"logo-{shade[1:]}.png"
+        upload.write_bytes(png(90, 30, shade))
+        page.goto(live_server + look_path)
+        page.get_by_label("Upload a logo").set_input_files(str(upload))
+        page.get_by_role("button", name="Save the look").click()
+        assert "saved" in page.locator("main").inner_text()
+        db.session.expire_all()
+        stored.append(db.session.get(Newsletter, daily.id).logo_file)
+        assert (looks.logo_dir(rt.settings) / stored[-1]).is_file()
+    assert not (looks.logo_dir(rt.settings) / stored[0]).exists()
+    page.get_by_label("Remove this logo").check()
+    page.get_by_role("button", name="Save the look").click()
+    assert "saved" in page.locator("main").inner_text()
+    assert not (looks.logo_dir(rt.settings) / stored[1]).exists()
+    assert (looks.logo_dir(rt.settings) / logo_name).is_file()
 
 
 def test_two_differently_branded_digests_side_by_side(app, page, live_server):

@@ -192,3 +192,152 @@ def test_a_newsletters_unsubscribe_pages_wear_its_look(app, client, make_email):
     assert 'href="/look/7c2d12/georgia.css"' in page and "Sport Letter Masthead" in page
     done = app.test_client().post(url, data={"List-Unsubscribe": "One-Click"})
     assert "Sport Letter Masthead" in done.get_data(as_text=True)
+
+
+# --- logo files no look shows any more ------------------------------------------------------
+
+
+def _logo_path(app, name: str):
+    from mailer.services import looks
+
+    return looks.logo_dir(app.extensions["mailer"].settings) / name
+
+
+def test_a_replaced_or_removed_logo_file_is_deleted_after_the_save(app, client):
+    _newsletter()
+    login(client, Role.EDITOR, "editor@daily.example")
+    first, second = png(41, 21, "#123456"), png(42, 22, "#123456")
+    assert _save(client, logo=(first, "first.png")).status_code == 302
+    first_name = _reload().logo_file
+    assert _logo_path(app, first_name).is_file()
+
+    # Replaced by an upload: the old file goes, the new one is served.
+    assert _save(client, logo=(second, "second.png")).status_code == 302
+    second_name = _reload().logo_file
+    assert second_name != first_name
+    assert not _logo_path(app, first_name).exists()
+    assert client.get(f"/logos/{first_name}").status_code == 404
+    assert client.get(f"/logos/{second_name}").data == second
+
+    # A refused save changes nothing and deletes nothing.
+    refused = _save(client, accent_color="#ffff00", remove_logo="on")
+    assert refused.status_code == 400
+    assert _reload().logo_file == second_name and _logo_path(app, second_name).is_file()
+
+    # Saved without touching the logo: it stays.
+    assert _save(client, masthead_title="Still here").status_code == 302
+    assert _logo_path(app, second_name).is_file()
+
+    # Replaced by a logo URL: the upload goes too.
+    assert _save(client, logo_url="https://cdn.daily.example/l.png").status_code == 302
+    assert _reload().logo_file is None
+    assert not _logo_path(app, second_name).exists()
+
+    # Removed outright.
+    assert _save(client, logo=(first, "first.png")).status_code == 302
+    assert _logo_path(app, first_name).is_file()
+    assert _save(client, remove_logo="on").status_code == 302
+    assert _reload().logo_file is None and not _logo_path(app, first_name).exists()
+
+
+def test_a_logo_another_look_shows_is_kept(app, client):
+    """The same image uploaded for two newsletters is one file; and a sent issue's frozen
+    look shows its logo by URL, in the archive and in the mail its readers have."""
+    from mailer.models import Issue, IssueStatus
+    from mailer.services import looks
+
+    rt = app.extensions["mailer"]
+    _newsletter()
+    other = Newsletter(slug="evening", name="The Evening")
+    db.session.add(other)
+    db.session.commit()
+    login(client, Role.EDITOR, "editor@daily.example")
+    shared, own = png(43, 23, "#123456"), png(44, 24, "#123456")
+    assert _save(client, logo=(shared, "shared.png")).status_code == 302
+    name = _reload().logo_file
+    evening = db.session.query(Newsletter).filter_by(slug="evening").one()
+    evening.logo_file = looks.store_logo(rt.settings, shared, "same.png")
+    db.session.commit()
+    assert evening.logo_file == name
+
+    assert _save(client, logo=(own, "own.png")).status_code == 302
+    assert _logo_path(app, name).is_file()  # the evening newsletter still shows it
+
+    # The evening's own issue was sent with it, then the evening's look lost it: kept.
+    evening = db.session.query(Newsletter).filter_by(slug="evening").one()
+    issue = Issue(subject="Sent with the shared logo", status=IssueStatus.FINISHED,
+                  newsletter_id=evening.id, look=looks.look_of(evening, rt.settings).to_json())
+    db.session.add(issue)
+    db.session.commit()
+    issue_id = issue.id
+    assert client.post("/admin/newsletters/evening/look", data={
+        "csrf_token": token(client, "/admin/newsletters/evening/look"),
+        "accent_color": "#1d4ed8", "header_font": "georgia", "remove_logo": "on",
+    }).status_code == 302
+    assert _logo_path(app, name).is_file()
+    assert f"/logos/{name}" in client.get(f"/archive/{issue_id}").get_data(as_text=True)
+    assert client.get(f"/logos/{name}").data == shared
+
+    # Once no issue shows it either, the next change that drops a reference deletes it.
+    db.session.remove()
+    db.session.query(Issue).filter_by(id=issue_id).delete()
+    db.session.commit()
+    assert looks.forget_logos(db.session, rt.settings, [name]) == [name]
+    assert not _logo_path(app, name).exists()
+
+
+def test_a_logo_file_that_cannot_be_deleted_is_logged_not_an_error_page(
+        app, client, monkeypatch, caplog):
+    import pathlib
+
+    _newsletter()
+    login(client, Role.EDITOR, "editor@daily.example")
+    assert _save(client, logo=(png(45, 25, "#123456"), "a.png")).status_code == 302
+    name = _reload().logo_file
+    real_unlink = pathlib.Path.unlink
+
+    def refuse(path, *args, **kwargs):
+        if path.name == name:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    with caplog.at_level("WARNING", logger="mailer.services.looks"):
+        resp = _save(client, remove_logo="on")
+    assert resp.status_code == 302
+    assert "is saved" in text_of(client.get(LOOK))
+    assert _reload().logo_file is None  # the change is committed all the same
+    assert _logo_path(app, name).is_file()
+    assert f"could not delete the logo file {name}" in caplog.text
+
+
+def test_removing_a_newsletter_deletes_its_logo_file(app, client, make_email):
+    from mailer.services import looks
+
+    rt = app.extensions["mailer"]
+    _newsletter()
+    # (The last newsletter cannot be removed: a spare one stays.)
+    db.session.add_all([Newsletter(slug="evening", name="The Evening"),
+                        Newsletter(slug="spare", name="Spare")])
+    db.session.commit()
+    gone = looks.store_logo(rt.settings, png(46, 26, "#123456"), "gone.png")
+    shared = looks.store_logo(rt.settings, png(47, 27, "#123456"), "shared.png")
+    daily = db.session.query(Newsletter).filter_by(slug="daily").one()
+    daily.logo_file = gone
+    db.session.commit()
+    login(client, Role.OPS, make_email("ops"))
+    from tests.helpers.console import post
+
+    assert post(client, "/admin/newsletters/daily/remove").status_code == 302
+    assert db.session.query(Newsletter).filter_by(slug="daily").count() == 0
+    assert not _logo_path(app, gone).exists()
+
+    # The evening's logo is another newsletter's too, until that one is removed.
+    db.session.add(Newsletter(slug="third", name="Third", logo_file=shared))
+    evening = db.session.query(Newsletter).filter_by(slug="evening").one()
+    evening.logo_file = shared
+    db.session.commit()
+    assert post(client, "/admin/newsletters/evening/remove").status_code == 302
+    assert _logo_path(app, shared).is_file()
+    assert post(client, "/admin/newsletters/third/remove").status_code == 302
+    assert not _logo_path(app, shared).exists()
