@@ -202,15 +202,16 @@ def last_issues(session: Session, limit: int = 8) -> list[dict]:
 def bounce_trend(rows: list[dict]) -> tuple[float, float | None] | None:
     """(latest rate, average of the earlier ones) over issues with enough tried messages,
     rows newest first; None when no issue has enough."""
-    rates = []
-    for r in rows:
-        tried = r["sent"] + r["bounced"]
-        if tried >= BOUNCE_MIN_TRIED:
-            rates.append(r["bounced"] / tried)
+    rates = [r["bounced"] / (r["sent"] + r["bounced"]) for r in _judged(rows)]
     if not rates:
         return None
     earlier = rates[1:5]
     return rates[0], (sum(earlier) / len(earlier) if earlier else None)
+
+
+def _judged(rows: list[dict]) -> list[dict]:
+    """The rows with enough tried messages to judge their bounce rate by."""
+    return [r for r in rows if r["sent"] + r["bounced"] >= BOUNCE_MIN_TRIED]
 
 
 # --- queue, next runs, warnings -------------------------------------------------------------
@@ -282,6 +283,26 @@ class Warning:
     # webhook
     message: str
     issue_id: int | None = None
+    # The newsletter of the issue it is about, named in the message from `name_at` on (so
+    # the dashboard can link that name); None for warnings about no issue.
+    newsletter_slug: str | None = None
+    newsletter_name: str | None = None
+    name_at: int | None = None
+
+
+def _about_issue(kind: str, issue: Issue | None, issue_id: int, text: str) -> Warning:
+    """A warning about an issue, `text` with `{issue}` (or `{Issue}`, at a sentence's start)
+    where it is named with its newsletter: "issue 7 of The Evening". With several
+    newsletters a bare number leaves the operator guessing which one's issue it is."""
+    marker = "{Issue}" if "{Issue}" in text else "{issue}"
+    head, _, tail = text.partition(marker)
+    label = f"{marker[1]}ssue {issue_id}"
+    newsletter = issue.newsletter if issue is not None else None
+    if newsletter is None:  # only rows made by hand; the services always set it
+        return Warning(kind, head + label + tail, issue_id)
+    head += label + " of "
+    return Warning(kind, head + newsletter.name + tail, issue_id, newsletter.slug,
+                   newsletter.name, len(head))
 
 
 def warnings(
@@ -299,38 +320,46 @@ def warnings(
     trend = bounce_trend(recent)
     if trend is not None:
         latest, before = trend
+        issue = _judged(recent)[0]["issue"]  # the issue the latest rate is of
         if before is not None and latest > BOUNCE_FLOOR and latest > 1.5 * before:
-            out.append(Warning("bounces", f"The bounce rate is rising: {latest:.1%} of the last "
-                               f"issue's messages bounced, against {before:.1%} before."))
+            out.append(_about_issue(
+                "bounces", issue, issue.id,
+                f"The bounce rate is rising: {latest:.1%} of the last issue's messages bounced "
+                f"({{issue}}), against {before:.1%} before."))
         elif latest > BOUNCE_HIGH:
-            out.append(Warning("bounces", f"{latest:.1%} of the last issue's messages bounced: "
-                               "check the addresses you imported."))
+            out.append(_about_issue(
+                "bounces", issue, issue.id,
+                f"{latest:.1%} of the last issue's messages bounced ({{issue}}): check the "
+                "addresses you imported."))
     if recent:
         last = recent[0]["issue"]
         counts = bounce_reports.issue_counts(session, last.id)
         if counts["complaints_rate"] * 100 > settings.complaint_warn_percent:
-            out.append(Warning(
-                "complaints",
-                f"{counts['complaints_rate']:.2%} of issue {last.id}'s readers reported it as "
+            out.append(_about_issue(
+                "complaints", last, last.id,
+                f"{counts['complaints_rate']:.2%} of the readers of {{issue}} reported it as "
                 f"spam ({counts['complaints']} of {counts['messages']}); mailbox providers "
-                f"start filtering above {settings.complaint_warn_percent:g} %.", last.id))
+                f"start filtering above {settings.complaint_warn_percent:g} %."))
         if counts["bounced_hard_rate"] * 100 > settings.hard_bounce_warn_percent:
-            out.append(Warning(
-                "bounces",
-                f"{counts['bounced_hard_rate']:.2%} of issue {last.id}'s messages bounced for "
+            out.append(_about_issue(
+                "bounces", last, last.id,
+                f"{counts['bounced_hard_rate']:.2%} of the messages of {{issue}} bounced for "
                 f"good ({counts['bounced_hard']} of {counts['messages']}), over "
                 f"{settings.hard_bounce_warn_percent:g} %: check where these addresses came "
-                "from.", last.id))
+                "from."))
     for issue in session.scalars(select(Issue).where(Issue.status == I.PAUSED).order_by(Issue.id)):
-        out.append(Warning("paused", f"Issue {issue.id} is paused: "
-                           f"{issue.status_reason or 'paused by an operator.'}", issue.id))
+        out.append(_about_issue("paused", issue, issue.id, "{Issue} is paused: " + (
+            issue.status_reason or "paused by an operator.")))
     for issue_id, n in session.execute(
         select(Delivery.issue_id, func.count())
         .where(Delivery.status == D.UNCERTAIN)
         .group_by(Delivery.issue_id)
+        .order_by(Delivery.issue_id)
     ):
-        out.append(Warning("uncertain", f"Issue {issue_id}: {n} message(s) may or may not have "
-                           "been delivered (a worker stopped while sending).", issue_id))
+        out.append(_about_issue(
+            "uncertain", session.get(Issue, issue_id), issue_id,
+            f"{{Issue}}: {n} message(s) may or may not have been delivered (a worker stopped "
+            "while sending)."))
     for feed in session.scalars(
         select(Feed).where(
             Feed.last_error.is_not(None),

@@ -55,8 +55,10 @@ def test_an_issue_pauses_itself_when_complaints_pass_the_limit(rt):
         assert (st["complaints"], st["complaints_rate"]) == (4, round(4 / 1200, 6))
         # The dashboard shows the pause with its reason, and the complaint rate.
         shown = {w.kind: w.message for w in reports.warnings(s, settings)}
-        assert shown["paused"] == f"Issue {issue_id} is paused: {paused.status_reason}"
-        assert "0.33% of issue" in shown["complaints"]
+        letter = s.get(Issue, issue_id).newsletter.name
+        assert shown["paused"] == (f"Issue {issue_id} of {letter} is paused: "
+                                   f"{paused.status_reason}")
+        assert f"0.33% of the readers of issue {issue_id} of {letter}" in shown["complaints"]
 
 
 def test_hard_bounces_pause_only_after_enough_messages(rt):

@@ -13,11 +13,14 @@ from mailer.clock import utcnow
 from mailer.config import VARIABLES
 from mailer.db import db
 from mailer.models import (
+    BounceEvent,
+    BounceKind,
     Delivery,
     DeliveryStatus,
     Feed,
     Issue,
     IssueStatus,
+    Newsletter,
     Role,
     Subscriber,
     SubscriberEvent,
@@ -110,11 +113,18 @@ def test_missing_postal_address_is_a_warning(app, env):
     assert "No postal address is set" in settings and "MAILER_POSTAL_ADDRESS (not set)" in settings
 
 
+def reads(page) -> str:
+    """The page's text as a reader sees it, links being part of their sentence."""
+    return text_of(re.sub(r"</?a\b[^>]*>", "", page.get_data(as_text=True)))
+
+
 def issue_with(counts: dict, *, started: datetime, status=IssueStatus.FINISHED,
-               reason=None) -> Issue:
+               reason=None, newsletter_id: int | None = None) -> Issue:
     """An issue that went out, with deliveries in the given states (readers made for it)."""
     issue = Issue(subject=f"Issue of {started:%d %b}", status=status, started_at=started,
                   status_reason=reason)
+    if newsletter_id is not None:
+        issue.newsletter_id = newsletter_id
     db.session.add(issue)
     db.session.flush()
     n = 0
@@ -142,21 +152,65 @@ def test_warnings_bounces_rising_paused_uncertain_and_broken_feeds(client):
 
     login(client, Role.OPS, "ops@daily.example")
     page = client.get("/admin/")
-    text = text_of(page)
-    assert ("The bounce rate is rising: 15.0% of the last issue's messages bounced, against "
-            "0.0% before.") in text
-    assert f"Issue {paused.id} is paused: Paused automatically: 451 busy" in text
+    text = reads(page)
+    letter = newsletters.first(db.session).name
+    assert ("The bounce rate is rising: 15.0% of the last issue's messages bounced "
+            f"(issue {latest.id} of {letter}), against 0.0% before.") in text
+    assert f"Issue {paused.id} of {letter} is paused: Paused automatically: 451 busy" in text
     assert f'href="/admin/issues/{paused.id}/sending">Open issue {paused.id}' in (
         page.get_data(as_text=True))
-    assert f"Issue {paused.id}: 1 message(s) may or may not have been delivered" in text
+    assert (f"Issue {paused.id} of {letter}: 1 message(s) may or may not have been "
+            "delivered") in text
     assert "The feed https://daily.example/feed cannot be read: HTTP 500" in text
     # The queue and the last issues with their counts.
     assert "Issues paused 1" in text and "Messages waiting 5" in text
     assert "Uncertain messages 1" in text
     row = f"Issue of {latest.started_at:%d %b} #{latest.id}"
     assert row in text and f"{row} " in text
-    letter = newsletters.first(db.session).name
     assert f"#{latest.id} {letter} {latest.started_at:%Y-%m-%d %H:%M} finished 17 0 3" in text
+
+
+def test_warnings_about_issues_name_and_link_their_newsletter(client):
+    """With several newsletters, "issue 7 is paused" leaves the operator guessing: each
+    warning about an issue names its newsletter, linked to its page for editors and ops."""
+    now = utcnow()
+    evening = Newsletter(slug="evening", name="The Evening")
+    db.session.add(evening)
+    db.session.commit()
+    first = newsletters.first(db.session)
+    mine = issue_with({DeliveryStatus.SENT: 1}, started=now - timedelta(hours=2),
+                      status=IssueStatus.PAUSED, reason="Paused by an operator.",
+                      newsletter_id=first.id)
+    theirs = issue_with({DeliveryStatus.SENT: 2, DeliveryStatus.UNCERTAIN: 1},
+                        started=now - timedelta(hours=1), status=IssueStatus.PAUSED,
+                        reason="Paused automatically: 451 busy", newsletter_id=evening.id)
+    # The evening's complaints and hard bounces over the warning levels (no readers needed:
+    # a rate is over what the issue sent).
+    complained = add_readers(1, prefix="complained")[0]
+    db.session.add_all([
+        BounceEvent(key=f"c-{theirs.id}", subscriber_id=complained, issue_id=theirs.id,
+                    kind=BounceKind.COMPLAINT, source="postmark"),
+        BounceEvent(key=f"h-{theirs.id}", subscriber_id=complained, issue_id=theirs.id,
+                    kind=BounceKind.HARD, source="postmark"),
+    ])
+    db.session.commit()
+
+    login(client, Role.EDITOR, "editor@daily.example")
+    page = client.get("/admin/")
+    text, html = reads(page), page.get_data(as_text=True)
+    assert f"Issue {mine.id} of {first.name} is paused: Paused by an operator." in text
+    assert (f"Issue {theirs.id} of The Evening is paused: Paused automatically: 451 busy"
+            in text)
+    assert f"Issue {theirs.id} of The Evening: 1 message(s) may or may not" in text
+    assert f"of the readers of issue {theirs.id} of The Evening reported it as spam" in text
+    assert f"of the messages of issue {theirs.id} of The Evening bounced for good" in text
+    # The name is a link to the newsletter's page, where the dashboard links the others.
+    assert (f'Issue {theirs.id} of <a href="/admin/newsletters/evening">The Evening</a> is '
+            "paused") in html
+    assert (f'Issue {mine.id} of <a href="/admin/newsletters/{first.slug}">'
+            f"{first.name}</a> is paused") in html
+    warnings = html.split('id="warnings-h"', 1)[1].split("</section>", 1)[0]
+    assert warnings.count('<a href="/admin/newsletters/evening">The Evening</a>') == 4
 
 
 def test_an_issues_bounces_are_the_refusals_it_tried_not_the_readers_who_had_left(client):
