@@ -184,9 +184,21 @@ class RedisServer:
         import redis
 
         client = redis.Redis(port=self.port)
-        wait_until(lambda: _pings(client), 10, what="redis-server to start")
-        client.close()
+        try:
+            wait_until(lambda: self._answers(client), 10, what="redis-server to start")
+        finally:
+            client.close()
         return self
+
+    def _answers(self, client) -> bool:
+        """Our own process answers on the port: not merely some server. A port taken between
+        free_port() and the start (another test process's server, after a restart) would
+        otherwise be pinged happily, and two test sessions would share a broker."""
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"redis-server exited with {self.proc.returncode} (port {self.port} taken?)"
+            )
+        return _pings(client) and client.info("server")["process_id"] == self.proc.pid
 
     def stop(self) -> None:
         if self.proc is not None:
