@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
@@ -146,3 +147,26 @@ def wire_message(task, *args) -> tuple[str, bytes]:
     ((command, (key, data)),) = collected.commands
     assert command == "lpush", command
     return key, data
+
+
+_templates: dict[tuple[int, str], tuple[str, str, tuple[str, str]]] = {}
+
+
+def fresh_wire_message(task) -> tuple[str, str]:
+    """wire_message(task) for a task without arguments, built by Celery once per process and
+    then copied with a new task id and delivery tag: nothing else in such a message changes
+    from one call to the next (the body is the empty arguments, the origin this process),
+    and building it whole cost a signup about a tenth of its CPU."""
+    import os
+    from uuid import uuid4
+
+    found = _templates.get((os.getpid(), task.name))
+    if found is None:
+        key, data = wire_message(task)
+        envelope = json.loads(data)
+        ids = (envelope["headers"]["id"], envelope["properties"]["delivery_tag"])
+        assert envelope["headers"]["root_id"] == envelope["properties"]["correlation_id"] == ids[0]
+        assert data.count(ids[0]) == 3 and data.count(ids[1]) == 1, data
+        found = _templates[(os.getpid(), task.name)] = (key, data, ids)
+    key, data, (task_id, tag) = found
+    return key, data.replace(task_id, str(uuid4())).replace(tag, str(uuid4()))

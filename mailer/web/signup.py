@@ -17,7 +17,7 @@ from mailer.runtime import runtime
 from mailer.services import after_commit, newsletters
 from mailer.services import subscriptions as subs
 from mailer.tasks import notices, send_confirmation, send_confirmations
-from mailer.tasks.base import wire_message
+from mailer.tasks.base import fresh_wire_message
 from mailer.web.extensions import client_ip
 from mailer.web.signup_gate import Handoff, SignupGate
 
@@ -129,7 +129,7 @@ def _admit(confirmation: tuple[int, datetime] | None) -> None:
     handoff = None
     if confirmation and runtime().settings.redis_url:
         try:
-            queue, message = wire_message(send_confirmations)
+            queue, message = fresh_wire_message(send_confirmations)
             handoff = Handoff(queue, message, notices.CONFIRMATIONS,
                               notices.confirmation_entry(*confirmation), notices.DRAINING,
                               notices.DRAINING_TTL)

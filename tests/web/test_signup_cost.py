@@ -94,3 +94,43 @@ def test_a_repeated_signup_within_the_cooldown_costs_the_same_and_queues_nothing
         select(func.count()).select_from(SubscriberEvent)
         .where(SubscriberEvent.subscriber_id == sub_id)
     ) == 1  # no "signup-repeated": the cooldown holds
+
+
+def test_the_drain_message_is_built_once_per_process_each_copy_with_its_own_ids(
+    app, env, tmp_path, make_email, monkeypatch
+):
+    import json
+
+    import redis
+
+    from mailer.tasks import base
+
+    quiet = own_broker(env, tmp_path)
+    client = make_app(quiet).test_client()
+    queue = redis.Redis.from_url(quiet["MAILER_REDIS_URL"])
+    built = []
+    build = base.wire_message
+    monkeypatch.setattr(base, "wire_message", lambda *a: built.append(a) or build(*a))
+    monkeypatch.setattr(base, "_templates", {})
+    messages = []
+    for _ in range(3):
+        queue.delete("celery", notices.DRAINING)  # no drain running: the script queues one
+        assert client.post("/api/v1/subscribe", json={"email": make_email()}).status_code == 202
+        messages += [json.loads(m) for m in queue.lrange("celery", 0, -1)]
+    queue.close()
+    assert len(built) == 1 and len(messages) == 3
+    ids = [(m["headers"]["id"], m["properties"]["delivery_tag"]) for m in messages]
+    assert len({i for pair in ids for i in pair}) == 6  # every id and tag new
+    for m, (task_id, _) in zip(messages, ids, strict=True):
+        assert m["headers"]["root_id"] == m["properties"]["correlation_id"] == task_id
+        assert m["headers"]["task"] == "mailer.send_confirmations"
+    # Apart from those, the copies are the message Celery builds.
+    from mailer.tasks import send_confirmations
+
+    _, fresh = build(send_confirmations)
+    fresh = json.loads(fresh)
+    for m in messages:
+        for env_ in (m, fresh):
+            env_["headers"].update(id=None, root_id=None)
+            env_["properties"].update(correlation_id=None, delivery_tag=None)
+        assert m == fresh
