@@ -154,3 +154,66 @@ class Database:
 
 
 db = Database()
+
+
+class DriverStatement:
+    """A Core statement compiled once per dialect and run straight on the driver's cursor of
+    a connection already in its transaction: for the few statements on a hot path (a signup,
+    a confirmation's claim), where SQLAlchemy's execution path around the driver (the
+    compiled cache's lookup, building the parameters, the execution context, the result
+    object) cost as much CPU as the driver's own work.
+
+    What is kept: the same SQL text and bind processing as `connection.execute`, the
+    engine's cursor events (statement counters and tracers still see it), and SQLAlchemy's
+    handling of a driver error (wrapped, a dead connection invalidated). Returns the first
+    row as a plain tuple, or None; the statement's columns need no result processing, and
+    it may not rely on column defaults computed in Python (refused when compiled).
+    """
+
+    def __init__(self, statement) -> None:
+        self.statement = statement
+        self._compiled: dict[int, tuple] = {}
+
+    def _compile(self, dialect) -> tuple:
+        compiled = self.statement.compile(dialect=dialect)
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            # Column defaults computed in Python are SQLAlchemy's execution context's work.
+            raise ValueError("a statement relying on Python-side column defaults: give "
+                             "their values or run it through Connection.execute")
+        fixed = compiled.construct_params(_check=False)
+        required = frozenset(b.key for b in compiled.binds.values() if b.required)
+        processors = tuple(compiled._bind_processors.items())
+        order = tuple(compiled.positiontup or ())  # a driver taking positional parameters
+        found = self._compiled[id(dialect)] = (compiled.string, fixed, required, processors,
+                                               order)
+        return found
+
+    def first(self, connection, params: dict) -> tuple | None:
+        dialect = connection.dialect
+        found = self._compiled.get(id(dialect)) or self._compile(dialect)
+        sql, fixed, required, processors, order = found
+        missing = required - params.keys()
+        if missing:
+            raise ValueError(f"no value for {sorted(missing)}")
+        values = {**fixed, **params}
+        for key, process in processors:
+            values[key] = process(values[key])
+        if order:
+            values = tuple(values[key] for key in order)
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            events = connection._has_events or connection.engine._has_events
+            if events:
+                for fn in connection.dispatch.before_cursor_execute:
+                    sql, values = fn(connection, cursor, sql, values, None, False) or (sql, values)
+            cursor.execute(sql, values)
+            if events:
+                for fn in connection.dispatch.after_cursor_execute:
+                    fn(connection, cursor, sql, values, None, False)
+            row = cursor.fetchone()
+        except dialect.loaded_dbapi.Error as e:
+            connection._handle_dbapi_exception(e, sql, values, cursor, None)
+            raise  # pragma: no cover - the line above raises SQLAlchemy's wrapped error
+        finally:
+            cursor.close()
+        return None if row is None else tuple(row)

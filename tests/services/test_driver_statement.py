@@ -1,0 +1,55 @@
+"""db.DriverStatement: a hot path's Core statement run straight on the driver, with the same
+SQL, bind processing, cursor events and error handling as Connection.execute."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy
+from sqlalchemy import bindparam, func, insert, select
+
+from mailer.clock import utcnow
+from mailer.db import DriverStatement, db
+from mailer.models import Frequency, Subscriber, SubscriberStatus
+from tests.helpers.app import statements
+
+_INSERT = insert(Subscriber.__table__).values(
+    uid=bindparam("uid"), email=bindparam("email"), status=bindparam("status"),
+    frequency=bindparam("frequency"), sections="", source="test", created_at=bindparam("at"),
+    updated_at=bindparam("at"), bounce_score=0,
+).returning(Subscriber.__table__.c.id, Subscriber.__table__.c.email)
+
+
+def test_it_runs_in_the_sessions_transaction_with_the_columns_types(app, make_email):
+    email, at = make_email(), utcnow()
+    run = DriverStatement(_INSERT)
+    params = {"uid": "u" * 20, "email": email, "status": SubscriberStatus.PENDING,
+              "frequency": Frequency.WEEKLY, "at": at}
+    with statements(db.engine) as seen:
+        row = run.first(db.session.connection(), params)
+    assert len(seen) == 1 and "INSERT INTO subscribers" in seen[0]  # the events saw it
+    assert row[1] == email and isinstance(row, tuple)
+    # Enum and time columns went through their bind processing, as through the ORM.
+    sub = db.session.get(Subscriber, row[0])
+    assert (sub.status, sub.frequency, sub.created_at) == (
+        SubscriberStatus.PENDING, Frequency.WEEKLY, at)
+    db.session.rollback()  # the same transaction: nothing stays
+    assert db.session.scalar(select(func.count()).where(Subscriber.email == email)) == 0
+
+
+def test_a_driver_error_comes_as_sqlalchemys_and_a_missing_value_is_refused(app, make_email):
+    run = DriverStatement(_INSERT)
+    params = {"uid": "v" * 20, "email": make_email(), "status": SubscriberStatus.PENDING,
+              "frequency": Frequency.WEEKLY, "at": utcnow()}
+    run.first(db.session.connection(), params)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # the same uid again
+        run.first(db.session.connection(), {**params, "email": make_email()})
+    db.session.rollback()
+    with pytest.raises(ValueError, match="email"):
+        run.first(db.session.connection(), {k: v for k, v in params.items() if k != "email"})
+    # updated_at's default is computed in Python, by SQLAlchemy's execution: refused.
+    with pytest.raises(ValueError, match="defaults"):
+        DriverStatement(insert(Subscriber.__table__).values(
+            uid=bindparam("uid"), email=bindparam("email"), status=bindparam("status"),
+            frequency=bindparam("frequency"), created_at=bindparam("at"),
+        )).first(db.session.connection(), params)
+    db.session.rollback()
