@@ -167,7 +167,8 @@ class DriverStatement:
     engine's cursor events (statement counters and tracers still see it), and SQLAlchemy's
     handling of a driver error (wrapped, a dead connection invalidated). Returns the first
     row as a plain tuple, or None; the statement's columns need no result processing, and
-    it may not rely on column defaults computed in Python (refused when compiled).
+    it may not rely on column defaults computed in Python or have an expanding IN (both
+    refused when compiled).
     """
 
     def __init__(self, statement) -> None:
@@ -180,6 +181,10 @@ class DriverStatement:
             # Column defaults computed in Python are SQLAlchemy's execution context's work.
             raise ValueError("a statement relying on Python-side column defaults: give "
                              "their values or run it through Connection.execute")
+        if "__[POSTCOMPILE_" in compiled.string:
+            # IN (a list) is expanded by the execution context, per call.
+            raise ValueError("a statement with an expanding IN: run it through "
+                             "Connection.execute")
         fixed = compiled.construct_params(_check=False)
         required = frozenset(b.key for b in compiled.binds.values() if b.required)
         processors = tuple(compiled._bind_processors.items())

@@ -52,4 +52,8 @@ def test_a_driver_error_comes_as_sqlalchemys_and_a_missing_value_is_refused(app,
             uid=bindparam("uid"), email=bindparam("email"), status=bindparam("status"),
             frequency=bindparam("frequency"), created_at=bindparam("at"),
         )).first(db.session.connection(), params)
+    # IN (a list) is expanded per call by SQLAlchemy's execution: refused.
+    with pytest.raises(ValueError, match="expanding IN"):
+        DriverStatement(select(Subscriber.id).where(Subscriber.email.in_(["a@b.c", "d@e.f"])))\
+            .first(db.session.connection(), {})
     db.session.rollback()
