@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC
@@ -173,7 +174,9 @@ class DriverStatement:
 
     def __init__(self, statement) -> None:
         self.statement = statement
-        self._compiled: dict[int, tuple] = {}
+        # Per dialect object, held weakly: keyed by id(), a dialect freed with its engine
+        # could pass its number to another of a different database and get its SQL.
+        self._compiled: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def _compile(self, dialect) -> tuple:
         compiled = self.statement.compile(dialect=dialect)
@@ -189,13 +192,13 @@ class DriverStatement:
         required = frozenset(b.key for b in compiled.binds.values() if b.required)
         processors = tuple(compiled._bind_processors.items())
         order = tuple(compiled.positiontup or ())  # a driver taking positional parameters
-        found = self._compiled[id(dialect)] = (compiled.string, fixed, required, processors,
+        found = self._compiled[dialect] = (compiled.string, fixed, required, processors,
                                                order)
         return found
 
     def first(self, connection, params: dict) -> tuple | None:
         dialect = connection.dialect
-        found = self._compiled.get(id(dialect)) or self._compile(dialect)
+        found = self._compiled.get(dialect) or self._compile(dialect)
         sql, fixed, required, processors, order = found
         missing = required - params.keys()
         if missing:

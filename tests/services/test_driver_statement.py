@@ -57,3 +57,22 @@ def test_a_driver_error_comes_as_sqlalchemys_and_a_missing_value_is_refused(app,
         DriverStatement(select(Subscriber.id).where(Subscriber.email.in_(["a@b.c", "d@e.f"])))\
             .first(db.session.connection(), {})
     db.session.rollback()
+
+
+def test_each_dialect_gets_its_own_sql_and_a_freed_one_leaves_nothing_behind(app, make_email):
+    import gc
+
+    run = DriverStatement(select(func.count()).where(Subscriber.email == bindparam("email")))
+    assert run.first(db.session.connection(), {"email": make_email()}) == (0,)
+    # Another database in the same process (an engine created, used and dropped).
+    other = sqlalchemy.create_engine("sqlite://")
+    Subscriber.__table__.create(other)
+    with other.connect() as conn:
+        assert run.first(conn, {"email": "a@b.c"}) == (0,)
+    assert len(run._compiled) == 2
+    other.dispose()
+    del other, conn
+    gc.collect()
+    # Its compiled SQL went with it: a later dialect cannot be handed another's SQL.
+    assert list(run._compiled) == [db.session.connection().dialect]
+    db.session.rollback()
