@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
+from uuid import uuid4
 
 from celery import current_app, shared_task
 from kombu.exceptions import OperationalError
@@ -157,9 +159,6 @@ def fresh_wire_message(task) -> tuple[str, str]:
     then copied with a new task id and delivery tag: nothing else in such a message changes
     from one call to the next (the body is the empty arguments, the origin this process),
     and building it whole cost a signup about a tenth of its CPU."""
-    import os
-    from uuid import uuid4
-
     found = _templates.get((os.getpid(), task.name))
     if found is None:
         key, data = wire_message(task)

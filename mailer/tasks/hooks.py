@@ -1,5 +1,6 @@
 """Outgoing webhooks: one task per delivery attempt, the sweeper, the retention of the
-history, and telling ops when an endpoint is disabled. The protocol (claim, attempt, record) is in services.hooks."""
+history, and telling ops when an endpoint is disabled. The protocol (claim, attempt,
+record) is in services.hooks."""
 
 from __future__ import annotations
 
