@@ -356,7 +356,18 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
             conn.execute(text("CREATE TABLE bench_bare (id bigserial PRIMARY KEY, email text)"))
         load = os.getloadavg()
         running += b.start_workers(env, folder, 1, 2, queues="celery")
-        results, warmed = {}, {}
+        results, warmed, cpu = {}, {}, {}
+        import redis
+
+        redis_pid = redis.Redis.from_url(scratch.redis_url).info("server")["process_id"]
+        meter = bs.CpuMeter({
+            "web": lambda: bs.tree(servers[-1].pid),
+            "worker": lambda: [p for w in running for p in bs.tree(w.proc.pid)],
+            "postgres": lambda: _backends(engine),
+            "redis": lambda: [redis_pid],
+            "clients": lambda: [os.getpid()],
+            "smtp server": lambda: [smtp.proc.pid],
+        })
         for name, argv, path in [
             ("bare", bs.python("mailer.bench_signups"), "/bare"),
             ("signup", bs.python("mailer.cli", "web", "--host", "127.0.0.1"),
@@ -377,10 +388,13 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
             warmed[name] = bs.load(port, path, clients, clients * 10, prefix=f"warm-{name}-")
             if name == "signup":
                 bs.wait_for(smtp, warmed[name].accepted, wait)
+            meter.start()
             results[name] = bs.load(port, path, clients, count, prefix=f"{name}-")
+            if name == "signup":  # the confirmations' cost is the signups' too
+                bs.wait_for(smtp, results[name].accepted, wait)
+            cpu[name] = bs.per_request(meter.stop(), count)
             b.stop_workers([b.Worker(servers[-1], folder / f"{name}.log")])
         accepted = results["signup"].accepted
-        bs.wait_for(smtp, accepted, wait)
         time.sleep(1.0)  # a second copy would arrive now
         received = smtp.counts()
         with engine.connect() as conn:
@@ -404,6 +418,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         "clients": clients, "web_workers": web_workers, "cores": os.cpu_count(),
         "warm_up": {name: len(w.latencies) for name, w in warmed.items()},
         "load_before": [round(x, 2) for x in load],
+        "cpu_us_per_request": cpu,
     }
     ok = rows == len(accepted) and set(confirmations) <= {1} and len(accepted) > 0
     if as_json:
@@ -417,8 +432,21 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
                    f"{signup['p99_ms'] / bare['p99_ms']:.2f} ({clients} clients, "
                    f"{web_workers} gunicorn workers, {os.cpu_count()} cores, load before "
                    f"{result['load_before'][0]})")
+        for name in ("bare", "signup"):
+            parts = {k: v for k, v in cpu[name].items() if k != "total" and v}
+            click.echo(f"  CPU per {name} request: "
+                       + ", ".join(f"{k} {v:,} µs" for k, v in parts.items())
+                       + f"; in all {cpu[name]['total']:,} µs")
         click.echo(f"  accepted {len(accepted):,}; rows {rows:,}; confirmations per signup "
                    + ", ".join(f"{k}: {v:,}" for k, v in result["confirmations"].items()))
     if not ok:
         fail("a signup was lost: some accepted address has no row or not exactly one "
              "confirmation")
+
+
+def _backends(engine) -> list[int]:
+    """The scratch database's PostgreSQL backends (the server runs on this machine)."""
+    from mailer import bench as b
+
+    with engine.connect() as conn:
+        return b.postgres_pids(conn)

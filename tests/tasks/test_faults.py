@@ -254,3 +254,11 @@ def test_the_signup_benchmark_checks_every_signup(pg_database, redis_server):
     assert result["ratio"] > 0
     # Both servers were warmed up (not counted) once all their workers had started.
     assert result["warm_up"] == {"bare": 40, "signup": 40}
+    # Where the CPU went, per request: every party is read, and the confirmations' cost
+    # (mailed within the signups' window) is the worker's.
+    cpu = result["cpu_us_per_request"]
+    parties = {"web", "worker", "postgres", "redis", "clients", "smtp server"}
+    assert set(cpu["bare"]) == set(cpu["signup"]) == parties | {"total"}
+    assert cpu["bare"]["web"] > 0 and cpu["signup"]["web"] > 0
+    assert cpu["signup"]["worker"] > 0
+    assert all(c["total"] == sum(v for k, v in c.items() if k != "total") for c in cpu.values())
