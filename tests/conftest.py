@@ -198,6 +198,20 @@ def make_email():
     return lambda prefix="reader": f"{prefix}{next(_emails)}.{_run}@example.com"
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test that used a worker process (the session's `worker`, or one of its own
+    under that name): the end of the worker's log goes into the report, so that a mail that
+    never came shows what the worker did meanwhile (each task's arguments, result, retries)."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    proc = getattr(item, "funcargs", {}).get("worker")
+    if isinstance(proc, WorkerProcess):
+        report.sections.append((f"worker log, the end ({proc.log_path})", proc.log(20000)))
+
+
 @pytest.fixture(scope="session")
 def worker(base_env, tmp_path_factory):
     """A real `mailer worker` process (prefork, 2 children) shared by the session.

@@ -292,8 +292,9 @@ class WorkerProcess:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
         return b" ready." in self.log_path.read_bytes()[self._offset :]
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-5000:]
+    def log(self, chars: int = 5000) -> str:
+        """The end of the worker's log."""
+        return self.log_path.read_text(errors="replace")[-chars:]
 
     def kill(self) -> None:
         """SIGKILL the whole process group: the main process and its pool children."""
