@@ -92,6 +92,14 @@ class SignupResult:
     send_confirmation: bool
 
 
+def confirmation_owed(sub: Subscriber) -> bool:
+    """Whether nothing was sent yet for the reader's latest request (_CONFIRMATION_OWED in
+    Python)."""
+    return sub.confirm_sent_at is None or (
+        sub.confirm_requested_at is not None and sub.confirm_sent_at < sub.confirm_requested_at
+    )
+
+
 def may_confirm(sub: Subscriber) -> bool:
     """Whether a confirmation would make this reader active now (_MAY_CONFIRM in Python)."""
     if sub.status not in CONFIRMABLE:

@@ -10,7 +10,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -268,3 +268,35 @@ def test_a_request_not_committed_yet_holds_up_no_other_mail(quiet, smtp, make_em
     assert len(smtp.wait_for(committed)) == 1
     assert send_confirmation(*handed[0][1]) == "sent"  # the task of its own, once committed
     assert len(smtp.wait_for(pending)) == 1
+
+
+@pytest.mark.redis
+def test_a_signup_committed_between_the_claim_and_the_look_after_it_is_mailed(
+    quiet, smtp, make_email
+):
+    """The drain's claim runs just before the signup's COMMIT and claims nothing; the COMMIT
+    lands before the look that tells why: the look sees the mail owed, not already sent."""
+    email = make_email()
+    web = db.session_factory()  # its COMMIT comes right after the drain's claim
+    sub_id, requested = _signup(web, email)
+    client = notices._redis(runtime().settings)
+    client.lpush(notices.CONFIRMATIONS, notices.confirmation_entry(sub_id, requested))
+    client.set(notices.DRAINING, 1, ex=notices.DRAINING_TTL)
+    claims = []
+
+    def commit_after_the_first_claim(conn, cursor, statement, *args):
+        if "confirm_sent_at=subscribers.confirm_requested_at" in statement:  # the claim
+            claims.append(cursor.rowcount)
+            if web.is_active:
+                web.commit()
+                web.close()
+
+    event.listen(db.engine, "after_cursor_execute", commit_after_the_first_claim)
+    try:
+        outcome = send_confirmations()
+    finally:
+        event.remove(db.engine, "after_cursor_execute", commit_after_the_first_claim)
+        web.close()
+    assert claims[0] == 0  # the first claim did not see the signup
+    assert outcome == {"sent": 1}
+    assert len(smtp.wait_for(email)) == 1
