@@ -9,7 +9,15 @@ from mailer.db import db
 from mailer.errors import InvalidTransition, MailerError, ValidationError
 from mailer.models import IssueStatus
 from mailer.runtime import runtime
-from mailer.services import deliveries, issue_edits, issue_states, render, reports, send_times
+from mailer.services import (
+    deliveries,
+    issue_edits,
+    issue_states,
+    progress,
+    render,
+    reports,
+    send_times,
+)
 from mailer.web import auth
 from mailer.web.admin.charts import bar_chart
 from mailer.web.admin.console import page_count, paging
@@ -121,8 +129,9 @@ def unschedule(issue_id: int):
 
 
 def _progress(issue_id: int) -> dict:
-    """deliveries.status plus what the page shows: percent done, rate and ETA in words."""
-    data = deliveries.status(db.session, issue_id)
+    """deliveries.status (a recent count while sending: services.progress) plus what the
+    page shows: percent done, rate and ETA in words."""
+    data = progress.watched_status(db.session, issue_id, runtime().settings.redis_url)
     total, done = data["total"], data["done"]
     final = data["status"] in (I.FINISHED, I.CANCELLED)
     percent = 100 if (total == 0 and final) else (int(100 * done / total) if total else 0)
@@ -220,14 +229,14 @@ def report(issue_id: int):
     issue = issue_edits.get_issue(db.session, issue_id)
     if issue.status in issue_states.EDITABLE:
         return redirect(issue_home(issue))
-    progress = _progress(issue_id)
+    sent = _progress(issue_id)
     counts = reports.issue_counts(db.session, [issue_id])[issue_id]
     clicks = reports.clicks_per_item(db.session, issue_id)
     page, offset = paging(BOUNCES_PER_PAGE)
     bounced, bounced_total = reports.bounces(db.session, issue_id, offset, BOUNCES_PER_PAGE)
-    states = [(STATE_LABELS[s], n, f"s-{s}") for s, n in progress["counts"].items()]
+    states = [(STATE_LABELS[s], n, f"s-{s}") for s, n in sent["counts"].items()]
     return render_template(
-        "admin/report.html", issue=issue, progress=progress, counts=counts, labels=STATE_LABELS,
+        "admin/report.html", issue=issue, progress=sent, counts=counts, labels=STATE_LABELS,
         subject=reports.sent_subjects(db.session, [issue_id]).get(issue_id, issue.subject),
         clicks=clicks, bounced=bounced, bounced_total=bounced_total, page=page,
         pages=page_count(bounced_total, BOUNCES_PER_PAGE), pager_args={"issue_id": issue_id},

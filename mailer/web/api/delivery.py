@@ -14,7 +14,7 @@ from flask import Blueprint, jsonify
 from mailer.db import db
 from mailer.models import Role
 from mailer.runtime import runtime
-from mailer.services import deliveries
+from mailer.services import deliveries, progress
 from mailer.web.auth import bearer_user
 
 bp = Blueprint("delivery", __name__, url_prefix="/issues")
@@ -64,4 +64,5 @@ def cancel(issue_id: int):
 @bp.get("/<int:issue_id>/status")
 def status(issue_id: int):
     bearer_user(Role.EDITOR, Role.OPS)
-    return _status(issue_id)
+    # Polled while the issue is sent: a recent count (services.progress), not one per call.
+    return jsonify(progress.watched_status(db.session, issue_id, runtime().settings.redis_url))

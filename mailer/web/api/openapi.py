@@ -237,7 +237,8 @@ def _delivery() -> dict:
             "Cancel the issue", "cancelIssue", 200, "Cancelled; unsent rows stay unsent.",
             "Editor or ops role."),
         "/api/v1/issues/{issue_id}/status": {"parameters": [ISSUE], "get": _op(
-            "Counts per delivery state, rate and time left", "delivery", "issueStatus",
+            "Counts per delivery state, rate and time left (while sending, counts may be "
+            "a moment old: docs/api.md)", "delivery", "issueStatus",
             responses={"200": _answer("The status.", status), **_errors(401, 404)})},
     }
 
