@@ -222,11 +222,26 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_pids(session) -> list[int]:
-    """Backends serving the scratch database (they run on this machine in the benchmark)."""
-    return list(
-        session.scalars(text("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"))
-    )
+# The benchmark's own connections say so: what it spends watching the send (a count of the
+# issue's deliveries per state, each second) is not the send's cost.
+OWN_CONNECTIONS = "mailer bench"
+
+
+def own_database_url(database_url: str) -> str:
+    """database_url for the benchmark's own connections (named OWN_CONNECTIONS)."""
+    return make_url(database_url).update_query_dict(
+        {"application_name": OWN_CONNECTIONS}
+    ).render_as_string(hide_password=False)
+
+
+def postgres_pids(session, *, own: bool = False) -> list[int]:
+    """Backends serving the scratch database (they run on this machine in the benchmark):
+    the workers' and the server's own (autovacuum), or with `own` the benchmark's."""
+    return list(session.scalars(
+        text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND "
+             "(application_name = :own) = :mine"),
+        {"own": OWN_CONNECTIONS, "mine": own},
+    ))
 
 
 def free_port() -> int:

@@ -1,0 +1,36 @@
+"""`mailer bench`: a smoke run of the send benchmark (its checks and figures, not its speed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers.servers import ROOT
+
+pytestmark = pytest.mark.redis  # the benchmark runs on PostgreSQL and Redis only
+
+
+def test_the_send_benchmark_sends_each_reader_once_and_says_where_the_cpu_went(
+    pg_database, redis_server, smtp
+):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(MAILER_DATABASE_URL=pg_database.url, MAILER_REDIS_URL=redis_server.url,
+               PYTHONPATH=str(ROOT))
+    smtp.reset()
+    done = subprocess.run(
+        [sys.executable, "-m", "mailer.cli", "bench", "-n", "300", "--smtp", smtp.url,
+         "--concurrency", "1", "--redis-db", "13", "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["status"] == "finished" and result["counts"]["sent"] == 300
+    assert len(smtp.messages) == 300 and len({m.recipient for m in smtp.messages}) == 300
+    cpu = result["cpu_us_per_message"]
+    # The send's own database work apart from the benchmark's watching it.
+    assert {"workers", "postgres", "progress polls (postgres)", "bench"} <= set(cpu)
+    assert cpu["workers"] > 0
