@@ -19,7 +19,9 @@ from mailer.models import Frequency, Newsletter, Subscriber
 from mailer.runtime import runtime
 from mailer.services import subscriptions as subs
 from mailer.tasks import notices
+from mailer.tasks.base import fresh_wire_message
 from mailer.tasks.notices import send_confirmation, send_confirmations
+from mailer.web.signup_gate import Handoff, SignupGate
 from tests.helpers.app import make_app, statements
 from tests.helpers.delivery import own_broker
 
@@ -93,10 +95,17 @@ def test_a_task_quicker_than_the_signups_commit_waits_for_it(quiet, smtp, make_e
 
 
 def test_a_request_never_committed_is_given_up_after_the_waits(quiet, monkeypatch):
-    waited = []
+    waited, later = [], []
+
+    def look_later(task, *args, **options):  # the broker's countdown, run here at once
+        later.append(options)
+        return task(*args)
+
     monkeypatch.setattr(notices, "time", SimpleNamespace(sleep=waited.append))
-    assert send_confirmation(10**9, utcnow().isoformat()) == "not pending"
-    assert len(waited) == notices.COMMIT_WAITS
+    monkeypatch.setattr(notices, "enqueue", look_later)
+    assert send_confirmation(10**9, utcnow().isoformat()) == "not committed yet"
+    assert len(waited) == notices.COMMIT_WAITS  # in the first task only
+    assert later == [{"countdown": notices.LATE_LOOK_AFTER}] * notices.LATE_LOOKS
 
 
 def test_each_request_is_mailed_once(quiet, smtp, make_email):
@@ -300,3 +309,32 @@ def test_a_signup_committed_between_the_claim_and_the_look_after_it_is_mailed(
     assert claims[0] == 0  # the first claim did not see the signup
     assert outcome == {"sent": 1}
     assert len(smtp.wait_for(email)) == 1
+
+
+@pytest.mark.redis
+def test_a_signup_committed_seconds_after_its_hand_off_is_mailed_at_once(
+    app, worker, smtp, make_email
+):
+    """The signup's script pushed the confirmation, then its COMMIT came seconds later than
+    the task's waits: the mail still goes out within seconds of the COMMIT, not a minute
+    later from the sweeper (which the session's worker does not even run)."""
+    with app.app_context():
+        email = make_email()
+        settings = runtime().settings
+        web = db.session_factory()
+        sub_id, requested = _signup(web, email)
+        queue, message = fresh_wire_message(send_confirmations)
+        gate = SignupGate(settings.redis_url, {"ip": "10 per minute", "address": "10 per minute"})
+        verdict = gate.admit({"ip": "127.0.0.1", "address": f"addr:{email}"}, Handoff(
+            queue, message, notices.CONFIRMATIONS, notices.confirmation_entry(sub_id, requested),
+            notices.DRAINING, notices.DRAINING_TTL))
+        assert verdict.queued
+        try:
+            time.sleep(notices.COMMIT_WAITS * notices.COMMIT_WAIT + 3)  # the waits are over
+            assert smtp.to(email) == []
+        finally:
+            web.commit()
+            web.close()
+        committed = time.monotonic()
+        assert len(smtp.wait_for(email, timeout=20)) == 1
+        assert time.monotonic() - committed < 3 * notices.LATE_LOOK_AFTER
