@@ -352,11 +352,33 @@ def start_mailer(args: list[str], env: dict, log_path: Path):
     return proc, log
 
 
-def stop_mailer(proc: subprocess.Popen, log) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(20)
-    log.close()
+def stop_mailer(proc: subprocess.Popen, log, timeout: float = 20.0) -> None:
+    """SIGTERM to the process group, as a group kill stops it. A process still there after
+    `timeout` fails the test with the tail of its log, once its group has been killed and
+    the log closed, so that the tests after it start clean."""
+    try:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc.pid)
+                proc.wait(10)
+                log.close()
+                tail = Path(log.name).read_text(errors="replace")[-5000:]
+                raise AssertionError(
+                    f"`mailer {' '.join(proc.args[3:])}` had not exited {timeout:.0f} s after "
+                    f"SIGTERM (killed now); its log ends:\n{tail}"
+                ) from None
+    finally:
+        log.close()
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def children(pid: int) -> list[int]:
