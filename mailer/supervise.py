@@ -12,6 +12,19 @@ one and start it again whenever it exits without being asked to:
   holds no connection that a fault could break;
 - SIGTERM, SIGINT, SIGQUIT and SIGHUP are passed on to the child (a warm shutdown stays a
   warm shutdown), and then the parent exits with the child's code instead of restarting it;
+  a signal that comes while a child is being started is passed on as soon as it is there;
+- the child runs in a process group of its own, so a signal to the parent's group (a group
+  kill, Ctrl-C in a terminal) reaches the child once, passed on, and not twice: Celery
+  takes a second SIGINT for a cold shutdown, and a second SIGTERM that reaches beat while
+  it exits kills it with 143 instead of 0. systemd units should say `KillMode=mixed` (the
+  stop signal to the parent alone; its final SIGKILL reaches every process of the unit);
+  the child asks the kernel for SIGKILL when the parent dies, so a SIGKILL to the parent
+  (or its group) still ends the child;
+- with a stop grace (beat's: `SCHEDULER_STOP_GRACE`), a child still running that long
+  after it was asked to stop is stuck in its shutdown: the parent logs it, sends SIGUSR1
+  (beat then writes every thread's stack to its log), and SIGKILL a second later, so
+  `mailer beat` always exits. The worker has none: its warm shutdown lasts as long as the
+  tasks in hand, which systemd's `TimeoutStopSec` bounds;
 - a child that exits on its own with a non-zero code is started again after a pause that
   doubles from one second up to `MAX_BACKOFF`, and goes back to one second once a child has
   run for `STABLE_SECONDS`; each restart is logged with the exit code and the pause;
@@ -31,11 +44,13 @@ hand out again whatever a dead process held (see services/deliveries.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 log = logging.getLogger("mailer.supervise")
@@ -43,35 +58,81 @@ log = logging.getLogger("mailer.supervise")
 UNRECOVERABLE_GRACE = 10.0
 EX_UNRECOVERABLE = 70  # EX_SOFTWARE: not 0, so the parent starts the process again
 
+# `mailer beat` stops in a second; one still there this long after SIGTERM is stuck.
+SCHEDULER_STOP_GRACE = 10.0
+STACKS_SECONDS = 1.0  # for the stuck child to write its stacks before SIGKILL
+
 MAX_BACKOFF = 30.0
 STABLE_SECONDS = 60.0
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 # Set in the child's environment: the command runs the real process instead of a parent.
 CHILD_MARK = "MAILER_SUPERVISED_CHILD"
+PARENT_MARK = "MAILER_SUPERVISOR_PID"
 
 
 def is_child() -> bool:
     return os.environ.get(CHILD_MARK) == "1"
 
 
-def supervise(argv: list[str], what: str) -> int:
-    """Run argv as a child until asked to stop; the child's last exit code."""
+def die_with_parent() -> None:
+    """In the child: the kernel sends it SIGKILL when the supervisor dies (prctl
+    PR_SET_PDEATHSIG), as a SIGKILL to the supervisor's process group used to reach it too.
+    A supervisor already gone by then leaves nothing to run for."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
+    if str(os.getppid()) != os.environ.get(PARENT_MARK):
+        os._exit(EX_UNRECOVERABLE)
+
+
+def supervise(argv: list[str], what: str, stop_grace: float | None = None) -> int:
+    """Run argv as a child until asked to stop; the child's last exit code.
+
+    With `stop_grace`, a child still there that many seconds after a stop signal was passed
+    on is asked for its stacks (SIGUSR1) and then killed (see the module docstring)."""
     stopping: list[int] = []
     child: subprocess.Popen | None = None
+    told: subprocess.Popen | None = None  # the child a stop signal has been passed on to
+    timer: threading.Timer | None = None
 
     def forward(signum, _frame):
+        nonlocal told
         stopping.append(signum)
         if child is not None and child.poll() is None:
             child.send_signal(signum)
+            told = child
+            bound_the_stop()
+
+    def bound_the_stop():
+        nonlocal timer
+        if stop_grace is not None and timer is None:
+            timer = threading.Timer(stop_grace, _kill_after_grace, (told, what, stop_grace))
+            timer.daemon = True
+            timer.start()
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    env = {**os.environ, CHILD_MARK: "1"}
+    env = {**os.environ, CHILD_MARK: "1", PARENT_MARK: str(os.getpid())}
     backoff = 1.0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(argv, env=env)
+        # Its own process group: a signal to ours (a group kill, Ctrl-C in a terminal)
+        # reaches the child once, passed on by us, rather than twice.
+        child = subprocess.Popen(argv, env=env, process_group=0)
+        # A signal that came while the child was being started found no child to pass it
+        # on to (or the previous one, already gone): pass it on now, once.
+        with _signals_blocked():
+            if stopping and told is not child:
+                child.send_signal(stopping[-1])
+                told = child
+                bound_the_stop()
         code = _wait(child)
+        if timer is not None:
+            timer.cancel()
         if stopping or code == 0:
             return code
         if time.monotonic() - started >= STABLE_SECONDS:
@@ -85,6 +146,15 @@ def supervise(argv: list[str], what: str) -> int:
         backoff = min(backoff * 2, MAX_BACKOFF)
 
 
+@contextlib.contextmanager
+def _signals_blocked():
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _wait(child: subprocess.Popen) -> int:
     while True:
         try:
@@ -95,12 +165,28 @@ def _wait(child: subprocess.Popen) -> int:
         return 128 - code if code < 0 else code
 
 
-def main(argv: list[str], what: str) -> None:
+def _kill_after_grace(child: subprocess.Popen, what: str, grace: float) -> None:
+    """In a timer thread: the child was asked to stop `grace` seconds ago and is still
+    there. Its stacks go to its log (SIGUSR1), then SIGKILL ends it."""
+    for signum in (signal.SIGUSR1, signal.SIGKILL):
+        if child.returncode is not None:
+            return
+        if signum == signal.SIGUSR1:
+            log.error("%s is still running %.0f s after it was asked to stop; writing its "
+                      "stacks to its log and killing it", what, grace)
+        try:
+            os.kill(child.pid, signum)
+        except ProcessLookupError:
+            return
+        time.sleep(STACKS_SECONDS)
+
+
+def main(argv: list[str], what: str, stop_grace: float | None = None) -> None:
     """Exit with the supervised child's code (used by `mailer worker` and `mailer beat`)."""
     logging.basicConfig(
         level=logging.INFO, format="[%(asctime)s: %(levelname)s/Supervisor] %(message)s"
     )
-    sys.exit(supervise(argv, what))
+    sys.exit(supervise(argv, what, stop_grace))
 
 
 class _ExitAfterUnrecoverable(logging.Handler):

@@ -126,13 +126,15 @@ def web(ctx: Context, host: str, port: int, workers: int, access_log: bool):
     _gunicorn(lambda: create_app(settings), options)
 
 
-def _supervised(wanted: bool, what: str) -> None:
+def _supervised(wanted: bool, what: str, stop_grace: float | None = None) -> None:
     """Become the supervising parent of this same command (mailer/supervise.py), unless this
     process is the supervised child or supervision is off; returns only in the child."""
     from mailer import supervise
 
     if wanted and not supervise.is_child():
-        supervise.main([sys.executable, "-m", "mailer.cli", *sys.argv[1:]], what)
+        supervise.main([sys.executable, "-m", "mailer.cli", *sys.argv[1:]], what, stop_grace)
+    if supervise.is_child():
+        supervise.die_with_parent()
 
 
 @cli.command()
@@ -188,7 +190,14 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
 @pass_ctx
 def beat(ctx: Context, loglevel, supervise):
     """The scheduler process (one is enough; several are safe)."""
-    _supervised(supervise, "the scheduler")
+    from mailer.supervise import SCHEDULER_STOP_GRACE
+
+    _supervised(supervise, "the scheduler", SCHEDULER_STOP_GRACE)
+    # SIGUSR1 writes every thread's stack to the log, as it does for Celery's worker: the
+    # supervisor asks for them before it kills a scheduler that does not stop.
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     ctx.web = False
     celery = ctx.app.extensions["celery"]
     celery.start(["beat", f"--loglevel={loglevel}",

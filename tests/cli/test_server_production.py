@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+from pathlib import Path
+
 import httpx
 import pytest
 
-from tests.helpers.servers import free_port, start_mailer, stop_mailer, wait_until
+from tests.helpers.servers import children, free_port, start_mailer, stop_mailer, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -50,3 +55,74 @@ def test_beat_drives_the_periodic_tick_on_the_worker(app, env, worker, tmp_path)
     finally:
         stop_mailer(proc, log)
     assert "Sending due task tick (mailer.tick)" in (tmp_path / "beat.log").read_text()
+    assert proc.returncode == 0  # stopped by one SIGTERM, not killed by a second
+
+
+def _ticking(path) -> bool:
+    return "Sending due task tick" in path.read_text(errors="replace")
+
+
+def test_beat_that_does_not_stop_is_killed_by_its_supervisor(app, env, tmp_path):
+    """A scheduler stuck in its shutdown (here: stopped outright) holds the parent forever
+    unless the parent bounds the wait: once the grace is over it asks for the stacks and
+    kills it, and `mailer beat` exits."""
+    from mailer.supervise import SCHEDULER_STOP_GRACE
+
+    log_path = tmp_path / "beat.log"
+    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
+                             {**env, "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_TICK_SECONDS": "1"},
+                             log_path)
+    try:
+        wait_until(lambda: _ticking(log_path), 60, 0.1, what="beat to tick")
+        (scheduler,) = children(proc.pid)[:1]
+        os.kill(scheduler, signal.SIGSTOP)
+        started = time.monotonic()
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(SCHEDULER_STOP_GRACE + 8)
+        took = time.monotonic() - started
+    finally:
+        stop_mailer(proc, log)
+    text = log_path.read_text(errors="replace")
+    assert "the scheduler is still running 10 s after it was asked to stop" in text, text[-3000:]
+    assert code == 128 + signal.SIGKILL
+    assert SCHEDULER_STOP_GRACE <= took < SCHEDULER_STOP_GRACE + 8
+
+
+def test_beat_writes_its_stacks_on_sigusr1_and_goes_on(app, env, tmp_path):
+    log_path = tmp_path / "beat.log"
+    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
+                             {**env, "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_TICK_SECONDS": "1"},
+                             log_path)
+    try:
+        wait_until(lambda: _ticking(log_path), 60, 0.1, what="beat to tick")
+        (scheduler,) = children(proc.pid)[:1]
+        os.kill(scheduler, signal.SIGUSR1)
+        wait_until(lambda: "(most recent call first)" in log_path.read_text(errors="replace"),
+                   10, 0.1, what="the stacks in the log")
+        ticks = log_path.read_text(errors="replace").count("Sending due task tick")
+        wait_until(lambda: log_path.read_text(errors="replace").count("Sending due task tick")
+                   > ticks, 20, 0.2, what="beat ticking on")
+    finally:
+        stop_mailer(proc, log)
+    assert proc.returncode == 0
+    assert "in start" in log_path.read_text(errors="replace")  # Service.start's frame
+
+
+def test_beat_runs_in_its_own_group_and_dies_with_its_supervisor(app, env, tmp_path):
+    """A group kill reaches the scheduler once, passed on by its parent (a second SIGTERM
+    can land while it exits, and kill it with 143); a SIGKILL to the parent alone, which
+    nothing passes on, still ends it."""
+    log_path = tmp_path / "beat.log"
+    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
+                             {**env, "MAILER_INSTANCE_PATH": str(tmp_path)}, log_path)
+    try:
+        wait_until(lambda: children(proc.pid), 30, 0.05, what="the scheduler process")
+        (scheduler,) = children(proc.pid)[:1]
+        assert os.getpgid(scheduler) == scheduler != os.getpgid(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: not Path(f"/proc/{scheduler}").exists()
+                   or "State:\tZ" in Path(f"/proc/{scheduler}/status").read_text(),
+                   10, 0.05, what="the scheduler to die with its parent")
+    finally:
+        stop_mailer(proc, log)
