@@ -11,6 +11,7 @@ import html as htmllib
 from datetime import timedelta
 
 import pytest
+from playwright.sync_api import expect
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -74,9 +75,12 @@ def test_an_editor_brands_a_newsletter_and_the_archive_keeps_what_readers_got(
     page.get_by_role("button", name="Save the look").click()
     assert "The logo is 20.0 MB; the largest accepted is 1.0 MB." in page.locator(
         "#look-error").inner_text()
+    # The page the refusal reloaded runs its script (deferred) before it is loaded: typing
+    # sooner would go unheard.
+    page.wait_for_load_state()
     page.get_by_label("Accent colour").fill("#ffcc00")
     # Said while typing, then refused by the server with the same figure.
-    assert "1.5:1, too light" in page.locator("[data-contrast]").inner_text()
+    expect(page.locator("[data-contrast]")).to_contain_text("1.5:1, too light")
     page.get_by_role("button", name="Save the look").click()
     assert ("#ffcc00 has a contrast of 1.5:1 against white; links and buttons need at least "
             "4.5:1") in page.locator("#look-error").inner_text()
