@@ -78,6 +78,15 @@ def die_with_parent() -> None:
     """In the child: the kernel sends it SIGKILL when the supervisor dies (prctl
     PR_SET_PDEATHSIG), as a SIGKILL to the supervisor's process group used to reach it too.
     A supervisor already gone by then leaves nothing to run for."""
+    die_with(int(os.environ.get(PARENT_MARK) or 0))
+
+
+def die_with(parent: int) -> None:
+    """SIGKILL this process when `parent`, the process that started it, dies; exit at once
+    if it is gone already. The supervised worker calls it in the processes Celery forks
+    (the embedded scheduler of `mailer worker --beat`, prefork pool processes): they share
+    its process group, not the supervisor's, so once the worker is gone nothing else would
+    end them."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
@@ -85,7 +94,7 @@ def die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, ctypes.c_ulong(signal.SIGKILL), 0, 0, 0)
-    if str(os.getppid()) != os.environ.get(PARENT_MARK):
+    if os.getppid() != parent:
         os._exit(EX_UNRECOVERABLE)
 
 

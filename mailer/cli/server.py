@@ -156,6 +156,17 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
     from mailer import supervise
 
     supervise.exit_after_unrecoverable_error()
+    # What Celery forks from this process (the embedded scheduler, prefork pool processes)
+    # dies with it, even when it is killed and cannot stop them.
+    from celery import signals
+
+    worker_pid = os.getpid()
+
+    def die_with_worker(**_):
+        supervise.die_with(worker_pid)
+
+    signals.beat_embedded_init.connect(die_with_worker, weak=False)
+    signals.worker_process_init.connect(die_with_worker, weak=False)
     if ctx.settings.dkim_key_file or ctx.settings.dkim_ed25519_key_file:
         from mailer.mail import dkim
 

@@ -108,6 +108,39 @@ def test_beat_writes_its_stacks_on_sigusr1_and_goes_on(app, env, tmp_path):
     assert "in start" in log_path.read_text(errors="replace")  # Service.start's frame
 
 
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_nothing_a_worker_started_outlives_it_when_its_supervisor_is_killed(
+    app, env, tmp_path, pool
+):
+    """`mailer worker --beat` (as `mailer run` starts it): the Celery process runs in a
+    group of its own, so a SIGKILL to the supervisor's group reaches only the supervisor;
+    the Celery process dies with it, and what Celery forked (the embedded scheduler, the
+    pool's processes) dies with that in turn instead of living on as orphans."""
+    proc, log = start_mailer(
+        ["worker", "--beat", "--pool", pool, "--concurrency", "2", "--loglevel", "INFO"],
+        {**env, "MAILER_INSTANCE_PATH": str(tmp_path)}, tmp_path / "worker.log",
+    )
+    try:
+        wanted = 2 if pool == "threads" else 4  # Celery, the scheduler (and 2 pool processes)
+        wait_until(lambda: len(children(proc.pid)) >= wanted, 60, 0.1,
+                   what="the worker, its scheduler and its pool")
+        below = children(proc.pid)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+        def gone(pid: int) -> bool:
+            status = Path(f"/proc/{pid}/status")
+            try:
+                return "State:\tZ" in status.read_text()
+            except OSError:
+                return True
+
+        wait_until(lambda: all(gone(pid) for pid in below), 10, 0.05,
+                   what=f"every process below the supervisor to die ({below})")
+    finally:
+        stop_mailer(proc, log)
+
+
 def test_beat_runs_in_its_own_group_and_dies_with_its_supervisor(app, env, tmp_path):
     """A group kill reaches the scheduler once, passed on by its parent (a second SIGTERM
     can land while it exits, and kill it with 143); a SIGKILL to the parent alone, which
