@@ -58,8 +58,21 @@ def test_beat_drives_the_periodic_tick_on_the_worker(app, env, worker, tmp_path)
     assert proc.returncode == 0  # stopped by one SIGTERM, not killed by a second
 
 
-def _ticking(path) -> bool:
-    return "Sending due task tick" in path.read_text(errors="replace")
+def _ticking_beat(env, tmp_path):
+    """`mailer beat` ticking every second: (supervisor, its log file, the log's path, the
+    scheduler process under it)."""
+    log_path = tmp_path / "beat.log"
+    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
+                             {**env, "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_TICK_SECONDS": "1"},
+                             log_path)
+    try:
+        wait_until(lambda: "Sending due task tick" in log_path.read_text(errors="replace"),
+                   60, 0.1, what="beat to tick")
+        (scheduler,) = children(proc.pid)[:1]
+    except BaseException:
+        stop_mailer(proc, log)
+        raise
+    return proc, log, log_path, scheduler
 
 
 def test_beat_that_does_not_stop_is_killed_by_its_supervisor(app, env, tmp_path):
@@ -68,13 +81,8 @@ def test_beat_that_does_not_stop_is_killed_by_its_supervisor(app, env, tmp_path)
     kills it, and `mailer beat` exits."""
     from mailer.supervise import SCHEDULER_STOP_GRACE
 
-    log_path = tmp_path / "beat.log"
-    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
-                             {**env, "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_TICK_SECONDS": "1"},
-                             log_path)
+    proc, log, log_path, scheduler = _ticking_beat(env, tmp_path)
     try:
-        wait_until(lambda: _ticking(log_path), 60, 0.1, what="beat to tick")
-        (scheduler,) = children(proc.pid)[:1]
         os.kill(scheduler, signal.SIGSTOP)
         started = time.monotonic()
         os.killpg(proc.pid, signal.SIGTERM)
@@ -89,13 +97,8 @@ def test_beat_that_does_not_stop_is_killed_by_its_supervisor(app, env, tmp_path)
 
 
 def test_beat_writes_its_stacks_on_sigusr1_and_goes_on(app, env, tmp_path):
-    log_path = tmp_path / "beat.log"
-    proc, log = start_mailer(["beat", "--loglevel", "INFO"],
-                             {**env, "MAILER_INSTANCE_PATH": str(tmp_path), "MAILER_TICK_SECONDS": "1"},
-                             log_path)
+    proc, log, log_path, scheduler = _ticking_beat(env, tmp_path)
     try:
-        wait_until(lambda: _ticking(log_path), 60, 0.1, what="beat to tick")
-        (scheduler,) = children(proc.pid)[:1]
         os.kill(scheduler, signal.SIGUSR1)
         wait_until(lambda: "(most recent call first)" in log_path.read_text(errors="replace"),
                    10, 0.1, what="the stacks in the log")
