@@ -157,13 +157,15 @@ def worker(ctx: Context, concurrency, pool, queues, beat, loglevel, supervise):
 
     supervise.exit_after_unrecoverable_error()
     # What Celery forks from this process (the embedded scheduler, prefork pool processes)
-    # dies with it, even when it is killed and cannot stop them.
+    # dies with it, even when it is killed and cannot stop them. (The solo pool sends
+    # worker_process_init in this process itself: nothing to do there.)
     from celery import signals
 
     worker_pid = os.getpid()
 
     def die_with_worker(**_):
-        supervise.die_with(worker_pid)
+        if os.getpid() != worker_pid:
+            supervise.die_with(worker_pid)
 
     signals.beat_embedded_init.connect(die_with_worker, weak=False)
     signals.worker_process_init.connect(die_with_worker, weak=False)

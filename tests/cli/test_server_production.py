@@ -111,7 +111,7 @@ def test_beat_writes_its_stacks_on_sigusr1_and_goes_on(app, env, tmp_path):
     assert "in start" in log_path.read_text(errors="replace")  # Service.start's frame
 
 
-@pytest.mark.parametrize("pool", ["threads", "prefork"])
+@pytest.mark.parametrize("pool", ["threads", "prefork", "solo"])
 def test_nothing_a_worker_started_outlives_it_when_its_supervisor_is_killed(
     app, env, tmp_path, pool
 ):
@@ -124,7 +124,9 @@ def test_nothing_a_worker_started_outlives_it_when_its_supervisor_is_killed(
         {**env, "MAILER_INSTANCE_PATH": str(tmp_path)}, tmp_path / "worker.log",
     )
     try:
-        wanted = 2 if pool == "threads" else 4  # Celery, the scheduler (and 2 pool processes)
+        # Celery and the scheduler (and two pool processes); a solo worker that could not
+        # start would come and go under its supervisor, never with a scheduler below it.
+        wanted = 4 if pool == "prefork" else 2
         wait_until(lambda: len(children(proc.pid)) >= wanted, 60, 0.1,
                    what="the worker, its scheduler and its pool")
         below = children(proc.pid)

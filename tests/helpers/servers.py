@@ -284,7 +284,15 @@ class WorkerProcess:
             start_new_session=True,
         )
         if wait:
-            wait_until(lambda: self._ready(), 60, 0.1, what=f"the worker (log: {self.log_path})")
+            try:
+                wait_until(lambda: self._ready(), 60, 0.1,
+                           what=f"the worker (log: {self.log_path})")
+            except BaseException:
+                # A worker that never got ready is not left running, nor its log open for
+                # the next test to trip over.
+                self.kill()
+                self._log.close()
+                raise
         return self
 
     def _ready(self) -> bool:
@@ -297,7 +305,8 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")[-chars:]
 
     def kill(self) -> None:
-        """SIGKILL the whole process group: the main process and its pool children."""
+        """SIGKILL the whole process group: the supervisor, and with it (mailer/supervise.py)
+        the Celery process and its pool children."""
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
