@@ -199,7 +199,21 @@
     if (!li) { return; }
     var button = parts[1] && li.querySelector('button[data-action="' + parts[1] + '"]');
     if (!button || button.disabled) { button = li.querySelector("button:not([disabled])"); }
-    if (button) { button.focus(); }
+    if (!button) { return; }
+    button.focus();
+    // The browser's jump to the #item-… anchor can come after this and clear the focus (the
+    // item itself cannot take it): for a moment, put it back when nothing else has it.
+    var until = Date.now() + 1500;
+    button.addEventListener("blur", function again() {
+      setTimeout(function () {
+        if (Date.now() < until && (document.activeElement === document.body ||
+                                   document.activeElement === null)) {
+          button.focus();
+        } else {
+          button.removeEventListener("blur", again);
+        }
+      }, 0);
+    });
   }
 
   document.addEventListener("DOMContentLoaded", function () {
