@@ -104,14 +104,15 @@ def watched_status(session: Session, issue_id: int, redis_url: str | None = None
     if entry is None or not _fresh(entry, now):
         entry = _shared_get(redis_url, key)
     if entry is not None and _fresh(entry, now):
-        _local[key] = entry
+        with _lock:  # the web's threads share _local
+            _local[key] = entry
         return {**entry[2], "status": str(issue.status), "reason": issue.status_reason}
     started = time.perf_counter()
     status = deliveries.status(session, issue_id)
     entry = (time.time(), time.perf_counter() - started, status)
     with _lock:
         for old in [k for k, e in _local.items() if not _fresh(e, now)]:
-            del _local[old]
+            _local.pop(old, None)
         _local[key] = entry
     _shared_put(redis_url, key, entry)
     return status
