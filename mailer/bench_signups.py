@@ -171,69 +171,6 @@ def wait_for(smtp: SmtpProcess, addresses: list[str], wait: float) -> None:
         missing = now_missing
 
 
-# --- where the CPU goes -------------------------------------------------------------------
-
-
-class CpuMeter:
-    """CPU time (user + system, from /proc: Linux) of each party of a run, over a window.
-
-    `parties` maps a name to a function listing that party's processes at the moment (a
-    server's process tree, the scratch database's backends...). A process that appears
-    during the window counts from its start; one that exits before its end is not counted.
-    The machine's other work is not counted either, so the figures per request hold better
-    under load than requests per second do.
-    """
-
-    def __init__(self, parties: dict):
-        self.parties = parties
-        self._start: dict[str, dict[int, float]] = {}
-
-    def _read(self) -> dict[str, dict[int, float]]:
-        from mailer.bench import cpu_seconds
-
-        out = {}
-        for name, pids in self.parties.items():
-            try:
-                found = pids()
-            except Exception:  # noqa: BLE001 - a party gone or unreachable counts nothing
-                found = []
-            out[name] = {pid: cpu_seconds(pid) for pid in found}
-        return out
-
-    def start(self) -> None:
-        self._start = self._read()
-
-    def stop(self) -> dict[str, float]:
-        """CPU seconds per party since start()."""
-        now = self._read()
-        return {
-            name: sum(max(0.0, t - self._start.get(name, {}).get(pid, 0.0))
-                      for pid, t in pids.items())
-            for name, pids in now.items()
-        }
-
-
-def tree(pid: int) -> list[int]:
-    """pid and every process below it."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
-
-
-def per_request(cpu: dict[str, float], requests: int) -> dict[str, int]:
-    """CPU seconds per party -> microseconds per request, with their total."""
-    out = {name: round(seconds * 1e6 / requests) for name, seconds in cpu.items()}
-    out["total"] = sum(out.values())
-    return out
-
-
 # --- the load ----------------------------------------------------------------------------
 
 

@@ -182,14 +182,19 @@ def _run(
             render = b.bench_render(size)
             started = deliveries.start_send(s, issue_id, settings=rt.settings, render=render)
             freeze = time.monotonic() - t
-            pg0, polls0 = b.postgres_pids(s), b.postgres_pids(s, own=True)
-            cpu0 = {
-                "workers": sum(b.cpu_seconds(pid) for w in running for pid in w.pids()),
-                "postgres": sum(b.cpu_seconds(pid) for pid in pg0),
-                "progress polls (postgres)": sum(b.cpu_seconds(pid) for pid in polls0),
-                "bench": b.cpu_seconds(os.getpid()),
-                "smtp server": sum(b.cpu_seconds(pid) for pid in smtp_pids),
+            # CPU spent per message, by party: where the time goes. The benchmark's own
+            # queries (its progress, each second) are apart: an editor watching the send in
+            # the console costs the same.
+            parties = {
+                "workers": lambda: [pid for w in running for pid in w.pids()],
+                "postgres": lambda: _backends(db.engine),
+                "progress polls (postgres)": lambda: _backends(db.engine, own=True),
+                "bench": lambda: [os.getpid()],
             }
+            if smtp_pids:
+                parties["smtp server"] = lambda: smtp_pids
+            meter = b.CpuMeter(parties)
+            meter.start()
             t0 = utcnow()  # the clock runs from the commit, which hands the workers their batches
         sample_size = _sample_size(issue_id, rt)
         with progress(length=started.deliveries, label="Sending") as bar:
@@ -214,23 +219,10 @@ def _run(
                     fail(f"no progress for two minutes: {counts} (--keep keeps the worker logs)")
         with db.transaction() as s:
             _first, last = b.sent_span(s, issue_id)
-            pg, polls = b.postgres_pids(s), b.postgres_pids(s, own=True)
+        cpu = meter.stop()
     for w in running:
         w.sample()
     sent = st["counts"]["sent"] or 1
-    # CPU spent per message, by component: where the time goes.
-    cpu = {
-        "workers": sum(b.cpu_seconds(pid) for w in running for pid in w.pids()) - cpu0["workers"],
-        "postgres": sum(b.cpu_seconds(pid) for pid in pg) - cpu0["postgres"],
-        # The benchmark's own queries (its progress, each second): an editor watching the
-        # send in the console costs the same.
-        "progress polls (postgres)":
-            sum(b.cpu_seconds(pid) for pid in polls) - cpu0["progress polls (postgres)"],
-        "bench": b.cpu_seconds(os.getpid()) - cpu0["bench"],
-        "smtp server": sum(b.cpu_seconds(pid) for pid in smtp_pids) - cpu0["smtp server"],
-    }
-    if not smtp_pids:
-        del cpu["smtp server"]
     seconds = (last - t0).total_seconds() if last else 0.0
     rate = st["counts"]["sent"] / seconds if seconds else 0.0
     # The ideal signed rate: the cores divided by what one message must cost at least, the
@@ -368,9 +360,9 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         import redis
 
         redis_pid = redis.Redis.from_url(scratch.redis_url).info("server")["process_id"]
-        meter = bs.CpuMeter({
-            "web": lambda: bs.tree(servers[-1].pid),
-            "worker": lambda: [p for w in running for p in bs.tree(w.proc.pid)],
+        meter = b.CpuMeter({
+            "web": lambda: b.tree(servers[-1].pid),
+            "worker": lambda: [pid for w in running for pid in w.pids()],
             "postgres": lambda: _backends(engine),
             "redis": lambda: [redis_pid],
             "clients": lambda: [os.getpid()],
@@ -400,7 +392,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
             results[name] = bs.load(port, path, clients, count, prefix=f"{name}-")
             if name == "signup":  # the confirmations' cost is the signups' too
                 bs.wait_for(smtp, results[name].accepted, wait)
-            cpu[name] = bs.per_request(meter.stop(), count)
+            cpu[name] = b.per_request(meter.stop(), count)
             b.stop_workers([b.Worker(servers[-1], folder / f"{name}.log")])
         accepted = results["signup"].accepted
         time.sleep(1.0)  # a second copy would arrive now
@@ -452,9 +444,10 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
              "confirmation")
 
 
-def _backends(engine) -> list[int]:
-    """The scratch database's PostgreSQL backends (the server runs on this machine)."""
+def _backends(engine, own: bool = False) -> list[int]:
+    """The scratch database's PostgreSQL backends (the server runs on this machine): the
+    others', or with `own` the benchmark's own (bench.OWN_CONNECTIONS)."""
     from mailer import bench as b
 
     with engine.connect() as conn:
-        return b.postgres_pids(conn)
+        return b.postgres_pids(conn, own=own)
