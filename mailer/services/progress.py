@@ -60,16 +60,22 @@ def _redis(url: str):
     return client
 
 
-def _shared_get(redis_url: str | None, key: str):
+def _shared(redis_url: str | None, use):
+    """use(client) on the shared Redis, or None without it (none configured, or it failed
+    less than BACKOFF seconds ago: the count is then made here)."""
     global _down_until
     if not redis_url or time.monotonic() < _down_until:
         return None
     try:
-        raw = _redis(redis_url).get(KEY.format(key=key))
+        return use(_redis(redis_url))
     except Exception as e:  # noqa: BLE001 - any Redis failure: count here instead
         _down_until = time.monotonic() + BACKOFF
         log.warning("issue progress counted without Redis for %.0f s: %s", BACKOFF, e)
         return None
+
+
+def _shared_get(redis_url: str | None, key: str):
+    raw = _shared(redis_url, lambda client: client.get(KEY.format(key=key)))
     if raw is None:
         return None
     found = json.loads(raw)
@@ -77,19 +83,12 @@ def _shared_get(redis_url: str | None, key: str):
 
 
 def _shared_put(redis_url: str | None, key: str, entry) -> None:
-    global _down_until
-    if not redis_url or time.monotonic() < _down_until:
-        return
     counted_at, took, status = entry
-    try:
-        _redis(redis_url).set(
-            KEY.format(key=key),
-            json.dumps({"at": counted_at, "took": took, "status": status}),
-            px=max(1, int(STALE_FACTOR * took * 1000)),
-        )
-    except Exception as e:  # noqa: BLE001
-        _down_until = time.monotonic() + BACKOFF
-        log.warning("issue progress counted without Redis for %.0f s: %s", BACKOFF, e)
+    _shared(redis_url, lambda client: client.set(
+        KEY.format(key=key),
+        json.dumps({"at": counted_at, "took": took, "status": status}),
+        px=max(1, int(STALE_FACTOR * took * 1000)),
+    ))
 
 
 def watched_status(session: Session, issue_id: int, redis_url: str | None = None) -> dict:
