@@ -111,6 +111,14 @@ def test_beat_writes_its_stacks_on_sigusr1_and_goes_on(app, env, tmp_path):
     assert "in start" in log_path.read_text(errors="replace")  # Service.start's frame
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie not yet reaped counts as gone)."""
+    try:
+        return "State:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
 @pytest.mark.parametrize("pool", ["threads", "prefork", "solo"])
 def test_nothing_a_worker_started_outlives_it_when_its_supervisor_is_killed(
     app, env, tmp_path, pool
@@ -133,14 +141,7 @@ def test_nothing_a_worker_started_outlives_it_when_its_supervisor_is_killed(
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
-        def gone(pid: int) -> bool:
-            status = Path(f"/proc/{pid}/status")
-            try:
-                return "State:\tZ" in status.read_text()
-            except OSError:
-                return True
-
-        wait_until(lambda: all(gone(pid) for pid in below), 10, 0.05,
+        wait_until(lambda: all(_gone(pid) for pid in below), 10, 0.05,
                    what=f"every process below the supervisor to die ({below})")
     finally:
         stop_mailer(proc, log)
@@ -159,8 +160,7 @@ def test_beat_runs_in_its_own_group_and_dies_with_its_supervisor(app, env, tmp_p
         assert os.getpgid(scheduler) == scheduler != os.getpgid(proc.pid)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
-        wait_until(lambda: not Path(f"/proc/{scheduler}").exists()
-                   or "State:\tZ" in Path(f"/proc/{scheduler}/status").read_text(),
-                   10, 0.05, what="the scheduler to die with its parent")
+        wait_until(lambda: _gone(scheduler), 10, 0.05,
+                   what="the scheduler to die with its parent")
     finally:
         stop_mailer(proc, log)
