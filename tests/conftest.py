@@ -166,6 +166,14 @@ def app(base_env, smtp, redis_server):
 
 
 @pytest.fixture
+def rt(app):
+    """The app's runtime (settings, transport, ...), inside the app's context: for tests that
+    call services and tasks in-process."""
+    with app.app_context():
+        yield app.extensions["mailer"]
+
+
+@pytest.fixture
 def client(app):
     return app.test_client()
 

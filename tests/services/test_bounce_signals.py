@@ -22,12 +22,6 @@ from mailer.services import bounces, deliveries, reports
 from tests.helpers.bounces import report, sending_issue
 
 
-@pytest.fixture
-def rt(app):
-    with app.app_context():
-        yield app.extensions["mailer"]
-
-
 def issue(issue_id: int) -> Issue:
     with db.transaction() as s:
         row = s.get(Issue, issue_id)

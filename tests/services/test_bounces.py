@@ -31,12 +31,6 @@ from tests.helpers.delivery import add_readers, new_issue
 DAY = timedelta(days=1)
 
 
-@pytest.fixture
-def rt(app):
-    with app.app_context():
-        yield app.extensions["mailer"]
-
-
 def reader(email: str) -> Subscriber:
     with db.transaction() as s:
         sub = s.scalar(select(Subscriber).where(Subscriber.email == email))

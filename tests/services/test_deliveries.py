@@ -39,12 +39,6 @@ from mailer.tasks.delivery import _variants
 from tests.helpers.delivery import add_readers, counts, issue_status, make_renderer, new_issue
 
 
-@pytest.fixture
-def rt(app):
-    with app.app_context():
-        yield app.extensions["mailer"]
-
-
 class Engine:
     """Runs batches like the workers do, collecting what is handed out instead of a broker."""
 

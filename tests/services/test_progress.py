@@ -13,12 +13,6 @@ from tests.helpers.servers import free_port
 
 
 @pytest.fixture
-def rt(app):
-    with app.app_context():
-        yield app.extensions["mailer"]
-
-
-@pytest.fixture
 def sending(rt):
     """An issue being sent to 30 readers, its batches held back (none is sent)."""
     add_readers(30)

@@ -24,12 +24,6 @@ from mailer.services import subscriptions as subs
 CONSENT = subs.ConsentInfo(source="form", wording="Yes.")
 
 
-@pytest.fixture
-def rt(app):
-    with app.app_context():
-        yield app.extensions["mailer"]
-
-
 def add_newsletter(slug: str, **fields) -> int:
     with db.transaction() as s:
         n = Newsletter(slug=slug, name=slug.title(), **fields)

@@ -47,12 +47,6 @@ def mailbox(dovecot):
     return dovecot
 
 
-@pytest.fixture
-def rt(app):
-    with app.app_context():
-        yield app.extensions["mailer"]
-
-
 def settings_for(rt, server: Dovecot, **kw):
     return replace(rt.settings, bounce_mailbox=server.url(USER),
                    bounce_mailbox_ca_file=server.ca_file, **kw)
