@@ -21,10 +21,12 @@ NOTES = {
 
 
 def _status(ctx: Context, issue_id: int) -> dict:
-    from mailer.services import deliveries
+    """The issue's progress, polled each second by --wait: while it is sending, a recent
+    count shared with the console's pages (services/progress.py), not a count per poll."""
+    from mailer.services import progress
 
     with ctx.app.app_context(), db.transaction() as s:
-        return deliveries.status(s, issue_id)
+        return progress.watched_status(s, issue_id, ctx.settings.redis_url)
 
 
 def _warn_if_not_handed_over(session) -> None:
