@@ -19,7 +19,7 @@ PACKAGE = ROOT / "mailer"
 LAYERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "foundation": (
         ("mailer.clock", "mailer.config", "mailer.errors", "mailer.tokens", "mailer.links",
-         "mailer.cron"),
+         "mailer.cron", "mailer.redis_client"),
         (),
     ),
     # Mail and feeds know no database: they build, sign and send bytes, fetch and parse feeds.

@@ -1,0 +1,73 @@
+"""The one way to reach Redis: this process's client, and Redis that degrades when it fails.
+
+client(url, timeout=...) is the process's client for that server and those timeouts, made on
+first use. A forked process (a prefork worker of Celery, a gunicorn worker) gets a client of
+its own: the cache is keyed by the process id, so no child ever writes on a socket its parent
+opened (redis-py's pool resets itself after a fork too, but only a client built in the child
+is sure to start clean, whoever built the parent's).
+
+Degrading is for the callers that have a local way to do without Redis: the signup's rate
+limits (counters in this process), an issue's progress (counted here). Redis down,
+restarting or slow: one warning that names what degrades and for how long, then no attempt
+for BACKOFF seconds, so a request pays at most one timeout per BACKOFF instead of one each.
+Callers whose failure must raise (a worker's task, retried by Celery; the popularity store,
+whose callers answer without it) use client() alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+BACKOFF = 5.0  # seconds without Redis after it failed
+
+T = TypeVar("T")
+
+_clients: dict[tuple, Any] = {}
+_lock = threading.Lock()
+
+
+def client(url: str, *, timeout: float, **options):
+    """This process's redis.Redis for `url`, with `timeout` seconds to connect and for each
+    reply (and redis-py's `options`, e.g. health_check_interval)."""
+    key = (os.getpid(), url, timeout, tuple(sorted(options.items())))
+    found = _clients.get(key)
+    if found is None:
+        with _lock:  # the web's threads: one client, not one each
+            found = _clients.get(key)
+            if found is None:
+                import redis
+
+                found = _clients[key] = redis.Redis.from_url(
+                    url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
+                )
+    return found
+
+
+class Degrading:
+    """Redis for `what` (as the warning names it: "signup limits", ...), given up for
+    `backoff` seconds after any failure; warnings go to the caller's `log`."""
+
+    def __init__(self, what: str, *, timeout: float, log: logging.Logger,
+                 backoff: float = BACKOFF):
+        self.what = what
+        self.timeout = timeout
+        self.log = log
+        self.backoff = backoff
+        self._down_until: dict[str, float] = {}  # url -> no attempt before (monotonic)
+
+    def run(self, url: str | None, use: Callable[[Any], T]) -> T | None:
+        """use(client) on the Redis at `url`; None when there is none (not configured, or it
+        failed less than `backoff` seconds ago, or it fails now): the caller does without."""
+        if not url or time.monotonic() < self._down_until.get(url, 0.0):
+            return None
+        try:
+            return use(client(url, timeout=self.timeout))
+        except Exception as e:  # noqa: BLE001 - any Redis failure: the caller's local way
+            self._down_until[url] = time.monotonic() + self.backoff
+            self.log.warning("%s without Redis for %.0f s: %s", self.what, self.backoff, e)
+            return None

@@ -1,0 +1,101 @@
+"""The one way to Redis: one client per process (a forked child builds its own), and Redis
+that degrades when it fails, is left alone for the back-off, then tried again."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import pytest
+
+from mailer import redis_client
+from mailer.redis_client import Degrading
+from tests.helpers.servers import RedisServer, free_port
+
+log = logging.getLogger("tests.redis_client")
+
+
+@pytest.mark.redis
+def test_one_client_per_process_and_a_new_one_in_a_forked_child(redis_server):
+    url = redis_server.url
+    parent = redis_client.client(url, timeout=0.5)
+    assert redis_client.client(url, timeout=0.5) is parent
+    assert redis_client.client(url, timeout=5) is not parent  # other timeouts, other client
+    assert parent.connection_pool.connection_kwargs["socket_timeout"] == 0.5
+    assert parent.connection_pool.connection_kwargs["socket_connect_timeout"] == 0.5
+    parent_connection = parent.client_id()
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and never return into pytest
+        code = 1
+        try:
+            os.close(read)
+            child = redis_client.client(url, timeout=0.5)
+            found = {"same object": child is parent,
+                     "again": child is redis_client.client(url, timeout=0.5),
+                     "connection": child.client_id()}
+            os.write(write, json.dumps(found).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        found = json.loads(pipe.read())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert found["same object"] is False, "the child reused its parent's client"
+    assert found["again"] is True, "the child's client is not reused in the child"
+    assert found["connection"] != parent_connection
+    # The parent's own connection is untouched by the child.
+    assert parent.client_id() == parent_connection
+
+
+def test_a_failure_degrades_once_and_redis_is_left_alone_for_the_back_off(caplog):
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    degrading = Degrading("test counts", timeout=0.5, log=log, backoff=60.0)
+    tried = []
+
+    def use(client):
+        tried.append(client)
+        return client.incr("counted")
+
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        assert degrading.run(dead, use) is None
+        assert degrading.run(dead, use) is None
+        assert degrading.run(None, use) is None  # no Redis configured: never tried
+    assert len(tried) == 1, "Redis was tried again within the back-off"
+    warnings = [r for r in caplog.records if r.name == log.name]
+    assert len(warnings) == 1
+    assert warnings[0].getMessage().startswith("test counts without Redis for 60 s: ")
+
+
+@pytest.mark.redis
+def test_redis_is_tried_again_after_the_back_off(tmp_path, redis_server):
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    degrading = Degrading("test counts", timeout=0.5, log=log, backoff=1.0)
+    tried = []
+
+    def use(client):
+        tried.append(client)
+        return client.incr("test-redis-client")
+
+    assert degrading.run(url, use) is None  # down
+    failed = time.monotonic()
+    # A failure of one Redis leaves another one alone.
+    other = redis_client.client(redis_server.url, timeout=0.5)
+    try:
+        assert degrading.run(redis_server.url, use) == 1
+    finally:
+        other.delete("test-redis-client")
+    server = RedisServer(tmp_path, port=port).start()  # back up, at the same address
+    try:
+        time.sleep(max(0.0, failed + degrading.backoff - time.monotonic()) + 0.05)
+        before = len(tried)
+        assert degrading.run(url, use) == 1
+        assert degrading.run(url, use) == 2
+        assert len(tried) == before + 2
+    finally:
+        server.stop()
