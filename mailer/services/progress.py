@@ -27,6 +27,7 @@ import time
 from sqlalchemy.orm import Session
 
 from mailer.models import Issue, IssueStatus
+from mailer.redis_client import Degrading
 from mailer.services import deliveries
 
 log = logging.getLogger(__name__)
@@ -34,14 +35,14 @@ log = logging.getLogger(__name__)
 STALE_FACTOR = 10.0
 KEY = "mailer-progress/{key}"
 TIMEOUT = 0.5  # seconds: a page must not hang on an unreachable Redis
-BACKOFF = 5.0  # seconds without Redis after it failed
 
 # "issue id/when its send started" -> (when counted, seconds it took, the status): this
 # process's counts
 _local: dict[str, tuple[float, float, dict]] = {}
 _lock = threading.Lock()
-_clients: dict[str, object] = {}
-_down_until = 0.0
+# The shared count, or None without it (no Redis configured, or it failed a few seconds
+# ago: the count is then made here).
+_shared = Degrading("issue progress counted", timeout=TIMEOUT, log=log)
 
 
 def _fresh(entry, now: float) -> bool:
@@ -49,33 +50,8 @@ def _fresh(entry, now: float) -> bool:
     return now - counted_at < STALE_FACTOR * took
 
 
-def _redis(url: str):
-    client = _clients.get(url)
-    if client is None:
-        import redis
-
-        client = _clients[url] = redis.Redis.from_url(
-            url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
-        )
-    return client
-
-
-def _shared(redis_url: str | None, use):
-    """use(client) on the shared Redis, or None without it (none configured, or it failed
-    less than BACKOFF seconds ago: the count is then made here)."""
-    global _down_until
-    if not redis_url or time.monotonic() < _down_until:
-        return None
-    try:
-        return use(_redis(redis_url))
-    except Exception as e:  # noqa: BLE001 - any Redis failure: count here instead
-        _down_until = time.monotonic() + BACKOFF
-        log.warning("issue progress counted without Redis for %.0f s: %s", BACKOFF, e)
-        return None
-
-
 def _shared_get(redis_url: str | None, key: str):
-    raw = _shared(redis_url, lambda client: client.get(KEY.format(key=key)))
+    raw = _shared.run(redis_url, lambda client: client.get(KEY.format(key=key)))
     if raw is None:
         return None
     found = json.loads(raw)
@@ -84,7 +60,7 @@ def _shared_get(redis_url: str | None, key: str):
 
 def _shared_put(redis_url: str | None, key: str, entry) -> None:
     counted_at, took, status = entry
-    _shared(redis_url, lambda client: client.set(
+    _shared.run(redis_url, lambda client: client.set(
         KEY.format(key=key),
         json.dumps({"at": counted_at, "took": took, "status": status}),
         px=max(1, int(STALE_FACTOR * took * 1000)),

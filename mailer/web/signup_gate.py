@@ -18,16 +18,15 @@ it (tasks.notices.send_confirmations). The alternative, pushing after the COMMIT
 second round trip on every signup.
 
 Redis down, restarting or slow (timeouts of half a second): limits fall back to counters in
-this process for BACKOFF seconds, the signup is committed all the same, and its
-confirmation, owed in SQL, is sent by the sweeper in every worker (a minute later). Never a
-500. In the embedded mode (no Redis) the counters are in-process and the caller enqueues
+this process for redis_client.BACKOFF seconds, the signup is committed all the same, and
+its confirmation, owed in SQL, is sent by the sweeper in every worker (a minute later).
+Never a 500. In the embedded mode (no Redis) the counters are in-process and the caller enqueues
 through the embedded broker after the commit.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass
 
@@ -35,9 +34,10 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from mailer.redis_client import Degrading
+
 log = logging.getLogger(__name__)
 
-BACKOFF = 5.0  # seconds without Redis after it failed
 TIMEOUT = 0.5  # seconds: a signup must not hang on an unreachable Redis
 PREFIX = "mailer-signup"
 
@@ -97,10 +97,8 @@ class SignupGate:
         # limits: scope -> "N per minute;M per hour"
         self.limits = {scope: parse_many(text) for scope, text in limits.items()}
         self.redis_url = redis_url
-        self._client = None
+        self._redis = Degrading("signup limits", timeout=TIMEOUT, log=log)
         self._script = None
-        self._down_until = 0.0
-        self._lock = threading.Lock()
         self._memory = FixedWindowRateLimiter(MemoryStorage())
 
     def _windows(self, idents: dict[str, str]):
@@ -112,26 +110,11 @@ class SignupGate:
     def admit(self, idents: dict[str, str], handoff: Handoff | None = None) -> Verdict:
         """Count one request against every window of `idents` (scope -> who); if all allow
         it, hand over the confirmation (`handoff`)."""
-        if self.redis_url and time.monotonic() >= self._down_until:
-            try:
-                return self._admit_redis(idents, handoff)
-            except Exception as e:  # noqa: BLE001 - any Redis failure: degrade, never a 500
-                self._down_until = time.monotonic() + BACKOFF
-                log.warning("signup limits without Redis for %.0f s: %s", BACKOFF, e)
-        return self._admit_memory(idents)
+        verdict = self._redis.run(self.redis_url,
+                                  lambda client: self._admit_redis(client, idents, handoff))
+        return verdict if verdict is not None else self._admit_memory(idents)
 
-    def _redis(self):
-        with self._lock:
-            if self._client is None:
-                import redis
-
-                self._client = redis.Redis.from_url(
-                    self.redis_url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT
-                )
-                self._script = self._client.register_script(SCRIPT)
-        return self._script
-
-    def _admit_redis(self, idents, handoff: Handoff | None) -> Verdict:
+    def _admit_redis(self, client, idents, handoff: Handoff | None) -> Verdict:
         windows = list(self._windows(idents))
         keys = [key for key, *_ in windows]
         args = [item.amount for _, item, *_ in windows]
@@ -142,7 +125,9 @@ class SignupGate:
         else:
             keys += [handoff.queue, handoff.entries, handoff.draining]
             args += [handoff.message, handoff.entry, handoff.draining_ttl]
-        allowed, extra = self._redis()(keys=keys, args=args)
+        if self._script is None:
+            self._script = client.register_script(SCRIPT)
+        allowed, extra = self._script(keys=keys, args=args, client=client)
         if not allowed:
             return Verdict(False, retry_after=max(1, -(-int(extra) // 1000)))
         return Verdict(True, queued=bool(extra))
