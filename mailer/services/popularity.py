@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from mailer import redis_client
 from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.models import Article, ArticleStat, VisitorSeen
@@ -228,13 +229,18 @@ redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
 
-    def __init__(self, settings: Settings, client):
+    def __init__(self, settings: Settings):
         super().__init__(settings)
-        self.redis = client
-        self._script = client.register_script(self._COUNT)
+        self._script = None
         self.seen_ttl = int(timedelta(days=2).total_seconds())
         # Counters outlive the ranking window, so a roll-up missed for days loses nothing.
         self.count_ttl = int(timedelta(days=max(settings.popularity_days, 7) + 2).total_seconds())
+
+    @property
+    def redis(self):
+        """This process's client (the store outlives a fork: a prefork worker, gunicorn's).
+        Its failures raise: a view or a click is lost, the caller answers all the same."""
+        return redis_client.client(self.settings.redis_url, timeout=2, health_check_interval=30)
 
     @staticmethod
     def key(day: date, kind: str) -> str:
@@ -244,7 +250,11 @@ return 1
     def _count(self, session, article_id: int, visitor: str, at: datetime, column: str) -> bool:
         day = utc_day(at)
         network = network_of(visitor)
+        client = self.redis
+        if self._script is None:
+            self._script = client.register_script(self._COUNT)
         added = self._script(
+            client=client,
             keys=[self.key(day, "seen"), self.key(day, column), self.key(day, "networks")],
             args=[f"{visitor}:{article_id}", article_id, self.seen_ttl, self.count_ttl,
                   f"{network}:{article_id}" if network else "", PER_NETWORK],
@@ -295,9 +305,5 @@ return 1
 def store_from_settings(settings: Settings) -> Popularity:
     """Redis when MAILER_REDIS_URL is set, SQL in the embedded mode."""
     if settings.redis_url:
-        import redis
-
-        client = redis.Redis.from_url(settings.redis_url, socket_timeout=2,
-                                      socket_connect_timeout=2, health_check_interval=30)
-        return RedisPopularity(settings, client)
+        return RedisPopularity(settings)
     return SqlPopularity(settings)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from datetime import datetime, timedelta
 
 from celery import shared_task
 
+from mailer import redis_client
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
@@ -141,20 +141,10 @@ def confirmation_entry(subscriber_id: int, requested: datetime) -> bytes:
     return f"{subscriber_id} {requested.isoformat()}".encode()
 
 
-_clients: dict[tuple[int, str], object] = {}
-
-
 def _redis(settings):
-    """This process's client of the Redis the signups push onto."""
-    key = (os.getpid(), settings.redis_url)
-    client = _clients.get(key)
-    if client is None:
-        import redis
-
-        client = _clients[key] = redis.Redis.from_url(
-            settings.redis_url, socket_timeout=5, socket_connect_timeout=5
-        )
-    return client
+    """This process's client of the Redis the signups push onto. It does not degrade: a
+    drain that fails raises, and Celery retries it."""
+    return redis_client.client(settings.redis_url, timeout=5)
 
 
 @shared_task(name="mailer.send_confirmations", **RETRY)
