@@ -188,6 +188,46 @@ def test_one_drain_mails_every_confirmation_on_the_list_once(quiet, smtp, make_e
 
 
 @pytest.mark.redis
+def test_a_drains_claim_is_its_own_transaction_and_committed_before_its_mail(
+    quiet, smtp, make_email, monkeypatch
+):
+    emails = [make_email() for _ in range(5)]
+    ids = _queued(emails)
+    commits = []
+
+    def committed(connection):
+        commits.append(connection)
+
+    event.listen(db.engine, "commit", committed)
+    transport = runtime().transport
+    send = transport.send
+    seen_claimed = []
+
+    def send_and_look(envelope_from, recipient, data):
+        # Another connection sees the claim before the mail goes out: a worker killed now
+        # leaves this one confirmation claimed and unsent, no more.
+        with db.engine.connect() as other:
+            seen_claimed.append(other.scalar(
+                select(Subscriber.confirm_sent_at.is_not(None))
+                .where(Subscriber.email == recipient)))
+        return send(envelope_from, recipient, data)
+
+    monkeypatch.setattr(transport, "send", send_and_look)
+    try:
+        with statements(db.engine) as seen:
+            assert send_confirmations() == {"sent": len(emails)}
+    finally:
+        event.remove(db.engine, "commit", committed)
+    assert seen_claimed == [True] * len(emails)
+    # One statement per mail (besides the test's looks), in autocommit: no BEGIN and no
+    # COMMIT round trips.
+    claims = [sql for sql in seen if "confirm_sent_at IS NOT NULL AS" not in sql]
+    assert len(claims) == len(emails) and not commits, (claims, commits)
+    assert not set(ids) & set(_owed())
+    assert all(len(smtp.wait_for(e)) == 1 for e in emails)
+
+
+@pytest.mark.redis
 def test_a_signup_between_the_last_pop_and_the_end_of_the_drain_is_mailed(
     quiet, smtp, make_email, monkeypatch
 ):
