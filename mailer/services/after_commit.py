@@ -82,6 +82,8 @@ def _listen() -> None:
 
 
 def _after_commit(session: Session) -> None:
+    if session.in_nested_transaction():
+        return  # a savepoint released: nothing is committed until its root transaction is
     refused = 0
     for intent in take(session):
         try:

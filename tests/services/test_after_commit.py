@@ -71,6 +71,27 @@ def test_a_rolled_back_savepoint_drops_only_its_own_intents(handed):
     assert [i.task for i, _ in handed] == ["mailer.before", "mailer.kept", "mailer.after"]
 
 
+def test_a_released_savepoint_hands_over_nothing_before_the_commit(handed):
+    """SQLAlchemy calls after_commit when a savepoint is released too: nothing of the
+    transaction is visible to a worker then, and the transaction may still roll back."""
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        after_commit.enqueue(s, "mailer.before", 1)
+        with s.begin_nested():
+            after_commit.enqueue(s, "mailer.inside", 2)
+        assert handed == []
+        raise RuntimeError("the request failed after its savepoint")
+    assert handed == []
+    with db.transaction() as s:
+        s.add(Issue(subject="One", status="draft"))
+        after_commit.enqueue(s, "mailer.before", 1)
+        with s.begin_nested():
+            s.flush()
+            after_commit.enqueue(s, "mailer.inside", 2)
+        assert handed == []
+    assert [(i.task, issues) for i, issues in handed] == [("mailer.before", 1),
+                                                          ("mailer.inside", 1)]
+
+
 def test_a_session_closed_without_commit_hands_over_nothing(handed):
     session = db.session_factory()
     after_commit.enqueue(session, "mailer.first", 1)
