@@ -14,6 +14,17 @@ a savepoint's rollback drops those recorded inside it. An intent the broker does
 (it is down) is lost, so the work it stood for must be findable again: the tasks layer may
 name what to do with a refused task (a batch's rows go back to pending, and the delivery
 sweeper hands them out anew once the broker is back).
+
+Some work is no worker's: it must simply follow the commit, in this process, at once (the
+embedded mode and the CLI may run with no worker at all). The service records it as an
+action, a function the listener calls right after the commit with a fresh, short session
+of the same database (the committed one runs no more SQL):
+
+    after_commit.run(session, looks.forget_logos, settings, [old_logo])
+
+An action follows the same rules as an intent: a rollback drops it, a savepoint's rollback
+drops those recorded inside it. The commit is done when it runs, so whatever it raises is
+logged, never raised into the caller; what it did not commit itself is rolled back.
 """
 
 from __future__ import annotations
@@ -29,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _PENDING = "mailer.after_commit"  # session.info: [(transaction, Intent)]
 _NOT_TAKEN = "mailer.after_commit.not_taken"  # session.info: intents the broker refused
+_ACTIONS = "mailer.after_commit.actions"  # session.info: [(transaction, Action)]
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,12 @@ class Intent:
     options: dict = field(default_factory=dict)  # e.g. countdown
 
 
+@dataclass(frozen=True)
+class Action:
+    call: Callable[..., object]  # called as call(fresh_session, *args)
+    args: tuple
+
+
 _hand_over: Callable[[Intent], bool] | None = None
 
 
@@ -45,16 +63,26 @@ def _session(session: Session | scoped_session) -> Session:
     return session() if isinstance(session, scoped_session) else session
 
 
-def enqueue(session: Session, task: str, *args, countdown: float | None = None) -> None:
-    """After this session's transaction commits, run `task` with `args` (ids, not objects)."""
+def _record(session: Session | scoped_session, key: str, item: Intent | Action) -> None:
     _listen()
     session = _session(session)
     transaction = session.get_nested_transaction() or session.get_transaction()
     if transaction is None:
         session.connection()  # begins the transaction the intent belongs to
         transaction = session.get_transaction()
+    session.info.setdefault(key, []).append((transaction, item))
+
+
+def enqueue(session: Session, task: str, *args, countdown: float | None = None) -> None:
+    """After this session's transaction commits, run `task` with `args` (ids, not objects)."""
     options = {"countdown": countdown} if countdown else {}
-    session.info.setdefault(_PENDING, []).append((transaction, Intent(task, args, options)))
+    _record(session, _PENDING, Intent(task, args, options))
+
+
+def run(session: Session, call: Callable[..., object], *args) -> None:
+    """After this session's transaction commits, call `call(fresh_session, *args)` here, in
+    this process; never if it rolls back. Errors are logged, not raised (see above)."""
+    _record(session, _ACTIONS, Action(call, args))
 
 
 def take(session: Session) -> list[Intent]:
@@ -96,6 +124,24 @@ def _after_commit(session: Session) -> None:
                 log.warning("no worker hand-over installed: %s%s dropped", intent.task, intent.args)
             refused += 1
     session.info[_NOT_TAKEN] = refused
+    actions = [action for _tx, action in session.info.pop(_ACTIONS, [])]
+    if actions:
+        _run(session, actions)
+
+
+def _run(session: Session, actions: list[Action]) -> None:
+    try:
+        with Session(bind=session.get_bind()) as fresh:
+            for action in actions:
+                try:
+                    action.call(fresh, *action.args)
+                except Exception:  # noqa: BLE001 - the commit is done: log, never raise
+                    log.exception("the work that follows a commit failed: %s%s",
+                                  getattr(action.call, "__qualname__", action.call),
+                                  action.args)
+                fresh.rollback()  # what it did not commit itself; the next starts afresh
+    except Exception:  # noqa: BLE001 - as above (no connection to be had, say)
+        log.exception("could not run the work that follows a commit")
 
 
 def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -107,13 +153,15 @@ def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction
 
 
 def _after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
-    pending = session.info.get(_PENDING)
-    if pending:
-        pending[:] = [(tx, i) for tx, i in pending if not _within(tx, previous_transaction)]
+    for key in (_PENDING, _ACTIONS):
+        pending = session.info.get(key)
+        if pending:
+            pending[:] = [(tx, i) for tx, i in pending if not _within(tx, previous_transaction)]
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     # A root transaction that ended without a commit (closed, or rolled back by a failed
-    # flush) hands over nothing; its intents must not leak into the next one.
+    # flush) hands over nothing; its intents and actions must not leak into the next one.
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
+        session.info.pop(_ACTIONS, None)

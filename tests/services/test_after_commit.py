@@ -149,3 +149,65 @@ def test_batches_the_broker_did_not_take_go_back_to_pending_for_the_sweeper(env,
             every_row = s.scalars(select(Delivery.id).where(Delivery.issue_id == issue_id))
             assert sorted(intent.args[1]) == sorted(every_row)
     assert swept.requeued == 0 and intent.task == deliveries.SEND_BATCH
+
+
+# --- actions: work that follows the commit in this process ---------------------------------
+
+
+def _issues_seen(ran: list):
+    def action(session, label):
+        ran.append((label, session.scalar(select(func.count()).select_from(Issue))))
+    return action
+
+
+def test_an_action_runs_after_the_commit_with_a_session_that_sees_its_rows(app):
+    ran: list = []
+    with db.transaction() as s:
+        s.add(Issue(subject="One", status="draft"))
+        s.flush()
+        after_commit.run(s, _issues_seen(ran), "first")
+        with s.begin_nested():  # a savepoint released is no commit
+            after_commit.run(s, _issues_seen(ran), "inside")
+        assert ran == []
+    assert ran == [("first", 1), ("inside", 1)]
+    with db.transaction() as s:  # a later commit of the same session runs nothing again
+        s.add(Issue(subject="Two", status="draft"))
+    assert len(ran) == 2
+
+
+def test_a_rollback_runs_no_action_and_a_savepoint_rollback_only_its_own(app):
+    ran: list = []
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        after_commit.run(s, _issues_seen(ran), "rolled back")
+        raise RuntimeError("the request failed")
+    session = db.session
+    after_commit.run(session, _issues_seen(ran), "rolled back too")
+    session.rollback()
+    with db.transaction() as s:
+        after_commit.run(s, _issues_seen(ran), "before")
+        with pytest.raises(RuntimeError), s.begin_nested():
+            after_commit.run(s, _issues_seen(ran), "inside")
+            raise RuntimeError("a duplicate insert")
+        after_commit.run(s, _issues_seen(ran), "after")
+    session.add(Issue(subject="One", status="draft"))
+    session.commit()
+    assert ran == [("before", 0), ("after", 0)]
+
+
+def test_an_action_that_fails_is_logged_and_neither_the_commit_nor_the_others_fail(
+        app, caplog):
+    ran: list = []
+
+    def broken(session):
+        session.execute(select(func.count()).select_from(Issue))
+        raise OSError("disk gone")
+
+    with caplog.at_level(logging.ERROR, logger="mailer.services.after_commit"), \
+            db.transaction() as s:
+        s.add(Issue(subject="One", status="draft"))
+        after_commit.run(s, broken)
+        after_commit.run(s, _issues_seen(ran), "next")
+    assert ran == [("next", 1)]
+    assert "the work that follows a commit failed" in caplog.text and "disk gone" in caplog.text
+    with db.transaction() as s:
+        assert s.scalar(select(func.count()).select_from(Issue)) == 1
