@@ -9,7 +9,7 @@ import click
 from mailer.cli import Context, cli, fail, pass_ctx
 from mailer.db import db
 from mailer.errors import MailerError
-from mailer.services import looks, newsletters
+from mailer.services import newsletters
 
 
 @cli.group()
@@ -189,14 +189,10 @@ def remove(ctx: Context, slug):
     subscriptions). One that was sent from is refused: archive it with `set --archive`."""
     with ctx.app.app_context():
         try:
-            with db.transaction() as s:
-                found = _find(s, slug)
-                logo = found.logo_file
-                newsletters.remove(s, found)
+            with db.transaction() as s:  # its logo's file goes too, unless shown elsewhere
+                newsletters.remove(s, _find(s, slug), settings=ctx.settings)
         except newsletters.WasSent as e:
             fail(f"{e} (`mailer newsletter set {slug} --archive`)")
         except MailerError as e:
             fail(str(e))
-        with db.transaction() as s:  # after the commit: its logo's file, unless shown elsewhere
-            looks.forget_logos(s, ctx.settings, [logo])
     click.echo(f"Removed newsletter {slug!r}.")

@@ -9,8 +9,9 @@ Logos are stored in the instance folder under a name made of their content's has
 (`logos/<sha256[:16]>.<ext>`): a new logo is a new URL, so the long cache headers of the route
 that serves them never show a stale one, and mail already sent keeps the logo it showed. A
 file stays while a newsletter's look or an issue's frozen look (an issue that was sent) shows
-it; the caller that dropped the last such reference deletes it after its commit
-(`forget_logos`).
+it. The service that drops a reference (`update` replacing or removing the logo,
+`newsletters.remove`) has the file deleted once its transaction commits, if no look shows
+it then (`forget_after_commit`): a rollback keeps it, and no caller has to remember.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from mailer.mail.look import (
     sniff_image,
 )
 from mailer.models import Issue, Newsletter
-from mailer.services import newsletters
+from mailer.services import after_commit, newsletters
 from mailer.services.render import INTRO_TAGS, editor_text, markdown_html
 
 __all__ = ["FONTS", "Look"]
@@ -264,6 +265,7 @@ def update(
     Nothing changes unless every field is acceptable."""
     values = checked(fields, newsletter)
     stored = store_logo(settings, *logo) if logo is not None else None
+    before = newsletter.logo_file
     newsletter.accent_color = values["accent_color"]
     newsletter.header_font = values["header_font"]
     newsletter.masthead_title = values["masthead_title"]
@@ -275,6 +277,8 @@ def update(
     elif remove_logo or values["logo_url"]:
         newsletter.logo_file = None
     session.flush()
+    if before != newsletter.logo_file:
+        forget_after_commit(session, settings, [before])
     return newsletter
 
 
@@ -371,10 +375,20 @@ def logo_in_use(session: Session, name: str) -> bool:
     return session.scalar(select(Issue.id).where(frozen).limit(1)) is not None
 
 
+def forget_after_commit(session: Session, settings: Settings, names) -> None:
+    """Once this session's transaction commits, delete the stored logo files among `names`
+    that no look shows then (`forget_logos`, in a session of its own); never if it rolls
+    back. For the services that drop a look's reference to a stored logo."""
+    names = tuple(n for n in names if n)
+    if names:
+        after_commit.run(session, forget_logos, settings, names)
+
+
 def forget_logos(session: Session, settings: Settings, names) -> list[str]:
-    """Delete the stored logo files among `names` that no look shows any more: call it after
+    """Delete the stored logo files among `names` that no look shows any more. Only after
     the commit that dropped their references, never before (a rollback would leave a look
-    without its file). A file that cannot be deleted is logged and left; the names deleted."""
+    without its file): `forget_after_commit` arranges that. A file that cannot be deleted
+    is logged and left; returns the names deleted."""
     deleted = []
     for name in dict.fromkeys(n for n in names if n):
         if _LOGO_NAME.fullmatch(name) is None:

@@ -20,6 +20,7 @@ from sqlalchemy import delete, exists, func, literal, or_, select, union_all
 from sqlalchemy.orm import Session, aliased
 
 from mailer.clock import utcnow
+from mailer.config import Settings
 from mailer.errors import Conflict, NotFound, ValidationError
 from mailer.models import (
     Issue,
@@ -462,11 +463,14 @@ def removal_refused(session: Session, newsletter: Newsletter) -> Conflict | None
     return None
 
 
-def remove(session: Session, newsletter: Newsletter, now: datetime | None = None) -> None:
+def remove(session: Session, newsletter: Newsletter, now: datetime | None = None, *,
+           settings: Settings) -> None:
     """Delete a newsletter nothing was ever sent from, with its unsent issues (drafts,
     scheduled, skipped, cancelled before sending), its schedules and its subscriptions.
     Conflict (409) otherwise, saying to archive it. A reader for whom it was the last open
-    (active or pending) subscription is unsubscribed as a person, as if they had left it."""
+    (active or pending) subscription is unsubscribed as a person, as if they had left it.
+    Its stored logo's file goes after the commit, unless another look shows it."""
+    from mailer.services import looks  # looks reads newsletters: imported when needed
     refused = removal_refused(session, newsletter)
     if refused is not None:
         raise refused
@@ -501,6 +505,8 @@ def remove(session: Session, newsletter: Newsletter, now: datetime | None = None
         delete(Schedule).where(Schedule.newsletter_id == nid),
     ):
         session.execute(statement.execution_options(synchronize_session=False))
+    logo = newsletter.logo_file
     session.delete(newsletter)
     session.flush()
+    looks.forget_after_commit(session, settings, [logo])
     session.expire_all()

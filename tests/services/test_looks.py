@@ -310,3 +310,65 @@ def test_an_uploaded_logo_is_shown_at_its_size_within_the_box(app):
     assert 'width="240" height="40"' in html  # for mail clients that ignore CSS sizes
     look = looks.look_of(nl, rt.settings)
     assert Look.from_json(look.to_json(), looks.plain(rt.settings)) == look
+
+
+# --- a logo file no look shows any more goes with the commit that dropped it --------------
+
+
+FIELDS = {"accent_color": "#0f766e", "header_font": "system", "masthead_title": "",
+          "footer_md": "", "logo_url": ""}
+
+
+def test_a_replaced_logo_file_goes_with_the_commit_and_stays_after_a_rollback(app):
+    """No caller calls forget_logos: the service that replaced the logo arranged it."""
+    rt = app.extensions["mailer"]
+    nl = _newsletter()
+    first, second = png(51, 31, "#123456"), png(52, 32, "#123456")
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(first, "first.png"))
+    db.session.commit()
+    old = looks.logo_dir(rt.settings) / nl.logo_file
+
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(second, "second.png"))
+    assert old.is_file()  # not before the commit
+    db.session.rollback()
+    assert old.is_file() and db.session.get(Newsletter, nl.id).logo_file == old.name
+
+    with pytest.raises(RuntimeError), db.session.begin_nested():
+        looks.update(db.session, rt.settings, nl, FIELDS, remove_logo=True)
+        raise RuntimeError("the rest of the request failed")
+    db.session.commit()
+    assert old.is_file() and db.session.get(Newsletter, nl.id).logo_file == old.name
+
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(second, "second.png"))
+    assert old.is_file()
+    db.session.commit()
+    assert not old.exists()
+    new = looks.logo_dir(rt.settings) / nl.logo_file
+    assert new.is_file()
+
+    looks.update(db.session, rt.settings, nl, dict(FIELDS, masthead_title="Same logo"))
+    db.session.commit()
+    assert new.is_file()
+    looks.update(db.session, rt.settings, nl, dict(FIELDS, logo_url="https://cdn.x.example/l.png"))
+    db.session.commit()
+    assert nl.logo_file is None and not new.exists()
+
+
+def test_a_newsletter_removed_by_the_service_alone_takes_its_logo_file_at_the_commit(app):
+    from mailer.services import newsletters
+
+    rt = app.extensions["mailer"]
+    db.session.add(Newsletter(slug="spare", name="Spare"))  # the last one stays
+    nl = _newsletter(logo_file=looks.store_logo(rt.settings, png(53, 33, "#123456"), "a.png"))
+    db.session.commit()
+    path = looks.logo_dir(rt.settings) / nl.logo_file
+
+    newsletters.remove(db.session, nl, settings=rt.settings)
+    db.session.rollback()
+    assert path.is_file()
+
+    nl = db.session.get(Newsletter, nl.id)
+    newsletters.remove(db.session, nl, settings=rt.settings)
+    assert path.is_file()
+    db.session.commit()
+    assert not path.exists()

@@ -228,7 +228,7 @@ def test_a_newsletter_sent_from_is_not_removed(app, status, started):
     _issue(nl, status, started)
     db.session.commit()
     with pytest.raises(newsletters.WasSent, match="Archive it instead"):
-        newsletters.remove(db.session, nl)
+        newsletters.remove(db.session, nl, settings=app.extensions["mailer"].settings)
     db.session.rollback()
     assert db.session.scalar(select(Newsletter.id).where(Newsletter.slug == "morning"))
 
@@ -237,7 +237,7 @@ def test_the_only_newsletter_is_not_removed(app):
     nl = _create({"slug": "only", "name": "Only"})
     db.session.commit()
     with pytest.raises(Conflict, match="only one"):
-        newsletters.remove(db.session, nl)
+        newsletters.remove(db.session, nl, settings=app.extensions["mailer"].settings)
 
 
 def test_removing_takes_its_drafts_schedules_and_subscriptions(app):
@@ -258,7 +258,7 @@ def test_removing_takes_its_drafts_schedules_and_subscriptions(app):
     db.session.commit()
     only_id, both_id, nl_id, waiting_id = only_here.id, both.id, nl.id, waiting.id
 
-    newsletters.remove(db.session, nl)
+    newsletters.remove(db.session, nl, settings=app.extensions["mailer"].settings)
     db.session.commit()
     assert db.session.get(Newsletter, nl_id) is None
     assert db.session.scalars(select(Issue.id)).all() == [kept_draft.id]

@@ -82,18 +82,13 @@ def save(slug: str):
             logo = (upload.stream.read(), upload.filename)
         finally:
             upload.close()
-    before = newsletter.logo_file
     try:
         looks.update(db.session, rt.settings, newsletter, form, logo=logo,
                      remove_logo=bool(request.form.get("remove_logo")))
     except ValidationError as e:
         db.session.rollback()
         return _page(newsletter, form, e, 400)
-    replaced = before if before != newsletter.logo_file else None
-    db.session.commit()
-    # After the commit: the old logo's file goes once no other look shows it.
-    looks.forget_logos(db.session, rt.settings, [replaced])
-    db.session.rollback()  # only read
+    db.session.commit()  # a replaced logo's file goes with it, unless another look shows it
     flash(f"The look of {newsletter.name} is saved. Issues already sent keep the look "
           "their readers got.")
     return redirect(url_for("admin_looks.edit", slug=slug))

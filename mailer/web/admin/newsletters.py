@@ -11,7 +11,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from mailer.db import db
 from mailer.errors import MailerError
 from mailer.models import Role
-from mailer.services import looks, newsletters
+from mailer.services import newsletters
 from mailer.web import auth
 from mailer.web.extensions import settings
 
@@ -119,15 +119,13 @@ def set_archived(slug: str, action: str):
 @auth.login_required(Role.OPS)
 def remove(slug: str):
     found = newsletters.by_slug(db.session, slug)
-    name, logo = found.name, found.logo_file
+    name = found.name
     try:
-        newsletters.remove(db.session, found)
+        newsletters.remove(db.session, found, settings=settings())
     except MailerError as e:
         db.session.rollback()
         flash(str(e), "error")
         return redirect(url_for("admin_newsletters.show", slug=slug))
-    db.session.commit()
-    looks.forget_logos(db.session, settings(), [logo])  # after the commit, never before
-    db.session.rollback()  # only read
+    db.session.commit()  # its logo's file goes with it, unless another look shows it
     flash(f"Newsletter {name!r} removed.")
     return redirect(url_for("admin_newsletters.index"))
