@@ -262,25 +262,19 @@ def settle(proc: subprocess.Popen, workers: int, timeout: float = 120.0) -> None
     still starting (importing the app): a worker's CPU time stands still for half a second.
     The first worker answers while the others may still be loading the app, and a load
     started then measures their start-up (and lets the first take every connection)."""
+    from mailer.bench import cpu_seconds
+
     deadline = time.monotonic() + timeout
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-
-    def cpu(pid: str) -> int | None:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat[stat.rfind(")") + 2 :].split()
-        return int(fields[11]) + int(fields[12])
-
-    last: dict[str, int | None] = {}
+    # Seconds made of the same clock ticks: two readings of a still process compare equal.
+    last: dict[int, float] = {}
     while time.monotonic() < deadline:
         try:
-            pids = children.read_text().split()
+            pids = [int(pid) for pid in children.read_text().split()]
         except OSError:  # not Linux: nothing to read, a fixed pause instead
             time.sleep(5)
             return
-        now = {pid: cpu(pid) for pid in pids}
+        now = {pid: cpu_seconds(pid) for pid in pids}
         if len(pids) >= workers and now == last:
             return
         last = now

@@ -34,3 +34,32 @@ def test_the_send_benchmark_sends_each_reader_once_and_says_where_the_cpu_went(
     # The send's own database work apart from the benchmark's watching it.
     assert {"workers", "postgres", "progress polls (postgres)", "bench"} <= set(cpu)
     assert cpu["workers"] > 0
+
+
+def test_the_signup_benchmark_waits_until_each_worker_stopped_starting(tmp_path):
+    """settle() returns once the server has its workers and their CPU time stands still: a
+    worker still busy (importing the app, here a second of CPU) holds the load back."""
+    import signal
+
+    from mailer.bench_signups import settle
+
+    done = tmp_path / "busy-worker-done"
+    script = (
+        "import os, pathlib, time\n"
+        "for busy in (0, 1.0):\n"
+        "    if os.fork() == 0:\n"
+        "        while time.process_time() < busy:\n"
+        "            pass\n"
+        "        if busy:\n"
+        f"            pathlib.Path({str(done)!r}).touch()\n"
+        "        time.sleep(60)\n"
+        "        os._exit(0)\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    try:
+        settle(proc, 2, timeout=30)
+        assert done.exists()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the master and the two workers it forked
+        proc.wait()
