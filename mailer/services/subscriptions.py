@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import and_, bindparam, delete, exists, func, select, true, update
+from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
@@ -56,8 +56,16 @@ CONFIRMABLE = (
     SubscriberStatus.PENDING, SubscriberStatus.UNSUBSCRIBED, SubscriberStatus.BOUNCED,
     SubscriberStatus.COMPLAINED,
 )
+
+
+def _among(column, values):
+    """`column` IN (values) as fixed parameters: an IN of a list is an expanding parameter,
+    which SQLAlchemy rewrites at every execution (a tenth of a confirmation claim's CPU)."""
+    return or_(*(column == value for value in values))
+
+
 # In SQL: a confirmable status, and for a complained reader a request made since.
-_MAY_CONFIRM = Subscriber.status.in_(CONFIRMABLE) & (
+_MAY_CONFIRM = _among(Subscriber.status, CONFIRMABLE) & (
     (Subscriber.status != SubscriberStatus.COMPLAINED)
     | Subscriber.complained_at.is_(None)
     | (Subscriber.confirm_requested_at > Subscriber.complained_at)
@@ -770,7 +778,7 @@ def _confirmation_details(claimed):
                Subscription.status.label("subscription_status"),
                Newsletter.name.label("newsletter_name"), Newsletter.description)
         .join(Newsletter, Newsletter.id == Subscription.newsletter_id)
-        .where(Subscription.status.in_(OPEN_SUBSCRIPTION))
+        .where(_among(Subscription.status, OPEN_SUBSCRIPTION))
         .subquery("opened")
     )
     site = select(*LOOK_COLUMNS).order_by(Newsletter.id).limit(1).subquery("site")
