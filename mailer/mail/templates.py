@@ -27,6 +27,9 @@ def email_env() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        # The templates ship with the code: a new release restarts the processes. Checking
+        # each template file's time before every use was a tenth of a confirmation's build.
+        auto_reload=False,
     )
     env.filters["wrap"] = _wrap
     return env

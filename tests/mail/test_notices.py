@@ -57,3 +57,17 @@ def test_confirmation_has_no_list_headers_and_a_fixed_subject(tmp_path):
     msg = parse(notices(tmp_path).confirmation("a@example.com", "uid1", REQUESTED).data)
     assert msg["Subject"] == "Please confirm your subscription to The Daily"
     assert msg["List-Unsubscribe"] is None
+
+
+def test_the_templates_files_are_read_once_not_looked_at_before_every_message(tmp_path,
+                                                                             monkeypatch):
+    import os.path
+
+    n = notices(tmp_path)
+    n.confirmation("a@example.com", "uid1", REQUESTED)  # loaded, cached
+    looked = []
+    getmtime = os.path.getmtime
+    monkeypatch.setattr(os.path, "getmtime", lambda path: looked.append(path) or getmtime(path))
+    out = n.confirmation("b@example.com", "uid2", REQUESTED)
+    assert b"b@example.com" in out.data
+    assert looked == []
