@@ -7,11 +7,12 @@ opened (redis-py's pool resets itself after a fork too, but only a client built 
 is sure to start clean, whoever built the parent's).
 
 Degrading is for the callers that have a local way to do without Redis: the signup's rate
-limits (counters in this process), an issue's progress (counted here). Redis down,
+limits (counters in this process), an issue's progress (counted here), article popularity
+(a view or a click not counted, a ranking from the days rolled up into SQL). Redis down,
 restarting or slow: one warning that names what degrades and for how long, then no attempt
 for BACKOFF seconds, so a request pays at most one timeout per BACKOFF instead of one each.
-Callers whose failure must raise (a worker's task, retried by Celery; the popularity store,
-whose callers answer without it) use client() alone.
+Callers whose failure must raise (a worker's task, retried by Celery: the confirmations'
+drain, the popularity roll-up) use client() alone.
 """
 
 from __future__ import annotations
@@ -53,12 +54,18 @@ class Degrading:
     `backoff` seconds after any failure; warnings go to the caller's `log`."""
 
     def __init__(self, what: str, *, timeout: float, log: logging.Logger,
-                 backoff: float = BACKOFF):
+                 backoff: float = BACKOFF, **options):
         self.what = what
         self.timeout = timeout
         self.log = log
         self.backoff = backoff
+        self.options = options  # for client(), e.g. health_check_interval
         self._down_until: dict[str, float] = {}  # url -> no attempt before (monotonic)
+
+    def down(self, url: str | None) -> bool:
+        """True while the Redis at `url` is left alone after a failure: what run() answers
+        now was made without it."""
+        return bool(url) and time.monotonic() < self._down_until.get(url, 0.0)
 
     def run(self, url: str | None, use: Callable[[Any], T]) -> T | None:
         """use(client) on the Redis at `url`; None when there is none (not configured, or it
@@ -66,7 +73,7 @@ class Degrading:
         if not url or time.monotonic() < self._down_until.get(url, 0.0):
             return None
         try:
-            return use(client(url, timeout=self.timeout))
+            return use(client(url, timeout=self.timeout, **self.options))
         except Exception as e:  # noqa: BLE001 - any Redis failure: the caller's local way
             self._down_until[url] = time.monotonic() + self.backoff
             self.log.warning("%s without Redis for %.0f s: %s", self.what, self.backoff, e)

@@ -71,6 +71,24 @@ def test_a_failure_degrades_once_and_redis_is_left_alone_for_the_back_off(caplog
     assert warnings[0].getMessage().startswith("test counts without Redis for 60 s: ")
 
 
+def test_down_tells_a_caller_its_answer_was_made_without_redis():
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    degrading = Degrading("test counts", timeout=0.5, log=log, backoff=60.0,
+                          health_check_interval=30)
+    tried = []
+
+    def use(client):
+        tried.append(client)
+        return client.ping()
+
+    assert not degrading.down(dead)
+    assert degrading.run(dead, use) is None
+    assert degrading.down(dead)
+    assert not degrading.down(None) and not degrading.down("redis://127.0.0.1:1/0")
+    # The client's own options (here: a health check on idle connections) reach it.
+    assert tried[0].connection_pool.connection_kwargs["health_check_interval"] == 30
+
+
 @pytest.mark.redis
 def test_redis_is_tried_again_after_the_back_off(tmp_path, redis_server):
     port = free_port()
