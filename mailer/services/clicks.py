@@ -69,7 +69,9 @@ def record(
     if not popularity.is_bot(user_agent):
         visitor = popularity.visitor_id(tokens, ip, user_agent, at.date())
         # Scanners open every link within seconds of delivery: the delivery's sent_at lets
-        # the popularity service tell them from readers.
+        # the popularity service tell them from readers. False too while Redis does not
+        # answer: the click is stored all the same (the report counts it), only not
+        # known to count for popularity, and the reader is not kept waiting for it.
         counted = bool(
             store.record_click(
                 session, target.item.article_id, visitor, at, target.delivery.sent_at

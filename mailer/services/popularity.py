@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import logging
 import re
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -23,7 +24,12 @@ from mailer import redis_client
 from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.models import Article, ArticleStat, VisitorSeen
+from mailer.redis_client import Degrading
 from mailer.services.articles import dialect_insert
+
+log = logging.getLogger(__name__)
+
+TIMEOUT = 0.5  # seconds: a reader's click, the beacon, a console page must not hang on Redis
 
 # Substrings of user agents that are never a person reading: crawlers, link-preview fetchers
 # (chat apps, social networks), headless browsers and automation, HTTP libraries and
@@ -134,7 +140,8 @@ class Popularity:
         today = utc_day(now)
         window = [today - timedelta(days=i) for i in range(days)]
         counts = self._sql_counts(session, window[-1], today)
-        for key, n in self._live_counts(window).items():
+        # Without the live counts (Redis down), the days rolled up into SQL rank alone.
+        for key, n in (self._live_counts(window) or {}).items():
             # A rolled-up day is in both places with the same counts; after a lost Redis,
             # SQL keeps what was rolled up.
             counts[key] = max(counts.get(key, 0), n)
@@ -154,8 +161,13 @@ class Popularity:
         )
         return {(day, article_id): n for day, article_id, n in rows}
 
-    def _live_counts(self, window: list[date]) -> dict[tuple[date, int], int]:
+    def _live_counts(self, window: list[date]) -> dict[tuple[date, int], int] | None:
         return {}
+
+    def live_counts_missing(self) -> bool:
+        """True while rankings are made without the counts not yet rolled up (today's,
+        mostly): their store did not answer a moment ago."""
+        return False
 
 
 def _existing(session: Session, ids: list[int]) -> list[int]:
@@ -210,7 +222,14 @@ class SqlPopularity(Popularity):
 
 
 class RedisPopularity(Popularity):
-    """Production store: one Lua call per view (de-duplicate, count, expire) on Redis."""
+    """Production store: one Lua call per view (de-duplicate, count, expire) on Redis.
+
+    Counting and ranking degrade (redis_client.Degrading): with Redis down, restarting or
+    stuck, one warning, at most one TIMEOUT per back-off, and meanwhile a view or a click is
+    not counted and a ranking is made of the days rolled up into SQL. The reader still gets
+    the article, the site's beacon its 204, the console and the API their pages. The
+    roll-up does not degrade: its task fails and runs again (hourly, idempotent).
+    """
 
     # KEYS: the day's seen-set, the day's counter, the day's readers per network and article.
     # ARGV: seen member, article id, expiry of the day's sets, expiry of the counter,
@@ -232,14 +251,16 @@ return 1
     def __init__(self, settings: Settings):
         super().__init__(settings)
         self._script = None
+        self._live = Degrading("popularity counts", timeout=TIMEOUT, log=log,
+                               health_check_interval=30)
         self.seen_ttl = int(timedelta(days=2).total_seconds())
         # Counters outlive the ranking window, so a roll-up missed for days loses nothing.
         self.count_ttl = int(timedelta(days=max(settings.popularity_days, 7) + 2).total_seconds())
 
     @property
     def redis(self):
-        """This process's client (the store outlives a fork: a prefork worker, gunicorn's).
-        Its failures raise: a view or a click is lost, the caller answers all the same."""
+        """This process's client for the roll-up (the store outlives a fork: a prefork
+        worker, gunicorn's). Its failures raise: the roll-up's task runs again."""
         return redis_client.client(self.settings.redis_url, timeout=2, health_check_interval=30)
 
     @staticmethod
@@ -250,16 +271,21 @@ return 1
     def _count(self, session, article_id: int, visitor: str, at: datetime, column: str) -> bool:
         day = utc_day(at)
         network = network_of(visitor)
-        client = self.redis
-        if self._script is None:
-            self._script = client.register_script(self._COUNT)
-        added = self._script(
-            client=client,
-            keys=[self.key(day, "seen"), self.key(day, column), self.key(day, "networks")],
-            args=[f"{visitor}:{article_id}", article_id, self.seen_ttl, self.count_ttl,
-                  f"{network}:{article_id}" if network else "", PER_NETWORK],
-        )
-        return added == 1
+
+        def count(client):
+            if self._script is None:
+                self._script = client.register_script(self._COUNT)
+            return self._script(
+                client=client,
+                keys=[self.key(day, "seen"), self.key(day, column), self.key(day, "networks")],
+                args=[f"{visitor}:{article_id}", article_id, self.seen_ttl, self.count_ttl,
+                      f"{network}:{article_id}" if network else "", PER_NETWORK],
+            )
+
+        # None: Redis did not answer (or failed a moment ago). The view or click is then
+        # not known to count and says so (False, a click's `counted`): a lost count, never
+        # an error for the reader. A Redis that was only slow may still have counted it.
+        return self._live.run(self.settings.redis_url, count) == 1
 
     def _day_counts(self, day: date) -> tuple[dict[int, int], dict[int, int]]:
         pipe = self.redis.pipeline(transaction=False)
@@ -268,17 +294,25 @@ return 1
         views, clicks = pipe.execute()
         return ({int(m): int(s) for m, s in views}, {int(m): int(s) for m, s in clicks})
 
-    def _live_counts(self, window: list[date]) -> dict[tuple[date, int], int]:
-        pipe = self.redis.pipeline(transaction=False)
-        for day in window:
-            for kind in ("views", "clicks"):
-                pipe.zrange(self.key(day, kind), 0, -1, withscores=True)
-        results = pipe.execute()
+    def _live_counts(self, window: list[date]) -> dict[tuple[date, int], int] | None:
+        def read(client):
+            pipe = client.pipeline(transaction=False)
+            for day in window:
+                for kind in ("views", "clicks"):
+                    pipe.zrange(self.key(day, kind), 0, -1, withscores=True)
+            return pipe.execute()
+
+        results = self._live.run(self.settings.redis_url, read)
+        if results is None:
+            return None
         counts: dict[tuple[date, int], int] = defaultdict(int)
         for i, day in enumerate(window):
             for member, score in results[2 * i] + results[2 * i + 1]:
                 counts[(day, int(member))] += int(score)
         return counts
+
+    def live_counts_missing(self) -> bool:
+        return self._live.down(self.settings.redis_url)
 
     def rollup(self, session: Session, day: date) -> int:
         """Copy a day's counters into article_stats (idempotent: never lowers a count)."""

@@ -213,6 +213,16 @@ class RedisServer:
             self.proc.wait(10)
             self.proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: connections are accepted by the kernel but nothing answers, as a Redis
+        stuck (swapping, a long command, a network that drops packets) looks to a client."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
         time.sleep(down_for)

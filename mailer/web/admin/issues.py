@@ -164,6 +164,8 @@ def _compose_page(issue_id: int, error: ValidationError | None = None, typed=Non
         popularity_days=rt.settings.popularity_days,
         reading_data=bool(rt.popularity.ranking(
             db.session, days=rt.settings.popularity_days, now=utcnow(), limit=1)),
+        # After the ranking just made: True when it was made without Redis's live counts.
+        live_counts_missing=rt.popularity.live_counts_missing(),
     ), status
 
 

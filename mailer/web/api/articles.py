@@ -7,7 +7,6 @@ import logging
 import time
 
 from flask import Blueprint, current_app, jsonify, request
-from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from mailer.clock import utcnow
@@ -150,8 +149,9 @@ def pageview():
                                             popularity.utc_day(now))
             rt.popularity.record_view(db.session, article_id, visitor, now)
             db.session.commit()
-    except (RedisError, OperationalError, IntegrityError) as e:
-        # Popularity is best effort: the site's page must never see an error from us.
+    except (OperationalError, IntegrityError) as e:
+        # Popularity is best effort: the site's page must never see an error from us. (The
+        # store does without Redis by itself: one warning, then no wait while it is down.)
         db.session.rollback()
         log.warning("page view not counted: %s", e)
     return _no_content()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, func, select
 
+from mailer import redis_client
 from mailer.clock import utcnow
 from mailer.db import db
 from mailer.models import Article, Role
@@ -22,7 +24,7 @@ from tests.helpers.feeds import (
     article_count,
     by_url,
 )
-from tests.helpers.servers import wait_until
+from tests.helpers.servers import RedisServer, wait_until
 
 SITE = "https://www.daily.example"  # in the session's MAILER_CORS_ORIGINS
 
@@ -328,3 +330,37 @@ def test_page_addresses_are_cached_briefly_so_most_beacons_skip_sql(app):
     db.session.execute(delete(Article))
     db.session.commit()
     assert cache.article_id(url) == article_id  # a hit is kept for `ttl`
+
+
+@pytest.mark.redis
+def test_with_redis_stuck_the_beacon_waits_once_and_counts_again_when_it_is_back(
+    app, env, tmp_path, article, caplog
+):
+    server = RedisServer(tmp_path / "redis").start()
+    try:
+        own = make_app(env, MAILER_REDIS_URL=server.url)
+        client = own.test_client()
+        url, article_id = article.url, article.id
+
+        def timed(ip: str) -> float:
+            started = time.monotonic()
+            assert beacon(client, url, ip=ip).status_code == 204
+            return time.monotonic() - started
+
+        server.pause()  # accepts connections, answers nothing
+        try:
+            first = timed("198.51.100.1")
+            second = timed("198.51.100.2")
+        finally:
+            server.resume()
+        assert first < 1.5  # the store's short timeout, once
+        assert second < 0.25  # Redis left alone during the back-off
+        warned = [r for r in caplog.records
+                  if r.levelno == logging.WARNING and "without Redis" in r.getMessage()]
+        assert len(warned) == 1
+
+        time.sleep(redis_client.BACKOFF)
+        timed("198.51.100.3")
+        assert ranking(own) == [(article_id, 1.0)]  # back in Redis: counted again
+    finally:
+        server.stop()
