@@ -166,10 +166,10 @@ class DriverStatement:
 
     What is kept: the same SQL text and bind processing as `connection.execute`, the
     engine's cursor events (statement counters and tracers still see it), and SQLAlchemy's
-    handling of a driver error (wrapped, a dead connection invalidated). Returns the first
-    row as a plain tuple, or None; the statement's columns need no result processing, and
-    it may not rely on column defaults computed in Python or have an expanding IN (both
-    refused when compiled).
+    handling of a driver error (wrapped, a dead connection invalidated). Rows are the
+    driver's values, without SQLAlchemy's result processing (the caller converts what needs
+    it); the statement may not rely on column defaults computed in Python or have an
+    expanding IN (both refused when compiled).
     """
 
     def __init__(self, statement) -> None:
@@ -197,6 +197,16 @@ class DriverStatement:
         return found
 
     def first(self, connection, params: dict) -> tuple | None:
+        """The first row, or None."""
+        row = self._run(connection, params, "fetchone")
+        return None if row is None else tuple(row)
+
+    def all(self, connection, params: dict) -> list[tuple]:
+        """Every row, as tuples of the driver's values (no result processing: the caller
+        converts what needs it, e.g. a naive UTC timestamp)."""
+        return self._run(connection, params, "fetchall")
+
+    def _run(self, connection, params: dict, fetch: str):
         dialect = connection.dialect
         found = self._compiled.get(dialect) or self._compile(dialect)
         sql, fixed, required, processors, order = found
@@ -218,10 +228,9 @@ class DriverStatement:
             if events:
                 for fn in connection.dispatch.after_cursor_execute:
                     fn(connection, cursor, sql, values, None, False)
-            row = cursor.fetchone()
+            return getattr(cursor, fetch)()
         except dialect.loaded_dbapi.Error as e:
             connection._handle_dbapi_exception(e, sql, values, cursor, None)
             raise  # pragma: no cover - the line above raises SQLAlchemy's wrapped error
         finally:
             cursor.close()
-        return None if row is None else tuple(row)

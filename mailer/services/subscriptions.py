@@ -762,7 +762,10 @@ def _confirmation_claim():
             _CONFIRMATION_OWED,
             _MAY_CONFIRM | (Subscriber.status == SubscriberStatus.ACTIVE),
         )
-        .values(confirm_sent_at=Subscriber.confirm_requested_at)
+        # updated_at given, not left to the model's default computed in Python: the
+        # statement then runs as it is compiled (db.DriverStatement).
+        .values(confirm_sent_at=Subscriber.confirm_requested_at,
+                updated_at=bindparam("c_now", type_=Subscriber.__table__.c.updated_at.type))
         .returning(Subscriber.id, Subscriber.email, Subscriber.uid, Subscriber.status,
                    Subscriber.confirm_requested_at)
     )
@@ -800,10 +803,11 @@ _ANY_REQUEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _take_statements(dialect: str) -> tuple:
-    """(the claim, or None where the details' statement claims too; the details)."""
+    """(the claim, or None where the details' statement claims too; the details: on
+    PostgreSQL run on the driver (db.DriverStatement), a Core statement elsewhere)."""
     claim = _confirmation_claim()
     if dialect == "postgresql":
-        statements = (None, _confirmation_details(claim.cte("claimed")))
+        statements = (None, DriverStatement(_confirmation_details(claim.cte("claimed"))))
     else:
         reader = (select(Subscriber.id, Subscriber.email, Subscriber.uid, Subscriber.status,
                          Subscriber.confirm_requested_at)
@@ -821,8 +825,8 @@ def take_confirmation(
     request is not committed yet). PostgreSQL: one statement (a data-modifying CTE)."""
     dialect = session.bind.dialect.name
     claim, details = _TAKE.get(dialect) or _take_statements(dialect)
-    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST}
-    # Core, through the session's connection: the statements touch no ORM object.
+    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST, "c_now": utcnow()}
+    # Through the session's connection: the statements touch no ORM object.
     return _claimed(session.connection(), claim, details, params)
 
 
@@ -837,7 +841,7 @@ def take_confirmation_at_once(
     if connection.dialect.name != "postgresql":
         raise ValueError("a claim in one statement needs PostgreSQL")
     _, details = _TAKE.get("postgresql") or _take_statements("postgresql")
-    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST}
+    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST, "c_now": utcnow()}
     return _claimed(connection, None, details, params)
 
 
@@ -846,18 +850,26 @@ def _claimed(connection: Connection, claim, details, params: dict) -> Confirmati
 
     if claim is not None and connection.execute(claim, params).first() is None:
         return None
-    rows = connection.execute(details, params).all()
+    if isinstance(details, DriverStatement):
+        rows = details.all(connection, params)
+    else:
+        rows = connection.execute(details, params).all()
     if not rows:
         return None
-    first = rows[0]
-    statuses = [row.subscription_status for row in rows if row.subscription_status is not None]
+    # By position (_confirmation_details): the reader's email, uid, status, request; the
+    # subscription's status, its newsletter's name and description; the look's columns.
+    # Statuses compare as the strings they are stored as (StrEnum).
+    email, uid, status, requested = rows[0][:4]
+    statuses = [row[4] for row in rows if row[4] is not None]
     pending = SubscriptionStatus.PENDING in statuses
-    listed = [(row.newsletter_name, row.description) for row in rows
-              if row.subscription_status == SubscriptionStatus.PENDING or not pending]
-    already = first.status == SubscriberStatus.ACTIVE and not pending
-    look = tuple(first[-len(LOOK_COLUMNS):])
+    listed = [(row[5], row[6]) for row in rows
+              if row[4] == SubscriptionStatus.PENDING or not pending]
+    already = status == SubscriberStatus.ACTIVE and not pending
+    look = tuple(rows[0][-len(LOOK_COLUMNS):])
+    if requested.tzinfo is None:  # the driver's value: naive UTC, as stored (UTCDateTime)
+        requested = requested.replace(tzinfo=UTC)
     return Confirmation(
-        email=first.email, uid=first.uid, requested=first.confirm_requested_at,
+        email=email, uid=uid, requested=requested,
         already_subscribed=already,
         newsletters=[] if already else [(n, d) for n, d in listed if n is not None],
         look=look if look[0] is not None else None,

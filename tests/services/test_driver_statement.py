@@ -76,3 +76,21 @@ def test_each_dialect_gets_its_own_sql_and_a_freed_one_leaves_nothing_behind(app
     # Its compiled SQL went with it: a later dialect cannot be handed another's SQL.
     assert list(run._compiled) == [db.session.connection().dialect]
     db.session.rollback()
+
+
+def test_all_rows_come_as_the_drivers_tuples_in_order(app, make_email):
+    emails = sorted(make_email() for _ in range(3))
+    insert_one = DriverStatement(_INSERT)
+    for i, email in enumerate(emails):
+        insert_one.first(db.session.connection(), {
+            "uid": f"w{i}" * 10, "email": email, "status": SubscriberStatus.PENDING,
+            "frequency": Frequency.WEEKLY, "at": utcnow()})
+    run = DriverStatement(
+        select(Subscriber.email, Subscriber.status)
+        .where(Subscriber.email >= bindparam("low"), Subscriber.email <= bindparam("high"))
+        .order_by(Subscriber.email))
+    rows = run.all(db.session.connection(), {"low": emails[0], "high": emails[-1]})
+    # Plain tuples of what the driver returns: the status as it is stored.
+    assert [tuple(row) for row in rows] == [(email, "pending") for email in emails]
+    assert run.all(db.session.connection(), {"low": "z", "high": "z"}) == []
+    db.session.rollback()
