@@ -4,12 +4,15 @@
 database and Redis database (mailer.bench.Scratch): start a worker that sends
 confirmations to a small SMTP server in this process, then
 1. the bare endpoint (one INSERT and one Redis INCR per request) under gunicorn with the
-   settings of `mailer web` (cli.server.web_options), loaded by N clients;
-2. `mailer web` with the same settings, loaded the same way with JSON signups;
-and compares the two. Each server is loaded only once all its workers have started, after a
+   settings of `mailer web` (cli.server.web_options);
+2. `mailer web` with the same settings, beside it;
+then loads them in turns, N clients each time (by default four rounds of a quarter of the
+requests each; after each round of signups, until their confirmations are mailed), and
+compares the two. Each server is loaded only once all its workers have started, after a
 warm-up of ten requests per client that is not counted (for the signups, until their
 confirmations are mailed): the figures are a running server's, not its start.
-Absolute figures move with the machine's load; the ratio much less.
+Absolute figures move with the machine's load; the ratio much less, and the turns make a
+machine whose speed drifts during the run (other work, a busy host) slow both alike.
 Then it checks what a reader would: every accepted signup has its row and exactly one
 confirmation mail.
 """
@@ -180,6 +183,13 @@ class Load:
     latencies: list[float] = field(default_factory=list)
     codes: Counter = field(default_factory=Counter)
     accepted: list[str] = field(default_factory=list)
+
+    def add(self, other: Load) -> None:
+        """Count `other`'s requests as this load's too (a round of the same endpoint)."""
+        self.seconds += other.seconds
+        self.latencies += other.latencies
+        self.codes.update(other.codes)
+        self.accepted += other.accepted
 
     def summary(self) -> dict:
         lat = sorted(self.latencies)

@@ -319,8 +319,12 @@ def _print(r: dict) -> None:
 @click.option("--wait", type=click.FloatRange(1), default=120, show_default=True,
               help="Seconds without a new confirmation before the check calls the rest "
                    "lost (it waits as long as they keep arriving).")
+@click.option("--rounds", type=click.IntRange(1), default=4, show_default=True,
+              help="Alternate the two loads this many times, the requests split evenly: a "
+                   "machine whose speed drifts during the run slows both alike.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
-def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait, as_json):
+def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait, rounds,
+            as_json):
     """Signups per second through the real `mailer web`, beside a bare Flask endpoint (one
     INSERT, one Redis INCR) under the same gunicorn settings; checks that every accepted
     signup has its row and exactly one confirmation mail."""
@@ -341,7 +345,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
     smtp = bs.SmtpProcess(folder)
     scratch.create()
     running = []
-    servers = []
+    servers: dict = {}  # endpoint -> its server process
     try:
         env = b.bench_env(scratch, f"smtp://127.0.0.1:{smtp.port}", folder, dkim=False)
         env.update(MAILER_SIGNUP_LIMIT_IP=f"{count * 10} per minute",
@@ -360,40 +364,54 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         import redis
 
         redis_pid = redis.Redis.from_url(scratch.redis_url).info("server")["process_id"]
+        loading = []  # the endpoint under load: its server's processes are "web"
         meter = b.CpuMeter({
-            "web": lambda: b.tree(servers[-1].pid),
+            "web": lambda: b.tree(servers[loading[-1]].pid),
             "worker": lambda: [pid for w in running for pid in w.pids()],
             "postgres": lambda: _backends(engine),
             "redis": lambda: [redis_pid],
             "clients": lambda: [os.getpid()],
             "smtp server": lambda: [smtp.proc.pid],
         })
-        for name, argv, path in [
+        endpoints = [
             ("bare", bs.python("mailer.bench_signups"), "/bare"),
             ("signup", bs.python("mailer.cli", "web", "--host", "127.0.0.1"),
              "/api/v1/subscribe"),
-        ]:
-            port = b.free_port()
+        ]
+        ports = {}
+        for name, argv, path in endpoints:
+            port = ports[name] = b.free_port()
             if name == "bare":
                 argv = [*argv, str(port), str(web_workers)]
             else:
                 argv = [*argv, "--port", str(port), "--workers", str(web_workers)]
-            click.echo(f"Loading the {name} endpoint: {count} requests, {clients} clients...",
-                       err=True)
-            servers.append(bs.start_server(argv, env, folder / f"{name}.log", port))
-            bs.settle(servers[-1], web_workers)
+            servers[name] = bs.start_server(argv, env, folder / f"{name}.log", port)
+            bs.settle(servers[name], web_workers)
             # Warm-up, not counted: every worker thread's first requests (its pool's
             # connections, statements compiled and prepared) and, for the signups, their
             # confirmations mailed before the measured load starts.
             warmed[name] = bs.load(port, path, clients, clients * 10, prefix=f"warm-{name}-")
             if name == "signup":
                 bs.wait_for(smtp, warmed[name].accepted, wait)
-            meter.start()
-            results[name] = bs.load(port, path, clients, count, prefix=f"{name}-")
-            if name == "signup":  # the confirmations' cost is the signups' too
-                bs.wait_for(smtp, results[name].accepted, wait)
-            cpu[name] = b.per_request(meter.stop(), count)
-            b.stop_workers([b.Worker(servers[-1], folder / f"{name}.log")])
+        # The two loads in turns, so that a machine that gets slower or faster during the
+        # run (other work, its host's) moves both figures alike, not one of them.
+        rounds = min(rounds, count)
+        sizes = [count // rounds + (r < count % rounds) for r in range(rounds)]
+        used: dict[str, Counter] = {name: Counter() for name, _, _ in endpoints}
+        for r, size in enumerate(sizes):
+            for name, _, path in endpoints:
+                click.echo(f"Round {r + 1} of {rounds}, the {name} endpoint: {size} requests, "
+                           f"{clients} clients...", err=True)
+                loading.append(name)
+                meter.start()
+                done = bs.load(ports[name], path, clients, size, prefix=f"{name}-{r}-")
+                if name == "signup":  # the confirmations' cost is the signups' too
+                    bs.wait_for(smtp, done.accepted, wait)
+                used[name].update(meter.stop())
+                results.setdefault(name, bs.Load()).add(done)
+        for name, server in servers.items():
+            cpu[name] = b.per_request(dict(used[name]), count)
+            b.stop_workers([b.Worker(server, folder / f"{name}.log")])
         accepted = results["signup"].accepted
         time.sleep(1.0)  # a second copy would arrive now
         received = smtp.counts()
@@ -415,7 +433,8 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         "bare": bare, "signup": signup, "ratio": round(ratio, 2),
         "accepted": len(accepted), "rows": rows,
         "confirmations": {str(k): v for k, v in sorted(confirmations.items())},
-        "clients": clients, "web_workers": web_workers, "cores": os.cpu_count(),
+        "clients": clients, "web_workers": web_workers, "rounds": rounds,
+        "cores": os.cpu_count(),
         "warm_up": {name: len(w.latencies) for name, w in warmed.items()},
         "load_before": [round(x, 2) for x in load],
         "cpu_us_per_request": cpu,
@@ -430,7 +449,8 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
                        f"answers {r['codes']}")
         click.echo(f"  signups/s ÷ bare requests/s = {ratio:.2f}; p99 ratio "
                    f"{signup['p99_ms'] / bare['p99_ms']:.2f} ({clients} clients, "
-                   f"{web_workers} gunicorn workers, {os.cpu_count()} cores, load before "
+                   f"{web_workers} gunicorn workers, {rounds} rounds each, "
+                   f"{os.cpu_count()} cores, load before "
                    f"{result['load_before'][0]})")
         for name in ("bare", "signup"):
             parts = {k: v for k, v in cpu[name].items() if k != "total" and v}
