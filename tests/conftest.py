@@ -91,6 +91,14 @@ def redis_server(db_kind, tmp_path_factory):
     server.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path):
+    """A redis-server of the test's own, to stop, pause or kill (the session's is shared)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def pg_database(db_kind):
     if db_kind != "postgres":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 import os
 import re
 import shutil
@@ -406,3 +407,9 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         out += [int(p) for p in (task / "children").read_text().split()]
     return out + [c for p in out for c in children(p)]
+
+
+def redis_warnings(caplog) -> list[str]:
+    """The warnings logged when something went on without Redis (redis_client.Degrading)."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "without Redis" in r.getMessage()]

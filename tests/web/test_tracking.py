@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 
@@ -25,7 +24,7 @@ from mailer.services import digests
 from mailer.tokens import Tokens
 from tests.helpers.app import make_app
 from tests.helpers.digests import BROWSER_UA, add_article, digest_app, mark_sent
-from tests.helpers.servers import RedisServer
+from tests.helpers.servers import redis_warnings
 
 CURL_UA = "curl/8.5.0"
 
@@ -170,51 +169,42 @@ def test_the_open_pixel_is_off_unless_enabled(app, env, make_email):
     assert db.session.scalar(select(func.count()).select_from(Click)) == 0
 
 
-def _redis_warnings(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records
-            if r.levelno == logging.WARNING and "without Redis" in r.getMessage()]
-
-
 @pytest.mark.redis
 def test_with_redis_stuck_a_click_still_reaches_the_article_without_waiting_twice(
-    app, env, tmp_path, make_email, caplog
+    app, env, own_redis, make_email, caplog
 ):
-    server = RedisServer(tmp_path / "redis").start()
+    own = make_app(env, MAILER_REDIS_URL=own_redis.url)
+    rt = own.extensions["mailer"]
+    client = own.test_client()
+    titles = ("First", "Second", "Third", "Fourth")
+    _issue, delivery_id, items = _sent_issue(rt, make_email, titles=titles)
+
+    def click(title: str) -> float:
+        item_id, url, _ = items[title]
+        started = time.monotonic()
+        resp = client.get(_path(rt, delivery_id, item_id), headers={"User-Agent": BROWSER_UA})
+        took = time.monotonic() - started
+        assert resp.status_code == 302 and resp.headers["Location"] == url
+        return took
+
+    click("First")  # Redis answers: counted
+    own_redis.pause()  # accepts connections, answers nothing
     try:
-        own = make_app(env, MAILER_REDIS_URL=server.url)
-        rt = own.extensions["mailer"]
-        client = own.test_client()
-        titles = ("First", "Second", "Third", "Fourth")
-        _issue, delivery_id, items = _sent_issue(rt, make_email, titles=titles)
-
-        def click(title: str) -> float:
-            item_id, url, _ = items[title]
-            started = time.monotonic()
-            resp = client.get(_path(rt, delivery_id, item_id), headers={"User-Agent": BROWSER_UA})
-            took = time.monotonic() - started
-            assert resp.status_code == 302 and resp.headers["Location"] == url
-            return took
-
-        click("First")  # Redis answers: counted
-        server.pause()  # accepts connections, answers nothing
-        try:
-            first = click("Second")
-            second = click("Third")
-        finally:
-            server.resume()
-        # The first click waits out the store's short timeout, once; the next one does not
-        # try Redis during the back-off.
-        assert first < 1.5
-        assert second < 0.25
-        assert len(_redis_warnings(caplog)) == 1
-        # Both stored for the issue's report; neither known to count for popularity.
-        by_item = {items[t][0]: t for t in titles}
-        assert [(by_item[i], counted) for i, counted in _clicks()] == [
-            ("First", True), ("Second", False), ("Third", False)]
-
-        time.sleep(redis_client.BACKOFF)  # the back-off is over: Redis is tried again
-        click("Fourth")
-        assert _clicks()[-1] == (items["Fourth"][0], True)
-        assert len(_redis_warnings(caplog)) == 1
+        first = click("Second")
+        second = click("Third")
     finally:
-        server.stop()
+        own_redis.resume()
+    # The first click waits out the store's short timeout, once; the next one does not
+    # try Redis during the back-off.
+    assert first < 1.5
+    assert second < 0.25
+    assert len(redis_warnings(caplog)) == 1
+    # Both stored for the issue's report; neither known to count for popularity.
+    by_item = {items[t][0]: t for t in titles}
+    assert [(by_item[i], counted) for i, counted in _clicks()] == [
+        ("First", True), ("Second", False), ("Third", False)]
+
+    time.sleep(redis_client.BACKOFF)  # the back-off is over: Redis is tried again
+    click("Fourth")
+    assert _clicks()[-1] == (items["Fourth"][0], True)
+    assert len(redis_warnings(caplog)) == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -24,7 +23,7 @@ from tests.helpers.feeds import (
     article_count,
     by_url,
 )
-from tests.helpers.servers import RedisServer, wait_until
+from tests.helpers.servers import redis_warnings, wait_until
 
 SITE = "https://www.daily.example"  # in the session's MAILER_CORS_ORIGINS
 
@@ -334,33 +333,27 @@ def test_page_addresses_are_cached_briefly_so_most_beacons_skip_sql(app):
 
 @pytest.mark.redis
 def test_with_redis_stuck_the_beacon_waits_once_and_counts_again_when_it_is_back(
-    app, env, tmp_path, article, caplog
+    app, env, own_redis, article, caplog
 ):
-    server = RedisServer(tmp_path / "redis").start()
+    own = make_app(env, MAILER_REDIS_URL=own_redis.url)
+    client = own.test_client()
+    url, article_id = article.url, article.id
+
+    def timed(ip: str) -> float:
+        started = time.monotonic()
+        assert beacon(client, url, ip=ip).status_code == 204
+        return time.monotonic() - started
+
+    own_redis.pause()  # accepts connections, answers nothing
     try:
-        own = make_app(env, MAILER_REDIS_URL=server.url)
-        client = own.test_client()
-        url, article_id = article.url, article.id
-
-        def timed(ip: str) -> float:
-            started = time.monotonic()
-            assert beacon(client, url, ip=ip).status_code == 204
-            return time.monotonic() - started
-
-        server.pause()  # accepts connections, answers nothing
-        try:
-            first = timed("198.51.100.1")
-            second = timed("198.51.100.2")
-        finally:
-            server.resume()
-        assert first < 1.5  # the store's short timeout, once
-        assert second < 0.25  # Redis left alone during the back-off
-        warned = [r for r in caplog.records
-                  if r.levelno == logging.WARNING and "without Redis" in r.getMessage()]
-        assert len(warned) == 1
-
-        time.sleep(redis_client.BACKOFF)
-        timed("198.51.100.3")
-        assert ranking(own) == [(article_id, 1.0)]  # back in Redis: counted again
+        first = timed("198.51.100.1")
+        second = timed("198.51.100.2")
     finally:
-        server.stop()
+        own_redis.resume()
+    assert first < 1.5  # the store's short timeout, once
+    assert second < 0.25  # Redis left alone during the back-off
+    assert len(redis_warnings(caplog)) == 1
+
+    time.sleep(redis_client.BACKOFF)
+    timed("198.51.100.3")
+    assert ranking(own) == [(article_id, 1.0)]  # back in Redis: counted again
