@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -223,6 +224,15 @@ class RedisServer:
     def resume(self) -> None:
         if self.proc is not None:
             self.proc.send_signal(signal.SIGCONT)
+
+    @contextmanager
+    def paused(self):
+        """pause() for the block, resume() after it, whatever it raised."""
+        self.pause()
+        try:
+            yield self
+        finally:
+            self.resume()
 
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()

@@ -188,12 +188,9 @@ def test_with_redis_stuck_a_click_still_reaches_the_article_without_waiting_twic
         return took
 
     click("First")  # Redis answers: counted
-    own_redis.pause()  # accepts connections, answers nothing
-    try:
+    with own_redis.paused():  # accepts connections, answers nothing
         first = click("Second")
         second = click("Third")
-    finally:
-        own_redis.resume()
     # The first click waits out the store's short timeout, once; the next one does not
     # try Redis during the back-off.
     assert first < 1.5
