@@ -40,7 +40,7 @@ def counted():
 @pytest.fixture(autouse=True)
 def forget():
     progress._local.clear()
-    progress._down_until = 0.0
+    progress._shared._down_until.clear()  # no back-off left by an earlier test
     yield
     progress._local.clear()
 
