@@ -147,7 +147,9 @@ def wire_message(task, *args) -> tuple[str, bytes]:
     collected = _Collected()
     channel.basic_publish(envelope, exchange="", routing_key=queue.name, _publish_batch=collected)
     ((command, (key, data)),) = collected.commands
-    assert command == "lpush", command
+    if command != "lpush":
+        raise RuntimeError(f"the broker's transport published with {command!r}, not a list "
+                           "push: this Celery or kombu lays out its messages differently")
     return key, data
 
 
@@ -164,8 +166,12 @@ def fresh_wire_message(task) -> tuple[str, str]:
         key, data = wire_message(task)
         envelope = json.loads(data)
         ids = (envelope["headers"]["id"], envelope["properties"]["delivery_tag"])
-        assert envelope["headers"]["root_id"] == envelope["properties"]["correlation_id"] == ids[0]
-        assert data.count(ids[0]) == 3 and data.count(ids[1]) == 1, data
+        # The copies replace the ids as text: each must be where it is expected and nowhere
+        # else, or two messages would share an id (a Celery whose layout changed).
+        if not (envelope["headers"]["root_id"] == envelope["properties"]["correlation_id"]
+                == ids[0] and data.count(ids[0]) == 3 and data.count(ids[1]) == 1):
+            raise RuntimeError(f"a {task.name} message is not laid out as expected, so it "
+                               f"cannot be copied with new ids: {data}")
         found = _templates[(os.getpid(), task.name)] = (key, data, ids)
     key, data, (task_id, tag) = found
     return key, data.replace(task_id, str(uuid4())).replace(tag, str(uuid4()))

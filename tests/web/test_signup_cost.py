@@ -144,3 +144,22 @@ def test_the_drain_message_is_built_once_per_process_each_copy_with_its_own_ids(
             env_["headers"].update(id=None, root_id=None)
             env_["properties"].update(correlation_id=None, delivery_tag=None)
         assert m == fresh
+
+
+def test_a_drain_message_laid_out_otherwise_is_refused_not_copied_with_shared_ids(
+    app, monkeypatch
+):
+    import json
+
+    from mailer.tasks import base, send_confirmations
+
+    key, data = base.wire_message(send_confirmations)
+    task_id = json.loads(data)["headers"]["id"]
+    # A Celery that also wrote the task id somewhere else: replacing it as text would
+    # change that too, or leave a copy sharing it.
+    envelope = json.loads(data)
+    envelope["headers"]["parent_id"] = task_id
+    monkeypatch.setattr(base, "wire_message", lambda task: (key, json.dumps(envelope)))
+    monkeypatch.setattr(base, "_templates", {})
+    with pytest.raises(RuntimeError, match="not laid out as expected"):
+        base.fresh_wire_message(send_confirmations)
