@@ -70,7 +70,7 @@ class Degrading:
     def run(self, url: str | None, use: Callable[[Any], T]) -> T | None:
         """use(client) on the Redis at `url`; None when there is none (not configured, or it
         failed less than `backoff` seconds ago, or it fails now): the caller does without."""
-        if not url or time.monotonic() < self._down_until.get(url, 0.0):
+        if not url or self.down(url):
             return None
         try:
             return use(client(url, timeout=self.timeout, **self.options))
