@@ -25,21 +25,16 @@ def broker_backlog(settings: Settings) -> dict[str, int] | None:
     names = QUEUES
     try:
         if settings.redis_url:
-            import redis
-
+            from mailer import redis_client
             from mailer.tasks.notices import CONFIRMATIONS
 
-            client = redis.Redis.from_url(settings.redis_url, socket_timeout=1,
-                                          socket_connect_timeout=1)
-            try:
-                with client.pipeline(transaction=False) as pipe:
-                    for name in (*names, CONFIRMATIONS):
-                        pipe.llen(name)
-                    *tasks, confirmations = pipe.execute()
-                return {**dict(zip(names, map(int, tasks), strict=True)),
-                        "confirmations": int(confirmations)}
-            finally:
-                client.close()
+            client = redis_client.client(settings.redis_url, timeout=1)
+            with client.pipeline(transaction=False) as pipe:
+                for name in (*names, CONFIRMATIONS):
+                    pipe.llen(name)
+                *tasks, confirmations = pipe.execute()
+            return {**dict(zip(names, map(int, tasks), strict=True)),
+                    "confirmations": int(confirmations)}
         path = settings.instance_path / "broker.sqlite"
         if not path.exists():
             return {**{name: 0 for name in names}, "confirmations": 0}
