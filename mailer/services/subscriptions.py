@@ -8,6 +8,7 @@ import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cache
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, true, update
@@ -797,24 +798,26 @@ def _confirmation_details(claimed):
     )
 
 
-_TAKE: dict[str, tuple] = {}
 # `since` for a claim of whatever request is owed.
 _ANY_REQUEST = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+@cache
 def _take_statements(dialect: str) -> tuple:
     """(the claim, or None where the details' statement claims too; the details: on
-    PostgreSQL run on the driver (db.DriverStatement), a Core statement elsewhere)."""
+    PostgreSQL run on the driver (db.DriverStatement), a Core statement elsewhere). Built
+    once per dialect."""
     claim = _confirmation_claim()
     if dialect == "postgresql":
-        statements = (None, DriverStatement(_confirmation_details(claim.cte("claimed"))))
-    else:
-        reader = (select(Subscriber.id, Subscriber.email, Subscriber.uid, Subscriber.status,
-                         Subscriber.confirm_requested_at)
-                  .where(Subscriber.id == bindparam("c_id")).subquery("claimed"))
-        statements = (claim, _confirmation_details(reader))
-    _TAKE[dialect] = statements
-    return statements
+        return None, DriverStatement(_confirmation_details(claim.cte("claimed")))
+    reader = (select(Subscriber.id, Subscriber.email, Subscriber.uid, Subscriber.status,
+                     Subscriber.confirm_requested_at)
+              .where(Subscriber.id == bindparam("c_id")).subquery("claimed"))
+    return claim, _confirmation_details(reader)
+
+
+def _take_params(subscriber_id: int, since: datetime | None) -> dict:
+    return {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST, "c_now": utcnow()}
 
 
 def take_confirmation(
@@ -823,11 +826,9 @@ def take_confirmation(
     """Claim the confirmation mail owed for the reader's request made at `since` or later
     (None: whichever is owed) and read what the mail says; None if nothing is owed (or the
     request is not committed yet). PostgreSQL: one statement (a data-modifying CTE)."""
-    dialect = session.bind.dialect.name
-    claim, details = _TAKE.get(dialect) or _take_statements(dialect)
-    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST, "c_now": utcnow()}
+    claim, details = _take_statements(session.bind.dialect.name)
     # Through the session's connection: the statements touch no ORM object.
-    return _claimed(session.connection(), claim, details, params)
+    return _claimed(session.connection(), claim, details, _take_params(subscriber_id, since))
 
 
 def take_confirmation_at_once(
@@ -840,9 +841,8 @@ def take_confirmation_at_once(
     (take_confirmation in a transaction tells them apart)."""
     if connection.dialect.name != "postgresql":
         raise ValueError("a claim in one statement needs PostgreSQL")
-    _, details = _TAKE.get("postgresql") or _take_statements("postgresql")
-    params = {"c_id": subscriber_id, "c_since": since or _ANY_REQUEST, "c_now": utcnow()}
-    return _claimed(connection, None, details, params)
+    _, details = _take_statements("postgresql")
+    return _claimed(connection, None, details, _take_params(subscriber_id, since))
 
 
 def _claimed(connection: Connection, claim, details, params: dict) -> Confirmation | None:
