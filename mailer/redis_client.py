@@ -4,7 +4,8 @@ client(url, timeout=...) is the process's client for that server and those timeo
 first use. A forked process (a prefork worker of Celery, a gunicorn worker) gets a client of
 its own: the cache is keyed by the process id, so no child ever writes on a socket its parent
 opened (redis-py's pool resets itself after a fork too, but only a client built in the child
-is sure to start clean, whoever built the parent's).
+is sure to start clean, whoever built the parent's). script(client, source) is a Lua script
+on such a client, made once and reused, that reloads itself after a Redis restart.
 
 Degrading is for the callers that have a local way to do without Redis: the signup's rate
 limits (counters in this process), an issue's progress (counted here), article popularity
@@ -29,6 +30,7 @@ BACKOFF = 5.0  # seconds without Redis after it failed
 T = TypeVar("T")
 
 _clients: dict[tuple, Any] = {}
+_scripts: dict[tuple, Any] = {}
 _lock = threading.Lock()
 
 
@@ -46,6 +48,17 @@ def client(url: str, *, timeout: float, **options):
                 found = _clients[key] = redis.Redis.from_url(
                     url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
                 )
+    return found
+
+
+def script(client, source: str):
+    """The Lua `source` as a script on `client` (redis-py's Script), made on first use and
+    reused. It runs by its SHA1 (EVALSHA: the source crosses the wire once per server) and
+    loads itself again when the server has forgotten it (a restart, SCRIPT FLUSH)."""
+    key = (client, source)  # a client is hashed by identity; the script keeps it alive
+    found = _scripts.get(key)
+    if found is None:
+        found = _scripts.setdefault(key, client.register_script(source))
     return found
 
 

@@ -117,3 +117,39 @@ def test_redis_is_tried_again_after_the_back_off(tmp_path, redis_server):
         assert len(tried) == before + 2
     finally:
         server.stop()
+
+
+# --- Lua scripts ---------------------------------------------------------------------------
+
+COUNT = "return redis.call('INCRBY', KEYS[1], ARGV[1])"
+
+
+@pytest.mark.redis
+def test_a_script_is_made_once_per_client_and_source(redis_server):
+    client = redis_client.client(redis_server.url, timeout=0.5)
+    other = redis_client.client(redis_server.url, timeout=5)
+    script = redis_client.script(client, COUNT)
+    assert redis_client.script(client, COUNT) is script
+    assert redis_client.script(client, "return 1") is not script
+    elsewhere = redis_client.script(other, COUNT)
+    assert elsewhere is not script and elsewhere.registered_client is other
+    try:
+        assert script(keys=["test-script-count"], args=[2]) == 2
+        assert elsewhere(keys=["test-script-count"], args=[3]) == 5
+    finally:
+        client.delete("test-script-count")
+
+
+def test_a_script_still_runs_after_redis_restarted_and_forgot_it(own_redis):
+    client = redis_client.client(own_redis.url, timeout=2)
+    script = redis_client.script(client, COUNT)
+    try:
+        assert script(keys=["counted"], args=[2]) == 2
+        assert client.script_exists(script.sha) == [True]
+        own_redis.restart()  # same port; its scripts and keys are gone (no persistence here)
+        assert client.script_exists(script.sha) == [False]
+        assert redis_client.script(client, COUNT) is script
+        assert script(keys=["counted"], args=[3]) == 3  # loaded again, then run
+        assert client.script_exists(script.sha) == [True]
+    finally:
+        client.close()

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from mailer import redis_client
 from mailer.config import Settings
 
 BURST_SECONDS = 0.05
@@ -109,7 +110,6 @@ class RedisBucket(_Bucket):
 
         self._errors = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
         self.client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
-        self.script = self.client.register_script(_SCRIPT)
         self.key = key
         self.patience = patience
 
@@ -117,8 +117,9 @@ class RedisBucket(_Bucket):
         deadline = time.monotonic() + self.patience
         while True:
             try:
-                # register_script reloads the script by itself after a Redis restart.
-                return float(self.script(keys=[self.key], args=[self.rate, self.burst, n]))
+                # The script loads itself again after a Redis restart (redis_client.script).
+                script = redis_client.script(self.client, _SCRIPT)
+                return float(script(keys=[self.key], args=[self.rate, self.burst, n]))
             except self._errors as e:
                 if time.monotonic() > deadline:
                     raise LimiterUnavailable(f"the rate limiter (Redis) is unreachable: {e}") from e

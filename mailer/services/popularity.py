@@ -250,7 +250,6 @@ return 1
 
     def __init__(self, settings: Settings):
         super().__init__(settings)
-        self._script = None
         self._live = Degrading("popularity counts", timeout=TIMEOUT, log=log,
                                health_check_interval=30)
         self.seen_ttl = int(timedelta(days=2).total_seconds())
@@ -273,10 +272,7 @@ return 1
         network = network_of(visitor)
 
         def count(client):
-            if self._script is None:
-                self._script = client.register_script(self._COUNT)
-            return self._script(
-                client=client,
+            return redis_client.script(client, self._COUNT)(
                 keys=[self.key(day, "seen"), self.key(day, column), self.key(day, "networks")],
                 args=[f"{visitor}:{article_id}", article_id, self.seen_ttl, self.count_ttl,
                       f"{network}:{article_id}" if network else "", PER_NETWORK],

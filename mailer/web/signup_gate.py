@@ -34,6 +34,7 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
+from mailer import redis_client
 from mailer.redis_client import Degrading
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,6 @@ class SignupGate:
         self.limits = {scope: parse_many(text) for scope, text in limits.items()}
         self.redis_url = redis_url
         self._redis = Degrading("signup limits", timeout=TIMEOUT, log=log)
-        self._script = None
         self._memory = FixedWindowRateLimiter(MemoryStorage())
 
     def _windows(self, idents: dict[str, str]):
@@ -125,9 +125,7 @@ class SignupGate:
         else:
             keys += [handoff.queue, handoff.entries, handoff.draining]
             args += [handoff.message, handoff.entry, handoff.draining_ttl]
-        if self._script is None:
-            self._script = client.register_script(SCRIPT)
-        allowed, extra = self._script(keys=keys, args=args, client=client)
+        allowed, extra = redis_client.script(client, SCRIPT)(keys=keys, args=args)
         if not allowed:
             return Verdict(False, retry_after=max(1, -(-int(extra) // 1000)))
         return Verdict(True, queued=bool(extra))
