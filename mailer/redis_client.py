@@ -34,10 +34,13 @@ _scripts: dict[tuple, Any] = {}
 _lock = threading.Lock()
 
 
-def client(url: str, *, timeout: float, **options):
-    """This process's redis.Redis for `url`, with `timeout` seconds to connect and for each
-    reply (and redis-py's `options`, e.g. health_check_interval)."""
-    key = (os.getpid(), url, timeout, tuple(sorted(options.items())))
+def client(url: str, *, timeout: float, connect_timeout: float | None = None, **options):
+    """This process's redis.Redis for `url`, with `timeout` seconds for each reply and to
+    connect (`connect_timeout` when that differs), and redis-py's `options`, e.g.
+    health_check_interval."""
+    if connect_timeout is None:
+        connect_timeout = timeout
+    key = (os.getpid(), url, timeout, connect_timeout, tuple(sorted(options.items())))
     found = _clients.get(key)
     if found is None:
         with _lock:  # the web's threads: one client, not one each
@@ -46,7 +49,8 @@ def client(url: str, *, timeout: float, **options):
                 import redis
 
                 found = _clients[key] = redis.Redis.from_url(
-                    url, socket_timeout=timeout, socket_connect_timeout=timeout, **options
+                    url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
+                    **options
                 )
     return found
 

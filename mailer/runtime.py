@@ -32,6 +32,7 @@ class Runtime:
         self._transport: Transport | None = None
         self._pid: int | None = None
         self._popularity = None
+        self._limiter: Limiter | None = None
 
     @property
     def transport(self) -> Transport:
@@ -50,10 +51,11 @@ class Runtime:
 
     @property
     def limiter(self) -> Limiter:
-        """MAILER_RATE_LIMIT's shared bucket (Redis, or a file when embedded), per process."""
-        if getattr(self, "_limiter", None) is None or self._limiter_pid != os.getpid():
+        """MAILER_RATE_LIMIT's shared bucket (Redis, or a file when embedded), built on first
+        use. It keeps no connection and no open file between reservations (Redis is reached
+        through the process's own client), so a forked process may use its parent's."""
+        if self._limiter is None:
             self._limiter = limiter_from_settings(self.settings)
-            self._limiter_pid = os.getpid()
         return self._limiter
 
     @property

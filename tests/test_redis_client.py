@@ -25,6 +25,11 @@ def test_one_client_per_process_and_a_new_one_in_a_forked_child(redis_server):
     assert redis_client.client(url, timeout=5) is not parent  # other timeouts, other client
     assert parent.connection_pool.connection_kwargs["socket_timeout"] == 0.5
     assert parent.connection_pool.connection_kwargs["socket_connect_timeout"] == 0.5
+    slow = redis_client.client(url, timeout=5, connect_timeout=3)
+    assert slow is redis_client.client(url, timeout=5, connect_timeout=3)
+    assert slow is not redis_client.client(url, timeout=5)
+    assert slow.connection_pool.connection_kwargs["socket_timeout"] == 5
+    assert slow.connection_pool.connection_kwargs["socket_connect_timeout"] == 3
     parent_connection = parent.client_id()
 
     read, write = os.pipe()

@@ -95,7 +95,13 @@ class _Bucket:
 
 
 class RedisBucket(_Bucket):
-    """The production limiter; waits out a Redis restart for up to `patience` seconds."""
+    """The production limiter; waits out a Redis restart for up to `patience` seconds.
+
+    It holds no connection: each reservation goes through this process's client
+    (redis_client.client), so a bucket made before a fork is safe in the child."""
+
+    TIMEOUT = 5.0  # seconds for a reply
+    CONNECT_TIMEOUT = 3.0
 
     def __init__(
         self,
@@ -109,9 +115,15 @@ class RedisBucket(_Bucket):
         import redis
 
         self._errors = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-        self.client = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=3)
+        self.redis_url = redis_url
         self.key = key
         self.patience = patience
+
+    @property
+    def client(self):
+        """This process's client for the bucket's Redis."""
+        return redis_client.client(self.redis_url, timeout=self.TIMEOUT,
+                                   connect_timeout=self.CONNECT_TIMEOUT)
 
     def _reserve(self, n: int) -> float:
         deadline = time.monotonic() + self.patience

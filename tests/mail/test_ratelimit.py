@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
@@ -9,6 +11,7 @@ import time
 
 import pytest
 
+from mailer import redis_client
 from mailer.mail.ratelimit import FileBucket, LimiterUnavailable, RedisBucket
 from tests.helpers.servers import ROOT, RedisServer
 
@@ -100,6 +103,40 @@ def test_the_redis_bucket_is_shared_and_waits_out_a_restart(redis_server, tmp_pa
             gone.acquire(1)
     finally:
         own.stop()
-        for bucket in (a, b, c, gone):
+        for bucket in (c, gone):  # their server is gone: drop the connections they left
             if bucket is not None:
                 bucket.client.close()
+
+
+@pytest.mark.redis
+def test_the_redis_bucket_uses_the_process_client_and_a_forked_child_its_own(redis_server):
+    bucket = RedisBucket(redis_server.url, rate=1000, key="test:bucket:fork")
+    bucket.acquire(1)
+    parent = bucket.client
+    # The process's client, with the bucket's timeouts: a reply within 5 s, a connection in 3.
+    assert parent is redis_client.client(redis_server.url, timeout=5, connect_timeout=3)
+    assert parent.connection_pool.connection_kwargs["socket_timeout"] == 5
+    assert parent.connection_pool.connection_kwargs["socket_connect_timeout"] == 3
+    parent_connection = parent.client_id()
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the bucket its parent made, as a prefork worker gets it
+        code = 1
+        try:
+            os.close(read)
+            bucket.acquire(1)
+            found = {"same client": bucket.client is parent,
+                     "connection": bucket.client.client_id()}
+            os.write(write, json.dumps(found).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        found = json.loads(pipe.read())
+    assert os.waitpid(pid, 0)[1] == 0
+    assert found["same client"] is False, "the child reserved on its parent's client"
+    assert found["connection"] != parent_connection
+    assert parent.client_id() == parent_connection
+    bucket.acquire(1)  # the parent's bucket goes on as before
