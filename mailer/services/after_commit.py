@@ -25,6 +25,19 @@ of the same database (the committed one runs no more SQL):
 An action follows the same rules as an intent: a rollback drops it, a savepoint's rollback
 drops those recorded inside it. The commit is done when it runs, so whatever it raises is
 logged, never raised into the caller; what it did not commit itself is rolled back.
+
+The other side is work that undoes what a transaction did outside the database, should the
+transaction not commit (a logo file stored for a look the save then failed to keep):
+
+    after_commit.on_rollback(session, looks.forget_logos, settings, [stored])
+
+It is called the same way (a fresh session, errors logged) once the root transaction has
+ended, if the work that recorded it did not commit: the root rolled back or ended without a
+commit (a failed flush, a session closed), or the savepoint it was recorded in (or one
+around it) rolled back. A savepoint's rollback does not call it at once: the transaction
+around it goes on and may still use what it would undo, so it waits for the root's end,
+commit or rollback, and must itself look at what is committed then (forget_logos keeps a
+file a committed look shows). Recorded in work that commits, it is dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +54,8 @@ log = logging.getLogger(__name__)
 _PENDING = "mailer.after_commit"  # session.info: [(transaction, Intent)]
 _NOT_TAKEN = "mailer.after_commit.not_taken"  # session.info: intents the broker refused
 _ACTIONS = "mailer.after_commit.actions"  # session.info: [(transaction, Action)]
+_UNDO = "mailer.after_commit.undo"  # session.info: [(transaction, Action)], on_rollback's
+_UNDONE = "mailer.after_commit.undone"  # session.info: [Action] whose savepoint rolled back
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,13 @@ def run(session: Session, call: Callable[..., object], *args) -> None:
     _record(session, _ACTIONS, Action(call, args))
 
 
+def on_rollback(session: Session, call: Callable[..., object], *args) -> None:
+    """If the work of this session's transaction (or savepoint) does not commit, call
+    `call(fresh_session, *args)` here once the root transaction has ended; never if it
+    commits. Errors are logged, not raised (see above)."""
+    _record(session, _UNDO, Action(call, args))
+
+
 def take(session: Session) -> list[Intent]:
     """Remove the session's intents and return them: the caller runs them itself."""
     return [intent for _tx, intent in _session(session).info.pop(_PENDING, [])]
@@ -124,24 +146,25 @@ def _after_commit(session: Session) -> None:
                 log.warning("no worker hand-over installed: %s%s dropped", intent.task, intent.args)
             refused += 1
     session.info[_NOT_TAKEN] = refused
+    session.info.pop(_UNDO, None)  # their work is committed: nothing to undo
     actions = [action for _tx, action in session.info.pop(_ACTIONS, [])]
     if actions:
         _run(session, actions)
 
 
-def _run(session: Session, actions: list[Action]) -> None:
+def _run(session: Session, actions: list[Action], what: str = "follows a commit") -> None:
     try:
         with Session(bind=session.get_bind()) as fresh:
             for action in actions:
                 try:
                     action.call(fresh, *action.args)
-                except Exception:  # noqa: BLE001 - the commit is done: log, never raise
-                    log.exception("the work that follows a commit failed: %s%s",
+                except Exception:  # noqa: BLE001 - the transaction is over: log, never raise
+                    log.exception("the work that %s failed: %s%s", what,
                                   getattr(action.call, "__qualname__", action.call),
                                   action.args)
                 fresh.rollback()  # what it did not commit itself; the next starts afresh
     except Exception:  # noqa: BLE001 - as above (no connection to be had, say)
-        log.exception("could not run the work that follows a commit")
+        log.exception("could not run the work that %s", what)
 
 
 def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction) -> bool:
@@ -153,15 +176,29 @@ def _within(transaction: SessionTransaction | None, ancestor: SessionTransaction
 
 
 def _after_rollback(session: Session, previous_transaction: SessionTransaction) -> None:
+    # Called for a savepoint's rollback too (SQLAlchemy calls it for each), after the end
+    # of the transaction it rolled back: a root's undo actions have run by then.
     for key in (_PENDING, _ACTIONS):
         pending = session.info.get(key)
         if pending:
             pending[:] = [(tx, i) for tx, i in pending if not _within(tx, previous_transaction)]
+    undo = session.info.get(_UNDO)
+    if undo:
+        undone = [(tx, a) for tx, a in undo if _within(tx, previous_transaction)]
+        if undone:
+            undo[:] = [(tx, a) for tx, a in undo if not _within(tx, previous_transaction)]
+            session.info.setdefault(_UNDONE, []).extend(a for _tx, a in undone)
 
 
 def _after_transaction_end(session: Session, transaction: SessionTransaction) -> None:
     # A root transaction that ended without a commit (closed, or rolled back by a failed
     # flush) hands over nothing; its intents and actions must not leak into the next one.
+    # What on_rollback recorded and did not commit (all of it, unless _after_commit took
+    # it; a rolled back savepoint's, either way) is undone now the outcome is final.
     if transaction.parent is None:
         session.info.pop(_PENDING, None)
         session.info.pop(_ACTIONS, None)
+        undo = [a for _tx, a in session.info.pop(_UNDO, [])]
+        undo += session.info.pop(_UNDONE, [])
+        if undo:
+            _run(session, undo, "undoes a rolled back transaction")

@@ -11,7 +11,12 @@ that serves them never show a stale one, and mail already sent keeps the logo it
 file stays while a newsletter's look or an issue's frozen look (an issue that was sent) shows
 it. The service that drops a reference (`update` replacing or removing the logo,
 `newsletters.remove`) has the file deleted once its transaction commits, if no look shows
-it then (`forget_after_commit`): a rollback keeps it, and no caller has to remember.
+it then (`forget_after_commit`): a rollback keeps it, and no caller has to remember. The
+other way round, a file `update` stored for a save that then does not commit (a later step
+of the request fails, the database refuses) is deleted once the transaction has ended,
+unless a committed look shows it (`forget_unless_committed`): the same content may be
+another look's logo already, and a savepoint rolled back inside a transaction that commits
+leaves the file to whatever that transaction committed.
 """
 
 from __future__ import annotations
@@ -265,6 +270,8 @@ def update(
     Nothing changes unless every field is acceptable."""
     values = checked(fields, newsletter)
     stored = store_logo(settings, *logo) if logo is not None else None
+    if stored is not None:
+        forget_unless_committed(session, settings, [stored])
     before = newsletter.logo_file
     newsletter.accent_color = values["accent_color"]
     newsletter.header_font = values["header_font"]
@@ -382,6 +389,16 @@ def forget_after_commit(session: Session, settings: Settings, names) -> None:
     names = tuple(n for n in names if n)
     if names:
         after_commit.run(session, forget_logos, settings, names)
+
+
+def forget_unless_committed(session: Session, settings: Settings, names) -> None:
+    """Should the work of this session's transaction (or savepoint) not commit, delete the
+    stored logo files among `names` that no committed look shows once the transaction has
+    ended (`forget_logos`, in a session of its own). For a service that stores a logo file
+    its transaction is to name: a save that rolls back leaves no file behind."""
+    names = tuple(n for n in names if n)
+    if names:
+        after_commit.on_rollback(session, forget_logos, settings, names)
 
 
 def forget_logos(session: Session, settings: Settings, names) -> list[str]:

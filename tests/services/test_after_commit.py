@@ -211,3 +211,74 @@ def test_an_action_that_fails_is_logged_and_neither_the_commit_nor_the_others_fa
     assert "the work that follows a commit failed" in caplog.text and "disk gone" in caplog.text
     with db.transaction() as s:
         assert s.scalar(select(func.count()).select_from(Issue)) == 1
+
+
+# --- on_rollback: work that undoes what a transaction did outside the database ------------
+
+
+def test_an_undo_runs_after_a_rollback_or_a_close_and_never_after_a_commit(app):
+    ran: list = []
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        s.add(Issue(subject="Rolled back", status="draft"))
+        s.flush()
+        after_commit.on_rollback(s, _issues_seen(ran), "rolled back")
+        assert ran == []
+        raise RuntimeError("the request failed")
+    assert ran == [("rolled back", 0)]  # after the rollback: its row is gone
+
+    session = db.session_factory()
+    session.add(Issue(subject="Never committed", status="draft"))
+    session.flush()
+    after_commit.on_rollback(session, _issues_seen(ran), "closed")
+    session.close()
+    assert ran[-1] == ("closed", 0)
+
+    session = db.session
+    session.add(Issue(subject="Kept", status="draft"))
+    after_commit.on_rollback(session, _issues_seen(ran), "committed")
+    session.commit()
+    session.add(Issue(subject="Later", status="draft"))
+    session.commit()  # later transactions of the same session undo nothing of it
+    session.add(Issue(subject="Later, rolled back", status="draft"))
+    session.rollback()
+    assert [label for label, _ in ran] == ["rolled back", "closed"]
+
+
+def test_an_undo_recorded_in_a_rolled_back_savepoint_waits_for_the_root_to_end(app):
+    """The savepoint's work is undone, but the transaction around it goes on and may still
+    use what the undo would take away: the undo runs once the root has ended, and sees what
+    was committed."""
+    ran: list = []
+    with db.transaction() as s:
+        with pytest.raises(RuntimeError), s.begin_nested():
+            after_commit.on_rollback(s, _issues_seen(ran), "savepoint rolled back")
+            raise RuntimeError("a duplicate insert")
+        with s.begin_nested():
+            after_commit.on_rollback(s, _issues_seen(ran), "savepoint released")
+        s.add(Issue(subject="The outer work", status="draft"))
+        s.flush()
+        assert ran == []
+    assert ran == [("savepoint rolled back", 1)]
+
+    ran.clear()
+    with pytest.raises(RuntimeError), db.transaction() as s:
+        with s.begin_nested():
+            after_commit.on_rollback(s, _issues_seen(ran), "released, then the root failed")
+        raise RuntimeError("the request failed after its savepoint")
+    assert ran == [("released, then the root failed", 1)]
+
+
+def test_an_undo_that_fails_is_logged_and_the_others_still_run(app, caplog):
+    ran: list = []
+
+    def broken(session):
+        raise OSError("disk gone")
+
+    with caplog.at_level(logging.ERROR, logger="mailer.services.after_commit"), \
+            pytest.raises(RuntimeError), db.transaction() as s:
+        after_commit.on_rollback(s, broken)
+        after_commit.on_rollback(s, _issues_seen(ran), "next")
+        raise RuntimeError("the request failed")
+    assert ran == [("next", 0)]
+    assert "undoes a rolled back transaction failed" in caplog.text
+    assert "disk gone" in caplog.text

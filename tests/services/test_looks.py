@@ -9,6 +9,7 @@ import zlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from mailer.db import db
 from mailer.errors import ValidationError
@@ -352,6 +353,90 @@ def test_a_replaced_logo_file_goes_with_the_commit_and_stays_after_a_rollback(ap
     looks.update(db.session, rt.settings, nl, dict(FIELDS, logo_url="https://cdn.x.example/l.png"))
     db.session.commit()
     assert nl.logo_file is None and not new.exists()
+
+
+def stored_name(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16] + ".png"
+
+
+def test_a_logo_stored_by_a_save_that_does_not_commit_leaves_no_file(app):
+    rt = app.extensions["mailer"]
+    nl = _newsletter()
+    db.session.commit()
+    data = png(61, 41, "#2a4b6c")
+    path = looks.logo_dir(rt.settings) / stored_name(data)
+    assert not path.exists()
+
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(data, "logo.png"))
+    assert path.is_file()  # stored before the commit: the save may still go on
+    db.session.rollback()  # a later step of the request failed
+    assert not path.exists()
+    assert db.session.get(Newsletter, nl.id).logo_file is None
+
+    # The database refuses the rest of the save: the failed flush, then the rollback.
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(data, "logo.png"))
+    db.session.add(Newsletter(slug="daily", name="A second daily"))  # the slug is taken
+    with pytest.raises(IntegrityError):
+        db.session.flush()
+    assert path.is_file()
+    db.session.rollback()
+    assert not path.exists()
+
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(data, "logo.png"))
+    db.session.commit()
+    assert path.is_file() and db.session.get(Newsletter, nl.id).logo_file == path.name
+
+
+def test_a_failed_save_keeps_a_logo_file_a_committed_look_shows(app):
+    """Files are named by their content: the same image may be another look's logo."""
+    rt = app.extensions["mailer"]
+    data = png(62, 42, "#2a4b6c")
+    other = _newsletter(logo_file=looks.store_logo(rt.settings, data, "theirs.png"))
+    nl = Newsletter(slug="weekly", name="The Weekly")
+    db.session.add(nl)
+    db.session.commit()
+    path = looks.logo_dir(rt.settings) / other.logo_file
+
+    looks.update(db.session, rt.settings, nl, FIELDS, logo=(data, "same.png"))
+    db.session.rollback()
+    assert path.is_file()
+
+
+def test_a_logo_stored_in_a_rolled_back_savepoint_goes_unless_the_outer_save_shows_it(app):
+    """The savepoint's look is undone, but the transaction around it commits: the file is
+    kept exactly when what that transaction committed shows it, and its fate is decided
+    only once the transaction has ended (until then the outer work may still use it)."""
+    rt = app.extensions["mailer"]
+    nl = _newsletter()
+    db.session.commit()
+    data = png(63, 43, "#2a4b6c")
+    path = looks.logo_dir(rt.settings) / stored_name(data)
+
+    with pytest.raises(RuntimeError), db.session.begin_nested():
+        looks.update(db.session, rt.settings, nl, FIELDS, logo=(data, "logo.png"))
+        raise RuntimeError("the rest of the savepoint failed")
+    assert path.is_file()  # the transaction goes on
+    nl.masthead_title = "Another change that commits"
+    db.session.commit()
+    assert not path.exists()
+
+    with pytest.raises(RuntimeError), db.session.begin_nested():
+        looks.update(db.session, rt.settings, nl, FIELDS, logo=(data, "logo.png"))
+        raise RuntimeError("the rest of the savepoint failed")
+    nl.logo_file = path.name  # the outer work takes the same logo after all
+    db.session.commit()
+    assert path.is_file()
+
+    # A savepoint released inside a transaction that then rolls back: nothing committed.
+    fresh = png(64, 44, "#2a4b6c")
+    fresh_path = looks.logo_dir(rt.settings) / stored_name(fresh)
+    nl.masthead_title = "The outer work, written first"
+    db.session.flush()
+    with db.session.begin_nested():
+        looks.update(db.session, rt.settings, nl, FIELDS, logo=(fresh, "fresh.png"))
+    assert fresh_path.is_file()
+    db.session.rollback()
+    assert not fresh_path.exists() and path.is_file()
 
 
 def test_a_newsletter_removed_by_the_service_alone_takes_its_logo_file_at_the_commit(app):
