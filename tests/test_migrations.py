@@ -41,3 +41,47 @@ def test_upgrade_is_idempotent(app):
     url = str(db.engine.url.render_as_string(hide_password=False))
     assert current_revision(url) == head_revision(url)
     assert upgrade(url) is False
+
+
+def _indexes(conn) -> dict[str, list[tuple[str, tuple[str, ...], bool]]]:
+    """Every index of the migrated schema, per table: (name, columns, partial), unique
+    constraints' and primary keys' own indexes included."""
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(text(
+            "SELECT t.relname, i.relname, array_agg(a.attname ORDER BY k.n), x.indpred IS NOT NULL"
+            " FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid"
+            " JOIN pg_class t ON t.oid = x.indrelid"
+            " JOIN pg_namespace s ON s.oid = t.relnamespace AND s.nspname = current_schema()"
+            " CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, n)"
+            " JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum"
+            " GROUP BY t.relname, i.relname, x.indpred IS NOT NULL"
+        ))
+        found: dict = {}
+        for table, index, columns, partial in rows:
+            found.setdefault(table, []).append((index, tuple(columns), partial))
+        return found
+    found = {}
+    for (table,) in conn.execute(text(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+    )):
+        for _, index, _, _, partial in conn.execute(text(f"PRAGMA index_list('{table}')")):
+            columns = tuple(r[2] for r in conn.execute(text(f"PRAGMA index_info('{index}')")))
+            found.setdefault(table, []).append((index, columns, bool(partial)))
+    return found
+
+
+def test_no_index_is_the_leading_part_of_another(app):
+    """An index on (a) beside one on (a, b) serves no lookup the longer one does not, and
+    costs an entry on every insert and every update that moves the row: each write of a
+    signup's subscription, of an issue's items."""
+    with db.engine.connect() as conn:
+        indexes = _indexes(conn)
+    redundant = [
+        (table, name, other)
+        for table, found in indexes.items()
+        for name, columns, partial in found
+        for other, longer, other_partial in found
+        if other != name and not partial and not other_partial
+        and len(longer) > len(columns) and longer[:len(columns)] == columns
+    ]
+    assert redundant == []

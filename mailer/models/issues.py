@@ -101,7 +101,8 @@ class IssueItem(Base):
     __table_args__ = (UniqueConstraint("issue_id", "article_id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"), index=True)
+    # (Looked up through the unique constraint's index, which it leads.)
+    issue_id: Mapped[int] = mapped_column(ForeignKey("issues.id", ondelete="CASCADE"))
     article_id: Mapped[int] = mapped_column(ForeignKey("articles.id", ondelete="CASCADE"))
     section: Mapped[ItemSection] = mapped_column(enum_column(ItemSection))
     position: Mapped[int] = mapped_column(Integer, default=0)

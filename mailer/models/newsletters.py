@@ -106,9 +106,8 @@ class Subscription(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    subscriber_id: Mapped[int] = mapped_column(
-        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
-    )
+    # (Looked up through the unique constraint's index, which it leads.)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
     newsletter_id: Mapped[int] = mapped_column(ForeignKey("newsletters.id", ondelete="CASCADE"))
     status: Mapped[SubscriptionStatus] = mapped_column(
         enum_column(SubscriptionStatus), default=SubscriptionStatus.PENDING
