@@ -77,6 +77,17 @@ def make_engine(url: str, **kw) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.close()
 
+        @event.listens_for(engine, "savepoint")
+        def _begin_before_first_savepoint(conn, _name):
+            # Python's sqlite3 begins a transaction only before an INSERT, UPDATE or DELETE.
+            # A SAVEPOINT outside one starts a transaction of its own, which its RELEASE
+            # commits for good: a savepoint that opens a transaction's writes (a signup's
+            # insert after its reads) would survive the rollback of the transaction around
+            # it. BEGIN first, as sqlite3 itself does before the first write.
+            dbapi_conn = conn.connection.dbapi_connection
+            if not dbapi_conn.in_transaction:
+                dbapi_conn.execute("BEGIN")
+
         return engine
     engine = create_engine(url, **kw)
     _ping_when_idle(engine)

@@ -225,3 +225,19 @@ def test_the_reader_export_lists_their_newsletters(rt, make_email):
 def newsletters_slug(newsletter_id: int) -> str:
     with db.transaction() as s:
         return newsletters.get(s, newsletter_id).slug
+
+
+def test_a_signup_whose_transaction_rolls_back_leaves_no_reader(rt):
+    """A signup's writes go with its transaction: on SQLite the new reader's row is written
+    inside a savepoint after the signup's first reads, and a rollback after the savepoint's
+    release (a later error, a limit refusing the request) must take that row back too."""
+    s = db.session
+    result = subs.subscribe(s, email="undone@example.com", name=None, frequency=Frequency.WEEKLY,
+                            sections="", consent=CONSENT, cooldown=timedelta(minutes=10),
+                            newsletter_ids=None)
+    assert result.send_confirmation
+    s.rollback()
+    with db.transaction() as other:
+        assert other.scalar(select(func.count()).select_from(Subscriber)) == 0
+        assert other.scalar(select(func.count()).select_from(Subscription)) == 0
+        assert other.scalar(select(func.count()).select_from(ConsentRecord)) == 0
