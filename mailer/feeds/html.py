@@ -6,8 +6,6 @@ import html
 import re
 from html.parser import HTMLParser
 
-import nh3
-
 _TAG = re.compile(r"<[^>]*>")
 _SPACE = re.compile(r"\s+")
 # Block-level tags whose boundaries separate words ("<p>a</p><p>b</p>" is "a b", not "ab").
@@ -23,6 +21,8 @@ def html_to_text(markup: str | None) -> str:
         return _SPACE.sub(" ", markup).strip()
     # nh3 parses like a browser and escapes every `<` left in text, so after it a regular
     # expression can safely replace each remaining tag with a space.
+    import nh3  # only where it cleans: a sending process never reads a feed
+
     cleaned = nh3.clean(markup, tags=_TEXT_TAGS, attributes={}, link_rel=None)
     return _SPACE.sub(" ", html.unescape(_TAG.sub(" ", cleaned))).strip()
 

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from urllib.parse import quote, unquote_plus, urljoin, urlsplit, urlunsplit
 
-import nh3
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -32,11 +31,10 @@ CATEGORY_MAX, CATEGORIES_MAX = 100, 50
 TRACKING_PARAMS = {"fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "_hsenc", "_hsmi"}
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _LINK_SCHEMES = {"http", "https", "mailto"}
-_ALLOWED_ATTRIBUTES = {
-    **nh3.ALLOWED_ATTRIBUTES,
-    "a": {"href", "hreflang", "title"},
-    "img": {"src", "alt", "title", "width", "height"},
-}
+# nh3's own allow-list, widened for links and pictures: nh3 is loaded only by the processes
+# that clean (services/render.py, markdown_html), never by one that only sends.
+_LINK_ATTRIBUTES = {"a": {"href", "hreflang", "title"},
+                    "img": {"src", "alt", "title", "width", "height"}}
 # WordPress ends excerpts with "[…]" and Yoast SEO appends "The post … appeared first on …".
 
 
@@ -94,7 +92,10 @@ def sanitize_html(markup: str | None, base: str | None) -> str:
         # nh3 checks schemes before this filter, so a resolved value is checked here again.
         return resolved if urlsplit(resolved).scheme.lower() in _LINK_SCHEMES else None
 
-    return nh3.clean(markup, attributes=_ALLOWED_ATTRIBUTES, url_schemes=_LINK_SCHEMES,
+    import nh3
+
+    return nh3.clean(markup, attributes={**nh3.ALLOWED_ATTRIBUTES, **_LINK_ATTRIBUTES},
+                     url_schemes=_LINK_SCHEMES,
                      attribute_filter=absolute).strip()
 
 

@@ -30,7 +30,6 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import nh3
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -80,6 +79,8 @@ def footer(source: str, name: str) -> tuple[str, str]:
 
 def _clean(html: str) -> str:
     """Frozen footer HTML cleaned again when read back: a row edited by hand cannot inject."""
+    import nh3  # only where it cleans (services/render.py, markdown_html)
+
     return nh3.clean(html, tags=INTRO_TAGS, attributes={"a": {"href", "title"}},
                      url_schemes={"http", "https", "mailto"}, link_rel="noopener")
 

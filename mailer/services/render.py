@@ -16,7 +16,6 @@ from datetime import datetime
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-import nh3
 from jinja2 import (
     StrictUndefined,
     TemplateSyntaxError,
@@ -120,6 +119,10 @@ def _markdown():
 
 def markdown_html(source: str) -> Markup:
     """Markdown to HTML without raw HTML, then cleaned to a small set of tags and schemes."""
+    # Imported here, like markdown-it: the HTML sanitizer is 1.5 MB of every process that
+    # loads it (the worker's parent too), and a process that only sends never cleans an intro.
+    import nh3
+
     rendered = _markdown().render(source)
     clean = nh3.clean(
         rendered,

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import and_, bindparam, delete, exists, func, or_, select, true, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -141,6 +140,10 @@ def normalize_email(raw: str | None) -> str:
     raw = raw.strip()
     if len(raw) > EMAIL_MAX:
         raise ValidationError("email", f"The email address is longer than {EMAIL_MAX} characters.")
+    # Imported here: only signups, imports and address changes check an address, never a
+    # process that only sends (email-validator brings idna's tables with it).
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         # SMTPUTF8 (a non-ASCII local part) is refused: many receiving servers cannot take it.
         info = validate_email(raw, check_deliverability=False, allow_smtputf8=False)

@@ -8,8 +8,6 @@ endpoint) on their own `hooks` queue, so a site can give them workers of their o
 
 from __future__ import annotations
 
-import sqlite3
-
 from mailer.config import Settings
 
 DEFAULT_QUEUE = "celery"
@@ -39,6 +37,9 @@ def broker_backlog(settings: Settings) -> dict[str, int] | None:
         if not path.exists():
             return {**{name: 0 for name in names}, "confirmations": 0}
         # Kombu's SQL transport: one row per message, `visible` until a worker takes it.
+        # (sqlite3 imported only here: a worker on Redis and PostgreSQL never needs it.)
+        import sqlite3
+
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1)
         try:
             rows = conn.execute(

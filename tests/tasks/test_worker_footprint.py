@@ -11,12 +11,17 @@ from pathlib import Path
 
 from tests.helpers.servers import ROOT, WorkerProcess, children, wait_until
 
-# Libraries only feed syncing, rendering or the report webhook need; a prefork worker's
-# parent would otherwise hand them to every sending process.
-NOT_FOR_SENDING = ("httpx", "feedparser", "markdown_it", "css_inline", "pycparser")
+# Libraries only feed syncing, rendering, signups or the report webhook need: the HTML
+# sanitizer (nh3) and the address checker (email_validator) among them. A prefork worker's
+# parent would otherwise carry them, and hand them to every sending process.
+NOT_FOR_SENDING = ("httpx", "feedparser", "markdown_it", "css_inline", "pycparser", "nh3",
+                   "email_validator")
+# What only the embedded mode needs: on PostgreSQL and Redis no worker process loads SQLite.
+EMBEDDED_ONLY = ("sqlite3", "_sqlite3")
 
 
-def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path):
+def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path, db_kind):
+    unwanted = NOT_FOR_SENDING + (EMBEDDED_ONLY if db_kind == "postgres" else ())
     probe = (
         "import sys\n"
         "from mailer import create_app\n"
@@ -24,7 +29,7 @@ def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path
         "import mailer.tasks\n"
         "from mailer.mail import dkim\n"
         "dkim.preload()\n"
-        "print(' '.join(sorted(m for m in %r if m in sys.modules)))\n" % (NOT_FOR_SENDING,)
+        "print(' '.join(sorted(m for m in %r if m in sys.modules)))\n" % (unwanted,)
     )
     out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True)
@@ -33,10 +38,14 @@ def test_a_sending_worker_does_not_load_what_only_other_work_needs(env, tmp_path
     use = probe.replace("import mailer.tasks\n", "import mailer.tasks\n"
                         "from mailer.feeds import Http\n"
                         "from mailer.services.render import markdown_html\n"
-                        "markdown_html('*hi*')\n")
+                        "markdown_html('*hi*')\n"
+                        "from mailer.services.subscriptions import normalize_email\n"
+                        "assert normalize_email('Reader@Example.com') == 'reader@example.com'\n"
+                        "from mailer.feeds.html import html_to_text\n"
+                        "assert html_to_text('<p>a</p><p>b</p>') == 'a b'\n")
     out = subprocess.run([sys.executable, "-c", use], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=60, check=True)
-    assert {"httpx", "markdown_it"} <= set(out.stdout.split())
+    assert {"httpx", "markdown_it", "nh3", "email_validator"} <= set(out.stdout.split())
 
 
 # Celery's command line (celery.bin): every `celery` subcommand, with an interactive shell.
@@ -62,11 +71,11 @@ main(["worker", "--pool", "prefork", "--concurrency", "1", "-Q", "send", "--no-s
 """
 
 
-def test_a_pool_process_carries_no_command_line_and_starts_frozen(env, tmp_path):
+def test_a_pool_process_carries_no_command_line_and_starts_frozen(env, tmp_path, db_kind):
     """What a prefork child of `mailer worker` has loaded: not Celery's command line (its
-    shell and highlighter, 8 MB), nor what only other work needs; and the objects of the
-    worker's own machinery, loaded when Celery builds its worker, are frozen for the
-    garbage collector like the app's."""
+    shell and highlighter, 8 MB), nor what only other work needs (nor, on PostgreSQL and
+    Redis, SQLite); and the objects of the worker's own machinery, loaded when Celery builds
+    its worker, are frozen for the garbage collector like the app's."""
     report = tmp_path / "report"
     report.mkdir()
     (tmp_path / "probe.py").write_text(POOL_PROBE)
@@ -86,9 +95,10 @@ def test_a_pool_process_carries_no_command_line_and_starts_frozen(env, tmp_path)
         proc.wait(30)
         log.close()
     loaded = set(modules.split())
+    unwanted = NOT_FOR_SENDING + CELERY_COMMAND_LINE + (
+        EMBEDDED_ONLY if db_kind == "postgres" else ())
     carried = sorted(m for m in loaded
-                     if m.split(".")[0] in NOT_FOR_SENDING + CELERY_COMMAND_LINE
-                     or m.startswith("celery.bin"))
+                     if m.split(".")[0] in unwanted or m.startswith("celery.bin"))
     assert carried == [], f"a pool process carries {carried}"
     assert "celery.concurrency.prefork" in loaded and "mailer.tasks.delivery" in loaded
     assert frozen == "frozen:True"
