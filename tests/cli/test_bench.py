@@ -34,6 +34,10 @@ def test_the_send_benchmark_sends_each_reader_once_and_says_where_the_cpu_went(
     # The send's own database work apart from the benchmark's watching it.
     assert {"workers", "postgres", "progress polls (postgres)", "bench"} <= set(cpu)
     assert cpu["workers"] > 0
+    # The memory of every worker process: the pool's and the main process's that feeds it.
+    assert len(result["peak_rss_mb_per_process"]) == 1
+    assert [len(result[f"peak_{m}_mb_main"]) for m in ("rss", "pss", "private")] == [1, 1, 1]
+    assert 0 < result["peak_private_mb_main"][0] < result["peak_rss_mb_main"][0]
 
 
 def test_the_signup_benchmark_waits_until_each_worker_stopped_starting(tmp_path):
