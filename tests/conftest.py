@@ -13,11 +13,10 @@ import os
 import secrets
 import shutil
 import threading
-from pathlib import Path
 
 import pytest
 
-from tests.helpers.app import ARTIFACTS, MailerRunner, clean_database, make_app
+from tests.helpers.app import ARTIFACTS, MailerRunner, make_app, start_clean
 from tests.helpers.servers import (
     ROOT,
     PgDatabase,
@@ -153,40 +152,22 @@ def env(base_env) -> dict:
     return dict(base_env)
 
 
+@pytest.fixture(scope="session")
+def started_workers() -> list:
+    """The session's `worker`, once a test has started it (the `app` fixture settles it
+    without starting it for tests that do not ask for it)."""
+    return []
+
+
 @pytest.fixture
-def app(base_env, smtp, redis_server):
+def app(base_env, smtp, redis_server, started_workers):
     """A fresh app on an empty database, an empty Redis and an empty SMTP sink."""
     from mailer.db import db
 
     application = make_app(base_env)
-    clean_database(db.engine)
-    if redis_server is not None:
-        import redis
-
-        client = redis.Redis.from_url(redis_server.url)
-        client.flushall()  # the broker's queues too
-        client.close()
-    else:
-        _empty_embedded_broker(Path(base_env["MAILER_INSTANCE_PATH"]) / "broker.sqlite")
-    outbox = Path(base_env["MAILER_INSTANCE_PATH"]) / "outbox"
-    shutil.rmtree(outbox, ignore_errors=True)
-    smtp.reset()
+    start_clean(base_env, smtp, redis_server, started_workers)
     yield application
     db.session.remove()
-
-
-def _empty_embedded_broker(path: Path) -> None:
-    """No task left in the embedded broker by an earlier test (a webhook attempt's retry,
-    queued with a countdown that no worker of that test was left to take): each test starts
-    with empty queues, as the production pass's flushed Redis does."""
-    import sqlite3
-    from contextlib import closing
-
-    if not path.exists():
-        return
-    with closing(sqlite3.connect(path, timeout=30)) as conn, conn:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'kombu_message'").fetchone():
-            conn.execute("DELETE FROM kombu_message")
 
 
 @pytest.fixture
@@ -245,7 +226,7 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture(scope="session")
-def worker(base_env, tmp_path_factory):
+def worker(base_env, tmp_path_factory, started_workers):
     """A real `mailer worker` process (prefork, 2 children) shared by the session.
 
     Its housekeeping tick is off: tests drive sweeps themselves, at the times they choose
@@ -256,7 +237,9 @@ def worker(base_env, tmp_path_factory):
         # Webhook attempts are left to the webhook tests' own workers, with their settings.
         args=["--pool", "prefork", "--concurrency", "2", "-Q", "celery,send"],
     ).start()
+    started_workers.append(proc)
     yield proc
+    started_workers.remove(proc)
     proc.stop()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import json
@@ -85,6 +86,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.sink.delay:  # a slow server: the message is taken, and answered, later
+            await asyncio.sleep(self.sink.delay)
         now = time.monotonic()
         with self.sink.lock:
             for rcpt in envelope.rcpt_tos:
@@ -99,6 +102,7 @@ class SmtpSink:
 
     `rules` maps a recipient substring to an SMTP answer ("451 try later", "550 no such
     user"); `once` rules are answered once and then removed (a temporary failure).
+    `delay` seconds pass before each message is taken (a slow server).
     """
 
     def __init__(self, port: int | None = None):
@@ -106,6 +110,7 @@ class SmtpSink:
         self.messages: list[Received] = []
         self.rules: dict[str, str] = {}
         self.once: dict[str, str] = {}
+        self.delay = 0.0
         self.lock = threading.Lock()
         self.controller: Controller | None = None
 
@@ -141,6 +146,7 @@ class SmtpSink:
             self.messages.clear()
             self.rules.clear()
             self.once.clear()
+            self.delay = 0.0
 
     def to(self, address: str, match: str | None = None) -> list[Received]:
         """Messages to `address` (whose text part contains `match`, when given)."""
@@ -284,6 +290,9 @@ class PgDatabase:
 # --- Worker -----------------------------------------------------------------------------
 
 
+_TASK_LINE = re.compile(rb"\] Task [\w.]+\[([0-9a-f-]{36})\] (\w+)")
+
+
 @dataclass
 class WorkerProcess:
     """`mailer worker` in a subprocess, with its log kept for failing tests."""
@@ -295,6 +304,7 @@ class WorkerProcess:
 
     def start(self, wait: bool = True) -> WorkerProcess:
         self._offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        self._parsed, self._open = self._offset, set()
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailer.cli", "worker", "--loglevel", "INFO", *self.args],
@@ -315,6 +325,46 @@ class WorkerProcess:
                 self._log.close()
                 raise
         return self
+
+    def open_tasks(self) -> set[str]:
+        """The tasks this worker received and has not finished with, by its log: running,
+        waiting for their countdown, or taken from the broker for the next free process.
+        Celery logs "Task NAME[ID] received" when it takes a message and one more line about
+        the same task when it is done with it (succeeded, raised, retry, ignored,
+        rejected); a retry it takes again is received again."""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._parsed)
+            data = log.read()
+        end = data.rfind(b"\n") + 1  # a line still being written is read next time
+        self._parsed += end
+        for task, what in _TASK_LINE.findall(data[:end]):
+            if what == b"received":
+                self._open.add(task.decode())
+            else:
+                self._open.discard(task.decode())
+        return set(self._open)
+
+    def settle(self, empty_broker, timeout: float = 10.0) -> None:
+        """Return once this worker runs nothing and holds nothing, the broker emptied by
+        `empty_broker()` after it: the next test's work is then the only work it does. A
+        worker still busy after `timeout` (a task held for its countdown, a send that runs
+        on) is restarted: a warm stop lets the running tasks finish, and the held ones go
+        back to the broker, which is emptied."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.open_tasks():
+                empty_broker()  # what a finished task handed on and no process took yet
+                # A message the worker took just before the broker was emptied is in its
+                # log a moment later.
+                time.sleep(0.05)
+                if not self.open_tasks():
+                    return
+            elif time.monotonic() > deadline:
+                self.stop()
+                empty_broker()
+                self.start()
+                return
+            time.sleep(0.02)
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
