@@ -3,16 +3,14 @@ that degrades when it fails, is left alone for the back-off, then tried again.""
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 
 import pytest
 
 from mailer import redis_client
 from mailer.redis_client import Degrading
-from tests.helpers.servers import RedisServer, free_port
+from tests.helpers.servers import RedisServer, free_port, in_forked_child
 
 log = logging.getLogger("tests.redis_client")
 
@@ -32,24 +30,13 @@ def test_one_client_per_process_and_a_new_one_in_a_forked_child(redis_server):
     assert slow.connection_pool.connection_kwargs["socket_connect_timeout"] == 3
     parent_connection = parent.client_id()
 
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, and never return into pytest
-        code = 1
-        try:
-            os.close(read)
-            child = redis_client.client(url, timeout=0.5)
-            found = {"same object": child is parent,
-                     "again": child is redis_client.client(url, timeout=0.5),
-                     "connection": child.client_id()}
-            os.write(write, json.dumps(found).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        found = json.loads(pipe.read())
-    assert os.waitpid(pid, 0)[1] == 0
+    def child():
+        own = redis_client.client(url, timeout=0.5)
+        return {"same object": own is parent,
+                "again": own is redis_client.client(url, timeout=0.5),
+                "connection": own.client_id()}
+
+    found = in_forked_child(child)
     assert found["same object"] is False, "the child reused its parent's client"
     assert found["again"] is True, "the child's client is not reused in the child"
     assert found["connection"] != parent_connection

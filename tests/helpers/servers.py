@@ -34,6 +34,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def in_forked_child(report) -> dict:
+    """What `report()` (a dict made of JSON values) returns in a forked child of this
+    process, as a prefork worker or a gunicorn worker is forked from its parent; the child
+    never returns into pytest, and a failure in it fails the caller."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(report()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        found = pipe.read()
+    assert os.waitpid(pid, 0)[1] == 0, "the forked child failed"
+    return json.loads(found)
+
+
 def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy; returns its value or fails the test with `what`."""
     deadline = time.monotonic() + timeout

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import threading
@@ -13,7 +11,7 @@ import pytest
 
 from mailer import redis_client
 from mailer.mail.ratelimit import FileBucket, LimiterUnavailable, RedisBucket
-from tests.helpers.servers import ROOT, RedisServer
+from tests.helpers.servers import ROOT, RedisServer, in_forked_child
 
 
 def hammer(bucket, threads: int, per_thread: int) -> list[float]:
@@ -119,23 +117,11 @@ def test_the_redis_bucket_uses_the_process_client_and_a_forked_child_its_own(red
     assert parent.connection_pool.connection_kwargs["socket_connect_timeout"] == 3
     parent_connection = parent.client_id()
 
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the bucket its parent made, as a prefork worker gets it
-        code = 1
-        try:
-            os.close(read)
-            bucket.acquire(1)
-            found = {"same client": bucket.client is parent,
-                     "connection": bucket.client.client_id()}
-            os.write(write, json.dumps(found).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        found = json.loads(pipe.read())
-    assert os.waitpid(pid, 0)[1] == 0
+    def child():  # the bucket its parent made, as a prefork worker gets it
+        bucket.acquire(1)
+        return {"same client": bucket.client is parent, "connection": bucket.client.client_id()}
+
+    found = in_forked_child(child)
     assert found["same client"] is False, "the child reserved on its parent's client"
     assert found["connection"] != parent_connection
     assert parent.client_id() == parent_connection
