@@ -31,8 +31,8 @@ CATEGORY_MAX, CATEGORIES_MAX = 100, 50
 TRACKING_PARAMS = {"fbclid", "gclid", "dclid", "msclkid", "mc_cid", "mc_eid", "_hsenc", "_hsmi"}
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 _LINK_SCHEMES = {"http", "https", "mailto"}
-# nh3's own allow-list, widened for links and pictures: nh3 is loaded only by the processes
-# that clean (services/render.py, markdown_html), never by one that only sends.
+# Added to nh3's own allow-list (nh3 is imported where it cleans: a process that only sends
+# never loads it).
 _LINK_ATTRIBUTES = {"a": {"href", "hreflang", "title"},
                     "img": {"src", "alt", "title", "width", "height"}}
 # WordPress ends excerpts with "[…]" and Yoast SEO appends "The post … appeared first on …".

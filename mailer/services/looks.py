@@ -79,7 +79,7 @@ def footer(source: str, name: str) -> tuple[str, str]:
 
 def _clean(html: str) -> str:
     """Frozen footer HTML cleaned again when read back: a row edited by hand cannot inject."""
-    import nh3  # only where it cleans (services/render.py, markdown_html)
+    import nh3  # only where it cleans: a process that only sends never loads it
 
     return nh3.clean(html, tags=INTRO_TAGS, attributes={"a": {"href", "title"}},
                      url_schemes={"http", "https", "mailto"}, link_rel="noopener")

@@ -35,7 +35,6 @@ from limits.storage import MemoryStorage
 from limits.strategies import FixedWindowRateLimiter
 
 from mailer import redis_client
-from mailer.redis_client import Degrading
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ class SignupGate:
         # limits: scope -> "N per minute;M per hour"
         self.limits = {scope: parse_many(text) for scope, text in limits.items()}
         self.redis_url = redis_url
-        self._redis = Degrading("signup limits", timeout=TIMEOUT, log=log)
+        self._redis = redis_client.Degrading("signup limits", timeout=TIMEOUT, log=log)
         self._memory = FixedWindowRateLimiter(MemoryStorage())
 
     def _windows(self, idents: dict[str, str]):
