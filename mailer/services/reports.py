@@ -199,6 +199,32 @@ def last_issues(session: Session, limit: int = 8) -> list[dict]:
     ]
 
 
+def last_issues_by_newsletter(session: Session, per_newsletter: int = 5) -> list[list[dict]]:
+    """Each newsletter's issues that went out most recently (at most `per_newsletter`),
+    newest first, with their counts as last_issues gives them; the newsletter whose latest
+    issue went out last comes first. A bounce rate is judged against the same newsletter's
+    earlier issues: newsletters differ in how old and how clean their lists are."""
+    newest = func.row_number().over(
+        partition_by=Issue.newsletter_id,
+        order_by=(Issue.started_at.desc().nulls_last(), Issue.id.desc()),
+    ).label("newest")
+    ranked = select(Issue.id, newest).where(Issue.status.in_(WENT_OUT)).subquery()
+    issues = list(
+        session.scalars(
+            select(Issue)
+            .join(ranked, ranked.c.id == Issue.id)
+            .where(ranked.c.newest <= per_newsletter)
+            .order_by(Issue.started_at.desc().nulls_last(), Issue.id.desc())
+        )
+    )
+    ids = [i.id for i in issues]
+    counts = issue_counts(session, ids)
+    groups: dict[int | None, list[dict]] = {}
+    for i in issues:  # newest first, so each group is too, and so is the groups' order
+        groups.setdefault(i.newsletter_id, []).append({"issue": i, **counts[i.id]})
+    return list(groups.values())
+
+
 def bounce_trend(rows: list[dict]) -> tuple[float, float | None] | None:
     """(latest rate, average of the earlier ones) over issues with enough tried messages,
     rows newest first; None when no issue has enough."""
@@ -306,9 +332,10 @@ def _about_issue(kind: str, issue: Issue | None, issue_id: int, text: str) -> Wa
 
 
 def warnings(
-    session: Session, settings: Settings, recent: list[dict] | None = None
+    session: Session, settings: Settings, by_newsletter: list[list[dict]] | None = None
 ) -> list[Warning]:
-    """What an operator should fix or look at, most important first."""
+    """What an operator should fix or look at, most important first. `by_newsletter`: the
+    last issues to judge bounces by (default last_issues_by_newsletter; [] judges none)."""
     out: list[Warning] = []
     if not settings.postal_address:
         out.append(Warning("postal_address", "No postal address is set (MAILER_POSTAL_ADDRESS): "
@@ -316,37 +343,8 @@ def warnings(
     if not (settings.dkim_key_file or settings.dkim_ed25519_key_file):
         out.append(Warning("dkim", "Mail is not DKIM-signed (MAILER_DKIM_KEY_FILE): many "
                            "mailbox providers will file it as spam."))
-    recent = recent if recent is not None else last_issues(session)
-    trend = bounce_trend(recent)
-    if trend is not None:
-        latest, before = trend
-        issue = _judged(recent)[0]["issue"]  # the issue the latest rate is of
-        if before is not None and latest > BOUNCE_FLOOR and latest > 1.5 * before:
-            out.append(_about_issue(
-                "bounces", issue, issue.id,
-                f"The bounce rate is rising: {latest:.1%} of the last issue's messages bounced "
-                f"({{issue}}), against {before:.1%} before."))
-        elif latest > BOUNCE_HIGH:
-            out.append(_about_issue(
-                "bounces", issue, issue.id,
-                f"{latest:.1%} of the last issue's messages bounced ({{issue}}): check the "
-                "addresses you imported."))
-    if recent:
-        last = recent[0]["issue"]
-        counts = bounce_reports.issue_counts(session, last.id)
-        if counts["complaints_rate"] * 100 > settings.complaint_warn_percent:
-            out.append(_about_issue(
-                "complaints", last, last.id,
-                f"{counts['complaints_rate']:.2%} of the readers of {{issue}} reported it as "
-                f"spam ({counts['complaints']} of {counts['messages']}); mailbox providers "
-                f"start filtering above {settings.complaint_warn_percent:g} %."))
-        if counts["bounced_hard_rate"] * 100 > settings.hard_bounce_warn_percent:
-            out.append(_about_issue(
-                "bounces", last, last.id,
-                f"{counts['bounced_hard_rate']:.2%} of the messages of {{issue}} bounced for "
-                f"good ({counts['bounced_hard']} of {counts['messages']}), over "
-                f"{settings.hard_bounce_warn_percent:g} %: check where these addresses came "
-                "from."))
+    for recent in last_issues_by_newsletter(session) if by_newsletter is None else by_newsletter:
+        out += _bounce_warnings(session, settings, recent)
     for issue in session.scalars(select(Issue).where(Issue.status == I.PAUSED).order_by(Issue.id)):
         out.append(_about_issue("paused", issue, issue.id, "{Issue} is paused: " + (
             issue.status_reason or "paused by an operator.")))
@@ -375,6 +373,42 @@ def warnings(
                            f"{endpoint.disabled_reason} Its events wait until it is enabled "
                            "again (Webhooks)."))
     return out
+
+
+def _bounce_warnings(session: Session, settings: Settings, recent: list[dict]) -> list[Warning]:
+    """The bounce and complaint warnings of one newsletter's last issues (newest first)."""
+    found: list[Warning] = []
+    trend = bounce_trend(recent)
+    if trend is not None:
+        latest, before = trend
+        issue = _judged(recent)[0]["issue"]  # the issue the latest rate is of
+        if before is not None and latest > BOUNCE_FLOOR and latest > 1.5 * before:
+            found.append(_about_issue(
+                "bounces", issue, issue.id,
+                f"The bounce rate is rising: {latest:.1%} of the last issue's messages bounced "
+                f"({{issue}}), against {before:.1%} before."))
+        elif latest > BOUNCE_HIGH:
+            found.append(_about_issue(
+                "bounces", issue, issue.id,
+                f"{latest:.1%} of the last issue's messages bounced ({{issue}}): check the "
+                "addresses you imported."))
+    if recent:
+        last = recent[0]["issue"]
+        counts = bounce_reports.issue_counts(session, last.id)
+        if counts["complaints_rate"] * 100 > settings.complaint_warn_percent:
+            found.append(_about_issue(
+                "complaints", last, last.id,
+                f"{counts['complaints_rate']:.2%} of the readers of {{issue}} reported it as "
+                f"spam ({counts['complaints']} of {counts['messages']}); mailbox providers "
+                f"start filtering above {settings.complaint_warn_percent:g} %."))
+        if counts["bounced_hard_rate"] * 100 > settings.hard_bounce_warn_percent:
+            found.append(_about_issue(
+                "bounces", last, last.id,
+                f"{counts['bounced_hard_rate']:.2%} of the messages of {{issue}} bounced for "
+                f"good ({counts['bounced_hard']} of {counts['messages']}), over "
+                f"{settings.hard_bounce_warn_percent:g} %: check where these addresses came "
+                "from."))
+    return found
 
 
 # --- one issue ------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def index():
         queue=reports.queue_state(db.session),
         backlog=broker_backlog(settings),
         upcoming=reports.next_runs(db.session),
-        warnings=reports.warnings(db.session, settings, recent),
+        warnings=reports.warnings(db.session, settings),
     )
 
 

@@ -41,7 +41,7 @@ def index():
     rt = runtime()
     return render_template(
         "admin/settings.html", groups=_groups(rt.settings), embedded=rt.settings.embedded,
-        warnings=[w for w in reports.warnings(db.session, rt.settings, recent=[])
+        warnings=[w for w in reports.warnings(db.session, rt.settings, by_newsletter=[])
                   if w.kind in ("postal_address", "dkim", "feed")],
         instance=rt.settings.instance_path,
     )

@@ -213,6 +213,41 @@ def test_warnings_about_issues_name_and_link_their_newsletter(client):
     assert warnings.count('<a href="/admin/newsletters/evening">The Evening</a>') == 4
 
 
+def test_each_newsletters_bounces_are_judged_against_its_own_issues(rt):
+    """Newsletters differ in how clean their lists are: one at a steady 3% is not "rising"
+    because another's issues bounced less, and the last issue of each is checked, not only
+    the last one of all."""
+    now = utcnow()
+    evening = Newsletter(slug="evening", name="The Evening")
+    db.session.add(evening)
+    db.session.commit()
+    morning = newsletters.first(db.session)
+    for days in (21, 14):
+        issue_with({DeliveryStatus.SENT: 20}, started=now - timedelta(days=days),
+                   newsletter_id=morning.id)
+    morning_last = issue_with({DeliveryStatus.SENT: 20}, started=now - timedelta(days=7),
+                              newsletter_id=morning.id)
+    steady = {DeliveryStatus.SENT: 97, DeliveryStatus.FAILED_PERMANENT: 3}
+    issue_with(steady, started=now - timedelta(days=10), newsletter_id=evening.id)
+    evening_last = issue_with(steady, started=now - timedelta(days=1), newsletter_id=evening.id)
+    # One of the morning's last 20 messages bounced for good: 5%, over the 2% warning level.
+    reader = add_readers(1, prefix="hard")[0]
+    db.session.add(BounceEvent(key=f"h-{morning_last.id}", subscriber_id=reader,
+                               issue_id=morning_last.id, kind=BounceKind.HARD,
+                               source="postmark"))
+    db.session.commit()
+
+    shown = [w.message for w in reports.warnings(db.session, rt.settings)]
+    assert not [m for m in shown if "rising" in m]
+    assert (f"5.00% of the messages of issue {morning_last.id} of {morning.name} bounced for "
+            "good (1 of 20)") in " ".join(shown)
+    assert not [m for m in shown if f"issue {evening_last.id} " in m]
+    groups = reports.last_issues_by_newsletter(db.session, per_newsletter=2)
+    assert [[r["issue"].newsletter_id for r in g] for g in groups] == [
+        [evening.id, evening.id], [morning.id, morning.id]]
+    assert groups[1][0]["issue"].id == morning_last.id
+
+
 def test_an_issues_bounces_are_the_refusals_it_tried_not_the_readers_who_had_left(client):
     issue = issue_with({DeliveryStatus.SENT: 3, DeliveryStatus.FAILED_PERMANENT: 2,
                         DeliveryStatus.PENDING: 1}, started=utcnow())
