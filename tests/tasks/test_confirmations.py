@@ -10,7 +10,8 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, select, text, update
+from sqlalchemy.orm import Session
 
 from mailer.clock import utcnow
 from mailer.db import db
@@ -80,6 +81,24 @@ def test_the_claims_sql_is_fixed_no_list_is_expanded_at_each_claim(quiet):
         if statement is not None:
             core = getattr(statement, "statement", statement)  # PostgreSQL: on the driver
             assert "POSTCOMPILE" not in core.compile(dialect=dialect).string
+
+
+@pytest.mark.redis
+def test_a_claims_transaction_alone_commits_without_waiting_for_the_disk(quiet, make_email):
+    # A claim lost in a crash of the database server is a mail owed again; a signup, or
+    # anything else on the connection after the claim, still waits for its commit.
+    first, second = (_signed_up(make_email()) for _ in range(2))
+    with db.engine.connect() as connection, Session(bind=connection) as s:
+        assert s.scalar(text("SHOW synchronous_commit")) == "on"
+        assert subs.take_confirmation(s, *first) is not None
+        assert s.scalar(text("SHOW synchronous_commit")) == "off"  # this transaction's
+        s.commit()
+        assert connection.scalar(text("SHOW synchronous_commit")) == "on"
+        connection.rollback()
+        at_once = connection.execution_options(isolation_level="AUTOCOMMIT")
+        assert subs.take_confirmation_at_once(at_once, *second) is not None
+        assert at_once.scalar(text("SHOW synchronous_commit")) == "on"
+    assert not {first[0], second[0]} & set(_owed())
 
 
 def test_a_task_quicker_than_the_signups_commit_waits_for_it(quiet, smtp, make_email,
