@@ -6,6 +6,7 @@ from sqlalchemy import text
 
 from mailer.db import Base, db
 from mailer.migrate import current_revision, head_revision, upgrade
+from tests.helpers.schema import assert_signup_writes_saved
 
 
 def _fk_shape(fk) -> tuple:
@@ -85,3 +86,8 @@ def test_no_index_is_the_leading_part_of_another(app):
         and len(longer) > len(columns) and longer[:len(columns)] == columns
     ]
     assert redundant == []
+
+
+def test_a_signup_writes_only_the_index_entries_something_reads(app):
+    with db.engine.connect() as conn:
+        assert_signup_writes_saved(conn)

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, func, inspect, select, table, text
 from mailer import create_app
 from mailer.config import load_settings
 from mailer.migrate import head_revision
+from tests.helpers.schema import assert_signup_writes_saved
 from tests.helpers.servers import ROOT, PgDatabase
 
 # The releases whose databases must upgrade, by commit (so that a checkout without tags
@@ -197,6 +198,9 @@ def test_a_release_database_upgrades_with_its_data_and_links(
         # The index the webhook history's retention looks old events up by (0014).
         assert "ix_hook_events_created_at" in {
             i["name"] for i in inspect(engine).get_indexes("hook_events")}
+        # Less written per signup (0016).
+        with engine.connect() as conn:
+            assert_signup_writes_saved(conn)
     finally:
         engine.dispose()
 

@@ -17,6 +17,8 @@ from mailer.models.issues import (
 from mailer.models.newsletters import Newsletter, Subscription, SubscriptionStatus
 from mailer.models.schedules import Schedule, ScheduleRun
 from mailer.models.subscribers import (
+    JOINED_KINDS,
+    LEFT_KINDS,
     ConsentRecord,
     Frequency,
     Subscriber,
@@ -36,7 +38,7 @@ __all__ = [
     "Click", "ConsentRecord",
     "Delivery", "DeliveryStatus", "Feed", "Frequency", "HookCount", "HookDelivery", "HookEndpoint",
     "HookEvent", "HookStatus", "HousekeepingTurn", "Issue", "IssueItem", "IssueStatus",
-    "IssueVariant", "ItemSection", "LoginThrottle", "Newsletter", "Role",
+    "IssueVariant", "ItemSection", "JOINED_KINDS", "LEFT_KINDS", "LoginThrottle", "Newsletter", "Role",
     "Schedule", "ScheduleRun", "Subscriber", "SubscriberEvent", "SubscriberImport",
     "SubscriberStatus", "Subscription", "SubscriptionStatus", "Suppression",
     "User", "VisitorSeen", "WebhookToken", "WorkerHeartbeat", "new_uid", "sections_key", "sections_list",
