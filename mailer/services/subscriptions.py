@@ -360,10 +360,11 @@ def _signup_statement():
         cast,
         literal,
         literal_column,
+        null,
         true,
         union_all,
     )
-    from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, insert
+    from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by, array, insert
 
     now = bindparam("s_now", type_=Subscriber.__table__.c.created_at.type)
     cutoff = bindparam("s_cutoff", type_=Subscriber.__table__.c.created_at.type)
@@ -409,19 +410,18 @@ def _signup_statement():
     # pending again (an active one stays as it is).
     # Those named (s_newsletters), else the signup defaults (newsletters.signup_defaults in
     # SQL: saves a round trip).
+    # One expression, read only when none is named: a union of the three cases cost the
+    # server a tenth of the statement's CPU, most of it in starting its plan's parts.
     subscriptions, newsletters = Subscription.__table__, Newsletter.__table__
-    named = cast(bindparam("s_newsletters"), ARRAY(BigInteger))
-    defaults = (
-        newsletters.c.signup_default.is_(True) & newsletters.c.archived_at.is_(None)
-    )
-    chosen = union_all(
-        select(func.unnest(named).label("nid")),
-        select(newsletters.c.id).where(named.is_(None), defaults),
-        select(newsletters.c.id).where(
-            named.is_(None),
-            ~select(newsletters.c.id).where(defaults).exists(),
-            newsletters.c.id == select(func.min(newsletters.c.id)).scalar_subquery(),
-        ),
+    ids = ARRAY(BigInteger)
+    defaults = select(func.coalesce(
+        func.array_agg(newsletters.c.id, type_=ids).filter(
+            newsletters.c.signup_default.is_(True) & newsletters.c.archived_at.is_(None)),
+        # (none at all: no newsletter, not a NULL one)
+        func.array_remove(array([func.min(newsletters.c.id)]), null(), type_=ids),
+    )).scalar_subquery()
+    chosen = select(
+        func.unnest(func.coalesce(cast(bindparam("s_newsletters"), ids), defaults)).label("nid")
     ).cte("chosen")
     pending = literal_column(f"'{SubscriptionStatus.PENDING.value}'")
     asked_for = insert(subscriptions).from_select(

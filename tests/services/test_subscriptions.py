@@ -94,6 +94,20 @@ def test_the_first_newsletter_is_the_default_when_none_is_marked(rt, make_email)
     assert held(email) == {first_id(): ("pending", "weekly", "")}
 
 
+def test_an_archived_default_is_not_asked_for(rt, make_email):
+    first = first_id()
+    add_newsletter("sport", signup_default=True, archived_at=utcnow())
+    email = make_email()
+    signup(email)
+    assert held(email) == {first: ("pending", "weekly", "")}
+    # Only when the default is archived too does the first newsletter stand in for it.
+    with db.transaction() as s:
+        s.execute(Newsletter.__table__.update().values(signup_default=True, archived_at=utcnow()))
+    other = make_email()
+    signup(other)
+    assert held(other) == {first: ("pending", "weekly", "")}
+
+
 def test_a_signup_names_its_newsletters(rt, make_email):
     sport, politics = add_newsletter("sport"), add_newsletter("politics")
     email = make_email()
