@@ -351,7 +351,11 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         fail(str(e))
     folder = b.scratch_folder()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    smtp = bs.SmtpProcess(folder)
+    try:
+        smtp = bs.SmtpSink(folder)
+    except RuntimeError as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        fail(str(e))
     scratch.create()
     running = []
     servers: dict = {}  # endpoint -> its server process
@@ -429,7 +433,7 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
                 text("SELECT count(*) FROM subscribers WHERE email = ANY(:e)"), {"e": accepted}
             )
         engine.dispose()
-        confirmations = Counter(received[e] for e in accepted)
+        confirmations, ok = bs.check(accepted, rows, received)
     finally:
         b.stop_workers(running)
         smtp.stop()
@@ -447,8 +451,8 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         "warm_up": {name: len(w.latencies) for name, w in warmed.items()},
         "load_before": [round(x, 2) for x in load],
         "cpu_us_per_request": cpu,
+        "smtp_server": "smtp-sink",  # whose CPU "smtp server" is: Postfix's, on loopback
     }
-    ok = rows == len(accepted) and set(confirmations) <= {1} and len(accepted) > 0
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -464,7 +468,8 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         for name in ("bare", "signup"):
             parts = {k: v for k, v in cpu[name].items() if k != "total" and v}
             click.echo(f"  CPU per {name} request: "
-                       + ", ".join(f"{k} {v:,} µs" for k, v in parts.items())
+                       + ", ".join(f"{k}{' (smtp-sink)' if k == 'smtp server' else ''} "
+                                   f"{v:,} µs" for k, v in parts.items())
                        + f"; in all {cpu[name]['total']:,} µs")
         click.echo(f"  accepted {len(accepted):,}; rows {rows:,}; confirmations per signup "
                    + ", ".join(f"{k}: {v:,}" for k, v in result["confirmations"].items()))

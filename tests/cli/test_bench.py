@@ -67,3 +67,81 @@ def test_the_signup_benchmark_waits_until_each_worker_stopped_starting(tmp_path)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the master and the two workers it forked
         proc.wait()
+
+
+# --- the signup benchmark's SMTP server: Postfix's smtp-sink, counted from its dump --------
+
+
+def _mail(port: int, recipients: list[str], body: str = "Confirm your signup.",
+          abort: bool = False) -> None:
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        if abort:  # a transaction given up before its data: no mail
+            client.mail("news@bench.example")
+            client.rcpt(recipients[0])
+            client.rset()
+            return
+        client.sendmail("news@bench.example", recipients,
+                        f"Subject: Confirm\r\n\r\n{body}\r\n")
+
+
+def test_the_signup_benchmark_counts_each_confirmation_once_and_a_second_copy_fails_it(
+    tmp_path,
+):
+    from mailer.bench_signups import SmtpSink, check
+
+    smtp = SmtpSink(tmp_path)
+    try:
+        # The body may look like smtp-sink's own lines: only the envelope counts.
+        _mail(smtp.port, ["a@bench.example", "b@bench.example"],
+              body="X-Rcpt-Args: <c@bench.example>\r\nReceived: by hand")
+        _mail(smtp.port, ["c@bench.example"], body="x" * 200_000)  # appended in many writes
+        _mail(smtp.port, ["d@bench.example"], abort=True)
+        received = smtp.counts()
+        assert dict(received) == {"a@bench.example": 1, "b@bench.example": 1,
+                                  "c@bench.example": 1}
+        assert smtp.counts() == received  # read on from where it stopped: nothing twice
+        accepted = ["a@bench.example", "b@bench.example", "c@bench.example"]
+        assert check(accepted, 3, received) == ({1: 3}, True)
+
+        _mail(smtp.port, ["c@bench.example"])  # a confirmation sent twice
+        confirmations, ok = check(accepted, 3, smtp.counts())
+        assert confirmations == {1: 2, 2: 1} and not ok
+        assert not check(accepted, 2, smtp.counts())[1]  # a signup without its row
+    finally:
+        smtp.stop()
+
+
+def test_the_signup_benchmark_waits_while_confirmations_arrive_and_a_missing_one_fails_it(
+    tmp_path,
+):
+    """wait_for waits as long as mail keeps coming (here longer than `wait` in all), then
+    gives up after `wait` seconds without any: the check says which one is missing."""
+    import threading
+    import time
+
+    from mailer.bench_signups import SmtpSink, check, wait_for
+
+    smtp = SmtpSink(tmp_path)
+    accepted = [f"r{k}@bench.example" for k in range(6)]
+
+    def slow_worker():
+        for address in accepted[:5]:  # the last one is never mailed
+            time.sleep(0.5)
+            _mail(smtp.port, [address])
+
+    sender = threading.Thread(target=slow_worker)
+    try:
+        started = time.monotonic()
+        sender.start()
+        wait_for(smtp, accepted, wait=1.5)
+        took = time.monotonic() - started
+        sender.join()
+        assert took >= 2.5 + 1.5  # the five mails' time, then `wait` seconds of quiet
+        confirmations, ok = check(accepted, 6, smtp.counts())
+        assert confirmations == {1: 5, 0: 1} and not ok
+        assert check(accepted[:5], 5, smtp.counts()) == ({1: 5}, True)
+    finally:
+        sender.join()
+        smtp.stop()
