@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,39 @@ def bench_render(size: int):
     return render
 
 
+# A benchmark's Redis database is emptied before its run (the queues and rate limits of a
+# previous run would count in this one): only when it is empty or a previous benchmark's, and
+# no other benchmark is running on it. MARK says the database is a benchmark's; LOCK is held
+# while a run uses it, with an expiry the run renews, so that a run killed outright frees it.
+REDIS_MARK = "mailer-bench:database"
+REDIS_LOCK = "mailer-bench:running"
+
+# One script, so that nothing changes between the look and the emptying: KEYS = MARK, LOCK;
+# ARGV = this run's token, the lock's seconds.
+_CLAIM = """
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'running' end
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('DBSIZE') > 0 then return 'foreign' end
+redis.call('FLUSHDB')
+redis.call('SET', KEYS[1], '1')
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 'ok'
+"""
+_RENEW = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+return redis.call('EXPIRE', KEYS[2], ARGV[2])
+"""
+# ARGV[2]: '1' empties the database (what the run made), else only the lock goes.
+_RELEASE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then redis.call('FLUSHDB') else redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+
+class RedisInUse(RuntimeError):
+    """The benchmark's Redis database holds what another program or benchmark is using."""
+
+
 @dataclass
 class Scratch:
     """The scratch database and Redis database the benchmark runs on."""
@@ -67,6 +101,9 @@ class Scratch:
     admin_url: str
     name: str
     redis_url: str
+    token: str = field(default_factory=lambda: secrets.token_hex(8))
+    lock_seconds: int = 60
+    _renewing: threading.Event | None = field(default=None, repr=False)
 
     @classmethod
     def beside(cls, database_url: str, redis_url: str, redis_db: int) -> Scratch:
@@ -82,25 +119,84 @@ class Scratch:
         )
 
     def create(self) -> None:
+        """Claim the Redis database (RedisInUse, nothing touched, if it is not free), then
+        create the scratch database."""
         from mailer.db import make_engine
 
-        engine = make_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{self.name}"'))
-        engine.dispose()
+        self.claim_redis()
+        try:
+            engine = make_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+            with engine.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{self.name}"'))
+            engine.dispose()
+        except BaseException:
+            self.release_redis()
+            raise
+
+    def drop(self, keep: bool = False) -> None:
+        """Drop the scratch database and empty the Redis database (with `keep`, both stay:
+        only the Redis database's lock goes)."""
+        from mailer.db import make_engine
+
+        try:
+            if not keep:
+                engine = make_engine(self.admin_url, isolation_level="AUTOCOMMIT")
+                with engine.connect() as conn:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+                engine.dispose()
+        finally:
+            self.release_redis(empty=not keep)
+
+    def _redis(self, script: str, *args) -> object:
         import redis
 
         client = redis.Redis.from_url(self.redis_url)
-        client.flushdb()
-        client.close()
+        try:
+            return client.eval(script, 2, REDIS_MARK, REDIS_LOCK, self.token, *args)
+        finally:
+            client.close()
 
-    def drop(self) -> None:
-        from mailer.db import make_engine
+    def claim_redis(self) -> None:
+        """Empty the Redis database for this run and hold it (renewed in a thread until
+        release_redis): refused when it holds keys that are not a previous benchmark's, or
+        another benchmark holds it."""
+        found = self._redis(_CLAIM, self.lock_seconds)
+        found = found.decode() if isinstance(found, bytes) else found
+        where = urlsplit(self.redis_url)
+        db = f"Redis database {where.path.lstrip('/')} of {where.hostname}:{where.port or 6379}"
+        if found == "running":
+            raise RedisInUse(
+                f"another benchmark is running on {db} (its lock expires within "
+                f"{self.lock_seconds} s of its end): wait for it, or choose another --redis-db"
+            )
+        if found == "foreign":
+            raise RedisInUse(
+                f"{db} holds keys that are not a benchmark's, and the benchmark empties its "
+                f"database: choose another --redis-db (an empty one)"
+            )
+        self._renewing = threading.Event()
+        threading.Thread(target=self._renew, args=(self._renewing,), daemon=True).start()
 
-        engine = make_engine(self.admin_url, isolation_level="AUTOCOMMIT")
-        with engine.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-        engine.dispose()
+    def _renew(self, stop: threading.Event) -> None:
+        while not stop.wait(self.lock_seconds / 4):
+            try:
+                held = self._redis(_RENEW, self.lock_seconds)
+            except Exception as e:  # noqa: BLE001 - Redis away for a moment: try again
+                print(f"could not renew the benchmark's Redis lock: {e}", file=sys.stderr)
+                continue
+            if not held:
+                print("the benchmark's Redis lock was lost (its run stalled past the "
+                      "expiry): another benchmark may use the database now", file=sys.stderr)
+                return
+
+    def release_redis(self, empty: bool = True) -> None:
+        """Stop holding the Redis database, emptied of what the run made unless `empty`
+        is false. Nothing happens if another run holds it by now."""
+        if self._renewing is None:
+            return
+        self._renewing.set()
+        self._renewing = None
+        self._redis(_RELEASE, "1" if empty else "0")
 
 
 def bench_env(scratch: Scratch, smtp_url: str, folder: Path, dkim: bool) -> dict:
@@ -345,11 +441,15 @@ def start_workers(
             )
         workers.append(Worker(proc, log))
     deadline = time.monotonic() + 60
-    for w in workers:
-        while b" ready." not in w.log.read_bytes():
-            if w.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"a worker did not start:\n{w.log.read_text()[-3000:]}")
-            time.sleep(0.1)
+    try:
+        for w in workers:
+            while b" ready." not in w.log.read_bytes():
+                if w.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"a worker did not start:\n{w.log.read_text()[-3000:]}")
+                time.sleep(0.1)
+    except BaseException:  # the caller never had them to stop (a failed start, a SIGTERM)
+        stop_workers(workers)
+        raise
     return workers
 
 

@@ -68,7 +68,8 @@ if TYPE_CHECKING:
     type=click.IntRange(0),
     default=15,
     show_default=True,
-    help="The Redis database used (and emptied) for the run.",
+    help="The Redis database the run uses, emptied first: refused if it holds anything but "
+    "a previous benchmark's keys, or another benchmark is running on it.",
 )
 @click.option("--keep", is_flag=True, help="Keep the scratch database and the worker logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as one JSON document.")
@@ -107,10 +108,13 @@ def bench(
         scratch = b.Scratch.beside(database_url, redis_url, redis_db)
     except (ConfigError, ValueError) as e:
         fail(str(e))
-    folder = b.scratch_folder()
     # A plain SIGTERM would skip the clean-up below (workers, scratch database).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-    scratch.create()
+    try:
+        scratch.create()
+    except b.RedisInUse as e:
+        fail(str(e))
+    folder = b.scratch_folder()
     running = []
     try:
         env = b.bench_env(scratch, smtp_url, folder, dkim)
@@ -129,8 +133,8 @@ def bench(
 
         if db.engine is not None:
             db.engine.dispose()
+        scratch.drop(keep=keep)
         if not keep:
-            scratch.drop()
             shutil.rmtree(folder, ignore_errors=True)
     result.update(
         dkim=dkim,
@@ -324,7 +328,9 @@ def _print(r: dict) -> None:
 @click.option("--redis-url", envvar="MAILER_REDIS_URL",
               help="The Redis server [default: MAILER_REDIS_URL].")
 @click.option("--redis-db", type=click.IntRange(0), default=15, show_default=True,
-              help="The Redis database used (and emptied) for the run.")
+              help="The Redis database the run uses, emptied first: refused if it holds "
+                   "anything but a previous benchmark's keys, or another benchmark is running "
+                   "on it.")
 @click.option("--wait", type=click.FloatRange(1), default=120, show_default=True,
               help="Seconds without a new confirmation before the check calls the rest "
                    "lost (it waits as long as they keep arriving).")
@@ -349,14 +355,19 @@ def signups(clients, count, web_workers, database_url, redis_url, redis_db, wait
         scratch = b.Scratch.beside(database_url, redis_url, redis_db)
     except ValueError as e:
         fail(str(e))
-    folder = b.scratch_folder()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
+        bs.smtp_sink_binary()
+        scratch.create()
+    except RuntimeError as e:  # no smtp-sink; the Redis database in use (RedisInUse)
+        fail(str(e))
+    folder = b.scratch_folder()
+    try:
         smtp = bs.SmtpSink(folder)
-    except RuntimeError as e:
+    except RuntimeError as e:  # it did not start
+        scratch.drop()
         shutil.rmtree(folder, ignore_errors=True)
         fail(str(e))
-    scratch.create()
     running = []
     servers: dict = {}  # endpoint -> its server process
     try:

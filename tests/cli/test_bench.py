@@ -145,3 +145,86 @@ def test_the_signup_benchmark_waits_while_confirmations_arrive_and_a_missing_one
     finally:
         sender.join()
         smtp.stop()
+
+
+# --- the benchmarks' Redis database: never another program's, never two runs at once ------
+
+
+def _scratch(redis_server, db: int = 12, **kw):
+    from mailer.bench import Scratch
+
+    scratch = Scratch.beside("postgresql://postgres@127.0.0.1/postgres", redis_server.url, db)
+    return Scratch(**{**scratch.__dict__, **kw})
+
+
+def test_a_benchmark_empties_only_a_redis_database_that_is_empty_or_a_benchmarks(
+    redis_server, pg_database
+):
+    import redis
+
+    from mailer.bench import REDIS_LOCK, RedisInUse
+
+    client = redis.Redis.from_url(_scratch(redis_server).redis_url)
+    client.flushdb()
+    client.set("someone:else", "theirs")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+    env.update(MAILER_DATABASE_URL=pg_database.url, MAILER_REDIS_URL=redis_server.url,
+               PYTHONPATH=str(ROOT))
+    for argv in (["-n", "10", "--smtp", "smtp://127.0.0.1:25"],
+                 ["signups", "--requests", "10"]):
+        done = subprocess.run([sys.executable, "-m", "mailer.cli", "bench", *argv,
+                               "--redis-db", "12"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stderr[-3000:]
+        assert "holds keys that are not a benchmark's" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert client.keys() == [b"someone:else"]  # nothing touched
+
+    client.delete("someone:else")
+    first = _scratch(redis_server)
+    first.claim_redis()
+    client.set("celery", "the first run's queue")
+    first.release_redis(empty=False)  # a run with --keep, or one killed: its keys stay
+    assert client.get(REDIS_LOCK) is None and client.get("celery")
+    second = _scratch(redis_server)
+    second.claim_redis()  # a previous benchmark's keys: emptied
+    assert client.get("celery") is None
+    second.release_redis()
+    assert client.dbsize() == 0  # emptied of what the run made
+
+    client.set("someone:else", "theirs")
+    with pytest.raises(RedisInUse):
+        _scratch(redis_server).claim_redis()
+    assert client.keys() == [b"someone:else"]
+    client.flushdb()
+
+
+def test_a_benchmark_refuses_a_redis_database_another_benchmark_is_running_on(
+    redis_server, pg_database
+):
+    import time
+
+    import redis
+
+    from mailer.bench import REDIS_LOCK, RedisInUse
+
+    client = redis.Redis.from_url(_scratch(redis_server).redis_url)
+    client.flushdb()
+    first = _scratch(redis_server, lock_seconds=2)
+    first.claim_redis()
+    try:
+        client.set("rate-limit", "the first run's")
+        time.sleep(3)  # longer than the lock's expiry: the running benchmark renews it
+        with pytest.raises(RedisInUse, match="another benchmark is running"):
+            _scratch(redis_server).claim_redis()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MAILER_")}
+        env.update(MAILER_DATABASE_URL=pg_database.url, MAILER_REDIS_URL=redis_server.url,
+                   PYTHONPATH=str(ROOT))
+        done = subprocess.run([sys.executable, "-m", "mailer.cli", "bench", "signups",
+                               "--requests", "10", "--redis-db", "12"],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "another benchmark is running" in done.stderr
+        assert client.get("rate-limit") == b"the first run's"  # nothing touched
+    finally:
+        first.release_redis()
+    assert client.get(REDIS_LOCK) is None and client.dbsize() == 0
