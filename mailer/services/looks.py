@@ -16,7 +16,10 @@ other way round, a file `update` stored for a save that then does not commit (a 
 of the request fails, the database refuses) is deleted once the transaction has ended,
 unless a committed look shows it (`forget_unless_committed`): the same content may be
 another look's logo already, and a savepoint rolled back inside a transaction that commits
-leaves the file to whatever that transaction committed.
+leaves the file to whatever that transaction committed. Two saves of the same image at once,
+one failing, the other committing: the failed one may delete the file before the other's
+commit shows it, so a save that stored a logo writes it again after its commit if it is gone
+(`_keep_logo`), and a deletion moves the file aside and looks again before it deletes it.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -273,6 +277,9 @@ def update(
     stored = store_logo(settings, *logo) if logo is not None else None
     if stored is not None:
         forget_unless_committed(session, settings, [stored])
+        # Another save of the same image that does not commit may delete the file before
+        # this one commits (it saw no committed look showing it): written again if so.
+        after_commit.run(session, _keep_logo, settings, stored, logo[0])
     before = newsletter.logo_file
     newsletter.accent_color = values["accent_color"]
     newsletter.header_font = values["header_font"]
@@ -343,6 +350,12 @@ def store_logo(settings: Settings, data: bytes, filename: str) -> str:
     """Check the image and keep it under its content's hash; returns the stored name."""
     image = check_logo(settings, data, filename)
     name = f"{hashlib.sha256(data).hexdigest()[:16]}.{image.extension}"
+    _write_logo(settings, name, data)
+    return name
+
+
+def _write_logo(settings: Settings, name: str, data: bytes) -> None:
+    """Store `data` as the logo file `name`, unless it is there already."""
     folder = logo_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -356,7 +369,11 @@ def store_logo(settings: Settings, data: bytes, filename: str) -> str:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-    return name
+
+
+def _keep_logo(_session: Session, settings: Settings, name: str, data: bytes) -> None:
+    """After the commit of a look showing the uploaded logo `name`: its file is there."""
+    _write_logo(settings, name, data)
 
 
 def logo_file(settings: Settings, name: str) -> tuple[Path, str] | None:
@@ -417,11 +434,34 @@ def forget_logos(session: Session, settings: Settings, names) -> list[str]:
         except SQLAlchemyError as e:  # the change is committed: the file may wait, not the page
             log.warning("could not tell whether the logo file %s is still shown: %s", name, e)
             break
+        # A save showing the same image may commit between that look and the deletion: the
+        # file is moved aside first, then looked at again. A commit seen now takes it back;
+        # one after it finds the file gone, and its save writes it again (`_keep_logo`).
+        path = logo_dir(settings) / name
+        aside = path.with_name(f".forget-{secrets.token_hex(4)}-{name}")
         try:
-            (logo_dir(settings) / name).unlink(missing_ok=True)
+            os.replace(path, aside)
+        except FileNotFoundError:
+            deleted.append(name)
+            continue
         except OSError as e:
             log.warning("could not delete the logo file %s, which no look shows any more: %s",
                         name, e)
+            continue
+        try:
+            shown = logo_in_use(session, name)
+        except SQLAlchemyError as e:
+            os.replace(aside, path)
+            log.warning("could not tell whether the logo file %s is still shown: %s", name, e)
+            break
+        if shown:
+            os.replace(aside, path)  # the same bytes, should that save have written it too
+            continue
+        try:
+            aside.unlink()
+        except OSError as e:
+            log.warning("could not delete the logo file %s, which no look shows any more: %s",
+                        aside.name, e)
             continue
         deleted.append(name)
     return deleted

@@ -437,6 +437,82 @@ def test_a_logo_stored_in_a_rolled_back_savepoint_goes_unless_the_outer_save_sho
     assert not fresh_path.exists() and path.is_file()
 
 
+def test_two_saves_of_the_same_image_at_once_one_failing_leave_the_committed_ones_file(app):
+    """Two transactions upload the same image: the one that fails deletes the file, which no
+    committed look shows yet, then the other commits a look that shows it."""
+    import threading
+
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    rt = app.extensions["mailer"]
+    first = _newsletter()
+    second = Newsletter(slug="weekly", name="The Weekly")
+    db.session.add(second)
+    db.session.commit()
+    data = png(65, 45, "#2a4b6c")
+    path = looks.logo_dir(rt.settings) / stored_name(data)
+
+    looks.update(db.session, rt.settings, first, FIELDS, logo=(data, "logo.png"))
+    stored, failed, errors = threading.Event(), threading.Event(), []
+
+    def the_other_save():
+        try:
+            with Session(bind=db.engine) as session:
+                # Its file is stored before its flush (on SQLite the flush then waits for
+                # the first save's lock).
+                event.listen(session, "before_flush", lambda *_: stored.set())
+                looks.update(session, rt.settings, session.get(Newsletter, second.id),
+                             FIELDS, logo=(data, "same.png"))
+                failed.wait(30)
+                session.commit()
+        except Exception as e:  # noqa: BLE001 - the test reports it
+            errors.append(e)
+            stored.set()
+
+    other = threading.Thread(target=the_other_save)
+    other.start()
+    try:
+        assert stored.wait(30)
+        db.session.rollback()  # the first save fails: its file is not shown by any commit
+    finally:
+        failed.set()
+        other.join(60)
+    assert not errors
+    assert db.session.get(Newsletter, second.id).logo_file == path.name
+    assert path.is_file()
+
+
+def test_a_logo_file_being_deleted_as_a_look_showing_it_commits_stays(app):
+    """forget_logos looks whether a committed look shows the file, then deletes it: a save
+    of the same image committed in between (here while it looks at the issues' frozen
+    looks, after the newsletters') keeps the file."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    rt = app.extensions["mailer"]
+    nl_id = _newsletter().id
+    db.session.commit()
+    data = png(66, 46, "#2a4b6c")
+    name = looks.store_logo(rt.settings, data, "logo.png")  # a failed save's, say
+    queries = []
+
+    def commit_the_other_save(_state):
+        queries.append(_state.statement)
+        if len(queries) == 2:
+            with Session(bind=db.engine) as session:
+                looks.update(session, rt.settings, session.get(Newsletter, nl_id), FIELDS,
+                             logo=(data, "same.png"))
+                session.commit()
+
+    with Session(bind=db.engine) as deleting:
+        event.listen(deleting, "do_orm_execute", commit_the_other_save)
+        assert looks.forget_logos(deleting, rt.settings, [name]) == []
+    assert db.session.get(Newsletter, nl_id).logo_file == name
+    assert (looks.logo_dir(rt.settings) / name).is_file()
+    assert not list(looks.logo_dir(rt.settings).glob(".forget-*"))  # put back, not copied
+
+
 def test_a_newsletter_removed_by_the_service_alone_takes_its_logo_file_at_the_commit(app):
     from mailer.services import newsletters
 

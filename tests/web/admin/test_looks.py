@@ -288,20 +288,21 @@ def test_a_logo_another_look_shows_is_kept(app, client):
 
 def test_a_logo_file_that_cannot_be_deleted_is_logged_not_an_error_page(
         app, client, monkeypatch, caplog):
-    import pathlib
+    import os
+    from pathlib import Path
 
     _newsletter()
     login(client, Role.EDITOR, "editor@daily.example")
     assert _save(client, logo=(png(45, 25, "#123456"), "a.png")).status_code == 302
     name = _reload().logo_file
-    real_unlink = pathlib.Path.unlink
+    real_replace = os.replace
 
-    def refuse(path, *args, **kwargs):
-        if path.name == name:
-            raise PermissionError(13, "Permission denied", str(path))
-        return real_unlink(path, *args, **kwargs)
+    def refuse(src, dst, *args, **kwargs):  # the deletion's first step: moving it aside
+        if Path(src).name == name:
+            raise PermissionError(13, "Permission denied", str(src))
+        return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(pathlib.Path, "unlink", refuse)
+    monkeypatch.setattr(os, "replace", refuse)
     with caplog.at_level("WARNING", logger="mailer.services.looks"):
         resp = _save(client, remove_logo="on")
     assert resp.status_code == 302
