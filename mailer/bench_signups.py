@@ -29,6 +29,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -98,7 +99,12 @@ class SmtpSink:
 
         binary = smtp_sink_binary()
         self.marker = f"bench-{secrets.token_hex(8)}"
-        self.dump = folder / "smtp.dump"
+        # smtp-sink makes and deletes a file per mail (its copy before the append): on a
+        # memory file system where there is one, that costs it a sixth less than on a disk.
+        shm = Path("/dev/shm")
+        self.folder = Path(tempfile.mkdtemp(prefix="mailer-bench-smtp-",
+                                            dir=shm if shm.is_dir() else folder))
+        self.dump = self.folder / "smtp.dump"
         self.dump.touch()
         self.port = free_port()
         self.received: Counter = Counter()
@@ -157,6 +163,7 @@ class SmtpSink:
         if self.proc.poll() is None:
             self.proc.terminate()
         self.proc.wait(10)
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def wait_for(smtp: SmtpSink, addresses: list[str], wait: float) -> None:
