@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import fcntl
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -28,10 +32,38 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parent.parent.parent
 
 
+# The tests' servers take their ports from below Linux's ephemeral range (32768-60999), where
+# the kernel never picks one for a socket bound to port 0 or for an outgoing connection, and
+# each port handed out is reserved by a lock on a file named after it until the server has
+# long bound it: another test process (a pytest-xdist worker, another checkout's run) skips a
+# port held that way, as it skips one something listens on.
+PORTS = range(20000, 32768)
+_PORT_LOCKS = Path(tempfile.gettempdir()) / "mailer-test-ports"
+_held_ports: deque = deque()  # the open lock files, oldest first
+_HELD_PORTS = 256
+_next_port = random.randrange(len(PORTS))  # processes start apart: fewer ports to skip
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A local TCP port that nothing listens on and no other test process has been given."""
+    global _next_port
+    _PORT_LOCKS.mkdir(exist_ok=True)
+    for _ in range(len(PORTS)):
+        port = PORTS[_next_port % len(PORTS)]
+        _next_port += 1
+        lock = (_PORT_LOCKS / str(port)).open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port))
+        except OSError:  # another process holds it, or something listens on it
+            lock.close()
+            continue
+        _held_ports.append(lock)
+        if len(_held_ports) > _HELD_PORTS:
+            _held_ports.popleft().close()
+        return port
+    raise RuntimeError(f"no free port in {PORTS}")
 
 
 def in_forked_child(report) -> dict:
