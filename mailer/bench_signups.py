@@ -89,9 +89,10 @@ class SmtpSink:
     smtp-sink writes a transaction to the dump once its "." has come, before it answers it,
     each behind a start line of our own (-S): a random marker, which no mail carries, then
     its own header lines, the recipients (X-Rcpt-Args) among them, up to its Received line.
-    A mail the SMTP client saw accepted is in the dump; an aborted one is not. It is C and
-    event-driven: a confirmation costs it a small part of what a server in Python did, on
-    the cores the servers being measured share (a real one is another machine).
+    A mail the SMTP client saw accepted is in the dump; an aborted one is not. A
+    confirmation costs it about half the CPU the benchmark's former server in Python took,
+    on the cores the servers being measured share (a real one is another machine); most of
+    it is the dump (docs/benchmark.md).
     """
 
     def __init__(self, folder: Path):
