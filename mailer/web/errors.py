@@ -7,6 +7,8 @@ import logging
 
 from flask import Flask, abort, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 from mailer.errors import MailerError, ValidationError
@@ -26,7 +28,11 @@ MESSAGES = {
     413: "The request is too large.",
     415: "This endpoint takes form data or JSON.",
     429: "Too many requests. Please wait a little and try again.",
+    503: "The service is briefly unavailable. Please try again in a moment.",
 }
+
+# Seconds a client is asked to wait when the database cannot take the request.
+DATABASE_RETRY_AFTER = 5
 
 
 # Stable codes for the JSON `error` field, so API clients can branch on them; `message` is
@@ -104,6 +110,17 @@ def init_errors(app: Flask) -> None:
             headers["WWW-Authenticate"] = 'Bearer realm="mailer"'  # RFC 6750
         headers.pop("Content-Type", None)
         return error_response(status, message, headers=headers)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(PoolTimeout)
+    def _database_unavailable(e: Exception):
+        # The database refused or dropped the connection (down, restarting, out of
+        # connections), or every connection of the pool stayed busy: nothing of the request
+        # was committed, and the same request may simply be sent again.
+        log.warning("database unavailable on %s %s: %s", request.method, request.path,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return error_response(503, MESSAGES[503],
+                              headers={"Retry-After": str(DATABASE_RETRY_AFTER)})
 
     @app.errorhandler(Exception)
     def _unexpected(e: Exception):

@@ -326,18 +326,19 @@ class PgDatabase:
         base = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
         return f"{base}/{self.name}"
 
-    def _admin(self, sql: str) -> None:
+    def admin(self, sql: str) -> None:
+        """Run `sql` as the server's administrator (outside this database)."""
         import psycopg
 
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(sql)
 
     def create(self) -> PgDatabase:
-        self._admin(f'CREATE DATABASE "{self.name}"')
+        self.admin(f'CREATE DATABASE "{self.name}"')
         return self
 
     def drop(self) -> None:
-        self._admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        self.admin(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
 # --- Worker -----------------------------------------------------------------------------

@@ -264,3 +264,27 @@ def test_missing_token_is_401_with_a_bearer_challenge(client):
     assert resp.status_code == 401
     assert resp.headers["WWW-Authenticate"] == 'Bearer realm="mailer"'
     assert "Authorization: Bearer" in resp.json["message"]
+
+
+@pytest.mark.redis
+def test_a_database_that_takes_no_connection_is_a_503_and_the_signup_can_be_sent_again(
+    client, pg_database, make_email
+):
+    """The database down, restarting or out of connections: the reader gets "try again in a
+    moment" with Retry-After, not a 500, and the same request succeeds once it is back."""
+    email = make_email()
+    fields = form_fields(client.get("/subscribe").get_data(as_text=True))
+    pg_database.admin(f'ALTER DATABASE "{pg_database.name}" ALLOW_CONNECTIONS false')
+    try:
+        db.engine.dispose()  # the app's next request needs a new connection
+        api = client.post("/api/v1/subscribe", json={"email": email})
+        form = client.post("/subscribe", data={**fields, "email": email})
+    finally:
+        pg_database.admin(f'ALTER DATABASE "{pg_database.name}" ALLOW_CONNECTIONS true')
+    assert api.status_code == 503 and api.headers["Retry-After"] == "5"
+    assert api.json == {"error": "unavailable", "message": "The service is briefly "
+                        "unavailable. Please try again in a moment."}
+    assert form.status_code == 503 and form.headers["Retry-After"] == "5"
+    assert "try again in a moment" in form.get_data(as_text=True)
+    assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
+    assert db.session.scalar(select(func.count()).select_from(Subscriber)) == 1
