@@ -14,13 +14,19 @@ def settings():
     return current_app.extensions["mailer.settings"]
 
 
+class ConsoleLimiter(Limiter):
+    """Flask-Limiter for the console's login alone (web/admin/console.py): its check before
+    every request of the app, which only looks for limits that are not there (no default or
+    application limits; the login's own limit is checked by its decorator), runs for the
+    console's paths only, not on every signup and beacon. Public signups have limits of
+    their own (web/signup_gate.py)."""
+
+    def _check_request_limit(self, callable_name: str | None = None,
+                             in_middleware: bool = True) -> None:
+        if in_middleware and not request.path.startswith("/admin"):
+            return
+        super()._check_request_limit(callable_name, in_middleware)
+
+
 csrf = CSRFProtect()
-limiter = Limiter(key_func=client_ip, default_limits=[])
-
-
-@limiter.request_filter
-def _outside_console() -> bool:
-    """The limiter guards the console's login alone (web/admin/console.py); elsewhere its
-    hooks only looked for limits that are not there, on every signup and beacon. Public
-    signups have limits of their own (web/signup_gate.py)."""
-    return not request.path.startswith("/admin")
+limiter = ConsoleLimiter(key_func=client_ip, default_limits=[])
