@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from datetime import UTC
 
 from sqlalchemy import BigInteger, DateTime, Enum, Integer, MetaData, create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, scoped_session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -150,6 +150,14 @@ class Database:
         self.engine = make_engine(url)
         self.session_factory = sessionmaker(self.engine, expire_on_commit=False)
         self.session = scoped_session(self.session_factory)
+
+    @contextmanager
+    def autocommit(self) -> Iterator[Connection]:
+        """A pooled connection in autocommit mode: each statement on it is a transaction of
+        its own, committed when it returns, without the round trips of a BEGIN and a COMMIT
+        (a signup's one statement, a drain's claims)."""
+        with self.engine.connect() as connection:
+            yield connection.execution_options(isolation_level="AUTOCOMMIT")
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:

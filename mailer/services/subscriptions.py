@@ -276,6 +276,7 @@ def subscribe(
     cooldown: timedelta,
     newsletter_ids: Iterable[int] | None = None,
     now: datetime | None = None,
+    at_once: Connection | None = None,
 ) -> SignupResult:
     """Record a signup; the caller answers the same way whatever the address's state was.
 
@@ -291,14 +292,17 @@ def subscribe(
     changes nothing stored; a complained reader stays complained until they confirm); an
     active one is owed a "you are already subscribed" mail, on the same cooldown. On
     PostgreSQL all of it is one statement (the signup form sits on every article page: it
-    must be cheap).
+    must be cheap). With `at_once` (a PostgreSQL connection in autocommit mode,
+    `db.autocommit`) that statement runs there, a transaction of its own, committed when
+    this returns; `session` then only carries the webhook deliveries' hand-out, for the
+    caller's commit.
     """
     now = now or utcnow()
     if newsletter_ids is not None:
         newsletter_ids = sorted(set(newsletter_ids))
-    if session.get_bind().dialect.name == "postgresql":
+    if at_once is not None or session.get_bind().dialect.name == "postgresql":
         return _subscribe_in_one_statement(
-            session, email, name, frequency, sections, consent, now - cooldown, now,
+            session, at_once, email, name, frequency, sections, consent, now - cooldown, now,
             newsletter_ids,
         )
     if newsletter_ids is None:
@@ -554,8 +558,8 @@ _SIGNUP = None
 
 
 def _subscribe_in_one_statement(
-    session: Session, email, name, frequency, sections, consent: ConsentInfo, cutoff, now,
-    newsletter_ids: list[int] | None,
+    session: Session, at_once: Connection | None, email, name, frequency, sections,
+    consent: ConsentInfo, cutoff, now, newsletter_ids: list[int] | None,
 ) -> SignupResult:
     global _SIGNUP
     if _SIGNUP is None:
@@ -564,11 +568,12 @@ def _subscribe_in_one_statement(
     reader = {"id": 0, "status": str(SubscriberStatus.PENDING), "email": email, "name": name,
               "frequency": str(frequency), "sections": sections_list(sections),
               "source": source}
-    # Straight on the driver, through the session's connection and in its transaction: the
-    # statement touches no ORM object, and the ORM's and then Core's execute paths around it
-    # cost as much CPU as the driver's own (db.DriverStatement).
+    # Straight on the driver, through the session's connection and in its transaction (or
+    # on `at_once`, a transaction of its own): the statement touches no ORM object, and the
+    # ORM's and then Core's execute paths around it cost as much CPU as the driver's own
+    # (db.DriverStatement).
     row = _SIGNUP.first(
-        session.connection(),
+        session.connection() if at_once is None else at_once,
         {
             "s_uid": new_uid(),
             "s_email": email,

@@ -220,8 +220,8 @@ def _claims():
     if db.engine.dialect.name != "postgresql":
         yield None
         return
-    with db.engine.connect() as connection:
-        yield connection.execution_options(isolation_level="AUTOCOMMIT")
+    with db.autocommit() as connection:
+        yield connection
 
 
 def _drained(rt, subscriber_id: int, since: datetime | None, waits: int, at_once=None) -> str:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from flask import current_app, request
+from sqlalchemy.engine import Connection
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
 from mailer.clock import utcnow
@@ -122,24 +124,48 @@ def gate() -> SignupGate:
     return found
 
 
-def _admit(confirmation: tuple[int, datetime] | None) -> None:
-    """Count this request against the limits; with Redis, hand over the confirmation in
-    the same round trip. Raises 429 (after a rollback) when a limit is full."""
-    idents = {"ip": client_ip(), "address": address_key()}
-    handoff = None
-    if confirmation and runtime().settings.redis_url:
-        try:
-            queue, message = fresh_wire_message(send_confirmations)
-            handoff = Handoff(queue, message, notices.CONFIRMATIONS,
-                              notices.confirmation_entry(*confirmation), notices.DRAINING,
-                              notices.DRAINING_TTL)
-        except Exception as e:  # noqa: BLE001 - no broker: the sweeper sends it
-            log.warning("confirmation of subscriber %s left to the sweeper: %s",
-                        confirmation[0], e)
-    verdict = gate().admit(idents, handoff)
+def _admit() -> None:
+    """Count this request against the limits; 429 when one is full. Before anything is
+    written: a refused signup writes nothing."""
+    verdict = gate().admit({"ip": client_ip(), "address": address_key()})
     if not verdict.allowed:
-        db.session.rollback()
         raise TooManyRequests(retry_after=verdict.retry_after)
+
+
+def _hand_off(subscriber_id: int, requested: datetime) -> None:
+    """Give a committed signup's confirmation to the worker, through Redis: its entry on the
+    confirmations' list, and a drain task unless one is running. Not taken (no broker,
+    Redis down): it is owed in SQL, and the sweeper sends it."""
+    try:
+        queue, message = fresh_wire_message(send_confirmations)
+        handed = gate().hand_off(Handoff(
+            queue, message, notices.CONFIRMATIONS,
+            notices.confirmation_entry(subscriber_id, requested), notices.DRAINING,
+            notices.DRAINING_TTL))
+    except Exception as e:  # noqa: BLE001 - no broker: the sweeper sends it
+        log.warning("confirmation of subscriber %s left to the sweeper: %s", subscriber_id, e)
+        return
+    if not handed:
+        log.warning("confirmation of subscriber %s left to the sweeper", subscriber_id)
+
+
+def _in_transaction() -> bool:
+    """Whether this request's session began a transaction (without making the session: a
+    signup naming no newsletter never needs one)."""
+    return db.session.registry.has() and db.session().in_transaction()
+
+
+@contextmanager
+def _statement_alone() -> Iterator[Connection | None]:
+    """Where the signup's statement can be a transaction of its own (PostgreSQL, nothing
+    read in this request's session yet): a connection in autocommit mode. Else None: the
+    statement runs in the session's transaction (SQLite's signup is several statements; a
+    signup naming newsletters has read them already)."""
+    if db.engine.dialect.name != "postgresql" or _in_transaction():
+        yield None
+        return
+    with db.autocommit() as connection:
+        yield connection
 
 
 def handle_signup(
@@ -150,8 +176,10 @@ def handle_signup(
 
     Raises ValidationError before anything is written, TooManyRequests when a limit is full
     (nothing written). Returns the same way for new, pending, active and unsubscribed
-    addresses, so the answer reveals nothing. With PostgreSQL and Redis: BEGIN, one
-    statement, COMMIT, and one Redis round trip (web.signup_gate).
+    addresses, so the answer reveals nothing. With PostgreSQL and Redis: one Redis round
+    trip for the limits, the one statement in autocommit mode (one database round trip,
+    committed when it returns), then, when a confirmation is owed, a second Redis round
+    trip hands it to the worker (web.signup_gate).
     """
     rt = runtime()
     settings = rt.settings
@@ -159,30 +187,29 @@ def handle_signup(
     name = subs.check_text("name", _get_str(data, "name"), subs.NAME_MAX)
     frequency = subs.parse_frequency(_get_str(data, "frequency"))
     sections = subs.parse_sections(_get_list(data, "sections"), settings.section_labels)
+    _admit()
     if _get_str(data, HONEYPOT):
         # Bots fill every field; people never see this one. Answer as if it worked.
         log.info("honeypot field filled; signup ignored")
-        _admit(None)
         return
-    if not settings.redis_url:
-        _admit(None)  # embedded: limits first, in this process; nothing to combine them with
     now = utcnow()
-    result = subs.subscribe(
-        db.session,
-        email=email,
-        name=name,
-        frequency=frequency,
-        sections=sections,
-        consent=consent,
-        cooldown=timedelta(seconds=settings.resend_cooldown_seconds),
-        newsletter_ids=[n.id for n in chosen] if chosen else None,
-        now=now,
-    )
-    owed = (result.subscriber_id, now) if result.send_confirmation else None
-    if settings.redis_url:
-        _admit(owed)  # limits and the hand-off in one round trip, before the COMMIT
+    with _statement_alone() as at_once:
+        result = subs.subscribe(
+            db.session,
+            email=email,
+            name=name,
+            frequency=frequency,
+            sections=sections,
+            consent=consent,
+            cooldown=timedelta(seconds=settings.resend_cooldown_seconds),
+            newsletter_ids=[n.id for n in chosen] if chosen else None,
+            now=now,
+            at_once=at_once,
+        )
+    owed = result.subscriber_id if result.send_confirmation else None
+    if owed and not settings.redis_url:  # the embedded broker, once the signup is committed
+        after_commit.enqueue(db.session, send_confirmation.name, owed)
+    if _in_transaction():  # the signup's, or (autocommit) the webhooks' hand-out
         db.session.commit()
-        return
-    if owed:  # the embedded broker, once the signup is committed
-        after_commit.enqueue(db.session, send_confirmation.name, result.subscriber_id)
-    db.session.commit()
+    if owed and settings.redis_url:
+        _hand_off(owed, now)

@@ -1,21 +1,21 @@
-"""The signup's one Redis round trip: every rate limit, and the confirmation's hand-off.
+"""The signup's Redis round trips: every rate limit first, then the confirmation's hand-off.
 
 A signup checks two limits (per client IP, per address typed; each may have several
 windows, "20 per minute;100 per hour") and hands the confirmation mail to a worker. Done
-one command at a time that is five or six Redis round trips per request; here it is one
-Lua script, run after the signup's SQL statement and before its COMMIT:
+one command at a time that is five or six Redis round trips per request; here it is two
+Lua scripts:
 
-1. if any window is full, nothing is counted or queued and the request is refused (the
-   caller rolls back and answers 429 with the window's time left);
-2. otherwise every window is counted (fixed windows, expiring with the window) and, when a
-   confirmation is owed, it is pushed onto the list of confirmations to mail, and the
-   task that mails them (its message built by the caller) onto the worker's queue unless
-   a task is already draining that list (tasks.notices.CONFIRMATIONS, DRAINING).
+1. `admit`, before the signup's SQL statement: if any window is full, nothing is counted
+   and the request is refused (the caller writes nothing and answers 429 with the window's
+   time left); otherwise every window is counted (fixed windows, expiring with the window);
+2. `hand_off`, once the statement is committed and only when a confirmation is owed: the
+   confirmation is pushed onto the list of confirmations to mail, and the task that mails
+   them (its message built by the caller) onto the worker's queue unless a task is already
+   draining that list (tasks.notices.CONFIRMATIONS, DRAINING).
 
-The confirmation reaches the list just before the COMMIT, so a worker can take it before
-the reader's row is visible; the entry names the request it serves and the task waits for
-it (tasks.notices.send_confirmations). The alternative, pushing after the COMMIT, costs a
-second round trip on every signup.
+The limits come first so that the statement can be its own transaction (autocommit: no
+BEGIN, no COMMIT round trips) and a refused signup still writes nothing; the confirmation
+comes after it, so a worker never takes one whose request is not committed yet.
 
 Redis down, restarting or slow (timeouts of half a second): limits fall back to counters in
 this process for redis_client.BACKOFF seconds, the signup is committed all the same, and
@@ -41,12 +41,10 @@ log = logging.getLogger(__name__)
 TIMEOUT = 0.5  # seconds: a signup must not hang on an unreachable Redis
 PREFIX = "mailer-signup"
 
-# KEYS: the windows' counters, then the queue, the confirmations' list and the key that says
-# a task is draining it; ARGV: each window's size, then each window's length in
-# milliseconds, then the task's message, the confirmation ('' = nothing to queue) and the
-# draining key's lifetime in seconds.
-SCRIPT = """
-local n = #KEYS - 3
+# KEYS: the windows' counters; ARGV: each window's size, then each window's length in
+# milliseconds.
+LIMITS = """
+local n = #KEYS
 for i = 1, n do
   local used = tonumber(redis.call('GET', KEYS[i]) or '0')
   if used >= tonumber(ARGV[i]) then
@@ -58,15 +56,18 @@ for i = 1, n do
     redis.call('PEXPIRE', KEYS[i], ARGV[n + i])
   end
 end
-local entry = ARGV[2 * n + 2]
-if entry ~= '' then
-  redis.call('LPUSH', KEYS[n + 2], entry)
-  if redis.call('SET', KEYS[n + 3], '1', 'NX', 'EX', ARGV[2 * n + 3]) then
-    redis.call('LPUSH', KEYS[n + 1], ARGV[2 * n + 1])
-  end
-  return {1, 1}
-end
 return {1, 0}
+"""
+
+# KEYS: the confirmations' list, the key that says a task is draining it, the queue; ARGV:
+# the confirmation, the draining key's lifetime in seconds, the task's message.
+HANDOFF = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('LPUSH', KEYS[3], ARGV[3])
+  return 1
+end
+return 0
 """
 
 
@@ -74,7 +75,6 @@ return {1, 0}
 class Verdict:
     allowed: bool
     retry_after: int = 0  # seconds, when refused
-    queued: bool = False  # the confirmation is on its list (and a task to mail it queued)
 
 
 @dataclass(frozen=True)
@@ -106,28 +106,35 @@ class SignupGate:
                 key = f"{PREFIX}/{scope}/{item.amount}/{item.get_expiry()}/{ident}"
                 yield key, item, scope, ident
 
-    def admit(self, idents: dict[str, str], handoff: Handoff | None = None) -> Verdict:
-        """Count one request against every window of `idents` (scope -> who); if all allow
-        it, hand over the confirmation (`handoff`)."""
+    def admit(self, idents: dict[str, str]) -> Verdict:
+        """Count one request against every window of `idents` (scope -> who), unless one
+        of them is full."""
         verdict = self._redis.run(self.redis_url,
-                                  lambda client: self._admit_redis(client, idents, handoff))
+                                  lambda client: self._admit_redis(client, idents))
         return verdict if verdict is not None else self._admit_memory(idents)
 
-    def _admit_redis(self, client, idents, handoff: Handoff | None) -> Verdict:
+    def hand_off(self, handoff: Handoff) -> bool:
+        """Push a committed signup's confirmation for the worker; False when Redis did not
+        take it (the sweeper sends it: it is owed in SQL)."""
+        return self._redis.run(self.redis_url, lambda client: self._hand_off(client, handoff)
+                               ) is not None
+
+    def _admit_redis(self, client, idents) -> Verdict:
         windows = list(self._windows(idents))
         keys = [key for key, *_ in windows]
         args = [item.amount for _, item, *_ in windows]
         args += [item.get_expiry() * 1000 for _, item, *_ in windows]
-        if handoff is None:
-            keys += [f"{PREFIX}/no-queue", f"{PREFIX}/no-list", f"{PREFIX}/no-key"]
-            args += [b"", b"", 0]
-        else:
-            keys += [handoff.queue, handoff.entries, handoff.draining]
-            args += [handoff.message, handoff.entry, handoff.draining_ttl]
-        allowed, extra = redis_client.script(client, SCRIPT)(keys=keys, args=args)
+        allowed, pttl = redis_client.script(client, LIMITS)(keys=keys, args=args)
         if not allowed:
-            return Verdict(False, retry_after=max(1, -(-int(extra) // 1000)))
-        return Verdict(True, queued=bool(extra))
+            return Verdict(False, retry_after=max(1, -(-int(pttl) // 1000)))
+        return Verdict(True)
+
+    @staticmethod
+    def _hand_off(client, handoff: Handoff) -> int:
+        return redis_client.script(client, HANDOFF)(
+            keys=[handoff.entries, handoff.draining, handoff.queue],
+            args=[handoff.entry, handoff.draining_ttl, handoff.message],
+        )
 
     def _admit_memory(self, idents) -> Verdict:
         windows = list(self._windows(idents))

@@ -122,6 +122,38 @@ def test_signup_survives_a_broker_outage(app, client, smtp, worker, redis_server
     smtp.wait_for(email, 1, timeout=45)
 
 
+# Alone, as above: it stops and starts the Redis the session's worker uses.
+@pytest.mark.redis
+@pytest.mark.alone
+def test_redis_lost_between_the_statement_and_the_hand_off(app, client, smtp, worker,
+                                                          redis_server, make_email, monkeypatch):
+    """The limits were counted and the signup committed; Redis dies before the confirmation
+    is handed over: 2xx, the row kept, the confirmation owed, and the sweeper sends it."""
+    from mailer.services import subscriptions as subs
+
+    email = make_email()
+    subscribe = subs.subscribe
+
+    def then_redis_dies(*args, **kwargs):
+        result = subscribe(*args, **kwargs)
+        redis_server.stop()
+        return result
+
+    monkeypatch.setattr(subs, "subscribe", then_redis_dies)
+    try:
+        resp = client.post("/api/v1/subscribe", json={"email": email})
+        assert resp.status_code == 202
+    finally:
+        redis_server.start()
+    sub = db.session.scalar(select(Subscriber).where(Subscriber.email == email))
+    assert sub.status == SubscriberStatus.PENDING and sub.confirm_sent_at is None
+    from mailer.tasks.notices import sweep_confirmations
+
+    with app.app_context(), time_machine.travel(utcnow().timestamp() + 180, tick=True):
+        assert sweep_confirmations() == 1
+    smtp.wait_for(email, 1, timeout=45)
+
+
 def test_honeypot_looks_like_success_but_writes_nothing(client, make_email):
     resp = signup(client, make_email(), website="http://spam.example")
     assert resp.status_code == 200 and b"check your inbox" in resp.data

@@ -1,5 +1,6 @@
-"""What one signup costs on the production stack: one transaction of at most three database
-round trips (BEGIN, one statement, COMMIT) and one Redis round trip (limits and hand-off)."""
+"""What one signup costs on the production stack: one database round trip (its one statement,
+in autocommit mode: no BEGIN, no COMMIT) between two Redis round trips (the limits before it,
+the confirmation's hand-off after it)."""
 
 from __future__ import annotations
 
@@ -17,24 +18,30 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 def counted(app, monkeypatch):
-    """Counts statements, commits and pings on the database, and commands sent to Redis."""
+    """Counts what reaches the database's driver (statements, and the BEGIN, COMMIT and
+    ROLLBACK psycopg sends by itself), pings, and commands sent to Redis."""
     import redis.connection
+    from psycopg._connection_base import BaseConnection
     from sqlalchemy.engine import Connection
 
-    seen = {"statements": 0, "commits": 0, "rollbacks": 0, "pings": 0, "redis": 0,
-            "through_core": 0}
+    seen = {"statements": 0, "begins": 0, "commits": 0, "rollbacks": 0, "pings": 0,
+            "redis": 0, "through_core": 0}
     engine = db.engine
 
-    def on(name):
-        def count(*_a, **_k):
+    def statement(*_a, **_k):
+        seen["statements"] += 1
+
+    event.listen(engine, "before_cursor_execute", statement)
+    commands = {b"BEGIN": "begins", b"COMMIT": "commits", b"ROLLBACK": "rollbacks"}
+    exec_command = BaseConnection._exec_command
+
+    def command(self, sql, *a, **k):
+        name = commands.get(bytes(sql).split(b" ", 1)[0] if isinstance(sql, bytes) else b"")
+        if name:
             seen[name] += 1
+        return exec_command(self, sql, *a, **k)
 
-        return count
-
-    listeners = [(engine, "before_cursor_execute", on("statements")),
-                 (engine, "commit", on("commits")), (engine, "rollback", on("rollbacks"))]
-    for target, name, fn in listeners:
-        event.listen(target, name, fn)
+    monkeypatch.setattr(BaseConnection, "_exec_command", command)
     ping = engine.dialect.do_ping
     monkeypatch.setattr(engine.dialect, "do_ping",
                         lambda conn: (seen.__setitem__("pings", seen["pings"] + 1), ping(conn))[1])
@@ -49,12 +56,11 @@ def counted(app, monkeypatch):
                         lambda self, *a, **k: (seen.__setitem__("redis", seen["redis"] + 1),
                                                send(self, *a, **k))[1])
     yield seen
-    for target, name, fn in listeners:
-        event.remove(target, name, fn)
+    event.remove(engine, "before_cursor_execute", statement)
 
 
-def test_one_signup_is_three_database_round_trips_and_one_redis(app, env, tmp_path, counted,
-                                                                  make_email):
+def test_one_signup_is_one_database_round_trip_and_two_redis(app, env, tmp_path, counted,
+                                                              make_email):
     import base64
     import json
 
@@ -69,16 +75,17 @@ def test_one_signup_is_three_database_round_trips_and_one_redis(app, env, tmp_pa
     counted.update(dict.fromkeys(counted, 0))  # warm: the script is loaded, the pool full
     email = make_email()
     assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
-    # BEGIN (psycopg sends it with the first statement's turn), the statement, COMMIT.
-    assert counted == {"statements": 1, "commits": 1, "rollbacks": 0, "pings": 0, "redis": 1,
-                       "through_core": 0}
+    # The statement alone, a transaction of its own; the limits before it and the
+    # confirmation's hand-off after it.
+    assert counted == {"statements": 1, "begins": 0, "commits": 0, "rollbacks": 0, "pings": 0,
+                       "redis": 2, "through_core": 0}
     sub = db.session.scalar(select(Subscriber).where(Subscriber.email == email))
     assert sub.status == "pending" and sub.confirm_requested_at is not None
     for model in (ConsentRecord, SubscriberEvent):
         assert db.session.scalar(
             select(func.count()).select_from(model).where(model.subscriber_id == sub.id)
         ) == 1
-    # The script put the confirmation on the list of confirmations to mail, naming the
+    # The hand-off put the confirmation on the list of confirmations to mail, naming the
     # request it serves, and queued one task to drain that list: the second signup found it
     # queued (the worker's end is in tests/tasks/test_confirmations and test_faults).
     messages = [json.loads(m) for m in queue.lrange("celery", 0, -1)]
@@ -97,8 +104,9 @@ def test_a_repeated_signup_within_the_cooldown_costs_the_same_and_queues_nothing
     assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
     counted.update(dict.fromkeys(counted, 0))
     assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
-    assert counted == {"statements": 1, "commits": 1, "rollbacks": 0, "pings": 0, "redis": 1,
-                       "through_core": 0}
+    # No confirmation owed: no hand-off.
+    assert counted == {"statements": 1, "begins": 0, "commits": 0, "rollbacks": 0, "pings": 0,
+                       "redis": 1, "through_core": 0}
     sub_id = db.session.scalar(select(Subscriber.id).where(Subscriber.email == email))
     assert db.session.scalar(
         select(func.count()).select_from(SubscriberEvent)
@@ -163,3 +171,42 @@ def test_a_drain_message_laid_out_otherwise_is_refused_not_copied_with_shared_id
     monkeypatch.setattr(base, "_templates", {})
     with pytest.raises(RuntimeError, match="not laid out as expected"):
         base.fresh_wire_message(send_confirmations)
+
+
+def test_the_confirmation_is_handed_off_once_its_signup_is_committed(app, client, make_email,
+                                                                     monkeypatch):
+    """A worker taking the entry at once finds the request committed: when the hand-off
+    reaches Redis, another connection already sees the reader and the request."""
+    from mailer.web.signup_gate import SignupGate
+
+    seen = []
+    hand_off = SignupGate.hand_off
+
+    def look_then_hand_off(self, handoff):
+        with db.engine.connect() as other:
+            seen.append(other.scalar(
+                select(Subscriber.confirm_requested_at.is_not(None))
+                .where(Subscriber.email == email)))
+        return hand_off(self, handoff)
+
+    monkeypatch.setattr(SignupGate, "hand_off", look_then_hand_off)
+    email = make_email()
+    assert client.post("/api/v1/subscribe", json={"email": email}).status_code == 202
+    assert seen == [True]
+
+
+def test_a_signup_over_a_limit_writes_nothing_and_hands_off_nothing(app, env, tmp_path,
+                                                                    make_email):
+    import redis
+
+    quiet = own_broker(env, tmp_path)
+    limited = make_app(quiet, MAILER_SIGNUP_LIMIT_IP="2 per minute").test_client()
+    queue = redis.Redis.from_url(quiet["MAILER_REDIS_URL"])
+    queue.delete(notices.CONFIRMATIONS)
+    emails = [make_email() for _ in range(3)]
+    codes = [limited.post("/api/v1/subscribe", json={"email": e}).status_code for e in emails]
+    assert codes == [202, 202, 429]
+    assert db.session.scalar(select(func.count()).select_from(Subscriber)) == 2
+    assert db.session.scalar(select(Subscriber.id).where(Subscriber.email == emails[2])) is None
+    assert queue.llen(notices.CONFIRMATIONS) == 2
+    queue.close()
