@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ipaddress
+import random
 import ssl
 import threading
 import time
@@ -17,11 +18,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailer.config import SmtpSettings
+from mailer.config import SmtpSettings, load_settings
+from mailer.links import Links
+from mailer.mail import smtp
+from mailer.mail.composer import Composer
 from mailer.mail.errors import PermanentFailure, TemporaryFailure
-from mailer.mail.notices import Outgoing
+from mailer.mail.notices import Notices, Outgoing
 from mailer.mail.smtp import NotAttempted, SmtpClient, Uncertain
 from mailer.mail.transport import SmtpTransport
+from mailer.tokens import Tokens
 from tests.helpers.servers import free_port
 
 
@@ -251,3 +256,32 @@ def test_single_messages_are_dot_stuffed_and_refusals_raised(serve):
             transport.send("news@daily.example", "later@x.example", b"Subject: x\r\n\r\nx\r\n")
     finally:
         transport.close()
+
+
+def _to_wire_by_the_patterns(data: bytes) -> bytes:
+    data = smtp._BARE_LF.sub(b"\r\n", data)
+    data = smtp._DOT_LINE.sub(b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def test_a_message_in_wire_form_is_sent_as_it_is_without_the_patterns(tmp_path, monkeypatch):
+    rng = random.Random(5321)
+    pieces = [b"\r\n", b"\n", b"\r", b".", b"..", b"a", b"Subject: x", b" ", b"=2E"]
+    samples = [b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+               for _ in range(3000)]
+    samples += [b"", b".", b"\r\n", b"a\r\n.b\r\n", b"a\r\n", b"a\r\n\r", b"\ra\r\n"]
+    for data in samples:  # the short cut changes nothing
+        assert smtp.to_wire(data) == _to_wire_by_the_patterns(data), data
+
+    class Untouched:
+        def sub(self, *args):
+            raise AssertionError("a message in wire form went through the patterns")
+
+    # What the composer builds is in wire form already (mail.encoding).
+    settings = load_settings({"MAILER_INSTANCE_PATH": str(tmp_path)})
+    tokens = Tokens(settings.secret_key)
+    notices = Notices(Composer(settings, Links(settings, tokens), tokens))
+    built = notices.confirmation("a@example.com", "uid1", dt.datetime.now(dt.UTC)).data
+    monkeypatch.setattr(smtp, "_BARE_LF", Untouched())
+    monkeypatch.setattr(smtp, "_DOT_LINE", Untouched())
+    assert smtp.to_wire(built) is built
