@@ -29,6 +29,7 @@ class Runtime:
         self.tokens = Tokens(settings.secret_key)
         self.links = Links(settings, self.tokens)
         self._composer: Composer | None = None
+        self._notices: Notices | None = None
         self._transport: Transport | None = None
         self._pid: int | None = None
         self._popularity = None
@@ -74,8 +75,11 @@ class Runtime:
 
     @property
     def notices(self) -> Notices:
-        """Confirmation, welcome and change-of-address mails, built by the composer."""
-        return Notices(self.composer)
+        """Confirmation, welcome and change-of-address mails, built by the composer; one per
+        process, which keeps the confirmations it encoded."""
+        if self._notices is None:
+            self._notices = Notices(self.composer)
+        return self._notices
 
     def email_hash(self, email: str) -> str:
         return self.tokens.keyed_hash(SUPPRESSION, email)

@@ -68,16 +68,79 @@ def list_id_line(value: str) -> str:
     return "List-Id: " + format_address(phrase.strip('"'), ident.rstrip(">"))
 
 
-def _compile_part(content: str, html: bool) -> list[bytes | tuple[str, bool]]:
+def _compile_part(content: str, html: bool, markers) -> list[bytes | tuple[str, bool]]:
     """Fixed bytes and (placeholder, is_html) slots, in order."""
     pieces: list[bytes | tuple[str, bool]] = []
     pos = 0
-    for m in _MARKERS.finditer(content):
+    for m in markers.finditer(content) if markers is not None else ():
         pieces.append(encode_qp(content[pos : m.start()], ends_part=False).encode("ascii"))
         pieces.append((m.group(0), html))
         pos = m.end()
     pieces.append((encode_qp(content[pos:], ends_part=True) + "\r\n").encode("ascii"))
     return pieces
+
+
+class CompiledBody:
+    """A multipart/alternative body (text first, quoted-printable) encoded once, with the
+    placeholders `markers` finds cut out; `join` fills them in for one message. None: no
+    placeholders, whatever the text says."""
+
+    def __init__(self, text: str, html: str, markers=_MARKERS):
+        self.boundary = "=_mlr_" + secrets.token_hex(12)  # '=' never occurs in QP-encoded text
+        part_head = (
+            'Content-Type: text/{}; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        pieces: list[bytes | tuple[str, bool]] = [
+            f"--{self.boundary}\r\n{part_head.format('plain')}".encode()
+        ]
+        pieces += _compile_part(text, html=False, markers=markers)
+        pieces.append(f"--{self.boundary}\r\n{part_head.format('html')}".encode())
+        pieces += _compile_part(html, html=True, markers=markers)
+        pieces.append(f"--{self.boundary}--\r\n".encode())
+        # Merge adjacent fixed pieces so a message is one short join.
+        merged: list[bytes | tuple[str, bool]] = []
+        for p in pieces:
+            if isinstance(p, bytes) and merged and isinstance(merged[-1], bytes):
+                merged[-1] += p
+            else:
+                merged.append(p)
+        # A message is then table[fixed pieces + encoded values] picked by one itemgetter:
+        # a digest has hundreds of tracked links, and a Python loop over them would cost
+        # more than everything else in build().
+        self._slots = sorted({p for p in merged if isinstance(p, tuple)})
+        self._fixed = [p for p in merged if isinstance(p, bytes)]
+        base = len(self._fixed)
+        slot_index = {key: base + i for i, key in enumerate(self._slots)}
+        order, k = [], 0
+        for p in merged:
+            if isinstance(p, bytes):
+                order.append(k)
+                k += 1
+            else:
+                order.append(slot_index[p])
+        # (itemgetter of one index returns the item itself, not a tuple of one.)
+        self._pick = operator.itemgetter(*order) if len(order) > 1 else lambda t: t[:1]
+
+    @property
+    def content_type(self) -> str:
+        return f'multipart/alternative; boundary="{self.boundary}"'
+
+    def join(self, values: dict[str, str]) -> bytes:
+        """The body with `values` (marker: raw value) filled in, each encoded on lines of
+        its own (mail.encoding)."""
+        table = list(self._fixed)
+        encoded: dict[str, bytes] = {}
+        for marker, is_html in self._slots:
+            raw = values[marker]
+            if is_html and _HTML_SPECIAL.search(raw):
+                table.append(encode_value(html_lib.escape(raw, quote=True)).encode("ascii"))
+                continue
+            # Links and most names read the same in both parts: encode them once.
+            if marker not in encoded:
+                encoded[marker] = encode_value(raw).encode("ascii")
+            table.append(encoded[marker])
+        return b"".join(self._pick(table))
 
 
 class CompiledVariant:
@@ -121,7 +184,7 @@ class CompiledVariant:
         mailto = settings.unsubscribe_mailto
         self._unsub_tail = f", <mailto:{mailto}?subject=unsubscribe>" if mailto else ""
 
-        boundary = "=_mlr_" + secrets.token_hex(12)  # '=' never occurs in QP-encoded text
+        self._body = CompiledBody(text, html)
         self._from_line = "From: " + letter.from_header
         self._reply_line = (
             "Reply-To: " + format_address(None, letter.reply_to) if letter.reply_to else None
@@ -130,41 +193,7 @@ class CompiledVariant:
         self._post_line = "List-Unsubscribe-Post: List-Unsubscribe=One-Click"
         self._feedback_line = f"Feedback-ID: {issue_id}:{variant_id}:digest:{self.domain}"
         self._mime_line = "MIME-Version: 1.0"
-        self._ctype_line = f'Content-Type: multipart/alternative; boundary="{boundary}"'
-
-        part_head = (
-            'Content-Type: text/{}; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        )
-        pieces: list[bytes | tuple[str, bool]] = [
-            f"--{boundary}\r\n{part_head.format('plain')}".encode()
-        ]
-        pieces += _compile_part(text, html=False)
-        pieces.append(f"--{boundary}\r\n{part_head.format('html')}".encode())
-        pieces += _compile_part(html, html=True)
-        pieces.append(f"--{boundary}--\r\n".encode())
-        # Merge adjacent fixed pieces so a message is one short join.
-        merged: list[bytes | tuple[str, bool]] = []
-        for p in pieces:
-            if isinstance(p, bytes) and merged and isinstance(merged[-1], bytes):
-                merged[-1] += p
-            else:
-                merged.append(p)
-        # A message is then table[fixed pieces + encoded values] picked by one itemgetter:
-        # a digest has hundreds of tracked links, and a Python loop over them would cost
-        # more than everything else in build().
-        self._slots = sorted({p for p in merged if isinstance(p, tuple)})
-        self._fixed = [p for p in merged if isinstance(p, bytes)]
-        base = len(self._fixed)
-        slot_index = {key: base + i for i, key in enumerate(self._slots)}
-        order, k = [], 0
-        for p in merged:
-            if isinstance(p, bytes):
-                order.append(k)
-                k += 1
-            else:
-                order.append(slot_index[p])
-        self._pick = operator.itemgetter(*order)
+        self._ctype_line = "Content-Type: " + self._body.content_type
         if signer is not None:
             # The fixed signed headers, canonicalized once.
             self._canon_fixed = {
@@ -211,18 +240,7 @@ class CompiledVariant:
     def build(self, reader: Reader) -> Outgoing:
         """The reader's message in wire form: CRLF, 7-bit, no line needing dot-stuffing."""
         values = self.values(reader)
-        table = list(self._fixed)
-        encoded: dict[str, bytes] = {}
-        for marker, is_html in self._slots:
-            raw = values[marker]
-            if is_html and _HTML_SPECIAL.search(raw):
-                table.append(encode_value(html_lib.escape(raw, quote=True)).encode("ascii"))
-                continue
-            # Links and most names read the same in both parts: encode them once.
-            if marker not in encoded:
-                encoded[marker] = encode_value(raw).encode("ascii")
-            table.append(encoded[marker])
-        body = b"".join(self._pick(table))
+        body = self._body.join(values)
 
         if self.subject_personal:
             subject = _MARKERS.sub(lambda m: values[m.group(0)], self.subject)

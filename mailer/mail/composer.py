@@ -9,7 +9,6 @@ variant built for a sample reader, with links that change no reader's state.
 
 from __future__ import annotations
 
-import secrets
 import time
 from email.utils import format_datetime, make_msgid
 
@@ -17,9 +16,9 @@ from mailer.clock import utcnow
 from mailer.config import Settings
 from mailer.links import Links
 from mailer.mail import placeholders as ph
-from mailer.mail.compiled import CompiledVariant, Reader, list_id_line
+from mailer.mail.compiled import CompiledBody, CompiledVariant, Reader, list_id_line
 from mailer.mail.dkim import SIGNED_HEADERS, DkimSigner, body_hash, canon_header
-from mailer.mail.encoding import encode_qp, fold, format_address, header_text
+from mailer.mail.encoding import fold, format_address, header_text
 from mailer.mail.notices import Outgoing
 from mailer.mail.sender import Sender
 from mailer.tokens import BOUNCE, Tokens
@@ -29,10 +28,6 @@ from mailer.tokens import BOUNCE, Tokens
 SAMPLE_UID = "~sample"
 SAMPLE_NAME = "Reader"
 TEST_PREFIX = "[Test] "
-
-_PART_HEAD = (
-    'Content-Type: text/{}; charset="utf-8"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n'
-)
 
 
 class SampleVariant(CompiledVariant):
@@ -121,37 +116,61 @@ class Composer:
         headers: dict[str, str] | None = None,
     ) -> Outgoing:
         """A single message (both parts, text first), signed when DKIM is configured."""
-        sender = self.settings.from_address
-        domain = sender.domain or "localhost"
-        boundary = "=_mlr_" + secrets.token_hex(12)  # '=' never occurs in QP-encoded text
-        lines = [
-            "From: " + format_address(sender.display_name, sender.addr_spec),
-            "To: " + format_address(None, to),
-            header_text("Subject", subject),
-            "Date: " + format_datetime(utcnow()),
-            "Message-ID: " + make_msgid(domain=domain),
-        ]
+        return self.single(subject=subject, text=text, html=html, headers=headers,
+                           markers=None).build(to)
+
+    def single(
+        self,
+        *,
+        subject: str,
+        text: str,
+        html: str,
+        headers: dict[str, str] | None = None,
+        markers=None,
+    ) -> SingleMessage:
+        """A message to one reader at a time whose parts are encoded once: the placeholders
+        `markers` (a pattern) finds in them are what each reader's build fills in."""
+        return SingleMessage(self, subject, text, html, headers, markers)
+
+
+class SingleMessage:
+    """A message of the composer's sender to one reader, encoded once (mail.compiled's
+    CompiledBody) and built per reader: a confirmation's text and HTML are the same for
+    every reader of a newsletter but for the link, and rendering and encoding them again for
+    each was most of the mail's CPU."""
+
+    def __init__(self, composer: Composer, subject: str, text: str, html: str,
+                 headers: dict[str, str] | None, markers):
+        sender = composer.settings.from_address
+        self.domain = sender.domain or "localhost"
+        self.envelope_from = sender.addr_spec
+        self.signer = composer.signer
+        self._body = CompiledBody(text, html, markers)
+        self._from_line = "From: " + format_address(sender.display_name, sender.addr_spec)
+        self._subject_line = header_text("Subject", subject)
+        extra = []
         for name, value in (headers or {}).items():
             if name.lower() == "list-id":
-                lines.append(list_id_line(value))
+                extra.append(list_id_line(value))
             else:
-                lines.append(fold(name, value))
-        lines += [
-            "MIME-Version: 1.0",
-            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+                extra.append(fold(name, value))
+        self._tail = [*extra, "MIME-Version: 1.0", "Content-Type: " + self._body.content_type]
+
+    def build(self, to: str, values: dict[str, str] | None = None) -> Outgoing:
+        """The message to `to`, its placeholders filled with `values` (marker: raw value),
+        in wire form: CRLF, 7-bit, no line needing dot-stuffing."""
+        body = self._body.join(values or {})
+        lines = [
+            self._from_line,
+            "To: " + format_address(None, to),
+            self._subject_line,
+            "Date: " + format_datetime(utcnow()),
+            "Message-ID: " + make_msgid(domain=self.domain),
+            *self._tail,
         ]
-        body = "".join(
-            (
-                f"--{boundary}\r\n{_PART_HEAD.format('plain')}",
-                encode_qp(text) + "\r\n",
-                f"--{boundary}\r\n{_PART_HEAD.format('html')}",
-                encode_qp(html) + "\r\n",
-                f"--{boundary}--\r\n",
-            )
-        ).encode("ascii")
         if self.signer is not None:
             by_name = {line.split(":", 1)[0].lower(): line for line in lines}
             canon = "".join(canon_header(by_name[n]) for n in SIGNED_HEADERS if n in by_name)
             lines = self.signer.signatures(canon, body_hash(body)) + lines
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
-        return Outgoing(sender.addr_spec, to, head + body)
+        return Outgoing(self.envelope_from, to, head + body)

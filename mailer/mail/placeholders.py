@@ -20,6 +20,10 @@ OPEN_PIXEL_URL = "%%MLR_OPEN_URL%%"  # only present when MAILER_OPEN_PIXEL=on
 
 ALL = (NAME, EMAIL, UNSUBSCRIBE_URL, PREFERENCES_URL, CLICK_BASE, OPEN_PIXEL_URL)
 
+# A confirmation's link (mail.notices): its text and HTML are encoded once per newsletter
+# look and list of newsletters, and each reader's link patched in. Not a digest's.
+CONFIRM_URL = "%%MLR_CONFIRM_URL%%"
+
 
 def neutralize(text: str) -> str:
     """Make content that happens to contain the marker prefix inert (before rendering)."""

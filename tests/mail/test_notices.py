@@ -71,3 +71,46 @@ def test_the_templates_files_are_read_once_not_looked_at_before_every_message(tm
     out = n.confirmation("b@example.com", "uid2", REQUESTED)
     assert b"b@example.com" in out.data
     assert looked == []
+
+
+def test_a_confirmation_is_rendered_once_per_look_and_newsletters_each_with_its_own_link(
+    tmp_path, monkeypatch
+):
+    from mailer.mail import notices as notices_module
+    from mailer.mail.look import Look
+    from mailer.mail.templates import render_pair
+
+    n = notices(tmp_path)
+    rendered = []
+    monkeypatch.setattr(notices_module, "render_pair",
+                        lambda *a, **k: rendered.append(a) or render_pair(*a, **k))
+    look = Look(title="The Daily", accent="#aa0000", footer_html="<p>F</p>", footer_text="F")
+    asked = [("Mornings", "The news at seven = before the coffee."), ("Évenings", None)]
+    for k in range(3):
+        out = n.confirmation(f"r{k}@example.com", f"uid{k}", REQUESTED, look, asked)
+        msg = parse(out.data)
+        assert out.recipient == f"r{k}@example.com" and msg["To"] == f"r{k}@example.com"
+        # What rendering the templates for this reader gives, to the character.
+        url = n.links.confirm(f"uid{k}", REQUESTED)
+        text, html = render_pair(
+            "confirm", list_name=n.settings.list_name, postal_address=n.settings.postal_address,
+            base_url=n.settings.base_url, look=look, confirm_url=url, valid_days=7,
+            newsletters=[{"name": a, "description": b} for a, b in asked])
+        crlf = [part.replace("\n", "\r\n") for part in (text, html)]
+        assert [p.get_content() for p in msg.iter_parts()] == crlf
+        assert max(len(line) for line in out.data.split(b"\r\n")) <= 78
+    assert len(rendered) == 2  # the check for the placeholders' prefix, then the message
+    n.confirmation("s@example.com", "uid9", REQUESTED, look, asked[:1])
+    assert len(rendered) == 4  # other newsletters asked for: another message
+
+
+def test_a_newsletter_whose_text_holds_the_placeholders_prefix_is_rendered_as_written(tmp_path):
+    from mailer.mail import placeholders as ph
+
+    n = notices(tmp_path)
+    for k in range(2):
+        msg = parse(n.confirmation(f"r{k}@example.com", f"uid{k}", REQUESTED,
+                                   newsletters=[(ph.CONFIRM_URL, ph.NAME)]).data)
+        text = msg.get_body(("plain",)).get_content()
+        assert f"asked to receive {ph.CONFIRM_URL} at this address" in text
+        assert ph.NAME in text and text.count(n.links.confirm(f"uid{k}", REQUESTED)) == 1
