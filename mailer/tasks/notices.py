@@ -175,6 +175,13 @@ def send_confirmations() -> dict:
 
 
 def _drain(rt, client) -> dict:
+    # One connection for the whole drain: a drain that keeps up takes a few entries at a
+    # time, and a connection per take cost more than their claims.
+    with _claims() as at_once:
+        return _drain_on(rt, client, at_once)
+
+
+def _drain_on(rt, client, at_once) -> dict:
     done: Counter = Counter()
     while True:
         entries = client.rpop(CONFIRMATIONS, DRAIN_TAKE)  # the oldest first
@@ -190,18 +197,17 @@ def _drain(rt, client) -> dict:
             continue
         client.expire(DRAINING, DRAINING_TTL)
         later = []
-        with _claims() as at_once:
-            for entry in entries:
-                sub_id, requested = entry.decode().split(" ", 1)
-                confirmation = (int(sub_id), datetime.fromisoformat(requested))
-                # A request not committed yet is tried again after the others, not before.
-                outcome = _drained(rt, *confirmation, waits=0, at_once=at_once)
-                if outcome == NOT_COMMITTED:
-                    later.append(confirmation)
-                else:
-                    done[outcome] += 1
+        for entry in entries:
+            sub_id, requested = entry.decode().split(" ", 1)
+            confirmation = (int(sub_id), datetime.fromisoformat(requested))
+            # A request not committed yet is tried again after the others, not before.
+            outcome = _drained(rt, *confirmation, waits=0, at_once=at_once)
+            if outcome == NOT_COMMITTED:
+                later.append(confirmation)
+            else:
+                done[outcome] += 1
         for sub_id, since in later:
-            outcome = _drained(rt, sub_id, since, waits=0)
+            outcome = _drained(rt, sub_id, since, waits=0, at_once=at_once)
             if outcome == NOT_COMMITTED:
                 # Still not visible: a task of its own waits for it (send_confirmation),
                 # so a request that never commits holds up no other reader's mail.
@@ -212,11 +218,11 @@ def _drain(rt, client) -> dict:
 
 @contextmanager
 def _claims():
-    """One connection for a drain's entries taken at once: on PostgreSQL, in autocommit
-    mode, so each claim is one statement and one round trip (_take's `at_once`), still
-    committed before its mail is sent: a worker killed mid-drain leaves at most the one
-    confirmation it was sending claimed and unsent, as before. Elsewhere None (SQLite's
-    claim is two statements, which need their transaction)."""
+    """One connection for a drain's claims: on PostgreSQL, in autocommit mode, so each
+    claim is one statement and one round trip (_take's `at_once`), still committed before
+    its mail is sent: a worker killed mid-drain leaves at most the one confirmation it was
+    sending claimed and unsent, as before. Elsewhere None (SQLite's claim is two
+    statements, which need their transaction)."""
     if db.engine.dialect.name != "postgresql":
         yield None
         return

@@ -265,6 +265,26 @@ def test_a_drains_claim_is_its_own_transaction_and_committed_before_its_mail(
 
 
 @pytest.mark.redis
+def test_a_drain_takes_one_connection_from_the_pool_for_all_its_takes(quiet, smtp, make_email):
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's claims are transactions of their own")
+    emails = [make_email() for _ in range(2 * notices.DRAIN_TAKE + 1)]  # three takes
+    _queued(emails)
+    checkouts = []
+
+    def checked_out(*_args):
+        checkouts.append(1)
+
+    event.listen(db.engine, "checkout", checked_out)
+    try:
+        assert send_confirmations() == {"sent": len(emails)}
+    finally:
+        event.remove(db.engine, "checkout", checked_out)
+    assert len(checkouts) == 1
+    assert all(len(smtp.wait_for(e)) == 1 for e in emails)
+
+
+@pytest.mark.redis
 def test_a_signup_between_the_last_pop_and_the_end_of_the_drain_is_mailed(
     quiet, smtp, make_email, monkeypatch
 ):
