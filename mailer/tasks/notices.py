@@ -147,6 +147,7 @@ CONFIRMATIONS = "mailer-confirmations"
 DRAINING = "mailer-confirmations-draining"
 DRAINING_TTL = 30  # seconds
 DRAIN_TAKE = 20  # entries taken from the list at a time
+DRAIN_LINGER = 0.2  # seconds a drain waits on an empty list before it ends
 
 
 def confirmation_entry(subscriber_id: int, requested: datetime) -> bytes:
@@ -185,6 +186,13 @@ def _drain_on(rt, client, at_once) -> dict:
     done: Counter = Counter()
     while True:
         entries = client.rpop(CONFIRMATIONS, DRAIN_TAKE)  # the oldest first
+        if not entries:
+            # Signups arrive one by one, each after its COMMIT: a worker that keeps up finds
+            # the list empty after every few. Waiting a moment for the next one (a blocking
+            # pop, no CPU) keeps one drain going through a burst, instead of a task, with
+            # the broker's and Celery's work around it, for every few confirmations.
+            taken = client.brpop([CONFIRMATIONS], timeout=DRAIN_LINGER)
+            entries = [taken[1]] if taken else None
         if not entries:
             client.delete(DRAINING)
             # A signup that pushed after the last pop and before the delete saw DRAINING

@@ -285,6 +285,35 @@ def test_a_drain_takes_one_connection_from_the_pool_for_all_its_takes(quiet, smt
 
 
 @pytest.mark.redis
+def test_a_drain_waits_a_moment_on_an_empty_list_for_the_next_signup(
+    quiet, smtp, make_email, monkeypatch
+):
+    """Signups hand their confirmations over one by one: the drain that finds the list empty
+    waits DRAIN_LINGER for the next one and mails it too, instead of ending and leaving the
+    next signup to start a task of its own."""
+    first, next_one = make_email(), make_email()
+    _queued([first])
+    client = notices._redis(runtime().settings)
+    brpop = type(client).brpop
+    waits = []
+
+    def signup_while_waiting(self, keys, timeout=0):
+        waits.append(timeout)
+        if len(waits) == 1:  # the next signup's hand-off, while the drain waits
+            self.lpush(notices.CONFIRMATIONS, notices.confirmation_entry(
+                *_signed_up(next_one)))
+        return brpop(self, keys, timeout=timeout)
+
+    monkeypatch.setattr(type(client), "brpop", signup_while_waiting)
+    started = time.monotonic()
+    assert send_confirmations() == {"sent": 2}
+    assert waits == [notices.DRAIN_LINGER] * 2  # then nothing came: the drain ended
+    assert time.monotonic() - started < 5
+    assert not client.exists(notices.DRAINING)
+    assert len(smtp.wait_for(first)) == 1 and len(smtp.wait_for(next_one)) == 1
+
+
+@pytest.mark.redis
 def test_a_signup_between_the_last_pop_and_the_end_of_the_drain_is_mailed(
     quiet, smtp, make_email, monkeypatch
 ):
