@@ -42,7 +42,7 @@ def clean_database(engine) -> None:
             ).mappings().first()
             first = _FIRST[str(engine.url)] = dict(row)
         if engine.dialect.name == "postgresql":
-            conn.execute(text(f"TRUNCATE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            _empty_postgres(conn, tables)
         else:
             for name in reversed(tables):
                 conn.execute(text(f"DELETE FROM {name}"))
@@ -52,6 +52,36 @@ def clean_database(engine) -> None:
             update(newsletters).where(newsletters.c.id == first["id"]).values(**values)
         ).rowcount:
             conn.execute(insert(newsletters).values(**first))
+
+
+# Per database: the sequences behind the emptied tables' ids.
+_SEQUENCES: dict[str, list[str]] = {}
+
+
+def _empty_postgres(conn, tables: list[str]) -> None:
+    """DELETE what the tables hold, children first, and start their ids at 1 again.
+
+    TRUNCATE of every table cost about 0.7 s a test here (each table gets new files), most
+    tests leave most tables empty, and a DELETE of a few rows costs next to nothing: one
+    statement finds the tables that hold rows, and only those are emptied. The sequences
+    start again from 1 whether or not their table holds rows now (a rolled-back insert
+    moves one too); the first newsletter's keeps its place."""
+    sequences = _SEQUENCES.get(str(conn.engine.url))
+    if sequences is None:
+        found = conn.execute(text(
+            "SELECT seq.oid::regclass::text FROM pg_class seq"
+            " JOIN pg_depend dep ON dep.objid = seq.oid AND dep.deptype IN ('a', 'i')"
+            " JOIN pg_class owner ON owner.oid = dep.refobjid"
+            " WHERE seq.relkind = 'S' AND owner.relname = ANY(:tables)"
+        ), {"tables": tables}).scalars()
+        sequences = _SEQUENCES[str(conn.engine.url)] = sorted(found)
+    held = set(conn.execute(text(" UNION ALL ".join(
+        f"SELECT '{name}' WHERE EXISTS (SELECT FROM {name})" for name in tables
+    ))).scalars())
+    for name in reversed(tables):  # sorted_tables puts parents first
+        if name in held:
+            conn.execute(text(f"DELETE FROM {name}"))
+    conn.execute(text("SELECT " + ", ".join(f"setval('{s}', 1, false)" for s in sequences)))
 
 
 def start_clean(base_env, smtp, redis_server, workers, settle_seconds: float = 10.0) -> None:
