@@ -6,6 +6,9 @@ its own: the cache is keyed by the process id, so no child ever writes on a sock
 opened (redis-py's pool resets itself after a fork too, but only a client built in the child
 is sure to start clean, whoever built the parent's). script(client, source) is a Lua script
 on such a client, made once and reused, that reloads itself after a Redis restart.
+held(client) is that client's connections held one per thread, for the hot paths (a
+signup's two scripts, a drain's takes): a call on a held connection is the command's send
+and its reply, without the pool's checkout and the client's retry wrapper around each.
 
 Degrading is for the callers that have a local way to do without Redis: the signup's rate
 limits (counters in this process), an issue's progress (counted here), article popularity
@@ -63,6 +66,74 @@ def script(client, source: str):
     found = _scripts.get(key)
     if found is None:
         found = _scripts.setdefault(key, client.register_script(source))
+    return found
+
+
+class Held:
+    """The connections of one client (`held(client)`), one per thread, each taken once and
+    kept. A small script's call through the client costs about twice its CPU on a held
+    connection (the pool's checkout polls the socket; the retry wrapper and the client's
+    bookkeeping run around every command). The same failures raise: a connection the server
+    closed (Redis restarted, an idle timeout) is made again and the command sent once more,
+    as the client's own retry does; a timeout raises at once (Degrading's callers then do
+    without for the back-off)."""
+
+    def __init__(self, client):
+        self.client = client
+        self._local = threading.local()
+
+    def _connection(self):
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self.client.connection_pool.make_connection()
+        return connection
+
+    def command(self, *args):
+        """Send the command `args` on this thread's connection; its reply, decoded as the
+        client's settings say (bytes by default)."""
+        from redis.exceptions import ConnectionError
+
+        connection = self._connection()
+        try:
+            return self._once(connection, args)
+        except ConnectionError:
+            connection.disconnect()
+            return self._once(connection, args)
+
+    @staticmethod
+    def _once(connection, args):
+        connection.send_command(*args, check_health=False)
+        return connection.read_response()
+
+    def script(self, script, keys, args):
+        """Run `script` (a redis-py Script, as script() makes) with `keys` and `args`: by its
+        SHA1, loaded again when the server has forgotten it, as Script's own call does."""
+        from redis.exceptions import NoScriptError
+
+        try:
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            sha = self.command("SCRIPT", "LOAD", script.script)
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            return self.command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def close(self) -> None:
+        """Close this thread's connection (the next command opens another)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.disconnect()
+
+
+_held: dict[Any, Held] = {}
+
+
+def held(client) -> Held:
+    """`client`'s connections held one per thread (Held), made on first use. A client is
+    this process's own (client() is per process), so is its Held."""
+    found = _held.get(client)
+    if found is None:
+        with _lock:
+            found = _held.setdefault(client, Held(client))
     return found
 
 

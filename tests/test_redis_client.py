@@ -145,3 +145,53 @@ def test_a_script_still_runs_after_redis_restarted_and_forgot_it(own_redis):
         assert client.script_exists(script.sha) == [True]
     finally:
         client.close()
+
+
+# --- Held connections ------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_held_connections_are_one_per_thread_and_kept(redis_server):
+    import threading
+
+    client = redis_client.client(redis_server.url, timeout=0.5)
+    held = redis_client.held(client)
+    assert redis_client.held(client) is held
+    assert redis_client.held(redis_client.client(redis_server.url, timeout=5)) is not held
+    try:
+        mine = held.command("CLIENT", "ID")
+        assert held.command("CLIENT", "ID") == mine  # the same connection, kept
+        assert client.client_id() != mine  # not one of the client's pooled ones
+        other = []
+        thread = threading.Thread(target=lambda: other.append(held.command("CLIENT", "ID")))
+        thread.start()
+        thread.join()
+        assert other and other[0] != mine
+        script = redis_client.script(client, COUNT)
+        assert held.script(script, ["test-held-count"], [2]) == 2
+        assert held.script(script, ["test-held-count"], [3]) == 5
+    finally:
+        client.delete("test-held-count")
+        held.close()
+
+
+def test_a_held_connection_is_made_again_after_redis_restarted(own_redis):
+    client = redis_client.client(own_redis.url, timeout=2)
+    held = redis_client.held(client)
+    script = redis_client.script(client, COUNT)
+    try:
+        assert held.script(script, ["counted"], [2]) == 2
+        own_redis.restart()  # the held connection's socket is closed; the script forgotten
+        assert held.script(script, ["counted"], [3]) == 3  # reconnected, loaded again, run
+        assert client.script_exists(script.sha) == [True]
+    finally:
+        held.close()
+        client.close()
+
+
+def test_a_held_connection_to_a_dead_redis_raises_so_the_caller_degrades(caplog):
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    degrading = Degrading("test counts", timeout=0.5, log=log, backoff=60.0)
+    with caplog.at_level(logging.WARNING, logger=log.name):
+        assert degrading.run(dead, lambda c: redis_client.held(c).command("INCR", "n")) is None
+    assert degrading.down(dead)

@@ -182,17 +182,25 @@ def _drain(rt, client) -> dict:
         return _drain_on(rt, client, at_once)
 
 
+def _take_entries(held) -> list[bytes] | None:
+    """Up to DRAIN_TAKE entries, the oldest first; on an empty list, wait DRAIN_LINGER for
+    the next one. Signups arrive one by one, each after its COMMIT: a worker that keeps up
+    finds the list empty after every few. Waiting a moment for the next one (a blocking
+    pop, no CPU) keeps one drain going through a burst, instead of a task, with the
+    broker's and Celery's work around it, for every few confirmations. One command
+    (BLMPOP, Redis 7) on the drain's held connection: it answers at once when the list has
+    entries, and takes every entry there is, up to DRAIN_TAKE, when one arrives."""
+    taken = held.command("BLMPOP", DRAIN_LINGER, 1, CONFIRMATIONS, "RIGHT",
+                         "COUNT", DRAIN_TAKE)
+    return taken[1] if taken else None
+
+
 def _drain_on(rt, client, at_once) -> dict:
     done: Counter = Counter()
+    held = redis_client.held(client)
+    kept_until = 0.0  # DRAINING's lifetime renewed: not before this (monotonic)
     while True:
-        entries = client.rpop(CONFIRMATIONS, DRAIN_TAKE)  # the oldest first
-        if not entries:
-            # Signups arrive one by one, each after its COMMIT: a worker that keeps up finds
-            # the list empty after every few. Waiting a moment for the next one (a blocking
-            # pop, no CPU) keeps one drain going through a burst, instead of a task, with
-            # the broker's and Celery's work around it, for every few confirmations.
-            taken = client.brpop([CONFIRMATIONS], timeout=DRAIN_LINGER)
-            entries = [taken[1]] if taken else None
+        entries = _take_entries(held)
         if not entries:
             client.delete(DRAINING)
             # A signup that pushed after the last pop and before the delete saw DRAINING
@@ -203,7 +211,11 @@ def _drain_on(rt, client, at_once) -> dict:
             ):
                 return dict(done)
             continue
-        client.expire(DRAINING, DRAINING_TTL)
+        if time.monotonic() >= kept_until:
+            # Renewed a third of its lifetime at most: a command per take cost as much
+            # as the take.
+            client.expire(DRAINING, DRAINING_TTL)
+            kept_until = time.monotonic() + DRAINING_TTL / 3
         later = []
         for entry in entries:
             sub_id, requested = entry.decode().split(" ", 1)

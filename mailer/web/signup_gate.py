@@ -17,7 +17,9 @@ The limits come first so that the statement can be its own transaction (autocomm
 BEGIN, no COMMIT round trips) and a refused signup still writes nothing; the confirmation
 comes after it, so a worker never takes one whose request is not committed yet.
 
-Redis down, restarting or slow (timeouts of half a second): limits fall back to counters in
+Both run on a connection each web thread holds (redis_client.held): about half the
+client's CPU per call of the pool's checkout and retry wrapper. Redis down, restarting or
+slow (timeouts of half a second): limits fall back to counters in
 this process for redis_client.BACKOFF seconds, the signup is committed all the same, and
 its confirmation, owed in SQL, is sent by the sweeper in every worker (a minute later).
 Never a 500. In the embedded mode (no Redis) the counters are in-process and the caller enqueues
@@ -124,16 +126,18 @@ class SignupGate:
         keys = [key for key, *_ in windows]
         args = [item.amount for _, item, *_ in windows]
         args += [item.get_expiry() * 1000 for _, item, *_ in windows]
-        allowed, pttl = redis_client.script(client, LIMITS)(keys=keys, args=args)
+        allowed, pttl = redis_client.held(client).script(
+            redis_client.script(client, LIMITS), keys, args)
         if not allowed:
             return Verdict(False, retry_after=max(1, -(-int(pttl) // 1000)))
         return Verdict(True)
 
     @staticmethod
     def _hand_off(client, handoff: Handoff) -> int:
-        return redis_client.script(client, HANDOFF)(
-            keys=[handoff.entries, handoff.draining, handoff.queue],
-            args=[handoff.entry, handoff.draining_ttl, handoff.message],
+        return redis_client.held(client).script(
+            redis_client.script(client, HANDOFF),
+            [handoff.entries, handoff.draining, handoff.queue],
+            [handoff.entry, handoff.draining_ttl, handoff.message],
         )
 
     def _admit_memory(self, idents) -> Verdict:

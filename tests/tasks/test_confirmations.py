@@ -290,23 +290,30 @@ def test_a_drain_waits_a_moment_on_an_empty_list_for_the_next_signup(
     """Signups hand their confirmations over one by one: the drain that finds the list empty
     waits DRAIN_LINGER for the next one and mails it too, instead of ending and leaving the
     next signup to start a task of its own."""
+    import threading
+
     first, next_one = make_email(), make_email()
     _queued([first])
     client = notices._redis(runtime().settings)
-    brpop = type(client).brpop
-    waits = []
+    take = notices._take_entries
+    takes = []
 
-    def signup_while_waiting(self, keys, timeout=0):
-        waits.append(timeout)
-        if len(waits) == 1:  # the next signup's hand-off, while the drain waits
-            self.lpush(notices.CONFIRMATIONS, notices.confirmation_entry(
-                *_signed_up(next_one)))
-        return brpop(self, keys, timeout=timeout)
+    def signup_while_waiting(held):
+        takes.append(time.monotonic())
+        if len(takes) == 3:  # the second take: the list is empty now: the next signup hands off meanwhile
+            entry = notices.confirmation_entry(*_signed_up(next_one))
+            threading.Timer(notices.DRAIN_LINGER / 4, client.lpush,
+                            (notices.CONFIRMATIONS, entry)).start()
+        taken = take(held)
+        takes.append(taken)
+        return taken
 
-    monkeypatch.setattr(type(client), "brpop", signup_while_waiting)
+    monkeypatch.setattr(notices, "_take_entries", signup_while_waiting)
     started = time.monotonic()
     assert send_confirmations() == {"sent": 2}
-    assert waits == [notices.DRAIN_LINGER] * 2  # then nothing came: the drain ended
+    # Three takes: the first signup's, the next one's after a wait, then nothing came for
+    # DRAIN_LINGER and the drain ended.
+    assert len(takes) == 6 and takes[3] and takes[5] is None, takes
     assert time.monotonic() - started < 5
     assert not client.exists(notices.DRAINING)
     assert len(smtp.wait_for(first)) == 1 and len(smtp.wait_for(next_one)) == 1
