@@ -385,13 +385,20 @@ def _ask_for(session: Session, subscriber_id: int, newsletter_ids, frequency, se
     session.flush()
 
 
-def _signup_statement():
+def _signup_statement(hooked: bool = True):
     """INSERT the new reader, or else ask an existing one for another confirmation, then
     record the consent and the history line, and the subscriber.created event with its
     webhook deliveries when an endpoint wants it: one round trip (PostgreSQL's
     data-modifying CTEs). Built once; parameter names are not column names (an UPDATE would
-    take those as values to SET); `asked` yields the reader's id when a confirmation is
-    owed, beside the ids of the webhook deliveries to hand out."""
+    take those as values to SET). Its row: the reader's id when a confirmation is owed, the
+    ids of the webhook deliveries to hand out, and whether an endpoint wants the event.
+
+    Without `hooked`, the statement has no webhook steps (their plan's parts cost the
+    server about as much as the foreign-key checks on every signup) and writes nothing at
+    all when an endpoint wants the event: its row then says so, and the caller runs the
+    full statement. Both decide in the same snapshot as the rest of the statement, so a
+    signup leaves the same rows either way (the event goes to every endpoint committed
+    before the statement that writes the reader)."""
     from sqlalchemy import (
         BigInteger,
         String,
@@ -408,24 +415,31 @@ def _signup_statement():
 
     now = bindparam("s_now", type_=Subscriber.__table__.c.created_at.type)
     cutoff = bindparam("s_cutoff", type_=Subscriber.__table__.c.created_at.type)
+    endpoints = HookEndpoint.__table__
+    wanted = hooks.wants("subscriber.created")
+    hook_wanted = select(endpoints.c.id).where(wanted).exists()
+    columns = {
+        "uid": bindparam("s_uid"),
+        "email": bindparam("s_email"),
+        "name": bindparam("s_name"),
+        "status": literal_column(f"'{SubscriberStatus.PENDING.value}'"),
+        "frequency": bindparam("s_frequency", type_=Subscriber.__table__.c.frequency.type),
+        "sections": bindparam("s_sections"),
+        "source": bindparam("s_source"),
+        "created_at": now,
+        "updated_at": now,
+        "confirm_requested_at": now,
+        # Every NOT NULL column, listed: the server default alone is not enough for a
+        # statement that names its columns (a column left out here broke every signup).
+        "bounce_score": literal_column("0"),
+    }
+    if hooked:
+        new = insert(Subscriber.__table__).values(**columns)
+    else:  # nothing written when an endpoint wants the event: the full statement's work
+        new = insert(Subscriber.__table__).from_select(
+            list(columns), select(*columns.values()).where(~hook_wanted))
     new = (
-        insert(Subscriber.__table__)
-        .values(
-            uid=bindparam("s_uid"),
-            email=bindparam("s_email"),
-            name=bindparam("s_name"),
-            status=literal_column(f"'{SubscriberStatus.PENDING.value}'"),
-            frequency=bindparam("s_frequency", type_=Subscriber.__table__.c.frequency.type),
-            sections=bindparam("s_sections"),
-            source=bindparam("s_source"),
-            created_at=now,
-            updated_at=now,
-            confirm_requested_at=now,
-            # Every NOT NULL column, listed: the server default alone is not enough for a
-            # statement that names its columns (a column left out here broke every signup).
-            bounce_score=literal_column("0"),
-        )
-        .on_conflict_do_nothing(index_elements=["email"])
+        new.on_conflict_do_nothing(index_elements=["email"])
         .returning(Subscriber.__table__.c.id, literal_column("'signup'").label("kind"))
         .cte("new")
     )
@@ -440,6 +454,7 @@ def _signup_statement():
             ),
             Subscriber.__table__.c.confirm_requested_at.is_(None)
             | (Subscriber.__table__.c.confirm_requested_at <= cutoff),
+            *(() if hooked else (~hook_wanted,)),
         )
         .values(confirm_requested_at=now, updated_at=now)
         .returning(Subscriber.__table__.c.id, literal_column("'signup-repeated'").label("kind"))
@@ -513,9 +528,13 @@ def _signup_statement():
         )
         .cte("event")
     )
+    if not hooked:
+        # One row whatever was written: the reader's id (or none) and whether an endpoint
+        # wants the event (then nothing was written).
+        return select(
+            select(asked.c.id).scalar_subquery(), null(), hook_wanted
+        ).add_cte(asked_for, consent, event)
     # The event of a new reader: its payload is built in Python, the id filled in here.
-    endpoints = HookEndpoint.__table__
-    wanted = hooks.wants("subscriber.created")
     hook_event = (
         insert(HookEvent.__table__)
         .from_select(
@@ -530,7 +549,7 @@ def _signup_statement():
                     String,
                 ),
                 now,
-            ).where(select(endpoints.c.id).where(wanted).exists()),
+            ).where(hook_wanted),
         )
         .returning(HookEvent.__table__.c.id)
         .cte("hook_event")
@@ -549,52 +568,67 @@ def _signup_statement():
         .cte("hook_deliveries")
     )
     hook_ids = select(func.array_agg(hook_deliveries.c.id)).scalar_subquery()
-    return select(asked.c.id, hook_ids).add_cte(
+    return select(asked.c.id, hook_ids, hook_wanted).add_cte(
         asked_for, consent, event, hook_event, hook_deliveries
     )
 
 
-_SIGNUP = None
+_SIGNUP: dict[bool, DriverStatement] = {}  # hooked -> the statement
+# Whether the last signup of this process saw an endpoint that wants subscriber.created:
+# which statement the next one tries first. A wrong guess costs a round trip, never an
+# event (_signup_statement).
+_hooked = False
 
 
 def _subscribe_in_one_statement(
     session: Session, at_once: Connection | None, email, name, frequency, sections,
     consent: ConsentInfo, cutoff, now, newsletter_ids: list[int] | None,
 ) -> SignupResult:
-    global _SIGNUP
-    if _SIGNUP is None:
-        _SIGNUP = DriverStatement(_signup_statement())
+    global _hooked
     source = consent.source[:200]
-    reader = {"id": 0, "status": str(SubscriberStatus.PENDING), "email": email, "name": name,
-              "frequency": str(frequency), "sections": sections_list(sections),
-              "source": source}
+    params = {
+        "s_uid": new_uid(),
+        "s_email": email,
+        "s_name": name,
+        "s_frequency": frequency,
+        "s_sections": sections,
+        "s_source": source,
+        "s_now": now,
+        "s_cutoff": cutoff,
+        "s_newsletters": newsletter_ids,
+        "s_ip": consent.ip,
+        "s_user_agent": (consent.user_agent or "")[:500] or None,
+        "s_wording": consent.wording,
+    }
     # Straight on the driver, through the session's connection and in its transaction (or
     # on `at_once`, a transaction of its own): the statement touches no ORM object, and the
     # ORM's and then Core's execute paths around it cost as much CPU as the driver's own
     # (db.DriverStatement).
-    row = _SIGNUP.first(
-        session.connection() if at_once is None else at_once,
-        {
-            "s_uid": new_uid(),
-            "s_email": email,
-            "s_name": name,
-            "s_frequency": frequency,
-            "s_sections": sections,
-            "s_source": source,
-            "s_now": now,
-            "s_cutoff": cutoff,
-            "s_newsletters": newsletter_ids,
-            "s_ip": consent.ip,
-            "s_user_agent": (consent.user_agent or "")[:500] or None,
-            "s_wording": consent.wording,
-            "h_uid": hooks.new_msg_id(),
-            "h_payload": json.dumps({"subscriber": reader}),
-        },
-    )
-    sub_id, hook_deliveries = row if row is not None else (None, None)
+    connection = session.connection() if at_once is None else at_once
+    if not _hooked:
+        sub_id, _, hooked = _signup(False).first(connection, params)
+        if not hooked:
+            return SignupResult(sub_id, sub_id is not None)
+        _hooked = True  # it wrote nothing: the full statement, from now on
+    reader = {"id": 0, "status": str(SubscriberStatus.PENDING), "email": email, "name": name,
+              "frequency": str(frequency), "sections": sections_list(sections),
+              "source": source}
+    row = _signup(True).first(connection, {
+        **params, "h_uid": hooks.new_msg_id(), "h_payload": json.dumps({"subscriber": reader}),
+    })
+    sub_id, hook_deliveries, hooked = row if row is not None else (None, None, True)
+    if not hooked:  # the last endpoint went: the short statement, from the next signup on
+        _hooked = False
     for delivery_id in hook_deliveries or ():
         hooks.hand_out(session, delivery_id)
     return SignupResult(sub_id, sub_id is not None)
+
+
+def _signup(hooked: bool) -> DriverStatement:
+    found = _SIGNUP.get(hooked)
+    if found is None:
+        found = _SIGNUP.setdefault(hooked, DriverStatement(_signup_statement(hooked)))
+    return found
 
 
 class LinkUsed(Conflict):

@@ -11,10 +11,19 @@ from sqlalchemy import func, select
 
 from mailer.clock import utcnow
 from mailer.db import db
-from mailer.models import Frequency, HookDelivery, HookEndpoint, HookEvent, Issue
+from mailer.models import (
+    ConsentRecord,
+    Frequency,
+    HookDelivery,
+    HookEndpoint,
+    HookEvent,
+    Issue,
+    SubscriberEvent,
+)
 from mailer.services import after_commit, hook_endpoints, hooks, issue_states, newsletters
 from mailer.services import subscriptions as subs
 from mailer.tasks.base import hand_over
+from tests.helpers.app import statements
 
 CONSENT = subs.ConsentInfo(source="form", wording="Send me the newsletter.")
 
@@ -97,6 +106,69 @@ def test_without_an_endpoint_nothing_is_written(handed, make_email):
     with db.transaction() as s:
         signup(s, make_email())
     assert events() == [] and handed == []
+
+
+def _rows_of(email: str) -> tuple[int, int, int]:
+    """A reader's rows: (readers, consent records, history lines)."""
+    with db.transaction() as s:
+        sub_id = s.scalar(select(subs.Subscriber.id).where(subs.Subscriber.email == email))
+        return (1 if sub_id else 0,
+                s.scalar(select(func.count()).select_from(ConsentRecord)
+                         .where(ConsentRecord.subscriber_id == sub_id)),
+                s.scalar(select(func.count()).select_from(SubscriberEvent)
+                         .where(SubscriberEvent.subscriber_id == sub_id)))
+
+
+def test_an_endpoint_added_while_signups_had_none_gets_the_next_signups_event(
+        handed, make_email):
+    """A process whose signups found no endpoint leaves the webhook steps out of the next
+    one's statement (on PostgreSQL); an endpoint added meanwhile, by another process, still
+    gets that next signup's event, and the signup's rows are written once."""
+    alone = make_email()
+    with db.transaction() as s, statements(db.engine) as seen:
+        signup(s, alone)
+    assert events() == [] and handed == []
+    if db.engine.dialect.name == "postgresql":
+        assert len(seen) == 1 and "hook_deliveries" not in seen[0]  # no webhook steps
+    added = endpoint("subscriber.created")  # committed by another process's console
+    email = make_email()
+    with db.transaction() as s:
+        sub_id = signup(s, email)
+    (event,) = events()
+    assert event.subscriber_id == sub_id and json.loads(event.payload)["subscriber"]["id"] == sub_id
+    with db.transaction() as s:
+        assert [d.endpoint_id for d in s.scalars(select(HookDelivery))] == [added]
+    assert [i.task for i in handed] == [hooks.TASK]
+    assert _rows_of(email) == (1, 1, 1)
+    # The next one again, and a returning reader's asking again, with the endpoint there.
+    with db.transaction() as s:
+        signup(s, make_email())
+    assert len(events()) == 2
+    # Once the last endpoint is gone, the webhook steps are left out again.
+    with db.transaction() as s:
+        hook_endpoints.remove(s, added)
+    with db.transaction() as s:
+        signup(s, make_email())
+    with db.transaction() as s, statements(db.engine) as seen:
+        signup(s, make_email())
+    if db.engine.dialect.name == "postgresql":
+        assert len(seen) == 1 and "hook_deliveries" not in seen[0]
+    assert len(events()) == 2
+
+
+def test_a_returning_reader_asks_again_once_when_an_endpoint_was_added(handed, make_email):
+    email = make_email()
+    with db.transaction() as s:
+        sub_id = signup(s, email)
+    with db.transaction() as s:  # past the cooldown: the next signup asks again
+        s.get(subs.Subscriber, sub_id).confirm_requested_at -= timedelta(hours=1)
+    endpoint("subscriber.created")
+    with db.transaction() as s:
+        assert subs.subscribe(s, email=email, name="Ada", frequency=Frequency.WEEKLY,
+                              sections="", consent=CONSENT, cooldown=timedelta(minutes=10)
+                              ).send_confirmation
+    assert _rows_of(email) == (1, 2, 2)  # one more consent record and history line, no more
+    assert events() == []  # not a new reader: no subscriber.created
 
 
 def test_a_repeated_signup_is_no_new_event(handed, make_email):

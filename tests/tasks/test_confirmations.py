@@ -290,7 +290,6 @@ def test_a_drain_waits_a_moment_on_an_empty_list_for_the_next_signup(
     """Signups hand their confirmations over one by one: the drain that finds the list empty
     waits DRAIN_LINGER for the next one and mails it too, instead of ending and leaving the
     next signup to start a task of its own."""
-    import threading
 
     first, next_one = make_email(), make_email()
     _queued([first])
