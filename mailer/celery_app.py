@@ -66,9 +66,27 @@ def celery_config(settings: Settings) -> dict:
         }
     else:
         # Embedded broker: SQLite, polled by the worker; the transport hands these options to
-        # SQLAlchemy's create_engine.
+        # SQLAlchemy's create_engine (so the poll's interval cannot go among them).
         conf["broker_transport_options"] = {"connect_args": {"timeout": 30}}
+        _poll_embedded_broker_often()
     return conf
+
+
+# How often a worker on the embedded broker looks for work.
+EMBEDDED_POLL_SECONDS = 0.2
+
+
+def _poll_embedded_broker_often() -> None:
+    """kombu's poll waits its interval whenever the worker's processes are all busy (their
+    prefetch is full), not only when the queues are empty: at its default of a second, a
+    burst of confirmations or webhook deliveries on the embedded broker went out about two
+    a second, whatever the queue held; at a fifth, five times that. Each poll is a small
+    SELECT per queue: an idle worker's processes together went from about 1.3 % of a core
+    to 3.9 % (6.7 % at a tenth). The transport reads the interval from its class when the
+    options do not give one, and its options go to create_engine whole."""
+    from kombu.transport import sqlalchemy
+
+    sqlalchemy.Transport.polling_interval = EMBEDDED_POLL_SECONDS
 
 
 def _pdeathsig_without_cffi() -> None:
