@@ -32,6 +32,7 @@ NEUTRAL_NAME = "there"
 
 _MARKERS = re.compile("|".join(re.escape(m) for m in ph.ALL))
 _HTML_SPECIAL = re.compile(r"[&<>\"']")
+_TOKEN_CANON = BOUNCE_HEADER.lower() + ":"
 
 
 @dataclass(frozen=True)
@@ -248,8 +249,10 @@ class CompiledVariant:
         else:
             subject_line = self._subject_line
         to_line = "To: " + format_address(reader.name, reader.email)
-        date_line = "Date: " + self._clock.date()
-        msgid_line = "Message-ID: " + self.message_id(reader.delivery_id)
+        date = self._clock.date()
+        date_line = "Date: " + date
+        msgid = self.message_id(reader.delivery_id)
+        msgid_line = "Message-ID: " + msgid
         # The delivery's token in a header of ours too (signed below): a feedback loop
         # that returns only the headers, or a bounce to a sender without VERP, still
         # names the exact delivery.
@@ -282,13 +285,14 @@ class CompiledVariant:
                     c["reply-to"],
                     canon_header(to_line),
                     c.get("subject") or canon_header(subject_line),
-                    canon_header(date_line),
-                    canon_header(msgid_line),
+                    # Values with neither folding nor runs of whitespace: already relaxed.
+                    f"date:{date}\r\n",
+                    f"message-id:{msgid}\r\n",
                     c["list-id"],
                     canon_header(unsub_line),
                     c["list-unsubscribe-post"],
                     c["feedback-id"],
-                    canon_header(token_line) if token_line else "",
+                    f"{_TOKEN_CANON}{token}\r\n" if token_line else "",
                     c["mime-version"],
                     c["content-type"],
                 )

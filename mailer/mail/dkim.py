@@ -56,6 +56,20 @@ def body_hash(body: bytes) -> str:
     return base64.b64encode(hashlib.sha256(body).digest()).decode("ascii")
 
 
+_RSA_SHA256: tuple = ()
+
+
+def _rsa_sha256() -> tuple:
+    """(padding, hash) of an RSA signature, made once (the library loads when first used)."""
+    global _RSA_SHA256
+    if not _RSA_SHA256:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        _RSA_SHA256 = (padding.PKCS1v15(), hashes.SHA256())
+    return _RSA_SHA256
+
+
 @dataclass(frozen=True)
 class DkimKey:
     domain: str
@@ -67,10 +81,7 @@ class DkimKey:
         if self.algorithm == "ed25519-sha256":
             # RFC 8463: Ed25519 signs the SHA-256 digest of the canonicalized data.
             return self.key.sign(hashlib.sha256(data).digest())
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import padding
-
-        return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        return self.key.sign(data, *_rsa_sha256())
 
     def dns_txt(self) -> str:
         """The TXT record to publish at `selector._domainkey.domain`."""
@@ -112,6 +123,18 @@ def load_key(path: str | Path, domain: str, selector: str) -> DkimKey:
     raise DkimError(f"the DKIM key {path} is neither RSA nor Ed25519")
 
 
+# Stand-ins for the values of t= and bh= in a header made once per key (no whitespace, so
+# canonicalization leaves them as they are).
+_T, _BH = "\x00t\x00", "\x00bh\x00"
+
+
+def _cut(text: str) -> tuple[str, str, str]:
+    """`text` split around the stand-ins of t= and bh=, in that order."""
+    before, after = text.split(_T)
+    middle, end = after.split(_BH)
+    return before, middle, end
+
+
 def _fold_b64(value: str, width: int = 72) -> str:
     return "\r\n ".join(value[i : i + width] for i in range(0, len(value), width))
 
@@ -128,19 +151,28 @@ class DkimSigner:
         # h= folded at colons, where RFC 6376 allows folding whitespace.
         rows = [":".join(names[i : i + 5]) for i in range(0, len(names), 5)]
         self._h = ":\r\n ".join(rows)
+        # Each key's header, and its relaxed form, cut at t= and bh= (the only values that
+        # change from one message to the next, neither with whitespace): a message fills
+        # them in instead of canonicalizing the whole header again.
+        self._heads = []
+        for k in keys:
+            head = self._head(k, _T, _BH)
+            self._heads.append((k, *_cut(head), *_cut(canon_header(head)[:-2])))
+
+    def _head(self, k: DkimKey, t: str, bh: str) -> str:
+        return (
+            f"DKIM-Signature: v=1; a={k.algorithm}; c=relaxed/relaxed; d={k.domain};\r\n"
+            f" s={k.selector}; t={t};\r\n h={self._h};\r\n bh={bh};\r\n b="
+        )
 
     def signatures(self, canon_headers: str, bh: str) -> list[str]:
         """The DKIM-Signature header lines for headers already canonicalized in SIGNED order."""
-        t = int(self.clock())
+        t = str(int(self.clock()))
         out = []
-        for k in self.keys:
-            head = (
-                f"DKIM-Signature: v=1; a={k.algorithm}; c=relaxed/relaxed; d={k.domain};\r\n"
-                f" s={k.selector}; t={t};\r\n h={self._h};\r\n bh={bh};\r\n b="
-            )
-            data = (canon_headers + canon_header(head)[:-2]).encode("utf-8")
+        for k, h0, h1, h2, c0, c1, c2 in self._heads:
+            data = (canon_headers + c0 + t + c1 + bh + c2).encode("utf-8")
             b = base64.b64encode(k.sign(data)).decode("ascii")
-            out.append(head + _fold_b64(b))
+            out.append(h0 + t + h1 + bh + h2 + _fold_b64(b))
         return out
 
     def sign_message(self, message: bytes) -> bytes:
