@@ -351,7 +351,7 @@ def dispatch(
             "b_size": size,
             "b_by": QUEUED + token,
         }
-        ids = sorted(session.execute(_HAND_OUT, params).scalars())
+        ids = sorted(session.execute(_HAND_OUT, params).scalars().all())
         if not ids:
             break
         out.append(Batch(token, ids))

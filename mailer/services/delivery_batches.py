@@ -378,9 +378,10 @@ class BatchRunner:
         # From here on the rows name this process: if it dies, they go back at once.
         conn.execute(self.sql.hold, {"b_ids": ids, "b_queued": run.in_broker, "b_held": run.queued})
         claimed, gone = [], []
+        # .all(): one fetch of the batch's rows; iterating the result fetched them one by one.
         for did, variant_id, attempts, sub_id, email, name, uid, state, held in conn.execute(
             self.sql.open, {"b_ids": ids, "b_issue": run.issue_id, "b_queued": run.queued}
-        ):
+        ).all():
             if sub_id is None or state != SubscriberStatus.ACTIVE or variant_id is None:
                 gone.append(
                     {
@@ -432,7 +433,7 @@ class BatchRunner:
                     "b_tried": self.current.tried,
                     "b_now": self.clock(),
                 },
-            )
+            ).all()
         )
 
     def _send(self, messages: list) -> list[Exception | None]:
