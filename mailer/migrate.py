@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -28,7 +30,15 @@ def current_revision(url: str) -> str | None:
 
 
 def head_revision(url: str) -> str:
-    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    return _head()
+
+
+@functools.cache
+def _head() -> str:
+    """The newest revision, read once per process: Alembic reads and compiles every
+    revision's file to find it (about 50 ms), which each start of an embedded app paid,
+    and the files do not change while a process runs."""
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 def first_newsletter(settings) -> dict:
