@@ -48,6 +48,7 @@ def without_our_headers(data: bytes) -> bytes:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # some fifteen `mailer` processes: over 300 s on a loaded machine
 def test_reports_about_a_real_send_reach_the_right_readers(app, env, smtp, tmp_path):
     env = {**own_broker(env, tmp_path), "MAILER_BOUNCE_DOMAIN": BOUNCE_DOMAIN}
     sender = make_app(env)
