@@ -29,15 +29,11 @@ def current_revision(url: str) -> str | None:
         engine.dispose()
 
 
-def head_revision(url: str) -> str:
-    return _head()
-
-
 @functools.cache
-def _head() -> str:
+def head_revision() -> str:
     """The newest revision, read once per process: Alembic reads and compiles every
     revision's file to find it (about 50 ms), which each start of an embedded app paid,
-    and the files do not change while a process runs."""
+    and the files do not change while a process runs (nor with the database)."""
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
@@ -58,7 +54,7 @@ def upgrade(url: str, settings=None) -> bool:
     """Bring the schema to the newest revision; returns True if anything was applied.
 
     `settings` (the process's settings) name the first newsletter of an older database."""
-    if current_revision(url) == head_revision(url):
+    if current_revision(url) == head_revision():
         return False
     cfg = alembic_config(url)
     if settings is not None:

@@ -40,23 +40,18 @@ _OPAD = bytes(b ^ 0x5C for b in range(256))
 class Tokens:
     def __init__(self, secret_key: str):
         self._secret = secret_key
-        self._keys: dict[str, bytes] = {}
         self._pads: dict[str, tuple] = {}
         self._timed: dict[str, URLSafeTimedSerializer] = {}
 
-    def _key(self, purpose: str) -> bytes:
-        key = self._keys.get(purpose)
-        if key is None:
-            key = self._keys[purpose] = hashlib.sha256(f"{purpose}:{self._secret}".encode()).digest()
-        return key
-
     def _hmac(self, purpose: str, value: str) -> bytes:
-        """HMAC-SHA256 (RFC 2104) of `value` with the purpose's key, from the key's inner and
-        outer hash states computed once: a link's token costs two hash copies instead of
-        setting up the key again (several tokens in every message of a send)."""
+        """HMAC-SHA256 (RFC 2104) of `value` with the purpose's key (SHA-256 of the purpose
+        and the secret), from the key's inner and outer hash states computed once: a link's
+        token costs two hash copies instead of setting up the key again (several tokens in
+        every message of a send)."""
         pads = self._pads.get(purpose)
         if pads is None:
-            block = self._key(purpose).ljust(64, b"\0")  # 32 bytes: within SHA-256's block
+            key = hashlib.sha256(f"{purpose}:{self._secret}".encode()).digest()
+            block = key.ljust(64, b"\0")  # 32 bytes: within SHA-256's block
             pads = self._pads[purpose] = (
                 hashlib.sha256(block.translate(_IPAD)),
                 hashlib.sha256(block.translate(_OPAD)),

@@ -40,7 +40,7 @@ def test_migrated_schema_matches_models(app):
 
 def test_upgrade_is_idempotent(app):
     url = str(db.engine.url.render_as_string(hide_password=False))
-    assert current_revision(url) == head_revision(url)
+    assert current_revision(url) == head_revision()
     assert upgrade(url) is False
 
 

@@ -573,7 +573,6 @@ def _signup_statement(hooked: bool = True):
     )
 
 
-_SIGNUP: dict[bool, DriverStatement] = {}  # hooked -> the statement
 # Whether the last signup of this process saw an endpoint that wants subscriber.created:
 # which statement the next one tries first. A wrong guess costs a round trip, never an
 # event (_signup_statement).
@@ -624,11 +623,10 @@ def _subscribe_in_one_statement(
     return SignupResult(sub_id, sub_id is not None)
 
 
+@cache
 def _signup(hooked: bool) -> DriverStatement:
-    found = _SIGNUP.get(hooked)
-    if found is None:
-        found = _SIGNUP.setdefault(hooked, DriverStatement(_signup_statement(hooked)))
-    return found
+    """The signup's statement, with or without its webhook steps, built once per process."""
+    return DriverStatement(_signup_statement(hooked))
 
 
 class LinkUsed(Conflict):
