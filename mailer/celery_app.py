@@ -66,9 +66,9 @@ def celery_config(settings: Settings) -> dict:
         }
     else:
         # Embedded broker: SQLite, polled by the worker; the transport hands these options to
-        # SQLAlchemy's create_engine (so the poll's interval cannot go among them).
+        # SQLAlchemy's create_engine (so the poll's interval cannot go among them:
+        # _poll_embedded_broker_often).
         conf["broker_transport_options"] = {"connect_args": {"timeout": 30}}
-        _poll_embedded_broker_often()
     return conf
 
 
@@ -121,6 +121,8 @@ def celery_init_app(app) -> Celery:
                 return self.run(*args, **kwargs)
 
     _pdeathsig_without_cffi()
+    if not settings.redis_url:
+        _poll_embedded_broker_often()
     celery = Celery(app.name, task_cls=FlaskTask)
     celery.config_from_object(celery_config(settings))
     celery.set_default()
